@@ -1,0 +1,1 @@
+"""edgesim PKI toolkit: pure, synchronous, depends only on ``cryptography``."""

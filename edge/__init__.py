@@ -1,0 +1,1 @@
+"""edgesim edge: an asyncio IoT edge that terminates mutual TLS."""
