@@ -140,7 +140,7 @@ class EventLog:
                         return event
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise TimeoutError("no matching event within %.1f s" % timeout)
+                raise TimeoutError(f"no matching event within {timeout:.1f} s")
             waiter: asyncio.Future[None] = loop.create_future()
             self._waiters.add(waiter)
             try:
