@@ -1,0 +1,690 @@
+"""The issuing authority: roots, intermediates, server and device certificates.
+
+Correct by default, like trustme: every certificate gets a random 159-bit
+serial, subjectKeyIdentifier and authorityKeyIdentifier, a critical
+basicConstraints, a critical keyUsage (CAs: keyCertSign + cRLSign; leaves:
+digitalSignature, plus keyEncipherment for RSA keys) and a subjectAltName for
+leaves. Times are passed in (``now=``, ``not_before=``, ``not_after=``) so tests
+never depend on the clock; naive datetimes are read as UTC.
+
+Vocabulary: a CA's *chain* is the certificates above it, excluding the
+self-signed root; :attr:`CertificateAuthority.send_chain` (this CA then its
+chain) is what a leaf it issued must send after itself in a TLS handshake.
+
+Errors: :class:`~certs.errors.IssueError` for invalid parameters (bad id
+template, SAN, validity, key type, a CA key that does not match its
+certificate); :class:`~certs.errors.KeyLoadError` /
+:class:`~certs.errors.BundleError` from loading files.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from multiprocessing import get_context
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
+
+from certs.bundle import pem_bundle, read_certificates
+from certs.errors import CertsError, IssueError
+from certs.keys import PrivateKey, generate_key, key_pem, read_private_key, write_secret
+
+__all__ = [
+    "EKU_NAMES",
+    "CertificateAuthority",
+    "IssuedCert",
+    "SignatureHash",
+    "general_name",
+    "random_serial",
+    "signing_hash",
+]
+
+#: Extended key usage names (OpenSSL spelling) to OIDs.
+EKU_NAMES: dict[str, ObjectIdentifier] = {
+    "serverAuth": ExtendedKeyUsageOID.SERVER_AUTH,
+    "clientAuth": ExtendedKeyUsageOID.CLIENT_AUTH,
+    "codeSigning": ExtendedKeyUsageOID.CODE_SIGNING,
+    "emailProtection": ExtendedKeyUsageOID.EMAIL_PROTECTION,
+    "timeStamping": ExtendedKeyUsageOID.TIME_STAMPING,
+    "OCSPSigning": ExtendedKeyUsageOID.OCSP_SIGNING,
+    "ipsecIKE": ObjectIdentifier("1.3.6.1.5.5.7.3.17"),
+    "msCodeInd": ObjectIdentifier("1.3.6.1.4.1.311.2.1.21"),
+    "msCodeCom": ObjectIdentifier("1.3.6.1.4.1.311.2.1.22"),
+    "msCTLSign": ObjectIdentifier("1.3.6.1.4.1.311.10.3.1"),
+    "msEFS": ObjectIdentifier("1.3.6.1.4.1.311.10.3.4"),
+    "anyExtendedKeyUsage": ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE,
+}
+
+_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._@-]*")
+
+
+def random_serial() -> int:
+    """A random positive serial of at most 159 bits (fits 20 DER bytes, never zero)."""
+    return (int.from_bytes(os.urandom(20), "big") >> 1) or 1
+
+
+#: The digests ``cryptography`` signs certificates with (``None`` for Ed25519).
+SignatureHash = (
+    hashes.SHA224
+    | hashes.SHA256
+    | hashes.SHA384
+    | hashes.SHA512
+    | hashes.SHA3_224
+    | hashes.SHA3_256
+    | hashes.SHA3_384
+    | hashes.SHA3_512
+    | None
+)
+
+
+def signing_hash(key: PrivateKey) -> SignatureHash:
+    """The digest to sign with ``key``: SHA-384 for P-384+, none for Ed25519, else SHA-256."""
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return None
+    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size >= 384:
+        return hashes.SHA384()
+    return hashes.SHA256()
+
+
+def general_name(value: str) -> x509.GeneralName:
+    """A SAN entry from ``value``: an IP address, ``URI``-looking text, an email, else DNS."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    try:
+        if "://" in value or value.startswith(("urn:", "spiffe:")):
+            return x509.UniformResourceIdentifier(value)
+        if "@" in value:
+            return x509.RFC822Name(value)
+        return x509.DNSName(value)
+    except ValueError as exc:
+        raise IssueError(f"invalid subjectAltName entry {value!r}: {exc}") from exc
+
+
+def _utc(value: datetime) -> datetime:
+    value = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).replace(microsecond=0)
+
+
+def _validity(
+    now: datetime | None,
+    days: int,
+    not_before: datetime | None,
+    not_after: datetime | None,
+) -> tuple[datetime, datetime]:
+    start = _utc(not_before if not_before is not None else (now or datetime.now(UTC)))
+    if not_after is not None:
+        end = _utc(not_after)
+    else:
+        if days <= 0:
+            raise IssueError(f"validity must be a positive number of days, got {days}")
+        end = start + timedelta(days=days)
+    if end <= start:
+        raise IssueError(
+            f"not_after ({end.isoformat()}) must be after not_before ({start.isoformat()})"
+        )
+    return start, end
+
+
+def _eku(usages: Iterable[str | ObjectIdentifier]) -> list[ObjectIdentifier]:
+    oids: list[ObjectIdentifier] = []
+    for usage in usages:
+        if isinstance(usage, ObjectIdentifier):
+            oids.append(usage)
+        elif usage in EKU_NAMES:
+            oids.append(EKU_NAMES[usage])
+        elif re.fullmatch(r"\d+(\.\d+)+", usage):
+            oids.append(ObjectIdentifier(usage))
+        else:
+            raise IssueError(f"unknown extended key usage {usage!r}; known: {', '.join(EKU_NAMES)}")
+    return oids
+
+
+def _leaf_key_usage(public_key: object) -> x509.KeyUsage:
+    rsa_key = isinstance(public_key, rsa.RSAPublicKey)
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=rsa_key,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+_CA_KEY_USAGE = x509.KeyUsage(
+    digital_signature=False,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=True,
+    crl_sign=True,
+    encipher_only=False,
+    decipher_only=False,
+)
+
+
+def _public_der(key: object) -> bytes:
+    return key.public_bytes(  # type: ignore[attr-defined, no-any-return]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _is_self_signed(cert: x509.Certificate) -> bool:
+    return cert.issuer == cert.subject
+
+
+@dataclass(frozen=True)
+class IssuedCert:
+    """A leaf certificate, its private key and the chain it must send after itself."""
+
+    cert: x509.Certificate
+    key: PrivateKey
+    chain: tuple[x509.Certificate, ...]
+
+    @property
+    def cert_pem(self) -> bytes:
+        """The certificate alone, PEM."""
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    def key_pem(self, passphrase: bytes | None = None) -> bytes:
+        """The private key as PKCS#8 PEM, encrypted when ``passphrase`` is given."""
+        return key_pem(self.key, passphrase)
+
+    @property
+    def chain_pem(self) -> bytes:
+        """The intermediates to send after the certificate (root excluded), PEM."""
+        return pem_bundle(self.chain)
+
+    @property
+    def fullchain_pem(self) -> bytes:
+        """The certificate followed by :attr:`chain_pem`."""
+        return self.cert_pem + self.chain_pem
+
+    @property
+    def serial_hex(self) -> str:
+        """The serial number as lowercase hex (no separators)."""
+        return format(self.cert.serial_number, "x")
+
+
+class CertificateAuthority:
+    """A CA certificate with its private key, able to issue certificates.
+
+    ``chain`` holds the certificates above ``cert`` (nearest first); a
+    self-signed root in it is kept for reference but never sent.
+    """
+
+    def __init__(
+        self,
+        cert: x509.Certificate,
+        key: PrivateKey,
+        chain: Sequence[x509.Certificate] = (),
+    ) -> None:
+        if _public_der(cert.public_key()) != _public_der(key.public_key()):
+            raise IssueError(
+                f"CA private key does not match the CA certificate {cert.subject.rfc4514_string()}"
+            )
+        try:
+            constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        except x509.ExtensionNotFound:
+            constraints = None
+        if constraints is None or not constraints.ca:
+            raise IssueError(
+                f"certificate {cert.subject.rfc4514_string()} is not a CA (basicConstraints CA:FALSE or absent)"
+            )
+        self.cert = cert
+        self.key = key
+        self.chain: tuple[x509.Certificate, ...] = tuple(chain)
+        self._hash = signing_hash(key)
+        # Precomputed once: every issued certificate reuses them (bulk issuance speed).
+        try:
+            ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+            self._aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+        except x509.ExtensionNotFound:
+            self._aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(cert.public_key())  # type: ignore[arg-type]
+        self._send_chain = tuple(c for c in (cert, *self.chain) if not _is_self_signed(c))
+        self._cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+
+    # -- construction -------------------------------------------------------
+
+    @classmethod
+    def create_root(
+        cls,
+        common_name: str,
+        *,
+        key_type: str = "ec256",
+        key: PrivateKey | None = None,
+        subject: x509.Name | None = None,
+        days: int = 3650,
+        not_before: datetime | None = None,
+        not_after: datetime | None = None,
+        now: datetime | None = None,
+    ) -> CertificateAuthority:
+        """Create a self-signed root CA (no path length limit)."""
+        key = key if key is not None else generate_key(key_type)
+        name = subject or x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+        start, end = _validity(now, days, not_before, not_after)
+        ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(random_serial())
+            .not_valid_before(start)
+            .not_valid_after(end)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(_CA_KEY_USAGE, critical=True)
+            .add_extension(ski, critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski),
+                critical=False,
+            )
+        )
+        return cls(builder.sign(key, signing_hash(key)), key)
+
+    @classmethod
+    def load(
+        cls,
+        cert_path: Path | str,
+        key_path: Path | str,
+        passphrase: bytes | None = None,
+    ) -> CertificateAuthority:
+        """Load a CA from files: the first certificate is the CA, the rest its chain."""
+        certs = read_certificates(cert_path)
+        key = read_private_key(key_path, passphrase)
+        try:
+            return cls(certs[0], key, certs[1:])
+        except IssueError as exc:
+            raise IssueError(f"{cert_path} / {key_path}: {exc}") from exc
+
+    # -- properties ---------------------------------------------------------
+
+    @property
+    def cert_pem(self) -> bytes:
+        """This CA's certificate, PEM."""
+        return self._cert_pem
+
+    @property
+    def send_chain(self) -> tuple[x509.Certificate, ...]:
+        """This CA then its chain, without the self-signed root: what leaves send."""
+        return self._send_chain
+
+    @property
+    def chain_pem(self) -> bytes:
+        """:attr:`send_chain` as PEM (empty for a root CA)."""
+        return pem_bundle(self._send_chain)
+
+    @property
+    def root(self) -> x509.Certificate | None:
+        """The self-signed root above (or equal to) this CA, when known."""
+        for cert in (self.cert, *self.chain):
+            if _is_self_signed(cert):
+                return cert
+        return None
+
+    def key_pem(self, passphrase: bytes | None = None) -> bytes:
+        """This CA's private key as PKCS#8 PEM, encrypted when ``passphrase`` is given."""
+        return key_pem(self.key, passphrase)
+
+    # -- issuance -----------------------------------------------------------
+
+    def _builder(
+        self,
+        subject: x509.Name,
+        public_key: object,
+        start: datetime,
+        end: datetime,
+        serial: int | None = None,
+    ) -> x509.CertificateBuilder:
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self.cert.subject)
+            .public_key(public_key)  # type: ignore[arg-type]
+            .serial_number(serial if serial is not None else random_serial())
+            .not_valid_before(start)
+            .not_valid_after(end)
+        )
+
+    def sign(self, builder: x509.CertificateBuilder) -> x509.Certificate:
+        """Sign a prepared builder with this CA's key and digest."""
+        return builder.sign(self.key, self._hash)
+
+    def issue_intermediate(
+        self,
+        common_name: str,
+        *,
+        path_length: int | None = 0,
+        key: PrivateKey | None = None,
+        key_type: str = "ec256",
+        subject: x509.Name | None = None,
+        not_before: datetime | None = None,
+        not_after: datetime | None = None,
+        days: int = 1825,
+        now: datetime | None = None,
+    ) -> CertificateAuthority:
+        """Issue a subordinate CA (``path_length=None`` for no limit)."""
+        if path_length is not None and path_length < 0:
+            raise IssueError(f"path length must be >= 0, got {path_length}")
+        key = key if key is not None else generate_key(key_type)
+        name = subject or x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+        start, end = _validity(now, days, not_before, not_after)
+        builder = (
+            self._builder(name, key.public_key(), start, end)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+            .add_extension(_CA_KEY_USAGE, critical=True)
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                critical=False,
+            )
+            .add_extension(self._aki, critical=False)
+        )
+        return CertificateAuthority(self.sign(builder), key, (self.cert, *self.chain))
+
+    def issue_leaf(
+        self,
+        subject: x509.Name,
+        sans: Sequence[x509.GeneralName],
+        *,
+        key: PrivateKey,
+        eku: Iterable[str | ObjectIdentifier],
+        start: datetime,
+        end: datetime,
+        serial: int | None = None,
+    ) -> IssuedCert:
+        """Issue an end-entity certificate with explicit subject, SANs, EKU and times."""
+        public_key = key.public_key()
+        builder = (
+            self._builder(subject, public_key, start, end, serial)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_leaf_key_usage(public_key), critical=True)
+        )
+        eku_oids = _eku(eku)
+        if eku_oids:
+            builder = builder.add_extension(x509.ExtendedKeyUsage(eku_oids), critical=False)
+        if sans:
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        builder = builder.add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(public_key),
+            critical=False,
+        ).add_extension(self._aki, critical=False)
+        return IssuedCert(self.sign(builder), key, self._send_chain)
+
+    def issue_server(
+        self,
+        hosts: Sequence[str],
+        *,
+        common_name: str | None = None,
+        key_type: str = "ec256",
+        key: PrivateKey | None = None,
+        eku: Iterable[str | ObjectIdentifier] = ("serverAuth",),
+        days: int = 398,
+        not_before: datetime | None = None,
+        not_after: datetime | None = None,
+        now: datetime | None = None,
+    ) -> IssuedCert:
+        """Issue a TLS server certificate for ``hosts`` (DNS names and IP addresses)."""
+        if not hosts and not common_name:
+            raise IssueError("a server certificate needs at least one host or a common name")
+        sans = [general_name(h) for h in hosts]
+        cn = common_name or hosts[0]
+        start, end = _validity(now, days, not_before, not_after)
+        return self.issue_leaf(
+            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]),
+            sans,
+            key=key if key is not None else generate_key(key_type),
+            eku=eku,
+            start=start,
+            end=end,
+        )
+
+    def issue_device(
+        self,
+        device_id: str,
+        *,
+        key_type: str = "ec256",
+        key: PrivateKey | None = None,
+        san_uri: str | None = None,
+        san_dns: str | None = None,
+        eku: Iterable[str | ObjectIdentifier] = ("clientAuth",),
+        days: int = 365,
+        not_before: datetime | None = None,
+        not_after: datetime | None = None,
+        now: datetime | None = None,
+    ) -> IssuedCert:
+        """Issue a device (TLS client) certificate with CN = ``device_id``.
+
+        ``eku=("serverAuth",)`` makes a deliberately wrong certificate for fault
+        injection; ``eku=()`` omits the extension.
+        """
+        if not device_id:
+            raise IssueError("device id must not be empty")
+        sans: list[x509.GeneralName] = []
+        try:
+            if san_uri:
+                sans.append(x509.UniformResourceIdentifier(san_uri))
+            if san_dns:
+                sans.append(x509.DNSName(san_dns))
+        except ValueError as exc:
+            raise IssueError(f"device {device_id}: invalid SAN: {exc}") from exc
+        start, end = _validity(now, days, not_before, not_after)
+        return self.issue_leaf(
+            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]),
+            sans,
+            key=key if key is not None else generate_key(key_type),
+            eku=eku,
+            start=start,
+            end=end,
+        )
+
+    def issue_devices_bulk(
+        self,
+        out_dir: Path | str,
+        *,
+        count: int,
+        id_template: str = "dev-{i:05d}",
+        start: int = 0,
+        jobs: int = 1,
+        key_type: str = "ec256",
+        san_uri: str | None = None,
+        san_dns: str | None = None,
+        eku: Sequence[str] = ("clientAuth",),
+        days: int = 365,
+        not_before: datetime | None = None,
+        not_after: datetime | None = None,
+        now: datetime | None = None,
+        chain_name: str = "chain.pem",
+    ) -> Path:
+        """Issue ``count`` device certificates into ``out_dir``; return the manifest path.
+
+        Files: ``<id>.pem`` (the certificate), ``<id>.key`` (PKCS#8, mode 0600),
+        ``chain.pem`` (the intermediates each device must send: this CA and its
+        chain, root excluded; empty when this CA is the root) and
+        ``manifest.jsonl``, one JSON object per device in id order:
+        ``{"id", "cert", "key", "chain", "serial", "not_after"}`` with paths
+        relative to the manifest, ``serial`` as lowercase hex and ``not_after``
+        in ISO 8601. Templates (``id_template``, ``san_uri``, ``san_dns``) are
+        :meth:`str.format` strings with ``{i}`` (the index) and, for the SANs,
+        ``{id}``. ``jobs > 1`` spreads chunks over that many processes.
+        """
+        if count < 0:
+            raise IssueError(f"count must be >= 0, got {count}")
+        if jobs < 1:
+            raise IssueError(f"jobs must be >= 1, got {jobs}")
+        _validate_templates(id_template, start, count, san_uri, san_dns)
+        _eku(eku)
+        valid_from, valid_to = _validity(now, days, not_before, not_after)
+        out = Path(out_dir)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / chain_name).write_bytes(self.chain_pem)
+        except OSError as exc:
+            raise IssueError(f"{out}: cannot write: {exc.strerror or exc}") from exc
+        plan = _BulkPlan(
+            out=str(out),
+            id_template=id_template,
+            key_type=key_type,
+            san_uri=san_uri,
+            san_dns=san_dns,
+            eku=tuple(eku),
+            start=valid_from,
+            end=valid_to,
+            chain_name=chain_name,
+        )
+        indices = range(start, start + count)
+        if jobs == 1 or count < 64:
+            lines = _issue_chunk(self, plan, indices)
+        else:
+            lines = self._bulk_parallel(plan, indices, jobs)
+        manifest = out / "manifest.jsonl"
+        try:
+            manifest.write_text("".join(lines), encoding="utf-8")
+        except OSError as exc:
+            raise IssueError(f"{manifest}: cannot write: {exc.strerror or exc}") from exc
+        return manifest
+
+    def _bulk_parallel(self, plan: _BulkPlan, indices: range, jobs: int) -> list[str]:
+        # A few chunks per worker balances load without paying per-item IPC.
+        chunk = max(32, -(-len(indices) // (jobs * 4)))
+        chunks = [indices[i : i + chunk] for i in range(0, len(indices), chunk)]
+        ca_blob = (
+            self.cert_pem,
+            self.key_pem(),
+            pem_bundle(self.chain),
+        )
+        # forkserver: a clean, fast start without inheriting the caller's threads.
+        ctx = get_context("forkserver" if "forkserver" in _start_methods() else "spawn")
+        lines: list[str] = []
+        with ProcessPoolExecutor(
+            max_workers=jobs, mp_context=ctx, initializer=_worker_init, initargs=(ca_blob,)
+        ) as pool:
+            for part in pool.map(_worker_chunk, [plan] * len(chunks), chunks):
+                lines.extend(part)
+        return lines
+
+
+@dataclass(frozen=True)
+class _BulkPlan:
+    out: str
+    id_template: str
+    key_type: str
+    san_uri: str | None
+    san_dns: str | None
+    eku: tuple[str, ...]
+    start: datetime
+    end: datetime
+    chain_name: str
+
+
+def _start_methods() -> list[str]:
+    import multiprocessing
+
+    return multiprocessing.get_all_start_methods()
+
+
+def _render(template: str, what: str, **values: object) -> str:
+    try:
+        return template.format(**values)
+    except (KeyError, IndexError, ValueError, AttributeError) as exc:
+        raise IssueError(
+            f"invalid {what} template {template!r}: {exc!r} "
+            "(use {i} for the index, e.g. dev-{i:05d}; SAN templates may also use {id})"
+        ) from exc
+
+
+def _validate_templates(
+    id_template: str, start: int, count: int, san_uri: str | None, san_dns: str | None
+) -> None:
+    first = _render(id_template, "device id", i=start)
+    if not _ID_RE.fullmatch(first):
+        raise IssueError(
+            f"device id {first!r} from template {id_template!r} is not a safe file name "
+            "(letters, digits, '.', '_', '-', '@'; not starting with '.')"
+        )
+    if count > 1 and _render(id_template, "device id", i=start + 1) == first:
+        raise IssueError(f"device id template {id_template!r} gives every device the same id")
+    if san_uri:
+        _render(san_uri, "SAN URI", i=start, id=first)
+    if san_dns:
+        _render(san_dns, "SAN DNS", i=start, id=first)
+
+
+def _issue_chunk(ca: CertificateAuthority, plan: _BulkPlan, indices: Iterable[int]) -> list[str]:
+    out = plan.out
+    chain_rel = plan.chain_name
+    not_after = plan.end.isoformat().replace("+00:00", "Z")
+    lines: list[str] = []
+    for i in indices:
+        device_id = _render(plan.id_template, "device id", i=i)
+        if not _ID_RE.fullmatch(device_id):
+            raise IssueError(f"device id {device_id!r} (index {i}) is not a safe file name")
+        san_uri = _render(plan.san_uri, "SAN URI", i=i, id=device_id) if plan.san_uri else None
+        san_dns = _render(plan.san_dns, "SAN DNS", i=i, id=device_id) if plan.san_dns else None
+        issued = ca.issue_device(
+            device_id,
+            key_type=plan.key_type,
+            san_uri=san_uri,
+            san_dns=san_dns,
+            eku=plan.eku,
+            not_before=plan.start,
+            not_after=plan.end,
+        )
+        cert_name = device_id + ".pem"
+        key_name = device_id + ".key"
+        write_secret(os.path.join(out, key_name), issued.key_pem())
+        with open(os.path.join(out, cert_name), "wb") as fh:
+            fh.write(issued.cert_pem)
+        lines.append(
+            json.dumps(
+                {
+                    "id": device_id,
+                    "cert": cert_name,
+                    "key": key_name,
+                    "chain": chain_rel,
+                    "serial": issued.serial_hex,
+                    "not_after": not_after,
+                }
+            )
+            + "\n"
+        )
+    return lines
+
+
+_WORKER_CA: CertificateAuthority | None = None
+
+
+def _worker_init(blob: tuple[bytes, bytes, bytes]) -> None:
+    """Process-pool initializer: rebuild the CA once per worker."""
+    global _WORKER_CA
+    from certs.bundle import load_pem_certificates
+    from certs.keys import load_private_key
+
+    cert_pem, key_bytes, chain_pem = blob
+    chain = load_pem_certificates(chain_pem, source="<chain>") if chain_pem else []
+    _WORKER_CA = CertificateAuthority(
+        load_pem_certificates(cert_pem, source="<ca>")[0],
+        load_private_key(key_bytes, source="<ca key>"),
+        chain,
+    )
+
+
+def _worker_chunk(plan: _BulkPlan, indices: range) -> list[str]:
+    if _WORKER_CA is None:  # pragma: no cover - the initializer always runs first
+        raise CertsError("bulk issuance worker started without its CA")
+    return _issue_chunk(_WORKER_CA, plan, indices)
