@@ -1,0 +1,334 @@
+"""certs.lint: every condition with a failing and a passing case."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from certs.lint import CODES, Finding, describe_certificate, has_errors, lint_chain
+
+from .chainfactory import T0, chain3, key, make_cert, resign_weak
+
+
+def codes(findings: list[Finding]) -> list[str]:
+    return [f.code for f in findings]
+
+
+def only(findings: list[Finding], code: str) -> Finding:
+    matching = [f for f in findings if f.code == code]
+    assert len(matching) == 1, findings
+    return matching[0]
+
+
+def test_good_chain_has_no_findings() -> None:
+    leaf, inter, root = chain3()
+    assert lint_chain([leaf.cert, inter.cert, root.cert], at=T0) == []
+
+
+def test_good_ca_set_has_no_findings() -> None:
+    _, inter, root = chain3()
+    other_root = make_cert("Other Root")
+    certs = [inter.cert, root.cert, other_root.cert]
+    assert lint_chain(certs, profile="ca-set", at=T0) == []
+
+
+def test_empty_file_is_an_error() -> None:
+    findings = lint_chain([], at=T0)
+    finding = only(findings, "empty")
+    assert finding.position is None
+    assert finding.severity == "error"
+    assert has_errors(findings)
+
+
+def test_issuer_mismatch_names_both_certificates() -> None:
+    leaf, _, _ = chain3()
+    stranger = make_cert("Stranger CA")
+    finding = only(lint_chain([leaf.cert, stranger.cert], at=T0), "issuer-mismatch")
+    assert finding.position == 1
+    assert finding.subject == leaf.cert.subject.rfc4514_string()
+    assert "certificate 1 (CN=device-1,O=edgesim test)" in finding.message
+    assert "CN=Stranger CA" in finding.message
+    assert finding.hint
+
+
+def test_order_says_which_position_holds_the_issuer() -> None:
+    leaf, inter, root = chain3()
+    findings = lint_chain([leaf.cert, root.cert, inter.cert], at=T0)
+    assert "order" in codes(findings)
+    first = next(f for f in findings if f.code == "order" and f.position == 1)
+    assert "its issuer is certificate 3" in first.message
+    assert "issuer-mismatch" not in codes(findings)
+
+
+def test_reversed_chain_reports_order() -> None:
+    leaf, inter, _ = chain3()
+    findings = lint_chain([inter.cert, leaf.cert], at=T0)
+    finding = next(f for f in findings if f.code == "order")
+    assert finding.position == 2
+    assert "last certificate, but its issuer is certificate 1" in finding.message
+
+
+def test_bad_signature_same_name_other_key() -> None:
+    root = make_cert("Test Root")
+    impostor = make_cert("Test Root")  # same DN, different key
+    inter = make_cert("Test Int", issuer=root)
+    finding = only(lint_chain([inter.cert, impostor.cert], at=T0), "bad-signature")
+    assert finding.position == 1
+    assert "does not verify" in finding.message
+    assert lint_chain([inter.cert, root.cert], at=T0) == []
+
+
+@pytest.mark.parametrize("kind", ["rsa2048", "ec384", "ed25519"])
+def test_signatures_of_every_key_type_verify(kind: str) -> None:
+    root = make_cert("Root", key_kind=kind, fresh_key=False)
+    leaf = make_cert("dev", issuer=root, ca=False)
+    assert lint_chain([leaf.cert, root.cert], at=T0) == []
+    forged = make_cert("dev", issuer=root, ca=False, signing_key=key(kind, fresh=True))
+    assert "bad-signature" in codes(lint_chain([forged.cert, root.cert], at=T0))
+
+
+def test_self_issued_root_with_bad_signature() -> None:
+    root = make_cert("Test Root")
+    broken = make_cert("Test Root", signing_key=key("ec256", fresh=True))
+    leaf = make_cert("dev", issuer=root, ca=False)
+    findings = lint_chain([leaf.cert, broken.cert], at=T0)
+    assert any(f.code == "bad-signature" and f.position == 2 for f in findings)
+
+
+@pytest.mark.parametrize("ca", [False, None])
+def test_issuer_without_ca_true(ca: bool | None) -> None:
+    root = make_cert("Test Root")
+    inter = make_cert("Not A CA", issuer=root, ca=ca, key_usage="none")
+    leaf = make_cert("dev", issuer=inter, ca=False)
+    finding = only(lint_chain([leaf.cert, inter.cert, root.cert], at=T0), "not-ca")
+    assert finding.position == 2
+    assert "it issued certificate 1" in finding.message
+
+
+def test_root_without_ca_true() -> None:
+    root = make_cert("Bad Root", ca=None, key_usage="none")
+    leaf = make_cert("dev", issuer=root, ca=False)
+    finding = only(lint_chain([leaf.cert, root.cert], at=T0), "not-ca")
+    assert finding.position == 2
+
+
+def test_issuer_without_keycertsign() -> None:
+    root = make_cert("Test Root")
+    inter = make_cert("Int", issuer=root, key_usage="no-certsign")
+    leaf = make_cert("dev", issuer=inter, ca=False)
+    finding = only(lint_chain([leaf.cert, inter.cert, root.cert], at=T0), "no-keycertsign")
+    assert finding.position == 2
+    # A CA without any keyUsage extension is accepted (RFC 5280 allows it; OpenSSL too).
+    inter_no_ku = make_cert("Int", issuer=root, key_usage="none")
+    leaf2 = make_cert("dev", issuer=inter_no_ku, ca=False)
+    assert lint_chain([leaf2.cert, inter_no_ku.cert, root.cert], at=T0) == []
+
+
+def test_path_length_exceeded() -> None:
+    root = make_cert("Root", path_length=0)
+    inter = make_cert("Int", issuer=root)
+    leaf = make_cert("dev", issuer=inter, ca=False)
+    finding = only(lint_chain([leaf.cert, inter.cert, root.cert], at=T0), "path-length-exceeded")
+    assert finding.position == 3
+    assert "pathlen:0" in finding.message
+
+
+def test_path_length_respected() -> None:
+    root = make_cert("Root", path_length=1)
+    inter = make_cert("Int", issuer=root, path_length=0)
+    leaf = make_cert("dev", issuer=inter, ca=False)
+    assert lint_chain([leaf.cert, inter.cert, root.cert], at=T0) == []
+
+
+def test_path_length_in_ca_set_counts_the_lowest_ca() -> None:
+    # In a CA set the devices hang below the lowest CA, so it counts as an intermediate.
+    root = make_cert("Root", path_length=0)
+    inter = make_cert("Int", issuer=root)
+    findings = lint_chain([inter.cert, root.cert], profile="ca-set", at=T0)
+    assert only(findings, "path-length-exceeded").position == 2
+
+
+def test_expired_and_not_yet_valid() -> None:
+    leaf, inter, root = chain3()
+    certs = [leaf.cert, inter.cert, root.cert]
+    later = T0 + dt.timedelta(days=400)
+    expired = lint_chain(certs, at=later)
+    assert codes(expired).count("expired") == 3
+    assert "expired on" in expired[0].message
+    earlier = T0 - dt.timedelta(days=2)
+    assert codes(lint_chain(certs, at=earlier)).count("not-yet-valid") == 3
+    assert lint_chain(certs, at=T0) == []
+
+
+def test_naive_time_is_taken_as_utc() -> None:
+    leaf, inter, root = chain3()
+    assert lint_chain([leaf.cert, inter.cert, root.cert], at=T0.replace(tzinfo=None)) == []
+
+
+@pytest.mark.parametrize("digest", ["sha1", "md5"])
+def test_weak_signature_hash_is_an_error(digest: str) -> None:
+    root = make_cert("Root", key_kind="rsa2048", fresh_key=False)
+    leaf = resign_weak(make_cert("dev", issuer=root, ca=False), root.key, digest)
+    finding = only(lint_chain([leaf.cert, root.cert], at=T0), "weak-signature-hash")
+    assert finding.severity == "error"
+    assert digest in finding.message
+
+
+def test_allow_sha1_makes_it_a_warning_but_not_md5() -> None:
+    root = make_cert("Root", key_kind="rsa2048", fresh_key=False)
+    sha1 = resign_weak(make_cert("dev", issuer=root, ca=False), root.key, "sha1")
+    findings = lint_chain([sha1.cert, root.cert], at=T0, allow_sha1=True)
+    assert only(findings, "weak-signature-hash").severity == "warning"
+    assert not has_errors(findings)
+    md5 = resign_weak(make_cert("dev", issuer=root, ca=False), root.key, "md5")
+    findings = lint_chain([md5.cert, root.cert], at=T0, allow_sha1=True)
+    assert only(findings, "weak-signature-hash").severity == "error"
+
+
+def test_weak_hash_on_root_self_signature_is_a_warning() -> None:
+    root_sha256 = make_cert("Root", key_kind="rsa2048", fresh_key=False)
+    root = resign_weak(root_sha256, root_sha256.key, "sha1")
+    leaf = make_cert("dev", issuer=root_sha256, ca=False)
+    findings = lint_chain([leaf.cert, root.cert], at=T0)
+    assert only(findings, "weak-signature-hash").severity == "warning"
+    assert not has_errors(findings)
+
+
+def test_weak_rsa_key() -> None:
+    root = make_cert("Root")
+    leaf = make_cert("dev", issuer=root, ca=False, key_kind="rsa1024", fresh_key=False)
+    finding = only(lint_chain([leaf.cert, root.cert], at=T0), "weak-rsa-key")
+    assert "1024-bit" in finding.message
+    strong = make_cert("dev", issuer=root, ca=False, key_kind="rsa2048", fresh_key=False)
+    assert lint_chain([strong.cert, root.cert], at=T0) == []
+
+
+def test_weak_ec_key() -> None:
+    root = make_cert("Root")
+    leaf = make_cert("dev", issuer=root, ca=False, key_kind="ec192", fresh_key=False)
+    finding = only(lint_chain([leaf.cert, root.cert], at=T0), "weak-ec-key")
+    assert "secp192r1" in finding.message
+
+
+def test_duplicate() -> None:
+    leaf, inter, root = chain3()
+    findings = lint_chain([leaf.cert, inter.cert, root.cert, root.cert], at=T0)
+    finding = only(findings, "duplicate")
+    assert finding.position == 4
+    assert "certificate 3" in finding.message
+
+
+def test_leaf_in_ca_set() -> None:
+    leaf, inter, root = chain3()
+    findings = lint_chain([leaf.cert, inter.cert, root.cert], profile="ca-set", at=T0)
+    assert only(findings, "leaf-in-ca-set").position == 1
+    assert "leaf-in-ca-set" not in codes(lint_chain([leaf.cert, inter.cert, root.cert], at=T0))
+
+
+def test_no_client_auth() -> None:
+    leaf, inter, root = chain3(leaf_eku=[ExtendedKeyUsageOID.SERVER_AUTH])
+    finding = only(lint_chain([leaf.cert, inter.cert, root.cert], at=T0), "no-client-auth")
+    assert finding.position == 1
+    assert "serverAuth" in finding.message
+
+
+@pytest.mark.parametrize(
+    "eku",
+    [
+        [ExtendedKeyUsageOID.CLIENT_AUTH],
+        [ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE],
+        [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+    ],
+)
+def test_client_auth_accepted(eku: list[x509.ObjectIdentifier]) -> None:
+    leaf, inter, root = chain3(leaf_eku=eku)
+    assert lint_chain([leaf.cert, inter.cert, root.cert], at=T0) == []
+
+
+def test_leaf_without_eku_is_accepted() -> None:
+    root = make_cert("Root")
+    leaf = make_cert("dev", issuer=root, ca=False)
+    assert lint_chain([leaf.cert, root.cert], at=T0) == []
+
+
+def test_missing_root_is_a_warning_in_chain_profile() -> None:
+    leaf, inter, _ = chain3()
+    findings = lint_chain([leaf.cert, inter.cert], at=T0)
+    finding = only(findings, "missing-root")
+    assert finding.severity == "warning"
+    assert finding.position == 2
+    assert "trust store" in finding.hint
+    assert not has_errors(findings)
+
+
+def test_missing_root_is_an_error_in_ca_set_profile() -> None:
+    _, inter, _ = chain3()
+    finding = only(lint_chain([inter.cert], profile="ca-set", at=T0), "missing-root")
+    assert finding.severity == "error"
+
+
+def test_ca_set_root_first_is_an_order_error() -> None:
+    _, inter, root = chain3()
+    findings = lint_chain([root.cert, inter.cert], profile="ca-set", at=T0)
+    finding = only(findings, "order")
+    assert finding.position == 2
+    assert "its issuer is certificate 1" in finding.message
+
+
+def test_ca_set_with_two_hierarchies() -> None:
+    _, inter_a, root_a = chain3()
+    _, inter_b, root_b = chain3()
+    certs = [inter_a.cert, root_a.cert, inter_b.cert, root_b.cert]
+    assert lint_chain(certs, profile="ca-set", at=T0) == []
+
+
+def test_root_followed_by_more_certificates_in_chain_profile() -> None:
+    leaf, inter, root = chain3()
+    other = make_cert("Other Root")
+    findings = lint_chain([leaf.cert, inter.cert, root.cert, other.cert], at=T0)
+    assert any(f.code == "order" and f.position == 3 for f in findings)
+
+
+def test_too_many() -> None:
+    leaf, inter, root = chain3()
+    certs = [leaf.cert, inter.cert, root.cert]
+    finding = only(lint_chain(certs, at=T0, max_certificates=2), "too-many")
+    assert finding.position is None
+    assert lint_chain(certs, at=T0, max_certificates=3) == []
+
+
+def test_bad_arguments_are_value_errors() -> None:
+    with pytest.raises(ValueError, match="unknown lint profile"):
+        lint_chain([], profile="bogus", at=T0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_certificates"):
+        lint_chain([], at=T0, max_certificates=0)
+
+
+def test_every_finding_code_is_documented() -> None:
+    leaf, inter, root = chain3()
+    findings = lint_chain([leaf.cert, root.cert, inter.cert, inter.cert], at=T0)
+    assert findings
+    assert all(f.code in CODES for f in findings)
+
+
+def test_finding_and_certificate_dicts() -> None:
+    leaf, _, root = chain3()
+    finding = lint_chain([leaf.cert, root.cert], at=T0)[0]
+    assert finding.to_dict() == {
+        "severity": finding.severity,
+        "code": finding.code,
+        "position": finding.position,
+        "subject": finding.subject,
+        "message": finding.message,
+        "hint": finding.hint,
+    }
+    described = describe_certificate(leaf.cert, 1)
+    assert described["position"] == 1
+    assert described["subject"] == "CN=device-1,O=edgesim test"
+    assert described["serial"] == format(leaf.cert.serial_number, "x")
+    assert described["not_after"] == leaf.cert.not_valid_after_utc.isoformat()
+    assert isinstance(described["sha256"], str)
+    assert len(described["sha256"]) == 64
