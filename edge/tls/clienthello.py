@@ -1,0 +1,369 @@
+"""Sans-I/O reader of the client's first TLS flight: the ClientHello and, in TLS 1.2, its certificate.
+
+The edge sees every byte a client sends before OpenSSL does (it drives TLS over
+``ssl.MemoryBIO``), so it can read what the client *offered* — SNI, ALPN,
+protocol versions, cipher suites — even when the handshake then fails, and it
+can tell a plain-TCP MQTT or HTTP client apart from a TLS one with a message a
+person understands.
+
+In TLS 1.2 the client's ``Certificate`` message travels in cleartext; this reader
+keeps it, so a refusal event can name the certificate that was presented even
+though Python's ``ssl`` module hands out no peer certificate after a failed
+verification. TLS 1.3 encrypts that message, and reading stops at the first
+ChangeCipherSpec or encrypted record.
+
+Feed bytes with :meth:`ClientFlightReader.receive_data`, as they arrive, in any
+fragmentation (across TCP reads and across TLS records). The reader never raises
+on bad input: it records a :attr:`~ClientFlightReader.problem` (``not_tls`` or
+``malformed``) with a plain-language :attr:`~ClientFlightReader.reason`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+__all__ = [
+    "VERSION_NAMES",
+    "ClientFlightReader",
+    "ClientHello",
+    "FlightProblem",
+    "classify_plaintext",
+    "version_name",
+]
+
+#: TLS record and handshake constants used here (RFC 8446, RFC 5246).
+_CT_CHANGE_CIPHER_SPEC = 20
+_CT_ALERT = 21
+_CT_HANDSHAKE = 22
+_CT_APPLICATION_DATA = 23
+_HS_CLIENT_HELLO = 1
+_HS_CERTIFICATE = 11
+_EXT_SERVER_NAME = 0
+_EXT_ALPN = 16
+_EXT_SUPPORTED_VERSIONS = 43
+#: The largest record a peer may send (2^14 plus the expansion RFC 5246 allows).
+_MAX_RECORD = 16384 + 2048
+#: Stop buffering handshake bytes past this; a client certificate chain is far smaller.
+_MAX_CAPTURE = 128 * 1024
+
+VERSION_NAMES: dict[int, str] = {
+    0x0300: "SSLv3",
+    0x0301: "TLSv1",
+    0x0302: "TLSv1.1",
+    0x0303: "TLSv1.2",
+    0x0304: "TLSv1.3",
+}
+
+
+def version_name(code: int) -> str:
+    """Return the usual name of a TLS protocol version code (``0x0303`` -> ``TLSv1.2``)."""
+    if code in VERSION_NAMES:
+        return VERSION_NAMES[code]
+    if code & 0x0F0F == 0x0A0A:
+        return "GREASE"
+    return f"0x{code:04x}"
+
+
+class FlightProblem(enum.Enum):
+    """Why reading the client's flight stopped early."""
+
+    NOT_TLS = "not_tls"
+    MALFORMED = "malformed"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientHello:
+    """What a client offered in its ClientHello."""
+
+    record_version: int
+    legacy_version: int
+    #: Versions offered, newest first as sent: the supported_versions extension if
+    #: present (GREASE values dropped), else the legacy version field alone.
+    versions: tuple[str, ...]
+    cipher_suites: tuple[int, ...]
+    sni: str | None
+    alpn: tuple[str, ...]
+    extensions: tuple[int, ...]
+
+
+def classify_plaintext(data: bytes) -> str:
+    """Say in plain words what a non-TLS first read looks like.
+
+    A plain-TCP MQTT client starts with a CONNECT packet (``0x10``); an HTTP client
+    with a method name.
+    """
+    if not data:
+        return "the client closed without sending anything"
+    first = data[0]
+    if first == 0x10:
+        return "not TLS: looks like an MQTT CONNECT over plain TCP (the client must use TLS on this port)"
+    head = data[:8]
+    for method in (b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"OPTIONS ", b"PATCH "):
+        if head.startswith(method[: len(head)]) and len(head) >= min(3, len(method)):
+            return "not TLS: looks like plain HTTP (the client must use https:// on this port)"
+    if head.startswith(b"PRI *"):
+        return "not TLS: looks like cleartext HTTP/2 (the client must use TLS on this port)"
+    if head.startswith(b"PROXY"):
+        return "not TLS: looks like a PROXY protocol header, which this listener does not accept"
+    if first == 0x80 or (first & 0x80 and len(data) > 2 and data[2] == 0x01):
+        return "not TLS: an SSLv2-style ClientHello, which no supported version accepts"
+    if first in (_CT_ALERT, _CT_APPLICATION_DATA, _CT_CHANGE_CIPHER_SPEC):
+        return f"not a ClientHello: the first TLS record has content type {first}"
+    return f"not TLS: the first bytes are {data[:8].hex(' ')}"
+
+
+class _Reader:
+    """A bounds-checked cursor over a bytes object; raises ``_Short`` past the end."""
+
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def take(self, n: int) -> bytes:
+        if self.pos + n > len(self.data):
+            raise _Short
+        out = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def u8(self) -> int:
+        return self.take(1)[0]
+
+    def u16(self) -> int:
+        return int.from_bytes(self.take(2), "big")
+
+    def u24(self) -> int:
+        return int.from_bytes(self.take(3), "big")
+
+    def vec(self, length_bytes: int) -> _Reader:
+        n = int.from_bytes(self.take(length_bytes), "big")
+        return _Reader(self.take(n))
+
+    def at_end(self) -> bool:
+        return self.pos >= len(self.data)
+
+
+class _Short(Exception):
+    """A length field points past the end of its enclosing structure."""
+
+
+def parse_client_hello(body: bytes, record_version: int) -> ClientHello:
+    """Parse a ClientHello handshake message body (without its 4-byte header).
+
+    Raises ``ValueError`` naming the field that is malformed.
+    """
+    r = _Reader(body)
+    field = "legacy_version"
+    try:
+        legacy_version = r.u16()
+        field = "random"
+        r.take(32)
+        field = "session_id"
+        r.vec(1)
+        field = "cipher_suites"
+        suites_r = r.vec(2)
+        suites = tuple(suites_r.u16() for _ in range(len(suites_r.data) // 2))
+        field = "compression_methods"
+        r.vec(1)
+        sni: str | None = None
+        alpn: list[str] = []
+        versions: list[str] = []
+        ext_types: list[int] = []
+        if not r.at_end():
+            field = "extensions"
+            exts = r.vec(2)
+            while not exts.at_end():
+                ext_type = exts.u16()
+                ext = exts.vec(2)
+                ext_types.append(ext_type)
+                if ext_type == _EXT_SERVER_NAME:
+                    field = "server_name extension"
+                    names = ext.vec(2)
+                    while not names.at_end():
+                        name_type = names.u8()
+                        name = names.vec(2).data
+                        if name_type == 0 and sni is None:
+                            sni = name.decode("ascii", errors="replace")
+                elif ext_type == _EXT_ALPN:
+                    field = "ALPN extension"
+                    protos = ext.vec(2)
+                    while not protos.at_end():
+                        alpn.append(protos.vec(1).data.decode("ascii", errors="replace"))
+                elif ext_type == _EXT_SUPPORTED_VERSIONS:
+                    field = "supported_versions extension"
+                    vers = ext.vec(1)
+                    while not vers.at_end():
+                        offered = version_name(vers.u16())
+                        if offered != "GREASE":
+                            versions.append(offered)
+                field = "extensions"
+    except _Short:
+        raise ValueError(f"ClientHello {field} is truncated or has a bad length") from None
+    if not versions:
+        versions = [version_name(legacy_version)]
+    return ClientHello(
+        record_version=record_version,
+        legacy_version=legacy_version,
+        versions=tuple(versions),
+        cipher_suites=suites,
+        sni=sni,
+        alpn=tuple(alpn),
+        extensions=tuple(ext_types),
+    )
+
+
+def parse_certificate_message(body: bytes) -> tuple[bytes, ...]:
+    """Parse a TLS 1.2 ``Certificate`` message body into DER certificates (leaf first)."""
+    r = _Reader(body)
+    try:
+        certs = r.vec(3)
+        out: list[bytes] = []
+        while not certs.at_end():
+            out.append(certs.vec(3).data)
+    except _Short:
+        raise ValueError("Certificate message is truncated or has a bad length") from None
+    return tuple(out)
+
+
+class ClientFlightReader:
+    """Read the client's cleartext handshake flight, fed in arbitrary pieces.
+
+    After :attr:`client_hello` is set the caller can pick a context (SNI) and start
+    the handshake while it keeps feeding the same bytes here, so that a TLS 1.2
+    client ``Certificate`` message is captured too (:attr:`client_certificates`).
+    """
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._hs = bytearray()
+        self._seen = 0
+        self._records = 0
+        self.client_hello: ClientHello | None = None
+        self.client_certificates: tuple[bytes, ...] = ()
+        self.problem: FlightProblem | None = None
+        self.reason = ""
+        #: True once nothing more can be learnt from cleartext (encryption started,
+        #: a problem was found, or the capture limit was reached).
+        self.done = False
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes received from the client."""
+        if self.done or not data:
+            return
+        self._seen += len(data)
+        if self._seen > _MAX_CAPTURE:
+            self.done = True
+            return
+        self._buf += data
+        self._parse_records()
+
+    def _fail(self, problem: FlightProblem, reason: str) -> None:
+        self.problem = problem
+        self.reason = reason
+        self.done = True
+        self._buf.clear()
+        self._hs.clear()
+
+    def _parse_records(self) -> None:
+        buf = self._buf
+        while not self.done:
+            # The very first bytes decide whether this is TLS at all.
+            if (not self._records and buf) and (
+                buf[0] != _CT_HANDSHAKE or (len(buf) >= 2 and buf[1] != 3)
+            ):
+                self._fail(FlightProblem.NOT_TLS, classify_plaintext(bytes(buf)))
+                return
+            if len(buf) < 5:
+                return
+            ctype = buf[0]
+            version = int.from_bytes(buf[1:3], "big")
+            length = int.from_bytes(buf[3:5], "big")
+            if buf[1] != 3:
+                self._fail(FlightProblem.MALFORMED, f"TLS record with version 0x{version:04x}")
+                return
+            if length > _MAX_RECORD:
+                self._fail(
+                    FlightProblem.MALFORMED, f"TLS record of {length} bytes exceeds the maximum"
+                )
+                return
+            if ctype in (_CT_CHANGE_CIPHER_SPEC, _CT_APPLICATION_DATA):
+                # From here on the client's records are encrypted.
+                self.done = True
+                self._buf.clear()
+                return
+            if len(buf) < 5 + length:
+                return
+            payload = bytes(buf[5 : 5 + length])
+            del buf[: 5 + length]
+            self._records += 1
+            if ctype == _CT_ALERT:
+                self.done = True
+                return
+            if ctype != _CT_HANDSHAKE:
+                self._fail(FlightProblem.MALFORMED, f"unexpected TLS record content type {ctype}")
+                return
+            self._hs += payload
+            self._parse_handshake(version)
+
+    def _parse_handshake(self, record_version: int) -> None:
+        hs = self._hs
+        while len(hs) >= 4 and not self.done:
+            msg_type = hs[0]
+            msg_len = int.from_bytes(hs[1:4], "big")
+            if len(hs) < 4 + msg_len:
+                return
+            body = bytes(hs[4 : 4 + msg_len])
+            del hs[: 4 + msg_len]
+            if self.client_hello is None:
+                if msg_type != _HS_CLIENT_HELLO:
+                    self._fail(
+                        FlightProblem.MALFORMED,
+                        f"the first handshake message has type {msg_type}, not ClientHello (1)",
+                    )
+                    return
+                try:
+                    self.client_hello = parse_client_hello(body, record_version)
+                except ValueError as exc:
+                    self._fail(FlightProblem.MALFORMED, str(exc))
+                    return
+            elif msg_type == _HS_CERTIFICATE:
+                try:
+                    self.client_certificates = parse_certificate_message(body)
+                except ValueError as exc:
+                    self._fail(FlightProblem.MALFORMED, str(exc))
+                    return
+                # Nothing after the Certificate message is of interest.
+                self.done = True
+
+
+def server_hello_version(data: bytes) -> str | None:
+    """Return the version a server's first flight selects, or ``None`` if not readable.
+
+    Python's ``ssl`` reports the version only after a successful handshake; the
+    handshake driver needs it earlier to know which alert a failure sends.
+    """
+    if len(data) < 5 or data[0] != _CT_HANDSHAKE:
+        return None
+    length = int.from_bytes(data[3:5], "big")
+    r = _Reader(data[5 : 5 + length])
+    try:
+        if r.u8() != 2:  # ServerHello
+            return None
+        body = _Reader(r.take(r.u24()))
+        legacy = body.u16()
+        body.take(32)
+        body.vec(1)
+        body.take(3)  # cipher suite, compression method
+        if not body.at_end():
+            exts = body.vec(2)
+            while not exts.at_end():
+                ext_type = exts.u16()
+                ext = exts.vec(2)
+                if ext_type == _EXT_SUPPORTED_VERSIONS:
+                    return version_name(ext.u16())
+        return version_name(legacy)
+    except _Short:
+        return None

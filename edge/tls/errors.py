@@ -1,0 +1,32 @@
+"""The error tree of :mod:`edge.tls`.
+
+::
+
+    TlsError                      root of every error raised by edge.tls
+    ├── ClientHelloError          the first bytes are not a well-formed ClientHello
+    ├── TlsConfigError            a server certificate, key or CA/CRL PEM cannot be loaded
+    └── IdentityError             no identity can be derived from a verified certificate
+
+``ssl.SSLError`` and ``cryptography`` exceptions never escape this package: the
+handshake driver turns them into a :class:`~edge.tls.verdict.HandshakeVerdict`
+(a value, not an exception, since a refused device is a normal outcome), and the
+context builder wraps them in :class:`TlsConfigError`.
+"""
+
+from __future__ import annotations
+
+
+class TlsError(Exception):
+    """Root of the :mod:`edge.tls` error tree."""
+
+
+class ClientHelloError(TlsError):
+    """The bytes received are not a well-formed TLS ClientHello."""
+
+
+class TlsConfigError(TlsError):
+    """A server certificate, key, or trust material could not be loaded."""
+
+
+class IdentityError(TlsError):
+    """The identity rule found nothing to name the device by in its certificate."""

@@ -1,0 +1,197 @@
+"""A sans-I/O TLS server session over ``ssl.MemoryBIO``: bytes in, bytes out.
+
+Why not ``loop.create_server(ssl=...)``: asyncio drops a failed handshake without
+telling the server why and without sending the alert to the client. Driving an
+``ssl.SSLObject`` over two memory BIOs keeps both: the alert OpenSSL writes lands
+in :meth:`TlsServerSession.data_to_send`, and the failure becomes a
+:class:`~edge.tls.verdict.HandshakeFailure`.
+
+States::
+
+    HANDSHAKING --(handshake ok)--> ESTABLISHED --(close_notify either way / EOF)--> CLOSED
+         \\--(handshake failed: .failure set, alert queued)-----------------------> CLOSED
+
+Usage: feed every received chunk to :meth:`~TlsServerSession.receive_data`
+(``b""`` means the peer sent EOF), then write :meth:`~TlsServerSession.data_to_send`
+to the socket; after the handshake, :meth:`~TlsServerSession.send` encrypts and
+:meth:`~TlsServerSession.application_data` returns decrypted bytes. Nothing here
+raises on what the peer sends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import ssl
+
+from edge.tls.clienthello import server_hello_version
+from edge.tls.verdict import HandshakeFailure, failure_from_ssl_error
+
+__all__ = ["TlsServerSession", "TlsState"]
+
+_READ_SIZE = 64 * 1024
+
+
+class TlsState(enum.Enum):
+    """Where a :class:`TlsServerSession` is in its life."""
+
+    HANDSHAKING = "handshaking"
+    ESTABLISHED = "established"
+    CLOSED = "closed"
+
+
+class TlsServerSession:
+    """One server-side TLS connection, driven by the caller's bytes."""
+
+    __slots__ = (
+        "_app",
+        "_in",
+        "_out",
+        "_ssl",
+        "_version_seen",
+        "close_reason",
+        "failure",
+        "peer_closed",
+        "state",
+    )
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._ssl: ssl.SSLObject = context.wrap_bio(self._in, self._out, server_side=True)
+        self._app = bytearray()
+        self.state = TlsState.HANDSHAKING
+        #: Set when the handshake failed; the alert (if any) is in data_to_send().
+        self.failure: HandshakeFailure | None = None
+        #: True once the peer sent close_notify or EOF.
+        self.peer_closed = False
+        #: Why the session closed after the handshake ("" while open).
+        self.close_reason = ""
+        self._version_seen: str | None = None
+
+    @property
+    def handshake_done(self) -> bool:
+        """True once the handshake succeeded (even if the session closed since)."""
+        return self.failure is None and self.state is not TlsState.HANDSHAKING
+
+    @property
+    def ssl_object(self) -> ssl.SSLObject:
+        """The underlying ``ssl.SSLObject`` (peer certificate, cipher, ALPN, version)."""
+        return self._ssl
+
+    def receive_data(self, data: bytes) -> None:
+        """Process bytes from the peer; ``b""`` signals EOF."""
+        if self.state is TlsState.CLOSED:
+            return
+        if data:
+            self._in.write(data)
+        else:
+            self._in.write_eof()
+        if self.state is TlsState.HANDSHAKING:
+            self._handshake()
+        if self.state is TlsState.ESTABLISHED:
+            self._read_app()
+
+    def _handshake(self) -> None:
+        try:
+            self._ssl.do_handshake()
+        except ssl.SSLWantReadError:
+            if self._version_seen is None and self._out.pending:
+                # Python's ssl reports the version only after a successful
+                # handshake, but the alert of a failure depends on it (TLS 1.3
+                # has certificate_required, TLS 1.2 does not): read it from our
+                # own ServerHello.
+                out = self._out.read()
+                self._version_seen = server_hello_version(out)
+                self._out.write(out)
+            if self._in.eof:
+                self._fail_eof()
+            return
+        except ssl.SSLError as exc:
+            outgoing = self._out.read()
+            self.failure = failure_from_ssl_error(
+                exc, tls_version=self._version() or self._version_seen, outgoing=outgoing
+            )
+            self._out.write(outgoing)
+            self.state = TlsState.CLOSED
+            return
+        self.state = TlsState.ESTABLISHED
+
+    def _fail_eof(self) -> None:
+        self.failure = HandshakeFailure(
+            alert="", library_reason="EOF", tls_version=self._version_seen
+        )
+        self.state = TlsState.CLOSED
+
+    def _version(self) -> str | None:
+        try:
+            return self._ssl.version()
+        except (ssl.SSLError, ValueError):
+            return None
+
+    def _read_app(self) -> None:
+        read = self._ssl.read
+        # Checking the BIO first skips an exception per read in the common case
+        # where every record received has been consumed.
+        while self._in.pending or self._ssl.pending() or self._in.eof:
+            try:
+                chunk = read(_READ_SIZE)
+            except ssl.SSLWantReadError:
+                if self._in.eof:
+                    self._closed_by_peer("EOF without close_notify")
+                return
+            except ssl.SSLZeroReturnError:
+                self._closed_by_peer("close_notify")
+                return
+            except ssl.SSLEOFError:
+                self._closed_by_peer("EOF without close_notify")
+                return
+            except ssl.SSLError as exc:
+                self._closed_by_peer(f"TLS error: {exc.reason or exc}")
+                return
+            if not chunk:
+                # SSLObject.read returns b"" once the peer's close_notify arrived.
+                self._closed_by_peer("close_notify")
+                return
+            self._app += chunk
+
+    def _closed_by_peer(self, reason: str) -> None:
+        self.peer_closed = True
+        self.close_reason = reason
+        self.state = TlsState.CLOSED
+
+    def application_data(self) -> bytes:
+        """Return (and forget) the plaintext received since the last call."""
+        if not self._app:
+            return b""
+        out = bytes(self._app)
+        self._app.clear()
+        return out
+
+    def send(self, data: bytes) -> None:
+        """Encrypt ``data`` for the peer (queued in :meth:`data_to_send`)."""
+        if self.state is not TlsState.ESTABLISHED or not data:
+            return
+        view = memoryview(data)
+        while view:
+            # SSLObject.write takes at most one record's worth per call when
+            # SSL_MODE_ENABLE_PARTIAL_WRITE is set; loop until everything is in.
+            n = self._ssl.write(view)
+            view = view[n:]
+
+    def close(self, reason: str = "closed by the edge") -> None:
+        """Queue close_notify and close the session (idempotent)."""
+        if self.state is TlsState.CLOSED:
+            return
+        if self.state is TlsState.ESTABLISHED:
+            # WantRead means our close_notify is queued; we do not wait for the peer's.
+            with contextlib.suppress(ssl.SSLError):
+                self._ssl.unwrap()
+        self.close_reason = self.close_reason or reason
+        self.state = TlsState.CLOSED
+
+    def data_to_send(self) -> bytes:
+        """Return (and forget) the bytes to write to the socket."""
+        if not self._out.pending:
+            return b""
+        return self._out.read()
