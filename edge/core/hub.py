@@ -1,0 +1,142 @@
+"""EdgeCore: the one object every protocol adapter receives.
+
+It bundles the :class:`~edge.core.router.Router`, the :class:`~edge.core.policy.Policy`,
+the :class:`~edge.core.handlers.HandlerRegistry`, the
+:class:`~edge.core.events.EventLog` and the :class:`~edge.core.metrics.Metrics`, and
+applies them in one order for every protocol::
+
+    publish:   policy -> (denied: event, result) -> router fan-out -> handlers
+    subscribe: policy -> (denied: event, None) -> router -> retained delivery
+
+``session`` is the authenticated connection (:class:`SessionInfo`); ``None`` means
+the edge itself (its handlers, the admin API), to which device policy does not apply.
+Adapters pass the protocol's client id when they have one (MQTT); others leave it
+``None`` and the identity's name stands in.
+
+Nothing here raises on a denial: decisions are results and ``policy.denied`` events.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from edge.core.events import EventLog
+from edge.core.handlers import HandlerRegistry
+from edge.core.metrics import Metrics
+from edge.core.policy import Policy
+from edge.core.router import Message, Router, Subscriber
+from edge.core.session import SessionInfo
+
+
+class PublishResult(NamedTuple):
+    """The outcome of :meth:`EdgeCore.publish`."""
+
+    allowed: bool
+    reason: str
+    delivered: int
+
+
+class EdgeCore:
+    """Router + policy + handlers + events + metrics, shared by all adapters."""
+
+    __slots__ = ("events", "handlers", "metrics", "policy", "router")
+
+    def __init__(
+        self,
+        events: EventLog,
+        policy: Policy,
+        *,
+        handlers: HandlerRegistry | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.events = events
+        self.policy = policy
+        self.handlers = handlers if handlers is not None else HandlerRegistry()
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.router = Router()
+
+    def check_client_id(self, session: SessionInfo, client_id: str) -> str | None:
+        """None if ``session`` may use ``client_id``, else the reason (also an event)."""
+        reason = self.policy.check_client_id(session.identity, client_id)
+        if reason is not None:
+            self._denied(session, "connect", client_id, reason)
+        return reason
+
+    def publish(
+        self, message: Message, session: SessionInfo | None, *, client_id: str | None = None
+    ) -> PublishResult:
+        """Authorize and route ``message``; run matching handlers."""
+        metrics = self.metrics
+        metrics.messages_in += 1
+        if session is not None and not self.policy.open_access:
+            identity = session.identity
+            reason = self.policy.may_publish(
+                identity, client_id if client_id is not None else identity.name, message.topic
+            )
+            if reason is not None:
+                metrics.publish_denied += 1
+                self._denied(session, "publish", message.topic, reason)
+                return PublishResult(False, reason, 0)
+        delivered = self.router.publish(message)
+        metrics.messages_out += delivered
+        if len(self.handlers):
+            self.handlers.dispatch(self, message, session)
+        return PublishResult(True, "", delivered)
+
+    def subscribe(
+        self,
+        subscriber: Subscriber,
+        topic_filter: str,
+        qos: int,
+        session: SessionInfo | None,
+        *,
+        client_id: str | None = None,
+        send_retained: bool = True,
+    ) -> int | None:
+        """Authorize and add a subscription; return the granted QoS, or None if denied.
+
+        With ``send_retained`` the matching retained messages are delivered at once;
+        MQTT passes False and calls :meth:`deliver_retained` after its SUBACK, which
+        must precede them on the wire.
+        """
+        if session is not None and not self.policy.open_access:
+            identity = session.identity
+            reason = self.policy.may_subscribe(
+                identity, client_id if client_id is not None else identity.name, topic_filter
+            )
+            if reason is not None:
+                self.metrics.subscribe_denied += 1
+                self._denied(session, "subscribe", topic_filter, reason)
+                return None
+        granted = min(qos, 2)
+        self.router.subscribe(subscriber, topic_filter, granted)
+        if send_retained:
+            self.router.deliver_retained(subscriber, topic_filter, granted)
+        return granted
+
+    def deliver_retained(self, subscriber: Subscriber, topic_filter: str, qos: int) -> int:
+        """Deliver the retained messages matching ``topic_filter``; return the count."""
+        return self.router.deliver_retained(subscriber, topic_filter, qos)
+
+    def unsubscribe(self, subscriber: Subscriber, topic_filter: str) -> bool:
+        """Remove one subscription; True if it existed."""
+        return self.router.unsubscribe(subscriber, topic_filter)
+
+    def unsubscribe_all(self, subscriber: Subscriber) -> int:
+        """Remove every subscription of ``subscriber``."""
+        return self.router.unsubscribe_all(subscriber)
+
+    def retained(self, topic: str) -> Message | None:
+        """The retained message on ``topic``, if any."""
+        return self.router.retained(topic)
+
+    def _denied(self, session: SessionInfo, action: str, target: str, reason: str) -> None:
+        self.events.emit(
+            "policy.denied",
+            "denied",
+            identity=str(session.identity),
+            peer=session.peer,
+            action=action,
+            topic=target,
+            reason=reason,
+        )
