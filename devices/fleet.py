@@ -1,0 +1,634 @@
+"""The fleet engine: open-loop arrivals of many devices, each with its own certificate.
+
+A fleet is a list of :class:`FleetDevice` (identity files, protocol, URL, the fault
+injected into it and what the edge must answer), each with a *scheduled* start
+``offset`` seconds after the fleet's start: device ``i`` of the whole fleet starts at
+``i / ramp``. :class:`Fleet` starts every device at its scheduled time whatever the
+others are doing (open loop: a slow or hung device never delays the next arrival),
+and measures each device's connect latency from its scheduled start, so a saturated
+generator shows up in the figures (no coordinated omission).
+
+One device's connection is delegated to a :class:`DeviceRunner`: an async callable
+``runner(device, run) -> result`` where the result has the shape of
+``devices.device.DeviceResult`` (see :class:`devices.report.ResultLike`). The runner
+calls ``run.notify_connected()`` once the protocol acknowledged the device, and keeps
+it connected until ``run.hold_until`` (clock time) if set, publishing every
+``run.publish_interval`` seconds.
+
+Distribution:
+
+- ``--shard K/N`` (:class:`Shard`): device ``i`` belongs to shard ``K`` when
+  ``i % N == K - 1``. Shards keep the *global* schedule, so N machines started together
+  produce the arrivals of one machine at the full rate, and the same seed gives the
+  same fault plan everywhere; ``edgesim fleet merge`` adds their reports.
+- ``--processes P``: the shard is split again over P local processes (spawn start
+  method, each with its own uvloop); their reports are merged exactly (HDR
+  histograms) and their progress summed (:func:`run_processes`).
+
+``--duration T`` means: once the last device of the fleet has arrived, every device
+stays connected for T more seconds, then disconnects cleanly. ``--msg-rate R`` is the
+total message rate across the whole fleet (all shards): each device publishes every
+``N / R`` seconds, N being the fleet size. Everything is bounded: each device's run is
+cut at its hold time plus ``device_timeout``.
+
+Errors::
+
+    FleetError              bad input to the engine (names the file and line or the option),
+                            or a worker process failed
+    ├── ManifestError       a manifest line is malformed or names a missing file
+    devices.faults.FaultError and devices.report.ReportError are the sibling roots of
+    faults and reports; the CLI turns all three into CliError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+import multiprocessing
+import queue
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from devices.faults import EXPECTED, FaultMaker, Material
+from devices.progress import Counters, Snapshot, add_snapshots
+from devices.report import FleetReport, ResultLike, StepLike
+
+#: Protocols a device can speak, and the URL schemes that select them.
+SCHEMES: Mapping[str, str] = {"mqtts": "mqtt", "https": "https", "wss": "wss"}
+
+
+class FleetError(Exception):
+    """Bad input to the fleet engine, or a worker process that failed."""
+
+
+class ManifestError(FleetError):
+    """A device manifest line is malformed or names a file that does not exist."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FleetDevice:
+    """One device of the fleet as the engine schedules it."""
+
+    index: int
+    id: str
+    cert: Path | None
+    key: Path | None
+    chain: Path | None
+    protocol: str
+    url: str
+    offset: float
+    fault: str | None = None
+    expected: tuple[str, ...] = ("connected",)
+
+
+@dataclass(slots=True, kw_only=True)
+class DeviceRun:
+    """What the engine tells a runner about one device's run (clock times)."""
+
+    scheduled: float
+    hold_until: float | None
+    publish_interval: float | None
+    notify_connected: Callable[[], None]
+
+
+class DeviceRunner(Protocol):
+    """Connects one device and returns its result; never raises for a refused device."""
+
+    def __call__(self, device: FleetDevice, run: DeviceRun, /) -> Awaitable[ResultLike]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """Shard ``index`` (1-based) of ``count``."""
+
+    index: int = 1
+    count: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """Parse ``K/N`` with ``1 <= K <= N``."""
+        try:
+            k, n = (int(part) for part in text.split("/"))
+        except ValueError:
+            raise FleetError(f"--shard {text!r}: expected K/N, for example 2/4") from None
+        if not 1 <= k <= n:
+            raise FleetError(f"--shard {text!r}: K must be between 1 and N")
+        return cls(k, n)
+
+    def owns(self, index: int) -> bool:
+        """Whether device ``index`` of the whole fleet belongs to this shard."""
+        return index % self.count == self.index - 1
+
+    def split(self, parts: int) -> list[Shard]:
+        """This shard split into ``parts`` sub-shards (for local processes)."""
+        n = self.count * parts
+        return [Shard(self.index + self.count * p, n) for p in range(parts)]
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+# -- manifests -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestEntry:
+    """One device of ``devices/manifest.jsonl`` (paths resolved against the manifest)."""
+
+    id: str
+    cert: Path
+    key: Path
+    chain: Path | None
+
+
+def load_manifest(path: Path) -> list[ManifestEntry]:
+    """Read a JSON-lines device manifest; errors name the file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read the manifest ({exc.strerror or exc})") from exc
+    entries: list[ManifestEntry] = []
+    base = path.parent
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ManifestError(f"{where}: not JSON ({exc.msg})") from exc
+        if not isinstance(obj, dict):
+            raise ManifestError(f"{where}: expected an object")
+        for key in ("id", "cert", "key"):
+            if not isinstance(obj.get(key), str) or not obj[key]:
+                raise ManifestError(f"{where}: missing or empty field {key!r}")
+        chain = obj.get("chain")
+        if chain is not None and not isinstance(chain, str):
+            raise ManifestError(f"{where}: field 'chain' must be a path")
+        entry = ManifestEntry(
+            id=obj["id"],
+            cert=base / obj["cert"],
+            key=base / obj["key"],
+            chain=(base / chain) if chain else None,
+        )
+        for p in (entry.cert, entry.key, entry.chain):
+            if p is not None and not p.is_file():
+                raise ManifestError(f"{where}: {p} does not exist")
+        entries.append(entry)
+    if not entries:
+        raise ManifestError(f"{path}: the manifest lists no devices")
+    return entries
+
+
+# -- planning -----------------------------------------------------------------
+
+
+def protocol_of(url: str) -> str:
+    """The device protocol a target URL selects (``mqtts://`` -> ``mqtt``, ...)."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme not in SCHEMES:
+        raise FleetError(f"--url {url!r}: scheme must be one of {', '.join(SCHEMES)}")
+    return SCHEMES[scheme]
+
+
+def pick_urls(urls: Sequence[str], protocol: str) -> list[str]:
+    """The URLs a fleet spreads over: all of them for ``mix``, else those of ``protocol``."""
+    if not urls:
+        raise FleetError("give at least one --url")
+    if protocol == "mix":
+        return list(urls)
+    chosen = [u for u in urls if protocol_of(u) == protocol]
+    if not chosen:
+        raise FleetError(f"--protocol {protocol}: no --url with that protocol was given")
+    return chosen
+
+
+def plan_fleet(
+    entries: Sequence[ManifestEntry],
+    *,
+    devices: int,
+    urls: Sequence[str],
+    ramp: float | None,
+    faults: Mapping[int, str],
+    shard: Shard,
+    maker: FaultMaker | None,
+) -> list[FleetDevice]:
+    """The devices of ``shard``, with their schedule, target and (faulty) material.
+
+    Device ``i`` of the whole fleet uses manifest entry ``i`` (cycling if the fleet
+    is larger than the manifest would be wrong: every device has its own certificate,
+    so that is an error), URL ``i % len(urls)``, and starts at ``i / ramp``.
+    """
+    if devices < 1:
+        raise FleetError("--devices must be at least 1")
+    if devices > len(entries):
+        raise FleetError(
+            f"--devices {devices}: the manifest holds only {len(entries)} devices, "
+            "and every device needs its own certificate"
+        )
+    if ramp is not None and ramp <= 0:
+        raise FleetError("--ramp must be a positive rate (devices per second)")
+    for u in urls:
+        protocol_of(u)
+    planned: list[FleetDevice] = []
+    for i in range(devices):
+        if not shard.owns(i):
+            continue
+        entry = entries[i]
+        kind = faults.get(i)
+        material = Material(entry.cert, entry.key, entry.chain)
+        if kind is not None:
+            if maker is None:
+                raise FleetError("faults were requested but no fault maker was given")
+            material = maker.make(kind, entry.id)
+        url = urls[i % len(urls)]
+        planned.append(
+            FleetDevice(
+                index=i,
+                id=entry.id,
+                cert=material.cert,
+                key=material.key,
+                chain=material.chain,
+                protocol=protocol_of(url),
+                url=url,
+                offset=(i / ramp) if ramp else 0.0,
+                fault=kind,
+                expected=EXPECTED[kind or "none"],
+            )
+        )
+    return planned
+
+
+# -- the engine -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    """The result the engine records when a runner overran its budget or crashed."""
+
+    protocol: str
+    reason: str
+    outcome: str = "error"
+    steps: tuple[StepLike, ...] = ()
+    messages_sent: int = 0
+    messages_received: int = 0
+    delivery_latencies: tuple[float, ...] = ()
+
+
+class Fleet:
+    """Runs devices open-loop on the running event loop and builds a :class:`FleetReport`.
+
+    ``hold`` (seconds) keeps devices connected until that long after the last
+    scheduled arrival (None: devices disconnect as soon as they are through);
+    ``publish_interval`` is each device's time between messages; ``device_timeout``
+    bounds each device's connection attempt (its hold time comes on top).
+    ``lead`` is the delay between :meth:`run` and the first scheduled arrival.
+    """
+
+    def __init__(
+        self,
+        devices: Sequence[FleetDevice],
+        runner: DeviceRunner,
+        *,
+        hold: float | None = None,
+        publish_interval: float | None = None,
+        device_timeout: float = 30.0,
+        lead: float = 0.05,
+        counters: Counters | None = None,
+        shard_label: str = "1/1",
+        started_iso: str = "",
+    ) -> None:
+        self.devices = sorted(devices, key=lambda d: (d.offset, d.index))
+        self.runner = runner
+        self.hold = hold
+        self.publish_interval = publish_interval
+        self.device_timeout = device_timeout
+        self.lead = lead
+        self.counters = counters if counters is not None else Counters()
+        self.counters.planned += len(self.devices)
+        self.report = FleetReport(shards=[shard_label], started=started_iso)
+        self.start_time: float | None = None
+
+    async def run(self, *, last_offset: float | None = None) -> FleetReport:
+        """Run every device and return the report.
+
+        ``last_offset`` is the last arrival of the *whole* fleet (all shards), from
+        which the hold time counts; default: this engine's own last arrival.
+        """
+        loop = asyncio.get_running_loop()
+        clock = loop.time
+        t0 = clock() + self.lead
+        self.start_time = t0
+        if last_offset is None:
+            last_offset = self.devices[-1].offset if self.devices else 0.0
+        hold_until = None if self.hold is None else t0 + last_offset + self.hold
+        tasks: set[asyncio.Task[None]] = set()
+        all_done = loop.create_future()
+        remaining = len(self.devices)
+        if remaining == 0:
+            all_done.set_result(None)
+
+        def finished(task: asyncio.Task[None]) -> None:
+            nonlocal remaining
+            tasks.discard(task)
+            remaining -= 1
+            if remaining == 0 and not all_done.done():
+                all_done.set_result(None)
+
+        try:
+            for device in self.devices:
+                due = t0 + device.offset
+                delay = due - clock()
+                if delay > 0:
+                    # The scheduler's own timer: arrivals follow the plan, not completions.
+                    await asyncio.sleep(delay)
+                task = loop.create_task(self._one(device, due, hold_until, clock))
+                tasks.add(task)
+                task.add_done_callback(finished)
+            await all_done
+        finally:
+            for task in list(tasks):
+                task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+        self.report.duration_s = clock() - t0
+        return self.report
+
+    async def _one(
+        self,
+        device: FleetDevice,
+        scheduled: float,
+        hold_until: float | None,
+        clock: Callable[[], float],
+    ) -> None:
+        started = clock()
+        self.counters.on_start()
+        connected = False
+
+        def notify_connected() -> None:
+            nonlocal connected
+            if not connected:
+                connected = True
+                self.counters.on_connected()
+
+        run = DeviceRun(
+            scheduled=scheduled,
+            hold_until=hold_until,
+            publish_interval=self.publish_interval,
+            notify_connected=notify_connected,
+        )
+        budget = self.device_timeout + max((hold_until or 0.0) - started, 0.0)
+        result: ResultLike
+        try:
+            async with asyncio.timeout(budget):
+                result = await self.runner(device, run)
+        except TimeoutError:
+            result = _Failed(device.protocol, "timeout")
+        except Exception as exc:  # a runner bug must cost one device, not the fleet
+            result = _Failed(device.protocol, f"internal:{type(exc).__name__}:{exc}")
+        self.report.add(
+            device_id=device.id,
+            fault=device.fault,
+            expected=device.expected,
+            offset=device.offset,
+            scheduled=scheduled,
+            started=started,
+            result=result,
+        )
+        self.counters.on_finish(
+            was_connected=connected,
+            outcome=result.outcome,
+            reason=result.reason,
+            sent=result.messages_sent,
+            received=result.messages_received,
+        )
+
+
+# -- running in this process, or in several -------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunnerSettings:
+    """Everything a runner factory needs, picklable so that worker processes get it."""
+
+    ca: Path | None = None
+    sni: str | None = None
+    qos: int = 0
+    payload_size: int = 32
+    device_timeout: float = 10.0
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+#: A runner factory: ``factory(settings) -> DeviceRunner``, named "module:attr" for workers.
+RunnerFactory = Callable[[RunnerSettings], DeviceRunner]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FleetJob:
+    """A planned fleet (or shard) ready to run here or in worker processes."""
+
+    devices: tuple[FleetDevice, ...]
+    fleet_size: int
+    runner: str = "devices.fleet_runner:make_runner"
+    settings: RunnerSettings = RunnerSettings()
+    hold: float | None = None
+    msg_rate: float | None = None
+    shard: Shard = Shard()
+    started_iso: str = ""
+    lead: float = 0.2
+
+    @property
+    def last_offset(self) -> float:
+        """The whole fleet's last scheduled arrival (for the common hold deadline)."""
+        return max((d.offset for d in self.devices), default=0.0)
+
+    @property
+    def publish_interval(self) -> float | None:
+        """Seconds between one device's messages (``msg_rate`` is fleet-wide)."""
+        if not self.msg_rate or self.hold is None:
+            return None
+        return self.fleet_size / self.msg_rate
+
+    def part(self, shard: Shard) -> FleetJob:
+        """The sub-job of the devices that ``shard`` owns (keeping the whole schedule)."""
+        return replace(
+            self, devices=tuple(d for d in self.devices if shard.owns(d.index)), shard=shard
+        )
+
+
+def resolve_runner(name: str) -> RunnerFactory:
+    """Import a runner factory named ``module:attr``."""
+    module_name, _, attr = name.partition(":")
+    try:
+        factory: RunnerFactory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise FleetError(f"runner {name!r} cannot be imported: {exc}") from exc
+    return factory
+
+
+async def run_job_async(
+    job: FleetJob,
+    *,
+    counters: Counters | None = None,
+    on_tick: Callable[[Snapshot, float], None] | None = None,
+    tick: float = 0.25,
+) -> FleetReport:
+    """Run ``job`` on the running loop; ``on_tick(snapshot, elapsed)`` every ``tick`` s."""
+    runner = resolve_runner(job.runner)(job.settings)
+    fleet = Fleet(
+        job.devices,
+        runner,
+        hold=job.hold,
+        publish_interval=job.publish_interval,
+        device_timeout=job.settings.device_timeout,
+        lead=job.lead,
+        counters=counters,
+        shard_label=str(job.shard),
+        started_iso=job.started_iso,
+    )
+    loop = asyncio.get_running_loop()
+    begin = loop.time()
+    ticker: asyncio.Task[None] | None = None
+    if on_tick is not None:
+        callback = on_tick
+
+        async def ticking() -> None:
+            while True:
+                await asyncio.sleep(tick)
+                callback(fleet.counters.snapshot(), loop.time() - begin)
+
+        ticker = loop.create_task(ticking())
+    try:
+        report = await fleet.run(last_offset=job.last_offset)
+    finally:
+        if ticker is not None:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+        closer = getattr(runner, "aclose", None)
+        if closer is not None:
+            await closer()
+    if on_tick is not None:
+        on_tick(fleet.counters.snapshot(), loop.time() - begin)
+    return report
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    """A uvloop event loop where available, the default loop otherwise."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+def run_job(
+    job: FleetJob, *, on_tick: Callable[[Snapshot, float], None] | None = None
+) -> FleetReport:
+    """Run ``job`` in this process on a fresh uvloop."""
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        return runner.run(run_job_async(job, on_tick=on_tick))
+
+
+def _worker(job: FleetJob, part: int, results: Any) -> None:
+    """Worker process entry: run one part, stream progress, send the report back."""
+    try:
+
+        def on_tick(snap: Snapshot, elapsed: float) -> None:
+            results.put(("progress", part, snap))
+
+        report = run_job(job, on_tick=on_tick)
+        results.put(("done", part, report.to_json()))
+    except BaseException as exc:  # report every failure to the parent, then exit
+        results.put(("failed", part, f"{type(exc).__name__}: {exc}"))
+
+
+def run_processes(
+    job: FleetJob,
+    processes: int,
+    *,
+    on_tick: Callable[[Snapshot, float], None] | None = None,
+    deadline: float | None = None,
+) -> FleetReport:
+    """Run ``job`` split over ``processes`` worker processes and merge their reports.
+
+    ``deadline`` bounds the whole run in seconds (default: the schedule, the hold and
+    the device timeout, plus a minute for process start-up).
+    """
+    if processes < 1:
+        raise FleetError("--processes must be at least 1")
+    if processes == 1:
+        return run_job(job, on_tick=on_tick)
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    parts = [job.part(s) for s in job.shard.split(processes)]
+    workers = [
+        ctx.Process(target=_worker, args=(p, i, results), name=f"edgesim-fleet-{i + 1}")
+        for i, p in enumerate(parts)
+    ]
+    budget = deadline or (job.last_offset + (job.hold or 0.0) + job.settings.device_timeout + 60.0)
+    begin = time.monotonic()
+    snapshots: dict[int, Snapshot] = {}
+    reports: dict[int, FleetReport] = {}
+    failures: list[str] = []
+    try:
+        for w in workers:
+            w.start()
+        while len(reports) + len(failures) < len(workers):
+            elapsed = time.monotonic() - begin
+            if elapsed > budget:
+                failures.append(f"workers did not finish within {budget:.0f}s")
+                break
+            try:
+                kind, part, payload = results.get(timeout=0.25)
+            except queue.Empty:
+                dead = [
+                    i
+                    for i, w in enumerate(workers)
+                    if w.exitcode not in (None, 0) and i not in reports
+                ]
+                if dead:
+                    failures.append(
+                        f"worker {dead[0] + 1} exited with status {workers[dead[0]].exitcode}"
+                    )
+                    break
+                continue
+            if kind == "progress":
+                snapshots[part] = payload
+                if on_tick is not None:
+                    on_tick(add_snapshots(snapshots.values()), elapsed)
+            elif kind == "done":
+                reports[part] = FleetReport.from_json(payload, source=f"worker {part + 1}")
+            else:
+                failures.append(f"worker {part + 1}: {payload}")
+    finally:
+        for w in workers:
+            if w.is_alive() and (failures or w.exitcode is None):
+                w.join(timeout=5.0)
+            if w.is_alive():
+                w.terminate()
+            w.join(timeout=5.0)
+            w.close()
+        results.close()
+        results.join_thread()
+    if failures:
+        raise FleetError("; ".join(failures))
+    merged = FleetReport()
+    for i in sorted(reports):
+        merged.merge(reports[i])
+    merged.shards = [str(job.shard)]
+    return merged
+
+
+def iter_kinds(devices: Sequence[FleetDevice]) -> Iterator[tuple[str, int]]:
+    """``(fault kind, count)`` over planned devices, healthy ones as ``none``."""
+    counts: dict[str, int] = {}
+    for d in devices:
+        counts[d.fault or "none"] = counts.get(d.fault or "none", 0) + 1
+    yield from sorted(counts.items())
