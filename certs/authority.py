@@ -33,13 +33,14 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID, ObjectIdentifier
 
 from certs.bundle import pem_bundle, read_certificates
 from certs.errors import CertsError, IssueError
 from certs.keys import PrivateKey, generate_key, key_pem, read_private_key, write_secret
 
 __all__ = [
+    "DEVICE_URN",
     "EKU_NAMES",
     "CertificateAuthority",
     "IssuedCert",
@@ -64,6 +65,9 @@ EKU_NAMES: dict[str, ObjectIdentifier] = {
     "msEFS": ObjectIdentifier("1.3.6.1.4.1.311.10.3.4"),
     "anyExtendedKeyUsage": ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE,
 }
+
+#: The default device SAN (a URI), formatted with ``id``.
+DEVICE_URN = "urn:edgesim:device:{id}"
 
 _ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._@-]*")
 
@@ -151,8 +155,8 @@ def _eku(usages: Iterable[str | ObjectIdentifier]) -> list[ObjectIdentifier]:
     return oids
 
 
-def _leaf_key_usage(public_key: object) -> x509.KeyUsage:
-    rsa_key = isinstance(public_key, rsa.RSAPublicKey)
+def _leaf_key_usage(rsa_key: bool) -> x509.KeyUsage:
+    # keyEncipherment only makes sense (and is only expected) for RSA key transport.
     return x509.KeyUsage(
         digital_signature=True,
         content_commitment=False,
@@ -259,6 +263,10 @@ class CertificateAuthority:
             self._aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(cert.public_key())  # type: ignore[arg-type]
         self._send_chain = tuple(c for c in (cert, *self.chain) if not _is_self_signed(c))
         self._cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+        self._leaf_cache: dict[
+            tuple[tuple[str | ObjectIdentifier, ...], bool],
+            list[x509.Extension[x509.ExtensionType]],
+        ] = {}
 
     # -- construction -------------------------------------------------------
 
@@ -397,6 +405,32 @@ class CertificateAuthority:
         )
         return CertificateAuthority(self.sign(builder), key, (self.cert, *self.chain))
 
+    def _leaf_extensions(
+        self, eku: tuple[str | ObjectIdentifier, ...], rsa_key: bool
+    ) -> list[x509.Extension[x509.ExtensionType]]:
+        """The extensions every leaf with this EKU and key family shares (cached)."""
+        cache_key = (eku, rsa_key)
+        cached = self._leaf_cache.get(cache_key)
+        if cached is None:
+            cached = [
+                x509.Extension(
+                    ExtensionOID.BASIC_CONSTRAINTS,
+                    True,
+                    x509.BasicConstraints(ca=False, path_length=None),
+                ),
+                x509.Extension(ExtensionOID.KEY_USAGE, True, _leaf_key_usage(rsa_key)),
+            ]
+            eku_oids = _eku(eku)
+            if eku_oids:
+                cached.append(
+                    x509.Extension(
+                        ExtensionOID.EXTENDED_KEY_USAGE, False, x509.ExtendedKeyUsage(eku_oids)
+                    )
+                )
+            cached.append(x509.Extension(ExtensionOID.AUTHORITY_KEY_IDENTIFIER, False, self._aki))
+            self._leaf_cache[cache_key] = cached
+        return cached
+
     def issue_leaf(
         self,
         subject: x509.Name,
@@ -410,20 +444,30 @@ class CertificateAuthority:
     ) -> IssuedCert:
         """Issue an end-entity certificate with explicit subject, SANs, EKU and times."""
         public_key = key.public_key()
-        builder = (
-            self._builder(subject, public_key, start, end, serial)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(_leaf_key_usage(public_key), critical=True)
-        )
-        eku_oids = _eku(eku)
-        if eku_oids:
-            builder = builder.add_extension(x509.ExtendedKeyUsage(eku_oids), critical=False)
+        extensions = [
+            *self._leaf_extensions(tuple(eku), isinstance(public_key, rsa.RSAPublicKey)),
+            x509.Extension(
+                ExtensionOID.SUBJECT_KEY_IDENTIFIER,
+                False,
+                x509.SubjectKeyIdentifier.from_public_key(public_key),
+            ),
+        ]
         if sans:
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        builder = builder.add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(public_key),
-            critical=False,
-        ).add_extension(self._aki, critical=False)
+            extensions.append(
+                x509.Extension(
+                    ExtensionOID.SUBJECT_ALTERNATIVE_NAME, False, x509.SubjectAlternativeName(sans)
+                )
+            )
+        # Built from a ready extension list: add_extension() copies the builder each time.
+        builder = (
+            x509.CertificateBuilder(extensions=extensions)
+            .subject_name(subject)
+            .issuer_name(self.cert.subject)
+            .public_key(public_key)
+            .serial_number(serial if serial is not None else random_serial())
+            .not_valid_before(start)
+            .not_valid_after(end)
+        )
         return IssuedCert(self.sign(builder), key, self._send_chain)
 
     def issue_server(
@@ -467,11 +511,16 @@ class CertificateAuthority:
         not_before: datetime | None = None,
         not_after: datetime | None = None,
         now: datetime | None = None,
+        default_san: bool = True,
     ) -> IssuedCert:
         """Issue a device (TLS client) certificate with CN = ``device_id``.
 
-        ``eku=("serverAuth",)`` makes a deliberately wrong certificate for fault
-        injection; ``eku=()`` omits the extension.
+        Without ``san_uri``/``san_dns`` the SAN is ``URI:urn:edgesim:device:<id>``
+        (:data:`DEVICE_URN`), because RFC 5280 verifiers such as
+        ``cryptography``'s client verifier require a SAN on every leaf;
+        ``default_san=False`` leaves it out. ``eku=("serverAuth",)`` makes a
+        deliberately wrong certificate for fault injection; ``eku=()`` omits
+        the extension.
         """
         if not device_id:
             raise IssueError("device id must not be empty")
@@ -481,6 +530,8 @@ class CertificateAuthority:
                 sans.append(x509.UniformResourceIdentifier(san_uri))
             if san_dns:
                 sans.append(x509.DNSName(san_dns))
+            if not sans and default_san:
+                sans.append(x509.UniformResourceIdentifier(DEVICE_URN.format(id=device_id)))
         except ValueError as exc:
             raise IssueError(f"device {device_id}: invalid SAN: {exc}") from exc
         start, end = _validity(now, days, not_before, not_after)

@@ -11,7 +11,8 @@ Formats reported by :func:`detect_format` (stable strings, see :data:`FORMATS`).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from cryptography import x509
@@ -27,6 +28,7 @@ __all__ = [
     "detect_format",
     "load_any_certificates",
     "load_pem_certificates",
+    "order_chain",
     "pem_blocks",
     "pem_bundle",
     "read_certificates",
@@ -153,9 +155,9 @@ def describe_format(kind: str) -> str:
     return FORMATS.get(kind, kind)
 
 
-def _not_certificates(kind: str, source: str, expected: str) -> BundleError:
+def _not_certificates(kind: str, source: str, expected: str, where: str = "") -> BundleError:
     hint = _CONVERT_HINT.get(kind, "")
-    message = f"{source}: expected {expected}, but the file is {describe_format(kind)}"
+    message = f"{source}{where}: expected {expected}, but the file is {describe_format(kind)}"
     if hint:
         message += "; " + hint.format(src=source)
     return BundleError(message)
@@ -176,7 +178,7 @@ def load_pem_certificates(data: bytes, *, source: str) -> list[x509.Certificate]
         if label != "CERTIFICATE":
             kind = _PEM_LABELS.get(label.encode(), "pem-other")
             raise _not_certificates(
-                kind, f"{source} (PEM block {index}, {label})", "only CERTIFICATE blocks"
+                kind, source, "only CERTIFICATE blocks", f" (PEM block {index}, {label})"
             )
         try:
             certs.append(x509.load_pem_x509_certificate(block))
@@ -199,10 +201,8 @@ def load_any_certificates(
     try:
         if kind == "pem-certificate":
             return load_pem_certificates(data, source=source)
-        if kind == "pem-pkcs7":
-            return list(pkcs7.load_pem_pkcs7_certificates(data))
-        if kind == "der-pkcs7":
-            return list(pkcs7.load_der_pkcs7_certificates(data))
+        if kind in ("pem-pkcs7", "der-pkcs7"):
+            return order_chain(_load_pkcs7(data, pem=kind == "pem-pkcs7"))
         if kind == "der-certificate":
             return [x509.load_der_x509_certificate(data)]
         if kind == "der-pkcs12":
@@ -210,6 +210,46 @@ def load_any_certificates(
     except ValueError as exc:
         raise BundleError(f"{source}: cannot parse {describe_format(kind)}: {exc}") from exc
     raise _not_certificates(kind, source, "certificates (PEM, DER, PKCS#7 or PKCS#12)")
+
+
+def _load_pkcs7(data: bytes, *, pem: bool) -> list[x509.Certificate]:
+    with warnings.catch_warnings():
+        # OpenSSL's crl2pkcs7 writes the certificate SET unsorted (BER, not DER);
+        # cryptography parses it anyway but warns, which is noise for our users.
+        warnings.simplefilter("ignore", UserWarning)
+        if pem:
+            return list(pkcs7.load_pem_pkcs7_certificates(data))
+        return list(pkcs7.load_der_pkcs7_certificates(data))
+
+
+def order_chain(certs: Sequence[x509.Certificate]) -> list[x509.Certificate]:
+    """Put certificates that form one chain in leaf-to-root order.
+
+    PKCS#7 stores certificates as a SET, so their order is lost; when the
+    certificates form a single issuer chain it is rebuilt (by name), otherwise
+    the input order is kept.
+    """
+    remaining = list(certs)
+    if len(remaining) < 2:
+        return remaining
+    issuers = {c.issuer for c in remaining if c.issuer != c.subject}
+    leaves = [c for c in remaining if c.subject not in issuers]
+    if len(leaves) != 1:
+        return remaining
+    ordered = [leaves[0]]
+    remaining.remove(leaves[0])
+    while remaining:
+        current = ordered[-1]
+        nxt = [
+            c
+            for c in remaining
+            if c.subject == current.issuer and current.issuer != current.subject
+        ]
+        if len(nxt) != 1:
+            return list(certs)
+        ordered.append(nxt[0])
+        remaining.remove(nxt[0])
+    return ordered
 
 
 def _pkcs12_certificates(
