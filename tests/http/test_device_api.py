@@ -1,0 +1,254 @@
+"""The device HTTP API over loopback TCP, with a fixed session and the real core."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from types import ModuleType
+from typing import Any
+
+import aiohttp
+import pytest
+
+from edge.core.policy import Policy
+from edge.core.router import Message
+from edge.http.device import DeviceApiConfig
+
+pytestmark = pytest.mark.timeout(20)
+
+
+class Collector:
+    """A router subscriber that hands messages to a queue (tests wait on it)."""
+
+    def __init__(self) -> None:
+        self.subscriber_id = "test:collector"
+        self.queue: asyncio.Queue[tuple[Message, int, bool]] = asyncio.Queue()
+
+    def deliver(self, message: Message, qos: int, retained: bool) -> None:
+        self.queue.put_nowait((message, qos, retained))
+
+
+async def test_publish_reaches_a_router_subscriber(harness: ModuleType) -> None:
+    async with harness.EdgeHarness() as edge, aiohttp.ClientSession() as http:
+        collector = Collector()
+        assert edge.core.subscribe(collector, "devices/dev1/#", 1, None) == 1
+        async with http.post(
+            f"{edge.base_url}/topics/devices/dev1/temp?qos=1", data=b"21.5"
+        ) as resp:
+            assert resp.status == 200
+            body = await resp.json()
+        assert body["topic"] == "devices/dev1/temp"
+        assert body["qos"] == 1
+        assert body["retain"] is False
+        assert body["delivered"] == 1
+        assert isinstance(body["message_id"], int)
+        message, qos, retained = await asyncio.wait_for(collector.queue.get(), 5)
+        assert (message.topic, message.payload, qos, retained) == (
+            "devices/dev1/temp",
+            b"21.5",
+            1,
+            False,
+        )
+        assert message.protocol == "http"
+        assert message.origin == "default/dev1"
+
+
+async def test_percent_encoded_topic_and_binary_body(harness: ModuleType) -> None:
+    async with harness.EdgeHarness() as edge, aiohttp.ClientSession() as http:
+        collector = Collector()
+        edge.core.subscribe(collector, "a/é b", 0, None)
+        url = f"{edge.base_url}/topics/a%2F%C3%A9%20b"
+        async with http.post(url, data=b"\xff\x00") as resp:
+            assert resp.status == 200, await resp.text()
+        message, _, _ = await asyncio.wait_for(collector.queue.get(), 5)
+        assert message.topic == "a/é b"
+        assert message.payload == b"\xff\x00"
+
+
+async def test_retained_read(harness: ModuleType) -> None:
+    async with harness.EdgeHarness() as edge, aiohttp.ClientSession() as http:
+        async with http.get(f"{edge.base_url}/topics/state/lamp") as resp:
+            assert resp.status == 404
+            assert resp.content_type == "application/problem+json"
+        async with http.post(
+            f"{edge.base_url}/topics/state/lamp?retain=true&qos=1", data=b"on"
+        ) as resp:
+            assert resp.status == 200
+            assert (await resp.json())["retain"] is True
+        async with http.get(f"{edge.base_url}/topics/state/lamp") as resp:
+            assert resp.status == 200
+            assert resp.content_type == "application/octet-stream"
+            assert resp.headers["X-Edgesim-QoS"] == "1"
+            assert resp.headers["X-Edgesim-Retain"] == "true"
+            assert await resp.read() == b"on"
+
+
+@pytest.mark.parametrize(
+    ("path", "reason_part"),
+    [
+        ("/topics/a/%2B/b", "wildcards"),
+        ("/topics/a/%23", "wildcards"),
+        ("/topics/%FF%FE", "not valid UTF-8"),
+        ("/topics/a%00b", "NUL"),
+        ("/topics/ok?qos=2", "qos must be 0|1"),
+        ("/topics/ok?retain=maybe", "retain must be"),
+    ],
+)
+async def test_bad_publish_requests_are_400(
+    harness: ModuleType, path: str, reason_part: str
+) -> None:
+    async with harness.EdgeHarness() as edge, aiohttp.ClientSession() as http:
+        async with http.post(edge.base_url + path, data=b"x") as resp:
+            assert resp.status == 400
+            assert resp.content_type == "application/problem+json"
+            problem = await resp.json(content_type=None)
+        assert reason_part in problem["detail"]
+        event = edge.events.query(kind="http.request")[-1]
+        assert event["status"] == 400
+        assert event["outcome"] == "refused"
+        assert reason_part in event["reason"]
+        assert event["identity"] == "default/dev1"
+
+
+async def test_topic_over_the_limit_is_400(harness: ModuleType) -> None:
+    config = DeviceApiConfig(max_topic_bytes=16)
+    async with (
+        harness.EdgeHarness(config=config) as edge,
+        aiohttp.ClientSession() as http,
+        http.post(f"{edge.base_url}/topics/{'x' * 17}", data=b"x") as resp,
+    ):
+        assert resp.status == 400
+        assert "more than the limit of 16" in (await resp.json(content_type=None))["detail"]
+
+
+async def test_oversized_body_is_413_with_and_without_length(harness: ModuleType) -> None:
+    config = DeviceApiConfig(max_body_bytes=10)
+    async with harness.EdgeHarness(config=config) as edge, aiohttp.ClientSession() as http:
+        async with http.post(f"{edge.base_url}/topics/t", data=b"x" * 11) as resp:
+            assert resp.status == 413
+            assert resp.content_type == "application/problem+json"
+
+        async def chunks() -> Any:
+            for _ in range(3):
+                yield b"x" * 6
+
+        async with http.post(f"{edge.base_url}/topics/t", data=chunks()) as resp:
+            assert resp.status == 413
+        async with http.post(f"{edge.base_url}/topics/t", data=b"x" * 10) as resp:
+            assert resp.status == 200
+
+
+async def test_unknown_path_404_wrong_method_405(harness: ModuleType) -> None:
+    async with harness.EdgeHarness() as edge, aiohttp.ClientSession() as http:
+        async with http.get(f"{edge.base_url}/nothing/here") as resp:
+            assert resp.status == 404
+            assert resp.content_type == "application/problem+json"
+            assert (await resp.json(content_type=None))["status"] == 404
+        async with http.delete(f"{edge.base_url}/topics/a") as resp:
+            assert resp.status == 405
+            assert "GET" in resp.headers["Allow"]
+            assert resp.content_type == "application/problem+json"
+        async with http.get(f"{edge.base_url}/ws") as resp:
+            assert resp.status == 426
+
+
+async def test_policy_denial_is_403_with_reason(harness: ModuleType) -> None:
+    async with (
+        harness.EdgeHarness(policy=Policy.default()) as edge,
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.post(f"{edge.base_url}/topics/devices/other/x", data=b"1") as resp:
+            assert resp.status == 403
+            problem = await resp.json(content_type=None)
+        assert "no publish rule" in problem["detail"]
+        assert problem["topic"] == "devices/other/x"
+        denied = edge.events.query(kind="policy.denied")
+        assert denied[-1]["action"] == "publish"
+        assert edge.events.query(kind="http.request")[-1]["outcome"] == "denied"
+        async with http.get(f"{edge.base_url}/topics/devices/other/x") as resp:
+            assert resp.status == 403
+        async with http.get(f"{edge.base_url}/subscribe?topic=devices/other/%23") as resp:
+            assert resp.status == 403
+        # Its own subtree is allowed.
+        async with http.post(f"{edge.base_url}/topics/devices/dev1/x", data=b"1") as resp:
+            assert resp.status == 200
+
+
+async def read_sse_event(content: aiohttp.StreamReader) -> dict[str, str]:
+    """Read one Server-Sent Event (lines up to a blank line); comments are skipped."""
+    fields: dict[str, str] = {}
+    while True:
+        line = (await content.readline()).decode().rstrip("\n")
+        if not line:
+            if fields:
+                return fields
+            continue
+        if line.startswith(":"):
+            fields.setdefault(":comment", line)
+            continue
+        name, _, value = line.partition(": ")
+        fields[name] = value
+
+
+async def test_sse_subscribe_streams_retained_then_live(harness: ModuleType) -> None:
+    async with harness.EdgeHarness() as edge, aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{edge.base_url}/topics/home/door?retain=true", data=b"closed"
+        ) as resp:
+            assert resp.status == 200
+        async with http.get(f"{edge.base_url}/subscribe?topic=home/%23") as stream:
+            assert stream.status == 200
+            assert stream.content_type == "text/event-stream"
+            hello = await asyncio.wait_for(read_sse_event(stream.content), 5)
+            assert hello[":comment"].startswith(": subscribed home/#")
+            retained = await asyncio.wait_for(read_sse_event(stream.content), 5)
+            assert retained["event"] == "message"
+            data = json.loads(retained["data"])
+            assert data == {
+                "topic": "home/door",
+                "payload": "closed",
+                "encoding": "utf-8",
+                "qos": 0,
+                "retain": True,
+            }
+            async with http.post(f"{edge.base_url}/topics/home/raw", data=b"\xff") as resp:
+                assert resp.status == 200
+                assert (await resp.json())["delivered"] == 1
+            live = await asyncio.wait_for(read_sse_event(stream.content), 5)
+            assert live["id"] == "2"
+            assert json.loads(live["data"])["encoding"] == "base64"
+            assert json.loads(live["data"])["payload"] == "/w=="
+        # The device went away: its subscription is gone.
+        closed = await edge.events.wait_for(lambda e: e["kind"] == "http.stream_closed", timeout=5)
+        assert closed["reason"] == "device disconnected"
+        assert edge.core.router.subscription_count == 0
+
+
+async def test_sse_needs_a_valid_filter(harness: ModuleType) -> None:
+    async with harness.EdgeHarness() as edge, aiohttp.ClientSession() as http:
+        async with http.get(f"{edge.base_url}/subscribe") as resp:
+            assert resp.status == 400
+        async with http.get(f"{edge.base_url}/subscribe?topic=a/b%23") as resp:
+            assert resp.status == 400
+            assert "wildcard #" in (await resp.json(content_type=None))["detail"]
+
+
+async def test_sse_slow_reader_is_ended(harness: ModuleType) -> None:
+    config = DeviceApiConfig(max_queue=3)
+    async with (
+        harness.EdgeHarness(config=config) as edge,
+        aiohttp.ClientSession() as http,
+        http.get(f"{edge.base_url}/subscribe?topic=t") as stream,
+    ):
+        await asyncio.wait_for(read_sse_event(stream.content), 5)
+        # Publishing synchronously fills the queue before the stream task runs.
+        for i in range(10):
+            edge.core.publish(Message("t", str(i).encode()), None)
+        seen = []
+        while True:
+            event = await asyncio.wait_for(read_sse_event(stream.content), 5)
+            seen.append(event["event"])
+            if event["event"] == "error":
+                assert "too slow" in json.loads(event["data"])["reason"]
+                break
+        assert seen == ["message", "message", "message", "error"]
