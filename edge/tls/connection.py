@@ -1,0 +1,727 @@
+"""The asyncio side of the TLS edge: one plain TCP protocol per connection, driving TLS itself.
+
+:class:`TlsEndpoint` holds what one listener shares (contexts, trust snapshot,
+limits, protocol factories, counters). Its :meth:`~TlsEndpoint.protocol_factory`
+goes to ``loop.create_server``. Each connection is an :class:`EdgeTlsProtocol`:
+
+1. read the ClientHello (:class:`~edge.tls.clienthello.ClientFlightReader`);
+   refuse plain TCP / garbage with an event, and no certificate set for the SNI
+   with an ``unrecognized_name`` / ``handshake_failure`` alert;
+2. run the handshake on :class:`~edge.tls.session.TlsServerSession` with the
+   context of the set that the SNI resolves to; a failure sends OpenSSL's alert
+   and becomes a ``tls.refused`` event with the reason and a hint;
+3. on success: the device identity (:mod:`edge.identity`), a
+   :class:`~edge.core.session.SessionInfo`, a ``tls.accepted`` event; then the
+   application protocol chosen by listener kind, ALPN or first bytes, created with
+   ``factory(session_info)`` and handed a :class:`TlsTransport`;
+4. when it ends, a ``connection.closed`` event says why.
+
+Handshakes have a deadline, and both concurrent handshakes and connections are
+capped (a connection beyond a cap is closed at once, with a ``tls.refused`` event).
+Nothing a peer sends raises out of here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from edge.core.events import EventLog
+from edge.core.session import PeerCertificate, SessionInfo
+from edge.identity import IdentityRule, derive_identity, describe_certificate
+from edge.tls.clienthello import ClientFlightReader, ClientHello, FlightProblem
+from edge.tls.contexts import ContextCache
+from edge.tls.errors import IdentityError, TlsConfigError
+from edge.tls.session import TlsServerSession, TlsState
+from edge.tls.verdict import HandshakeVerdict, alert_record, explain
+
+__all__ = [
+    "AppProtocolFactory",
+    "EdgeTlsProtocol",
+    "EndpointOptions",
+    "ListenerKind",
+    "SnapshotLike",
+    "TlsEndpoint",
+    "TlsTransport",
+    "select_protocol",
+]
+
+log = logging.getLogger("edgesim.tls")
+
+#: Builds the application protocol of an accepted connection.
+AppProtocolFactory = Callable[[SessionInfo], asyncio.Protocol]
+#: ``mqtt`` and ``https`` listeners serve one protocol; ``multi`` picks by ALPN or first bytes.
+ListenerKind = Literal["mqtt", "https", "multi"]
+
+
+class ActiveSetLike(Protocol):
+    """What the edge reads from a certificate set's active version."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def ca_pem(self) -> bytes: ...
+    @property
+    def crl_pem(self) -> bytes: ...
+    @property
+    def ca_certs(self) -> tuple[Any, ...]: ...
+
+
+class SnapshotLike(Protocol):
+    """What the edge reads from a trust snapshot (see ``edge.trust.model.TrustSnapshot``)."""
+
+    @property
+    def generation(self) -> int: ...
+    def resolve(self, sni: str | None) -> ActiveSetLike | None: ...
+    def explain_unbound(self, sni: str | None) -> str: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EndpointOptions:
+    """Limits and rules of one TLS listener."""
+
+    kind: ListenerKind = "mqtt"
+    #: Seconds from TCP accept to a finished handshake.
+    handshake_timeout: float = 10.0
+    max_handshakes: int = 2000
+    max_connections: int = 50_000
+    identity_rule: IdentityRule = IdentityRule.CN
+
+
+def select_protocol(kind: ListenerKind, alpn: str | None, first_bytes: bytes) -> str:
+    """Return ``"mqtt"`` or ``"http"`` for a connection (pure; ``first_bytes`` may be empty).
+
+    The listener kind decides, then ALPN, then the first application byte:
+    an MQTT session starts with CONNECT (``0x10``), anything else is HTTP.
+    """
+    if kind == "mqtt":
+        return "mqtt"
+    if kind == "https":
+        return "http"
+    if alpn in ("mqtt", "x-amzn-mqtt-ca"):
+        return "mqtt"
+    if alpn == "http/1.1":
+        return "http"
+    return "mqtt" if first_bytes[:1] == b"\x10" else "http"
+
+
+class TlsEndpoint:
+    """One listener's shared state: contexts, trust, factories, limits and counters."""
+
+    def __init__(
+        self,
+        *,
+        contexts: ContextCache,
+        snapshot: Callable[[], SnapshotLike],
+        factories: Mapping[str, AppProtocolFactory],
+        events: EventLog,
+        options: EndpointOptions | None = None,
+    ) -> None:
+        self.contexts = contexts
+        self.snapshot = snapshot
+        self.factories = dict(factories)
+        self.events = events
+        self.options = options or EndpointOptions()
+        #: Connections open now (any phase) and handshakes in progress now.
+        self.connections = 0
+        self.handshakes = 0
+        self.open_protocols: set[EdgeTlsProtocol] = set()
+
+    def protocol_factory(self) -> EdgeTlsProtocol:
+        """Make the protocol for one accepted TCP connection (for ``loop.create_server``)."""
+        return EdgeTlsProtocol(self)
+
+    def close_all(self, reason: str = "edge shutting down") -> None:
+        """Close every open connection (close_notify after the handshake)."""
+        for proto in list(self.open_protocols):
+            proto.shutdown(reason)
+
+
+_PHASE_HELLO = 0
+_PHASE_HANDSHAKE = 1
+_PHASE_SELECT = 2
+_PHASE_APP = 3
+_PHASE_CLOSED = 4
+
+
+class EdgeTlsProtocol(asyncio.Protocol):
+    """One TCP connection: ClientHello, handshake, then an application protocol."""
+
+    def __init__(self, endpoint: TlsEndpoint) -> None:
+        self.endpoint = endpoint
+        self.raw: asyncio.Transport | None = None
+        self.peer = ""
+        self.reader = ClientFlightReader()
+        self.session: TlsServerSession | None = None
+        self.info: SessionInfo | None = None
+        self.app: asyncio.Protocol | None = None
+        self.transport: TlsTransport | None = None
+        self._phase = _PHASE_HELLO
+        self._pending = bytearray()
+        self._timer: asyncio.TimerHandle | None = None
+        self._counted = False
+        self._in_handshake_slot = False
+        self._active: ActiveSetLike | None = None
+        self._close_reason = ""
+        self._started = 0.0
+
+    # -- asyncio.Protocol ---------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Count the connection against the limits and start the handshake deadline."""
+        assert isinstance(transport, asyncio.Transport)
+        self.raw = transport
+        self._started = time.monotonic()
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        ep = self.endpoint
+        opts = ep.options
+        if ep.connections >= opts.max_connections:
+            self._refuse_early(f"connection limit reached ({opts.max_connections} open)")
+            return
+        if ep.handshakes >= opts.max_handshakes:
+            self._refuse_early(
+                f"too many handshakes in progress ({opts.max_handshakes}); retry with backoff"
+            )
+            return
+        ep.connections += 1
+        ep.handshakes += 1
+        self._counted = True
+        self._in_handshake_slot = True
+        ep.open_protocols.add(self)
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(opts.handshake_timeout, self._on_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        """Feed bytes to the phase the connection is in."""
+        phase = self._phase
+        if phase == _PHASE_APP:
+            self._app_data(data)
+        elif phase == _PHASE_HELLO:
+            self._hello_data(data)
+        elif phase == _PHASE_HANDSHAKE:
+            self._handshake_data(data)
+        elif phase == _PHASE_SELECT:
+            self._app_data(data)
+
+    def eof_received(self) -> bool | None:
+        """The peer closed its side: end the TLS session and the connection."""
+        if self._phase == _PHASE_HELLO:
+            reason = (
+                "the client closed the connection before its ClientHello"
+                if not self._pending
+                else "the client closed the connection in the middle of its ClientHello"
+            )
+            self._refuse(reason, hint="", alert=None)
+            return False
+        if self._phase == _PHASE_HANDSHAKE:
+            self._handshake_data(b"")
+            return False
+        if self.session is not None and self._phase in (_PHASE_APP, _PHASE_SELECT):
+            self.session.receive_data(b"")
+            self._after_app_input()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Release the slots, tell the application, emit ``connection.closed``."""
+        self._release_handshake_slot()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        ep = self.endpoint
+        if self._counted:
+            ep.connections -= 1
+            self._counted = False
+        ep.open_protocols.discard(self)
+        phase = self._phase
+        self._phase = _PHASE_CLOSED
+        if phase == _PHASE_HANDSHAKE and self.session is not None and self.session.failure is None:
+            # The socket died in the middle of the handshake (reset, not EOF).
+            self._emit_refused(
+                f"the connection was lost during the handshake ({exc or 'reset'})", "", None
+            )
+        elif phase == _PHASE_HELLO and exc is not None:
+            self._emit_refused(f"the connection was lost before the ClientHello ({exc})", "", None)
+        if self.info is not None:
+            reason = self._close_reason or (f"connection lost: {exc}" if exc else "closed")
+            if self.app is not None:
+                try:
+                    self.app.connection_lost(exc)
+                except Exception:  # an application bug must not take the edge down
+                    log.exception("application connection_lost failed")
+            ep.events.emit(
+                "connection.closed",
+                "closed",
+                identity=str(self.info.identity),
+                peer=self.peer,
+                connection_id=self.info.connection_id,
+                reason=reason,
+                duration=round(time.monotonic() - self._started, 3),
+            )
+
+    def pause_writing(self) -> None:
+        """The socket's buffer is full: tell the application."""
+        if self.app is not None:
+            self.app.pause_writing()
+
+    def resume_writing(self) -> None:
+        """The socket's buffer drained: tell the application."""
+        if self.app is not None:
+            self.app.resume_writing()
+
+    # -- phases ---------------------------------------------------------------
+
+    def _hello_data(self, data: bytes) -> None:
+        self._pending += data
+        reader = self.reader
+        reader.receive_data(data)
+        if reader.problem is FlightProblem.NOT_TLS:
+            self._refuse(
+                reader.reason,
+                hint="connect with TLS (mqtts:// or https://) and a client certificate",
+                alert=None,
+            )
+            return
+        if reader.problem is FlightProblem.MALFORMED:
+            self._refuse(
+                f"malformed ClientHello: {reader.reason}",
+                hint="this is a bug in the device's TLS stack",
+                alert="decode_error",
+            )
+            return
+        hello = reader.client_hello
+        if hello is None:
+            return
+        snapshot = self.endpoint.snapshot()
+        active = snapshot.resolve(hello.sni)
+        if active is None:
+            self._refuse(
+                snapshot.explain_unbound(hello.sni),
+                hint="bind a certificate set to this hostname or set a default binding",
+                alert="unrecognized_name" if hello.sni else "handshake_failure",
+            )
+            return
+        try:
+            context = self.endpoint.contexts.context_for(active)
+        except TlsConfigError as exc:
+            self._active = active
+            self._refuse(str(exc), hint="re-upload the set", alert="internal_error")
+            return
+        self._active = active
+        self.session = TlsServerSession(context)
+        self._phase = _PHASE_HANDSHAKE
+        pending = bytes(self._pending)
+        self._pending.clear()
+        self._feed_handshake(pending)
+
+    def _handshake_data(self, data: bytes) -> None:
+        if not self.reader.done:
+            self.reader.receive_data(data)
+        self._feed_handshake(data)
+
+    def _feed_handshake(self, data: bytes) -> None:
+        session = self.session
+        assert session is not None
+        session.receive_data(data)
+        self._flush()
+        if session.failure is not None:
+            self._handshake_failed()
+        elif session.state is TlsState.ESTABLISHED:
+            self._handshake_succeeded()
+
+    def _handshake_failed(self) -> None:
+        session = self.session
+        assert session is not None
+        assert session.failure is not None
+        active = self._active
+        cert = self._presented_certificate()
+        verdict = explain(
+            session.failure,
+            set_name=active.name if active else None,
+            set_version=active.version if active else None,
+            certificate=cert,
+            ca_subjects=_subjects(active),
+        )
+        self._emit_refused(verdict.reason, verdict.hint, verdict, certificate=cert)
+        self._close_raw()
+
+    def _handshake_succeeded(self) -> None:
+        session = self.session
+        active = self._active
+        assert session is not None
+        assert active is not None
+        self._release_handshake_slot()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        obj = session.ssl_object
+        der = obj.getpeercert(binary_form=True)
+        cert = describe_certificate(der) if der else None
+        try:
+            if der is None:
+                raise IdentityError("no peer certificate after a verified handshake")
+            identity = derive_identity(
+                der, namespace=active.name, rule=self.endpoint.options.identity_rule
+            )
+        except IdentityError as exc:
+            session.close(str(exc))
+            self._flush()
+            self._emit_refused(
+                str(exc),
+                "issue the device a certificate with that field, or change identity.rule",
+                None,
+                certificate=cert,
+            )
+            self._close_raw()
+            return
+        cipher = obj.cipher()
+        hello = self.reader.client_hello
+        self.info = SessionInfo(
+            identity=identity,
+            peer=self.peer,
+            sni=hello.sni if hello else None,
+            alpn=obj.selected_alpn_protocol(),
+            tls_version=obj.version() or "",
+            cipher=cipher[0] if cipher else "",
+            certificate=cert,
+            set_name=active.name,
+            set_version=active.version,
+        )
+        self.endpoint.events.emit(
+            "tls.accepted",
+            "accepted",
+            identity=str(identity),
+            peer=self.peer,
+            sni=self.info.sni,
+            alpn=self.info.alpn,
+            tls_version=self.info.tls_version,
+            cipher=self.info.cipher,
+            set=active.name,
+            version=active.version,
+            certificate=_cert_dict(cert),
+            connection_id=self.info.connection_id,
+            handshake_ms=round((time.monotonic() - self._started) * 1000, 2),
+        )
+        self.transport = TlsTransport(self)
+        self._phase = _PHASE_SELECT
+        opts = self.endpoint.options
+        if opts.kind != "multi" or self.info.alpn:
+            self._start_app(select_protocol(opts.kind, self.info.alpn, b""), b"")
+        # Data that arrived with the client's Finished (a pipelined CONNECT).
+        self._after_app_input()
+
+    def _start_app(self, name: str, first: bytes) -> None:
+        info = self.info
+        transport = self.transport
+        assert info is not None
+        assert transport is not None
+        factory = self.endpoint.factories.get(name)
+        if factory is None:
+            self._close_reason = f"no {name} service on this listener"
+            self.endpoint.events.emit(
+                "connection.refused",
+                "refused",
+                identity=str(info.identity),
+                peer=self.peer,
+                reason=self._close_reason,
+            )
+            transport.close()
+            return
+        self._phase = _PHASE_APP
+        try:
+            self.app = factory(info)
+            self.app.connection_made(transport)
+            if first:
+                self.app.data_received(first)
+        except Exception as exc:
+            log.exception("application protocol failed to start")
+            self._close_reason = f"application error: {exc}"
+            transport.abort()
+
+    def _app_data(self, data: bytes) -> None:
+        session = self.session
+        assert session is not None
+        session.receive_data(data)
+        self._after_app_input()
+
+    def _after_app_input(self) -> None:
+        session = self.session
+        assert session is not None
+        plain = session.application_data()
+        if self._phase == _PHASE_SELECT and plain:
+            self._start_app(select_protocol(self.endpoint.options.kind, None, plain), plain)
+            plain = b""
+        if plain and self.app is not None and self._phase == _PHASE_APP:
+            try:
+                self.app.data_received(plain)
+            except Exception as exc:
+                log.exception("application protocol failed on data")
+                self._close_reason = f"application error: {exc}"
+                if self.transport is not None:
+                    self.transport.abort()
+                return
+        self._flush()
+        if session.peer_closed and self._phase in (_PHASE_APP, _PHASE_SELECT):
+            self._close_reason = self._close_reason or (
+                "the device sent close_notify"
+                if session.close_reason == "close_notify"
+                else f"the device closed the connection ({session.close_reason})"
+            )
+            if self.app is not None:
+                try:
+                    self.app.eof_received()
+                except Exception:
+                    log.exception("application eof_received failed")
+            self._flush()
+            self._close_raw()
+
+    # -- refusals -------------------------------------------------------------
+
+    def _refuse_early(self, reason: str) -> None:
+        self._phase = _PHASE_CLOSED
+        self._emit_refused(reason, "raise the edge's limits or spread devices' arrivals", None)
+        assert self.raw is not None
+        # abort, not close: a limit exists to free resources now.
+        self.raw.abort()
+
+    def _refuse(self, reason: str, *, hint: str, alert: str | None) -> None:
+        self._emit_refused(reason, hint, None, alert=alert)
+        if alert is not None and self.raw is not None:
+            self.raw.write(alert_record(alert))
+        self._phase = _PHASE_CLOSED
+        self._close_raw()
+
+    def _on_timeout(self) -> None:
+        self._timer = None
+        if self._phase == _PHASE_HELLO:
+            reason = f"no ClientHello within {self.endpoint.options.handshake_timeout:g} s"
+        else:
+            reason = f"handshake not finished within {self.endpoint.options.handshake_timeout:g} s"
+        self._emit_refused(reason, "the device stalled; check its network and TLS stack", None)
+        self._phase = _PHASE_CLOSED
+        if self.raw is not None:
+            self.raw.abort()
+
+    def _emit_refused(
+        self,
+        reason: str,
+        hint: str,
+        verdict: HandshakeVerdict | None,
+        *,
+        alert: str | None = None,
+        certificate: PeerCertificate | None = None,
+    ) -> None:
+        hello: ClientHello | None = self.reader.client_hello
+        active = self._active
+        self.endpoint.events.emit(
+            "tls.refused",
+            "refused",
+            peer=self.peer,
+            sni=hello.sni if hello else None,
+            alpn_offered=list(hello.alpn) if hello else [],
+            versions_offered=list(hello.versions) if hello else [],
+            certificate=_cert_dict(certificate),
+            set=active.name if active else None,
+            version=active.version if active else None,
+            tls_version=verdict.tls_version if verdict else None,
+            verify_code=verdict.verify_code if verdict else None,
+            verify_message=verdict.verify_message if verdict else "",
+            alert=(verdict.alert if verdict else alert) or None,
+            alert_from_client=verdict.alert_from_client if verdict else False,
+            library_reason=verdict.library_reason if verdict else "",
+            reason=reason,
+            hint=hint,
+        )
+
+    def _presented_certificate(self) -> PeerCertificate | None:
+        # TLS 1.2 carries the client Certificate message in cleartext; TLS 1.3
+        # encrypts it and Python's ssl exposes no peer certificate after a failed
+        # verification, so a TLS 1.3 refusal names no certificate.
+        certs = self.reader.client_certificates
+        return describe_certificate(certs[0]) if certs else None
+
+    # -- output -----------------------------------------------------------------
+
+    def _flush(self) -> None:
+        session = self.session
+        raw = self.raw
+        if session is None or raw is None:
+            return
+        out = session.data_to_send()
+        if out and not raw.is_closing():
+            raw.write(out)
+
+    def _close_raw(self) -> None:
+        self._release_handshake_slot()
+        if self.raw is not None and not self.raw.is_closing():
+            self.raw.close()
+
+    def _release_handshake_slot(self) -> None:
+        if self._in_handshake_slot:
+            self.endpoint.handshakes -= 1
+            self._in_handshake_slot = False
+
+    # -- used by TlsTransport ---------------------------------------------------------
+
+    def app_write(self, data: bytes) -> None:
+        """Encrypt and send application data."""
+        session = self.session
+        if session is None or session.state is not TlsState.ESTABLISHED:
+            return
+        session.send(data)
+        self._flush()
+
+    def app_close(self, reason: str) -> None:
+        """Send close_notify and close the socket once its buffer drains."""
+        self._close_reason = self._close_reason or reason
+        if self.session is not None:
+            self.session.close(reason)
+            self._flush()
+        self._close_raw()
+
+    def shutdown(self, reason: str) -> None:
+        """Close this connection whatever its phase (edge shutdown)."""
+        if self._phase in (_PHASE_APP, _PHASE_SELECT):
+            self.app_close(reason)
+        elif self.raw is not None:
+            self.raw.abort()
+
+
+def _subjects(active: ActiveSetLike | None) -> tuple[str, ...]:
+    if active is None:
+        return ()
+    out = []
+    for cert in active.ca_certs:
+        subject = getattr(cert, "subject", None)
+        if subject is not None:
+            out.append(subject.rfc4514_string())
+    return tuple(out)
+
+
+def _cert_dict(cert: PeerCertificate | None) -> dict[str, str] | None:
+    if cert is None:
+        return None
+    return {
+        "subject": cert.subject,
+        "issuer": cert.issuer,
+        "serial": cert.serial,
+        "sha256": cert.sha256,
+        "not_before": cert.not_before,
+        "not_after": cert.not_after,
+    }
+
+
+class TlsTransport(asyncio.Transport):
+    """The transport an application protocol sees: writes are encrypted, close sends close_notify.
+
+    Extra info: ``peername``, ``sockname``, ``socket`` (from the TCP transport),
+    ``ssl_object``, ``peercert`` (the verified leaf, as ``getpeercert()``),
+    ``sslcontext``, ``cipher``, ``edgesim.session`` (the :class:`SessionInfo`).
+    """
+
+    def __init__(self, conn: EdgeTlsProtocol) -> None:
+        super().__init__()
+        self._conn = conn
+        self._closing = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """Return TLS and socket facts about the connection."""
+        conn = self._conn
+        session = conn.session
+        if name == "edgesim.session":
+            return conn.info
+        if session is not None:
+            if name == "ssl_object":
+                return session.ssl_object
+            if name == "peercert":
+                return session.ssl_object.getpeercert()
+            if name == "cipher":
+                return session.ssl_object.cipher()
+            if name == "sslcontext":
+                return session.ssl_object.context
+        if conn.raw is not None:
+            return conn.raw.get_extra_info(name, default)
+        return default
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Encrypt ``data`` and queue it on the socket."""
+        if self._closing:
+            return
+        self._conn.app_write(bytes(data))
+
+    def writelines(self, list_of_data: Any) -> None:
+        """Write several buffers as one TLS write."""
+        self.write(b"".join(list_of_data))
+
+    def can_write_eof(self) -> bool:
+        """TLS has no half-close."""
+        return False
+
+    def write_eof(self) -> None:
+        """Unsupported: TLS has no half-close (close_notify closes both ways)."""
+        raise NotImplementedError("TLS connections cannot half-close; use close()")
+
+    def close(self) -> None:
+        """Send close_notify, then close the socket after buffered data is sent."""
+        if self._closing:
+            return
+        self._closing = True
+        self._conn.app_close("closed by the edge")
+
+    def abort(self) -> None:
+        """Close the socket at once, dropping buffered data."""
+        self._closing = True
+        raw = self._conn.raw
+        if raw is not None:
+            raw.abort()
+
+    def is_closing(self) -> bool:
+        """True once close() or abort() was called or the socket is closing."""
+        raw = self._conn.raw
+        return self._closing or raw is None or raw.is_closing()
+
+    def pause_reading(self) -> None:
+        """Stop reading from the socket (TCP flow control reaches the device)."""
+        if self._conn.raw is not None:
+            self._conn.raw.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Resume reading from the socket."""
+        if self._conn.raw is not None:
+            self._conn.raw.resume_reading()
+
+    def is_reading(self) -> bool:
+        """True unless reading is paused."""
+        raw = self._conn.raw
+        return raw is not None and raw.is_reading()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        """Set the socket's write buffer limits (pause_writing/resume_writing thresholds)."""
+        if self._conn.raw is not None:
+            self._conn.raw.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_size(self) -> int:
+        """Bytes (ciphertext) queued on the socket."""
+        raw = self._conn.raw
+        return raw.get_write_buffer_size() if raw is not None else 0
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        """The socket's (low, high) write buffer limits."""
+        raw = self._conn.raw
+        return raw.get_write_buffer_limits() if raw is not None else (0, 0)
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        """Replace the application protocol (used by protocol upgrades such as WebSocket)."""
+        assert isinstance(protocol, asyncio.Protocol)
+        self._conn.app = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        """The application protocol."""
+        assert self._conn.app is not None
+        return self._conn.app

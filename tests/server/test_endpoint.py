@@ -1,0 +1,365 @@
+"""The TLS endpoint over real loopback sockets with real TLS: accepted devices, refusals, limits.
+
+The trust snapshot is the real ``TrustSnapshot`` value type built by hand; the
+application is a small MQTT double (CONNECT -> CONNACK, then echo) so these tests
+exercise the TLS layer alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from edge.core.events import Event, EventLog
+from edge.core.session import SessionInfo
+from edge.tls.connection import EndpointOptions, TlsEndpoint
+from edge.tls.contexts import ContextCache, TlsSettings
+from edge.trust.model import ActiveSet, TrustSnapshot
+
+CONNECT = bytes.fromhex("101000044d5154540402003c000464657631")  # client id "dev1"
+CONNACK = b"\x20\x02\x00\x00"
+
+
+class MqttDouble(asyncio.Protocol):
+    """Answers CONNECT with CONNACK, then echoes; records what the transport told it."""
+
+    instances: list[MqttDouble] = []  # noqa: RUF012 - the tests read it
+
+    def __init__(self, session: SessionInfo) -> None:
+        self.session = session
+        self.transport: asyncio.Transport | None = None
+        self.lost = asyncio.get_running_loop().create_future()
+        MqttDouble.instances.append(self)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        if data.startswith(b"\x10"):
+            self.transport.write(CONNACK)
+        elif data == b"bye":
+            self.transport.close()
+        else:
+            self.transport.write(b"echo:" + data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+
+def make_set(pki: Any, *, version: int = 1, crl_pem: bytes = b"") -> ActiveSet:
+    s = pki.chain_set(version=version, crl_pem=crl_pem)
+    return ActiveSet(
+        name=s.name,
+        version=s.version,
+        ca_certs=s.ca_certs,
+        ca_pem=s.ca_pem,
+        crls=(),
+        crl_pem=s.crl_pem,
+        allow_sha1=False,
+    )
+
+
+class Edge:
+    """A TLS endpoint listening on 127.0.0.1, port 0."""
+
+    def __init__(self, endpoint: TlsEndpoint, server: asyncio.Server) -> None:
+        self.endpoint = endpoint
+        self.server = server
+        self.port = server.sockets[0].getsockname()[1]
+        self.events = endpoint.events
+        self.snapshot: TrustSnapshot = TrustSnapshot(1, {}, {})
+
+    async def refused(self, since: int = 0) -> Event:
+        return await self.events.wait_for(lambda e: e["kind"] == "tls.refused", since=since)
+
+
+@contextlib.asynccontextmanager
+async def running_edge(
+    pki: Any,
+    *,
+    bindings: dict[str, str] | None = None,
+    crl_pem: bytes = b"",
+    options: EndpointOptions | None = None,
+) -> AsyncIterator[Edge]:
+    events = EventLog(log_events=False)
+    active = make_set(pki, crl_pem=crl_pem)
+    holder: dict[str, TrustSnapshot] = {
+        "snap": TrustSnapshot(1, {"default": active}, bindings or {"*": "default"})
+    }
+    contexts = ContextCache(TlsSettings(cert_file=pki.server_cert, key_file=pki.server_key))
+    endpoint = TlsEndpoint(
+        contexts=contexts,
+        snapshot=lambda: holder["snap"],
+        factories={"mqtt": MqttDouble},
+        events=events,
+        options=options,
+    )
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(endpoint.protocol_factory, "127.0.0.1", 0)
+    edge = Edge(endpoint, server)
+    try:
+        yield edge
+    finally:
+        server.close()
+        endpoint.close_all()
+        await server.wait_closed()
+
+
+async def open_tls(
+    edge: Edge,
+    ctx: ssl.SSLContext,
+    sni: str | None = "localhost",
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection(
+        "127.0.0.1", edge.port, ssl=ctx, server_hostname=sni or "", ssl_handshake_timeout=5
+    )
+
+
+async def close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(ssl.SSLError, ConnectionError):
+        await writer.wait_closed()
+
+
+@pytest.mark.timeout(20)
+async def test_accepted_device_gets_connack_through_the_tls_transport(pki: Any) -> None:
+    async with running_edge(pki) as edge:
+        device = pki.device("dev-accepted")
+        reader, writer = await open_tls(edge, pki.client_context(device, alpn=["mqtt"]))
+        writer.write(CONNECT)
+        assert await asyncio.wait_for(reader.readexactly(4), 5) == CONNACK
+        writer.write(b"ping")
+        assert await asyncio.wait_for(reader.readexactly(9), 5) == b"echo:ping"
+        accepted = await edge.events.wait_for(lambda e: e["kind"] == "tls.accepted")
+        assert accepted["identity"] == "default/dev-accepted"
+        assert accepted["sni"] == "localhost"
+        assert accepted["alpn"] == "mqtt"
+        assert accepted["tls_version"] == "TLSv1.3"
+        assert accepted["set"] == "default"
+        assert accepted["version"] == 1
+        assert accepted["certificate"]["subject"] == "CN=dev-accepted"
+        app = MqttDouble.instances[-1]
+        assert app.session.identity.name == "dev-accepted"
+        assert app.transport is not None
+        info = app.transport.get_extra_info("edgesim.session")
+        assert info is app.session
+        assert app.transport.get_extra_info("peername")[0] == "127.0.0.1"
+        assert app.transport.get_extra_info("peercert")["subject"]
+        await close(writer)
+        closed = await edge.events.wait_for(lambda e: e["kind"] == "connection.closed")
+        assert closed["identity"] == "default/dev-accepted"
+        assert "close_notify" in closed["reason"] or "closed" in closed["reason"]
+        await asyncio.wait_for(app.lost, 5)
+        assert edge.endpoint.connections == 0
+        assert edge.endpoint.handshakes == 0
+
+
+@pytest.mark.timeout(20)
+async def test_edge_close_sends_close_notify(pki: Any) -> None:
+    async with running_edge(pki) as edge:
+        reader, writer = await open_tls(edge, pki.client_context(pki.device("dev-bye")))
+        writer.write(b"bye")
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # clean TLS EOF
+        closed = await edge.events.wait_for(lambda e: e["kind"] == "connection.closed")
+        assert closed["reason"] == "closed by the edge"
+        await close(writer)
+
+
+@pytest.mark.timeout(20)
+async def test_no_certificate_is_refused_with_certificate_required(pki: Any) -> None:
+    async with running_edge(pki) as edge:
+        ctx = pki.client_context(None, version=ssl.TLSVersion.TLSv1_3, alpn=["mqtt"])
+        reader, writer = await open_tls(edge, ctx)
+        with pytest.raises((ssl.SSLError, ConnectionError, asyncio.IncompleteReadError)):
+            await asyncio.wait_for(reader.readexactly(1), 5)
+        event = await edge.refused()
+        assert event["alert"] == "certificate_required"
+        assert event["reason"] == "no client certificate"
+        assert "certificate and key" in event["hint"]
+        assert event["sni"] == "localhost"
+        assert event["alpn_offered"] == ["mqtt"]
+        assert event["versions_offered"] == ["TLSv1.3"]
+        assert event["set"] == "default"
+        assert event["version"] == 1
+        await close(writer)
+
+
+@pytest.mark.timeout(20)
+async def test_unknown_ca_tls12_names_the_presented_certificate(pki: Any) -> None:
+    async with running_edge(pki) as edge:
+        device = pki.device("dev-stranger", ca=pki.other)
+        ctx = pki.client_context(device, version=ssl.TLSVersion.TLSv1_2)
+        with pytest.raises(ssl.SSLError, match="UNKNOWN_CA"):
+            await open_tls(edge, ctx)
+        event = await edge.refused()
+        assert event["alert"] == "unknown_ca"
+        assert event["verify_code"] == 20
+        assert event["verify_message"] == "unable to get local issuer certificate"
+        cert = event["certificate"]
+        assert cert["subject"] == "CN=dev-stranger"
+        assert cert["issuer"] == "CN=Unknown Root"
+        assert cert["serial"] == device.issued.serial_hex
+        assert len(cert["sha256"]) == 64
+        assert event["reason"] == "issued by `CN=Unknown Root`, which is not in set `default` v1"
+
+
+@pytest.mark.timeout(20)
+async def test_expired_certificate(pki: Any) -> None:
+    async with running_edge(pki) as edge:
+        ctx = pki.client_context(
+            pki.device("dev-expired", expired=True), version=ssl.TLSVersion.TLSv1_2
+        )
+        with pytest.raises(ssl.SSLError, match="CERTIFICATE_EXPIRED"):
+            await open_tls(edge, ctx)
+        event = await edge.refused()
+        assert event["alert"] == "certificate_expired"
+        assert event["reason"].startswith("client certificate expired on 20")
+
+
+@pytest.mark.timeout(20)
+async def test_revoked_certificate(pki: Any) -> None:
+    device = pki.device("dev-revoked")
+    async with running_edge(pki, crl_pem=pki.crl(pki.inter, [device.issued])) as edge:
+        ctx = pki.client_context(device, version=ssl.TLSVersion.TLSv1_2)
+        with pytest.raises(ssl.SSLError, match="CERTIFICATE_REVOKED"):
+            await open_tls(edge, ctx)
+        event = await edge.refused()
+        assert event["alert"] == "certificate_revoked"
+        assert device.issued.serial_hex in event["reason"]
+
+
+@pytest.mark.timeout(20)
+async def test_unbound_sni_without_default_gets_unrecognized_name(pki: Any) -> None:
+    async with running_edge(pki, bindings={"edge.example.com": "default"}) as edge:
+        ctx = pki.client_context(pki.device("dev-sni"))
+        ctx.check_hostname = False
+        with pytest.raises(ssl.SSLError, match="UNRECOGNIZED_NAME"):
+            await open_tls(edge, ctx, sni="other.example.com")
+        event = await edge.refused()
+        assert event["alert"] == "unrecognized_name"
+        assert "'other.example.com' is not bound" in event["reason"]
+        assert event["sni"] == "other.example.com"
+
+
+@pytest.mark.timeout(20)
+async def test_plain_mqtt_client_is_told_to_use_tls(pki: Any) -> None:
+    async with running_edge(pki) as edge:
+        reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+        writer.write(CONNECT)
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        event = await edge.refused()
+        assert "MQTT CONNECT over plain TCP" in event["reason"]
+        assert event["alert"] is None
+        await close(writer)
+        assert edge.endpoint.connections == 0
+        assert edge.endpoint.handshakes == 0
+
+
+@pytest.mark.timeout(20)
+async def test_garbage_after_a_valid_record_header(pki: Any) -> None:
+    async with running_edge(pki) as edge:
+        reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+        writer.write(b"\x16\x03\x01\x00\x08\x02\x00\x00\x04abcd")
+        data = await asyncio.wait_for(reader.read(), 5)
+        assert data == b"\x15\x03\x03\x00\x02\x02\x32"  # fatal decode_error
+        event = await edge.refused()
+        assert event["reason"].startswith("malformed ClientHello")
+        assert event["alert"] == "decode_error"
+        await close(writer)
+
+
+@pytest.mark.timeout(20)
+async def test_stalled_handshake_times_out_and_frees_its_slot(pki: Any) -> None:
+    options = EndpointOptions(handshake_timeout=0.3)
+    async with running_edge(pki, options=options) as edge:
+        reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+        writer.write(b"\x16\x03\x01\x00")  # a record header, then silence
+        event = await edge.refused()
+        assert event["reason"] == "no ClientHello within 0.3 s"
+        with contextlib.suppress(ConnectionError):
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+        await close(writer)
+        assert edge.endpoint.handshakes == 0
+        assert edge.endpoint.connections == 0
+
+
+@pytest.mark.timeout(20)
+async def test_stall_after_client_hello_times_out(pki: Any) -> None:
+    options = EndpointOptions(handshake_timeout=0.3)
+    async with running_edge(pki, options=options) as edge:
+        ctx = pki.client_context(pki.device("dev-staller"))
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        client = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+        with pytest.raises(ssl.SSLWantReadError):
+            client.do_handshake()
+        _reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+        writer.write(outgoing.read())  # the ClientHello, then silence
+        event = await edge.refused()
+        assert event["reason"] == "handshake not finished within 0.3 s"
+        assert event["sni"] == "localhost"
+        await close(writer)
+        assert edge.endpoint.handshakes == 0
+
+
+@pytest.mark.timeout(20)
+async def test_client_closing_mid_handshake(pki: Any) -> None:
+    async with running_edge(pki) as edge:
+        ctx = pki.client_context(pki.device("dev-quitter"))
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        client = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+        with pytest.raises(ssl.SSLWantReadError):
+            client.do_handshake()
+        reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+        writer.write(outgoing.read())  # the ClientHello alone
+        await asyncio.wait_for(reader.read(100), 5)  # the ServerHello flight
+        writer.write_eof()
+        event = await edge.refused()
+        assert event["reason"] == "the client closed the connection during the handshake"
+        assert event["sni"] == "localhost"
+        await close(writer)
+        assert edge.endpoint.handshakes == 0
+
+
+@pytest.mark.timeout(20)
+async def test_connection_limit_refuses_with_an_event(pki: Any) -> None:
+    options = EndpointOptions(max_connections=1)
+    async with running_edge(pki, options=options) as edge:
+        device = pki.device("dev-limit")
+        reader, writer = await open_tls(edge, pki.client_context(device))
+        writer.write(CONNECT)
+        assert await asyncio.wait_for(reader.readexactly(4), 5) == CONNACK
+        sock = socket.create_connection(("127.0.0.1", edge.port))
+        try:
+            event = await edge.refused()
+            assert event["reason"] == "connection limit reached (1 open)"
+        finally:
+            sock.close()
+        await close(writer)
+        await edge.events.wait_for(lambda e: e["kind"] == "connection.closed")
+        assert edge.endpoint.connections == 0
+
+
+@pytest.mark.timeout(20)
+async def test_handshake_limit_refuses_with_an_event(pki: Any) -> None:
+    options = EndpointOptions(max_handshakes=1)
+    async with running_edge(pki, options=options) as edge:
+        _r1, w1 = await asyncio.open_connection("127.0.0.1", edge.port)  # holds the one slot
+        _r2, w2 = await asyncio.open_connection("127.0.0.1", edge.port)
+        event = await edge.refused()
+        assert "too many handshakes in progress (1)" in event["reason"]
+        await close(w1)
+        await close(w2)
+        await edge.events.wait_for(
+            lambda e: e["kind"] == "tls.refused" and "before its ClientHello" in e["reason"]
+        )
+        assert edge.endpoint.handshakes == 0
+        assert edge.endpoint.connections == 0
