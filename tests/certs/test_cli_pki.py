@@ -1,0 +1,193 @@
+"""``edgesim pki``: the commands end to end, in process, with real files."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from certs.bundle import read_certificates
+from certs.keys import read_private_key
+from edge.cli import main
+
+OpenSSL = Callable[..., subprocess.CompletedProcess[str]]
+Run = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def run(capsys: pytest.CaptureFixture[str]) -> Run:
+    """Run ``edgesim`` in process; return (status, stdout, stderr)."""
+
+    def call(*argv: str | Path) -> tuple[int, str, str]:
+        code = main([str(a) for a in argv])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return call
+
+
+@pytest.fixture
+def pki(tmp_path: Path, run: Run) -> Path:
+    code, _, err = run("pki", "quickstart", "--out", tmp_path / "pki", "--devices", "1")
+    assert code == 0, err
+    return tmp_path / "pki"
+
+
+def test_pki_alone_prints_help(run: Run) -> None:
+    code, _, err = run("pki")
+    assert code == 2
+    assert "quickstart" in err
+
+
+def test_quickstart_json(tmp_path: Path, run: Run) -> None:
+    code, out, _ = run("pki", "quickstart", "--out", tmp_path, "--devices", "2", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["device_count"] == 2
+    assert Path(data["manifest"]).is_file()
+    code, _, err = run("pki", "quickstart", "--out", tmp_path)
+    assert code == 1
+    assert "already holds a PKI" in err
+
+
+def test_genkey_encrypted(tmp_path: Path, run: Run) -> None:
+    pw = tmp_path / "pw"
+    pw.write_text("pw1\n")
+    key = tmp_path / "k.key"
+    code, out, _ = run(
+        "pki", "genkey", "--type", "ec384", "--out", key, "--passphrase-file", pw, "--json"
+    )
+    assert code == 0
+    assert json.loads(out) == {"key": str(key), "type": "EC P-384", "encrypted": True}
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    read_private_key(key, b"pw1")
+
+
+def test_issue_server_and_intermediate(tmp_path: Path, pki: Path, run: Run) -> None:
+    ca = ["--ca-cert", pki / "root-ca.pem", "--ca-key", pki / "root-ca.key"]
+    code, out, err = run(
+        "pki",
+        "issue",
+        "intermediate",
+        *ca,
+        "--cn",
+        "Sub CA",
+        "--path-len",
+        "1",
+        "--out",
+        tmp_path,
+        "--json",
+    )
+    assert code == 0, err
+    sub = read_certificates(json.loads(out)["cert"])
+    bc = sub[0].extensions.get_extension_for_class(x509.BasicConstraints).value
+    assert bc.path_length == 1
+    ca2 = [
+        "--ca-cert",
+        tmp_path / "intermediate-ca.pem",
+        "--ca-key",
+        tmp_path / "intermediate-ca.key",
+    ]
+    code, out, err = run(
+        "pki",
+        "issue",
+        "server",
+        *ca2,
+        "--san",
+        "edge.test",
+        "--san",
+        "10.1.2.3",
+        "--out",
+        tmp_path,
+        "--days",
+        "30",
+    )
+    assert code == 0, err
+    assert "issued CN=edge.test" in out
+    chain = read_certificates(tmp_path / "server.pem")
+    assert chain[1] == sub[0]
+    san = chain[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(v) for v in san.get_values_for_type(x509.IPAddress)] == ["10.1.2.3"]
+
+
+def test_issue_devices_with_faults(tmp_path: Path, pki: Path, run: Run) -> None:
+    ca = ["--ca-cert", pki / "intermediate-ca.pem", "--ca-key", pki / "intermediate-ca.key"]
+    code, out, err = run(
+        "pki",
+        "issue",
+        "device",
+        *ca,
+        "--count",
+        "3",
+        "--id-template",
+        "bad-{i}",
+        "--start",
+        "5",
+        "--no-client-auth",
+        "--not-before",
+        "2020-01-01T00:00:00Z",
+        "--not-after",
+        "2020-06-01T00:00:00Z",
+        "--out",
+        tmp_path / "d",
+        "--json",
+    )
+    assert code == 0, err
+    rows = [json.loads(x) for x in Path(json.loads(out)["manifest"]).read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["bad-5", "bad-6", "bad-7"]
+    cert = read_certificates(tmp_path / "d" / "bad-6.pem")[0]
+    assert cert.not_valid_after_utc.year == 2020
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert [o.dotted_string for o in eku] == ["1.3.6.1.5.5.7.3.1"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--id-template", "x"], "gives every device the same id"),
+        (["--not-before", "2030-01-01", "--not-after", "2029-01-01"], "must be after"),
+    ],
+)
+def test_issue_device_errors(
+    pki: Path, tmp_path: Path, run: Run, argv: list[str], message: str
+) -> None:
+    ca = ["--ca-cert", pki / "intermediate-ca.pem", "--ca-key", pki / "intermediate-ca.key"]
+    code, _, err = run("pki", "issue", "device", *ca, "--count", "2", *argv, "--out", tmp_path)
+    assert code == 1
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_bad_ca_key_and_time(pki: Path, tmp_path: Path, run: Run) -> None:
+    ca = ["--ca-cert", pki / "intermediate-ca.pem", "--ca-key", pki / "root-ca.key"]
+    code, _, err = run("pki", "issue", "device", *ca, "--out", tmp_path)
+    assert code == 1
+    assert "does not match" in err
+    with pytest.raises(SystemExit) as exc:
+        run("pki", "issue", "device", *ca, "--not-after", "yesterday", "--out", tmp_path)
+    assert exc.value.code == 2
+
+
+def test_encrypted_ca_key_from_env(
+    pki: Path, tmp_path: Path, run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from certs.keys import write_private_key
+
+    enc = tmp_path / "enc.key"
+    write_private_key(enc, read_private_key(pki / "intermediate-ca.key"), passphrase=b"envpw")
+    ca = ["--ca-cert", pki / "intermediate-ca.pem", "--ca-key", enc]
+    monkeypatch.delenv("EDGESIM_KEY_PASSPHRASE", raising=False)
+    code, _, err = run("pki", "issue", "device", *ca, "--out", tmp_path / "a")
+    assert code == 1
+    assert "enc.key: private key is encrypted and no passphrase was given" in err
+    monkeypatch.setenv("EDGESIM_KEY_PASSPHRASE", "wrong")
+    code, _, err = run("pki", "issue", "device", *ca, "--out", tmp_path / "a")
+    assert "enc.key: wrong passphrase" in err
+    monkeypatch.setenv("EDGESIM_KEY_PASSPHRASE", "envpw")
+    code, _, err = run("pki", "issue", "device", *ca, "--out", tmp_path / "a")
+    assert code == 0, err
