@@ -56,6 +56,7 @@ __all__ = [
     "has_errors",
     "is_self_signed",
     "lint_chain",
+    "signature_problem",
 ]
 
 Profile = Literal["chain", "ca-set"]
@@ -136,8 +137,8 @@ def describe_certificate(cert: x509.Certificate, position: int) -> dict[str, obj
     }
 
 
-def _signature_check(cert: x509.Certificate, issuer: x509.Certificate) -> str | None:
-    """None when ``issuer``'s key verifies ``cert``'s signature, else why not.
+def signature_problem(cert: x509.Certificate, issuer: x509.Certificate) -> str | None:
+    """None when ``issuer``'s key verifies ``cert``'s signature, else why not (a sentence).
 
     ``verify_directly_issued_by`` covers RSA PKCS#1 v1.5 and PSS, ECDSA, Ed25519 and
     Ed448 with current hashes. It refuses SHA-1 and MD5 outright, which a linter
@@ -155,7 +156,7 @@ def _signature_check(cert: x509.Certificate, issuer: x509.Certificate) -> str | 
 
 
 def _verify_with_key(cert: x509.Certificate, public: object) -> str | None:
-    """The fallback of :func:`_signature_check`, one key type at a time."""
+    """The fallback of :func:`signature_problem`, one key type at a time."""
     signature, tbs = cert.signature, cert.tbs_certificate_bytes
     try:
         params = cert.signature_algorithm_parameters
@@ -189,7 +190,7 @@ def _verify_with_key(cert: x509.Certificate, public: object) -> str | None:
 
 def is_self_signed(cert: x509.Certificate) -> bool:
     """True when ``cert`` is self-issued and its signature verifies with its own key."""
-    return cert.issuer == cert.subject and _signature_check(cert, cert) is None
+    return cert.issuer == cert.subject and signature_problem(cert, cert) is None
 
 
 def _basic_constraints(cert: x509.Certificate) -> x509.BasicConstraints | None:
@@ -375,7 +376,7 @@ class _Linter:
         for other, candidate in enumerate(self.certs):
             if other == index or candidate.subject != cert.issuer:
                 continue
-            if _signature_check(cert, candidate) is None:
+            if signature_problem(cert, candidate) is None:
                 return other
         return None
 
@@ -414,7 +415,7 @@ class _Linter:
                     "(openssl x509 -noout -issuer shows which CA that is)",
                 )
             return
-        problem = _signature_check(cert, issuer)
+        problem = signature_problem(cert, issuer)
         if problem is not None:
             self.add(
                 "error",

@@ -1,0 +1,378 @@
+"""certs.verify: path validation results, codes, alerts, CRLs; cross-checked with openssl."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from certs.verify import ALERTS, VerifyResult, verify_path
+
+from .chainfactory import T0, chain3, key, make_cert, resign_weak, revoke
+
+
+def test_valid_chain() -> None:
+    leaf, inter, root = chain3()
+    result = verify_path(leaf.cert, roots=[root.cert], untrusted=[inter.cert], at=T0)
+    assert result.ok
+    assert result.code == "ok"
+    assert result.alert is None
+    assert result.openssl_code == 0
+    assert result.chain == (leaf.cert, inter.cert, root.cert)
+    assert "through 1 intermediate" in result.reason
+
+
+def test_seed_style_root_without_key_usage_is_accepted() -> None:
+    # The seed's root.conf writes basicConstraints only; OpenSSL (the edge) accepts it.
+    root = make_cert("Seed Root", key_usage="none", key_kind="rsa2048", fresh_key=False)
+    leaf = make_cert("dev", issuer=root, ca=False, aki=False)
+    assert verify_path(leaf.cert, roots=[root.cert], at=T0).ok
+
+
+def test_missing_intermediate_is_unknown_ca_with_untrusted_hint() -> None:
+    leaf, _, root = chain3()
+    result = verify_path(leaf.cert, roots=[root.cert], at=T0)
+    assert not result.ok
+    assert (result.code, result.alert, result.openssl_code) == ("unknown-ca", "unknown_ca", 20)
+    assert "CN=Test Int" in result.reason
+    assert "--untrusted" in result.hint
+    assert result.chain == ()
+
+
+def test_missing_root_names_it() -> None:
+    leaf, inter, _ = chain3()
+    other = make_cert("Other Root")
+    result = verify_path(leaf.cert, roots=[other.cert], untrusted=[inter.cert], at=T0)
+    assert result.code == "unknown-ca"
+    assert "reaches the intermediate" in result.reason
+    assert "CN=Test Root" in result.hint
+
+
+def test_self_signed_leaf() -> None:
+    root = make_cert("Root")
+    lonely = make_cert("lonely", ca=False)
+    result = verify_path(lonely.cert, roots=[root.cert], at=T0)
+    assert (result.code, result.openssl_code) == ("unknown-ca", 18)
+    assert "self-signed" in result.reason
+
+
+def test_no_roots() -> None:
+    leaf, _, _ = chain3()
+    result = verify_path(leaf.cert, roots=[], at=T0)
+    assert result.code == "unknown-ca"
+    assert "--roots" in result.hint
+
+
+@pytest.mark.parametrize(
+    ("at", "code", "alert", "number"),
+    [
+        (T0 + dt.timedelta(days=400), "expired", "certificate_expired", 10),
+        (T0 - dt.timedelta(days=3), "not-yet-valid", "bad_certificate", 9),
+    ],
+)
+def test_validity(at: dt.datetime, code: str, alert: str, number: int) -> None:
+    leaf, inter, root = chain3()
+    result = verify_path(leaf.cert, roots=[root.cert], untrusted=[inter.cert], at=at)
+    assert (result.code, result.alert, result.openssl_code) == (code, alert, number)
+    assert "the leaf 'CN=device-1,O=edgesim test'" in result.reason
+
+
+def test_expired_intermediate_is_named() -> None:
+    root = make_cert("Root")
+    inter = make_cert("Old Int", issuer=root, not_after=T0 - dt.timedelta(hours=1))
+    leaf = make_cert("dev", issuer=inter, ca=False)
+    result = verify_path(leaf.cert, roots=[root.cert], untrusted=[inter.cert], at=T0)
+    assert result.code == "expired"
+    assert "the CA 'CN=Old Int,O=edgesim test' expired" in result.reason
+
+
+def test_bad_signature() -> None:
+    leaf, inter, root = chain3()
+    forged = make_cert("device-1", issuer=inter, ca=False, signing_key=key("ec256", fresh=True))
+    result = verify_path(forged.cert, roots=[root.cert], untrusted=[inter.cert], at=T0)
+    assert (result.code, result.alert, result.openssl_code) == ("bad-signature", "decrypt_error", 7)
+    assert "CN=Test Int" in result.reason
+    assert leaf.cert != forged.cert
+
+
+@pytest.mark.parametrize("ca", [False, None])
+def test_issuer_not_ca(ca: bool | None) -> None:
+    root = make_cert("Root")
+    inter = make_cert("Not CA", issuer=root, ca=ca, key_usage="none")
+    leaf = make_cert("dev", issuer=inter, ca=False)
+    result = verify_path(leaf.cert, roots=[root.cert], untrusted=[inter.cert], at=T0)
+    assert (result.code, result.alert, result.openssl_code) == ("not-ca", "unknown_ca", 24)
+
+
+def test_issuer_without_keycertsign() -> None:
+    root = make_cert("Root")
+    inter = make_cert("Int", issuer=root, key_usage="no-certsign")
+    leaf = make_cert("dev", issuer=inter, ca=False)
+    result = verify_path(leaf.cert, roots=[root.cert], untrusted=[inter.cert], at=T0)
+    assert result.code == "not-ca"
+
+
+def test_path_length() -> None:
+    root = make_cert("Root", path_length=0)
+    inter = make_cert("Int", issuer=root)
+    leaf = make_cert("dev", issuer=inter, ca=False)
+    result = verify_path(leaf.cert, roots=[root.cert], untrusted=[inter.cert], at=T0)
+    assert (result.code, result.alert, result.openssl_code) == ("path-length", "unknown_ca", 25)
+
+
+def test_client_purpose_needs_client_auth() -> None:
+    leaf, inter, root = chain3(leaf_eku=[ExtendedKeyUsageOID.SERVER_AUTH])
+    result = verify_path(leaf.cert, roots=[root.cert], untrusted=[inter.cert], at=T0)
+    assert (result.code, result.alert, result.openssl_code) == (
+        "purpose",
+        "unsupported_certificate",
+        26,
+    )
+    assert "clientAuth" in result.reason
+    assert verify_path(
+        leaf.cert, roots=[root.cert], untrusted=[inter.cert], at=T0, purpose="server"
+    ).ok
+    assert verify_path(
+        leaf.cert, roots=[root.cert], untrusted=[inter.cert], at=T0, purpose="any"
+    ).ok
+
+
+def test_ca_eku_restricts_the_path() -> None:
+    root = make_cert("Root")
+    inter = make_cert("Server-only Int", issuer=root, eku=[ExtendedKeyUsageOID.SERVER_AUTH])
+    leaf = make_cert("dev", issuer=inter, ca=False)
+    result = verify_path(leaf.cert, roots=[root.cert], untrusted=[inter.cert], at=T0)
+    assert result.code == "purpose"
+    assert "the CA" in result.reason
+
+
+def test_server_name() -> None:
+    root = make_cert("Root")
+    server = make_cert(
+        "edge", issuer=root, ca=False, eku=[ExtendedKeyUsageOID.SERVER_AUTH], san=["edge.test"]
+    )
+    ok = verify_path(
+        server.cert, roots=[root.cert], at=T0, purpose="server", server_name="edge.test"
+    )
+    assert ok.ok
+    wrong = verify_path(
+        server.cert, roots=[root.cert], at=T0, purpose="server", server_name="other.test"
+    )
+    assert (wrong.code, wrong.openssl_code) == ("name-mismatch", 62)
+    assert "other.test" in wrong.reason
+
+
+def test_bad_arguments_raise_value_error() -> None:
+    leaf, _, root = chain3()
+    with pytest.raises(ValueError, match="unknown purpose"):
+        verify_path(leaf.cert, roots=[root.cert], purpose="email")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="only meaningful"):
+        verify_path(leaf.cert, roots=[root.cert], server_name="x.test")
+    with pytest.raises(ValueError, match="not a valid DNS name"):
+        verify_path(leaf.cert, roots=[root.cert], purpose="server", server_name="a b")
+
+
+def test_weak_rsa_key() -> None:
+    root = make_cert("Root")
+    leaf = make_cert("dev", issuer=root, ca=False, key_kind="rsa1024", fresh_key=False)
+    result = verify_path(leaf.cert, roots=[root.cert], at=T0)
+    assert (result.code, result.openssl_code) == ("weak-key", 66)
+
+
+def test_sha1_signature_is_refused() -> None:
+    root = make_cert("Root", key_kind="rsa2048", fresh_key=False)
+    leaf = resign_weak(make_cert("dev", issuer=root, ca=False), root.key, "sha1")
+    result = verify_path(leaf.cert, roots=[root.cert], at=T0)
+    assert (result.code, result.openssl_code) == ("weak-signature", 68)
+
+
+def test_ca_as_leaf_is_invalid() -> None:
+    root = make_cert("Root")
+    sub = make_cert("Sub CA", issuer=root)
+    result = verify_path(sub.cert, roots=[root.cert], at=T0)
+    assert result.code == "invalid"
+    assert "CA certificate" in result.reason
+
+
+# --- CRLs ----------------------------------------------------------------------
+
+
+def test_revoked_leaf() -> None:
+    leaf, inter, root = chain3()
+    crls = [revoke(inter, [leaf.cert.serial_number]), revoke(root, [])]
+    result = verify_path(leaf.cert, roots=[root.cert], untrusted=[inter.cert], at=T0, crls=crls)
+    assert (result.code, result.alert, result.openssl_code) == (
+        "revoked",
+        "certificate_revoked",
+        23,
+    )
+    assert "keyCompromise" in result.reason
+    assert (T0 - dt.timedelta(days=2)).isoformat() in result.reason
+    assert result.chain == (leaf.cert, inter.cert, root.cert)
+
+
+def test_revoked_intermediate() -> None:
+    leaf, inter, root = chain3()
+    crls = [revoke(inter, []), revoke(root, [inter.cert.serial_number])]
+    result = verify_path(leaf.cert, roots=[root.cert], untrusted=[inter.cert], at=T0, crls=crls)
+    assert result.code == "revoked"
+    assert "CN=Test Int" in result.reason
+
+
+def test_not_revoked_and_remove_from_crl() -> None:
+    leaf, inter, root = chain3()
+    other_serial = leaf.cert.serial_number + 1
+    crls = [revoke(inter, [other_serial]), revoke(root, [])]
+    result = verify_path(leaf.cert, roots=[root.cert], untrusted=[inter.cert], at=T0, crls=crls)
+    assert result.ok
+    assert "revocation checked" in result.reason
+    removed = [
+        revoke(inter, [leaf.cert.serial_number], reason=x509.ReasonFlags.remove_from_crl),
+        revoke(root, []),
+    ]
+    assert verify_path(leaf.cert, roots=[root.cert], untrusted=[inter.cert], at=T0, crls=removed).ok
+
+
+def test_crl_missing_for_one_level() -> None:
+    leaf, inter, root = chain3()
+    result = verify_path(
+        leaf.cert, roots=[root.cert], untrusted=[inter.cert], at=T0, crls=[revoke(inter, [])]
+    )
+    assert (result.code, result.openssl_code) == ("crl-missing", 3)
+    assert "CN=Test Root" in result.reason
+
+
+def test_crl_with_bad_signature() -> None:
+    leaf, inter, root = chain3()
+    forged = revoke(inter, [], signing_key=key("ec256", fresh=True))
+    result = verify_path(
+        leaf.cert,
+        roots=[root.cert],
+        untrusted=[inter.cert],
+        at=T0,
+        crls=[forged, revoke(root, [])],
+    )
+    assert (result.code, result.alert) == ("crl-bad-signature", "decrypt_error")
+
+
+def test_crl_expired_and_not_yet_valid() -> None:
+    leaf, inter, root = chain3()
+    stale = revoke(
+        inter, [], this_update=T0 - dt.timedelta(days=10), next_update=T0 - dt.timedelta(days=1)
+    )
+    result = verify_path(
+        leaf.cert, roots=[root.cert], untrusted=[inter.cert], at=T0, crls=[stale, revoke(root, [])]
+    )
+    assert (result.code, result.openssl_code) == ("crl-expired", 12)
+    future = revoke(inter, [], this_update=T0 + dt.timedelta(hours=1))
+    result = verify_path(
+        leaf.cert, roots=[root.cert], untrusted=[inter.cert], at=T0, crls=[future, revoke(root, [])]
+    )
+    assert (result.code, result.openssl_code) == ("crl-not-yet-valid", 11)
+
+
+def test_result_dict_and_alert_table() -> None:
+    leaf, inter, root = chain3()
+    result = verify_path(leaf.cert, roots=[root.cert], untrusted=[inter.cert], at=T0)
+    data = result.to_dict()
+    assert data["ok"] is True
+    assert data["code"] == "ok"
+    chain = data["chain"]
+    assert isinstance(chain, list)
+    assert [c["position"] for c in chain] == [1, 2, 3]
+    assert chain[0]["subject"] == "CN=device-1,O=edgesim test"
+    assert set(ALERTS) >= {"ok", "unknown-ca", "expired", "revoked", "bad-signature", "purpose"}
+    assert isinstance(result, VerifyResult)
+
+
+# --- the same verdicts from openssl verify ------------------------------------
+
+OPENSSL = shutil.which("openssl")
+
+
+def write_pem(path: Path, *certs: x509.Certificate) -> Path:
+    path.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs))
+    return path
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One verification both verify_path and openssl verify run."""
+
+    expected: str
+    leaf: x509.Certificate
+    roots: list[x509.Certificate]
+    untrusted: list[x509.Certificate]
+    at: dt.datetime = T0
+    crls: list[x509.CertificateRevocationList] = field(default_factory=list)
+
+
+def openssl_verify(tmp_path: Path, case: Scenario) -> int:
+    """Run ``openssl verify`` on ``case`` and return its X509_V_ERR number (0: verified)."""
+    assert OPENSSL is not None
+    args = [
+        OPENSSL,
+        "verify",
+        "-purpose",
+        "sslclient",
+        "-attime",
+        str(int(case.at.timestamp())),
+        "-CAfile",
+        str(write_pem(tmp_path / "roots.pem", *case.roots)),
+    ]
+    if case.untrusted:
+        args += ["-untrusted", str(write_pem(tmp_path / "untrusted.pem", *case.untrusted))]
+    for index, crl in enumerate(case.crls):
+        crl_path = tmp_path / f"crl{index}.pem"
+        crl_path.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+        args += ["-CRLfile", str(crl_path)]
+    if case.crls:
+        args.append("-crl_check_all")
+    args.append(str(write_pem(tmp_path / "leaf.pem", case.leaf)))
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=30, check=False)
+    if proc.returncode == 0:
+        return 0
+    match = re.search(r"error (\d+) at", proc.stdout + proc.stderr)
+    assert match, proc.stdout + proc.stderr
+    return int(match.group(1))
+
+
+def scenarios() -> list[Scenario]:
+    leaf, inter, root = chain3()
+    r0 = make_cert("Root pl0", path_length=0)
+    i0 = make_cert("Int under pl0", issuer=r0)
+    l0 = make_cert("dev", issuer=i0, ca=False)
+    forged = make_cert("device-1", issuer=inter, ca=False, signing_key=key("ec256", fresh=True))
+    s_leaf, s_inter, s_root = chain3(leaf_eku=[ExtendedKeyUsageOID.SERVER_AUTH])
+    revoked_crls = [revoke(inter, [leaf.cert.serial_number]), revoke(root, [])]
+    good = ([root.cert], [inter.cert])
+    return [
+        Scenario("ok", leaf.cert, *good),
+        Scenario("unknown-ca", leaf.cert, [root.cert], []),
+        Scenario("expired", leaf.cert, *good, at=T0 + dt.timedelta(days=400)),
+        Scenario("not-yet-valid", leaf.cert, *good, at=T0 - dt.timedelta(days=3)),
+        Scenario("bad-signature", forged.cert, *good),
+        Scenario("path-length", l0.cert, [r0.cert], [i0.cert]),
+        Scenario("purpose", s_leaf.cert, [s_root.cert], [s_inter.cert]),
+        Scenario("revoked", leaf.cert, *good, crls=revoked_crls),
+    ]
+
+
+@pytest.mark.interop
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(OPENSSL is None, reason="openssl is not installed")
+def test_openssl_verify_agrees(tmp_path: Path) -> None:
+    for case in scenarios():
+        result = verify_path(
+            case.leaf, roots=case.roots, untrusted=case.untrusted, at=case.at, crls=case.crls
+        )
+        assert result.code == case.expected, result
+        assert openssl_verify(tmp_path, case) == result.openssl_code, (case.expected, result)
