@@ -314,16 +314,14 @@ class WebSocketConnection(asyncio.Protocol):
             return
         self._ended = True
         proto = self._proto
-        code = proto.close_code if proto.close_code is not None else 1006
-        # The reason that matters is the one that decided the close: ours when
-        # we sent a close frame first, the device's otherwise.
+        # The close that matters is the first one: ours when we sent a close
+        # frame first, the device's otherwise (the echo repeats it).
         if proto.close_sent is not None and not proto.close_rcvd_then_sent:
-            reason, by = proto.close_sent.reason, "edge"
-            code = proto.close_sent.code
+            code, reason, by = proto.close_sent.code, proto.close_sent.reason, "edge"
         elif proto.close_rcvd is not None:
-            reason, by = proto.close_rcvd.reason, "device"
+            code, reason, by = proto.close_rcvd.code, proto.close_rcvd.reason, "device"
         else:
-            reason, by = "connection lost without a close frame", "network"
+            code, reason, by = 1006, "connection lost without a close frame", "network"
         if self._app is not None:
             self._app.on_closed(code, reason)
         if self._events is not None and self._route is not None:
