@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from certs.lint import CODES, Finding, describe_certificate, has_errors, lint_chain
+from edge.cli import main
 
 from .chainfactory import T0, chain3, key, make_cert, resign_weak
 
@@ -332,3 +336,102 @@ def test_finding_and_certificate_dicts() -> None:
     assert described["not_after"] == leaf.cert.not_valid_after_utc.isoformat()
     assert isinstance(described["sha256"], str)
     assert len(described["sha256"]) == 64
+
+
+# --- edgesim pki lint ----------------------------------------------------------
+
+
+def write(path: Path, *certs: x509.Certificate) -> Path:
+    path.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs))
+    return path
+
+
+AT = ["--at", T0.isoformat()]
+
+
+def test_cli_lint_good_chain_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    leaf, inter, root = chain3()
+    path = write(tmp_path / "chain.pem", leaf.cert, inter.cert, root.cert)
+    assert main(["pki", "lint", str(path), *AT]) == 0
+    out = capsys.readouterr().out
+    assert "1. CN=device-1,O=edgesim test" in out
+    assert "OK:" in out
+
+
+def test_cli_lint_json_shape(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    leaf, inter, root = chain3()
+    path = write(tmp_path / "chain.pem", leaf.cert, root.cert, inter.cert)
+    assert main(["pki", "lint", str(path), "--json", *AT]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert set(report) == {"file", "ok", "certificates", "findings"}
+    assert report["file"] == str(path)
+    assert report["ok"] is False
+    assert [c["position"] for c in report["certificates"]] == [1, 2, 3]
+    assert set(report["certificates"][0]) == {
+        "position",
+        "subject",
+        "issuer",
+        "serial",
+        "not_before",
+        "not_after",
+        "sha256",
+    }
+    assert {f["code"] for f in report["findings"]} == {"order"}
+    assert set(report["findings"][0]) == {
+        "severity",
+        "code",
+        "position",
+        "subject",
+        "message",
+        "hint",
+    }
+
+
+def test_cli_lint_warnings_alone_exit_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    leaf, inter, _ = chain3()
+    path = write(tmp_path / "no-root.pem", leaf.cert, inter.cert)
+    assert main(["pki", "lint", str(path), *AT]) == 0
+    assert "warning: [missing-root]" in capsys.readouterr().out
+    assert main(["pki", "lint", str(path), "--profile", "ca-set", *AT]) == 1
+
+
+def test_cli_lint_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = make_cert("Root", key_kind="rsa2048", fresh_key=False)
+    sha1 = resign_weak(make_cert("dev", issuer=root, ca=False), root.key, "sha1")
+    path = write(tmp_path / "sha1.pem", sha1.cert, root.cert)
+    assert main(["pki", "lint", str(path), *AT]) == 1
+    assert main(["pki", "lint", str(path), "--allow-sha1", *AT]) == 0
+    assert main(["pki", "lint", str(path), "--allow-sha1", "--max", "1", *AT]) == 1
+    later = (T0 + dt.timedelta(days=500)).isoformat()
+    assert main(["pki", "lint", str(path), "--allow-sha1", "--at", later]) == 1
+    assert "[expired]" in capsys.readouterr().out
+
+
+def test_cli_lint_empty_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "empty.pem"
+    path.write_bytes(b"\n")
+    assert main(["pki", "lint", str(path), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["certificates"] == []
+    assert [f["code"] for f in report["findings"]] == ["empty"]
+
+
+def test_cli_lint_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["pki", "lint", str(tmp_path / "missing.pem")]) == 1
+    assert "missing.pem: cannot read" in capsys.readouterr().err
+    not_a_cert = tmp_path / "key.pem"
+    not_a_cert.write_bytes(
+        key("ec256").private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    assert main(["pki", "lint", str(not_a_cert)]) == 1
+    err = capsys.readouterr().err
+    assert "key.pem" in err
+    assert "private key" in err
+    with pytest.raises(SystemExit) as exc:
+        main(["pki", "lint", str(not_a_cert), "--at", "yesterday"])
+    assert exc.value.code == 2
+    assert "not an ISO 8601 time" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from certs.verify import ALERTS, VerifyResult, verify_path
+from edge.cli import main
 
 from .chainfactory import T0, chain3, key, make_cert, resign_weak, revoke
 
@@ -376,3 +378,74 @@ def test_openssl_verify_agrees(tmp_path: Path) -> None:
         )
         assert result.code == case.expected, result
         assert openssl_verify(tmp_path, case) == result.openssl_code, (case.expected, result)
+
+
+# --- edgesim pki verify --------------------------------------------------------
+
+AT = ["--at", T0.isoformat()]
+
+
+def test_cli_verify_ok_with_chain_in_cert_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    leaf, inter, root = chain3()
+    fullchain = write_pem(tmp_path / "device.pem", leaf.cert, inter.cert)
+    roots = write_pem(tmp_path / "roots.pem", root.cert)
+    assert main(["pki", "verify", str(fullchain), "--roots", str(roots), *AT]) == 0
+    assert capsys.readouterr().out.startswith("OK: ")
+
+
+def test_cli_verify_failure_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    leaf, inter, root = chain3()
+    device = write_pem(tmp_path / "device.pem", leaf.cert)
+    roots = write_pem(tmp_path / "roots.pem", root.cert)
+    assert main(["pki", "verify", str(device), "--roots", str(roots), "--json", *AT]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is False
+    assert (report["code"], report["alert"], report["openssl_code"]) == (
+        "unknown-ca",
+        "unknown_ca",
+        20,
+    )
+    assert "--untrusted" in report["hint"]
+    untrusted = write_pem(tmp_path / "int.pem", inter.cert)
+    args = ["pki", "verify", str(device), "--roots", str(roots), "--untrusted", str(untrusted)]
+    assert main([*args, *AT]) == 0
+    capsys.readouterr()
+    later = (T0 + dt.timedelta(days=400)).isoformat()
+    assert main([*args, "--at", later]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED [expired]" in out
+    assert "certificate_expired" in out
+
+
+def test_cli_verify_crl(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    leaf, inter, root = chain3()
+    device = write_pem(tmp_path / "device.pem", leaf.cert, inter.cert)
+    roots = write_pem(tmp_path / "roots.pem", root.cert)
+    pem_crls = tmp_path / "crls.pem"
+    pem_crls.write_bytes(
+        revoke(inter, [leaf.cert.serial_number]).public_bytes(serialization.Encoding.PEM)
+        + revoke(root, []).public_bytes(serialization.Encoding.PEM)
+    )
+    args = ["pki", "verify", str(device), "--roots", str(roots), *AT]
+    assert main([*args, "--crl", str(pem_crls), "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["code"] == "revoked"
+    der_crl = tmp_path / "int.crl"
+    der_crl.write_bytes(revoke(inter, []).public_bytes(serialization.Encoding.DER))
+    root_crl = tmp_path / "root.crl"
+    root_crl.write_bytes(revoke(root, []).public_bytes(serialization.Encoding.DER))
+    assert main([*args, "--crl", str(der_crl), "--crl", str(root_crl)]) == 0
+
+
+def test_cli_verify_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    leaf, _, root = chain3()
+    device = write_pem(tmp_path / "device.pem", leaf.cert)
+    roots = write_pem(tmp_path / "roots.pem", root.cert)
+    assert main(["pki", "verify", str(device), "--roots", str(tmp_path / "nope.pem")]) == 1
+    assert "nope.pem: cannot read" in capsys.readouterr().err
+    assert main(["pki", "verify", str(device), "--roots", str(roots), "--crl", str(roots)]) == 1
+    assert "not a CRL" in capsys.readouterr().err
+    bad_name = ["--purpose", "server", "--server-name", "not a name"]
+    assert main(["pki", "verify", str(device), "--roots", str(roots), *bad_name]) == 2
+    assert "not a valid DNS name" in capsys.readouterr().err
