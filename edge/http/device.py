@@ -66,7 +66,7 @@ from edge.ws.jsonproto import (
     check_topic_name,
     encode_payload,
 )
-from edge.ws.mqtt import mqtt_ws_factory
+from edge.ws.mqtt import BrokerLike, mqtt_ws_factory
 
 __all__ = [
     "DeviceApiConfig",
@@ -616,7 +616,7 @@ class DeviceFrontend:
 
 def make_device_protocol_factory(
     core: EdgeCore,
-    broker: Any | None,
+    broker: BrokerLike | None,
     config: DeviceApiConfig | None = None,
     *,
     events: EventLog | None = None,
@@ -633,5 +633,5 @@ def make_device_protocol_factory(
         raise TypeError("an EventLog is needed: pass events= or a core with .events")
     mqtt_ws = None
     if broker is not None:
-        mqtt_ws = mqtt_ws_factory(broker.connection_factory(), log_)
+        mqtt_ws = mqtt_ws_factory(broker)
     return DeviceFrontend(core, log_, config, mqtt_ws=mqtt_ws)

@@ -196,14 +196,14 @@ class WebSocketConnection(asyncio.Protocol):
     def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
         """Start the closing handshake; the transport closes when the device answers."""
         if self._proto.state is State.OPEN:
-            self._proto.send_close(code, reason)
+            self._proto.send_close(code, _short(reason))
             self._flush()
             self._arm_close_timer()
 
     def fail(self, code: int, reason: str) -> None:
         """Send a close frame with ``code``/``reason`` and close the transport."""
         if self._proto.state in (State.OPEN, State.CONNECTING):
-            self._proto.fail(code, reason)
+            self._proto.fail(code, _short(reason))
             self._flush()
 
     # internals
@@ -353,3 +353,11 @@ def _check_utf8(data: bytes) -> None:
         raise WsCloseError(
             CLOSE_INVALID_PAYLOAD, f"text message is not UTF-8 ({exc.reason} at byte {exc.start})"
         ) from None
+
+
+def _short(reason: str) -> str:
+    """Cut a close reason to the 123 bytes of UTF-8 a close frame can carry."""
+    data = reason.encode("utf-8")
+    if len(data) <= 123:
+        return reason
+    return data[:120].decode("utf-8", "ignore") + "..."

@@ -8,9 +8,9 @@ broker's sans-I/O connection (``edge.mqtt.broker.MqttConnection``), whatever
 the connection wants to send goes out as one binary message.
 
 A text frame is not MQTT: the connection closes with 1003. When the MQTT
-session ends (DISCONNECT, keep-alive expiry, a protocol error) the WebSocket
-closes with 1000, or 1002 when the broker closed because of a malformed packet
-(``MqttConnectionLike.close_reason`` says which).
+session ends (DISCONNECT, keep-alive expiry, a protocol error, a takeover) the WebSocket
+closes with 1000 and the broker's ``close_reason`` as the close reason (which
+also appears in the ``ws.closed`` event).
 """
 
 from __future__ import annotations
@@ -20,18 +20,19 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from edge.core.events import EventLog
 from edge.core.session import SessionInfo
 from edge.ws.endpoint import WsApp, WsSender
 from edge.ws.jsonproto import CLOSE_NORMAL, CLOSE_UNSUPPORTED_DATA, WsCloseError
 
-__all__ = ["MqttConnectionLike", "MqttWsApp", "mqtt_ws_factory"]
+__all__ = ["BrokerLike", "MqttConnectionLike", "MqttWsApp", "mqtt_ws_factory"]
 
 
 class MqttConnectionLike(Protocol):
-    """The broker's sans-I/O MQTT connection, as this adapter drives it."""
+    """The broker's sans-I/O connection (``edge.mqtt.broker.MqttConnection``) as driven here."""
 
     wakeup: Callable[[], None] | None
+    should_close: bool
+    close_reason: str
 
     def receive_data(self, data: bytes) -> None:
         """Feed bytes from the device."""
@@ -39,23 +40,28 @@ class MqttConnectionLike(Protocol):
     def data_to_send(self) -> bytes:
         """Bytes to send to the device (empty when none)."""
 
-    @property
-    def should_close(self) -> bool:
-        """True once the MQTT session is over."""
+    def tick(self, now: float) -> float | None:
+        """Apply timeouts at ``now``; return the next deadline (``None``: none)."""
 
-    def tick(self, now: float) -> None:
-        """Let time pass (keep-alive)."""
-
-    def connection_lost(self, reason: str) -> None:
+    def connection_lost(self, reason: str = ...) -> None:
         """The transport is gone."""
 
 
-#: ``factory(session, now) -> MqttConnectionLike``: a new broker connection.
-MqttConnectionFactory = Callable[[SessionInfo, float], MqttConnectionLike]
+class BrokerLike(Protocol):
+    """The broker (``edge.mqtt.broker.MqttBroker``) as this adapter uses it."""
+
+    clock: Callable[[], float]
+
+    def connection(self, session_info: SessionInfo) -> MqttConnectionLike:
+        """A new connection state machine for an accepted device."""
 
 
 class MqttWsApp:
-    """One ``/mqtt`` WebSocket connection bound to one broker connection."""
+    """One ``/mqtt`` WebSocket connection bound to one broker connection.
+
+    Time comes from ``clock`` (the broker's); the connection's own deadlines
+    (connect timeout, keep-alive) decide when the next tick runs.
+    """
 
     def __init__(
         self,
@@ -63,16 +69,14 @@ class MqttWsApp:
         sender: WsSender,
         *,
         clock: Callable[[], float] = time.monotonic,
-        tick_interval: float = 1.0,
     ) -> None:
         self._mqtt = connection
         self._sender = sender
         self._clock = clock
-        self._interval = tick_interval
         self._closed = False
-        connection.wakeup = self._flush
         self._timer: asyncio.TimerHandle | None = None
-        self._schedule_tick()
+        connection.wakeup = self._flush
+        self._tick()
 
     def on_message(self, data: bytes, text: bool, fin: bool) -> None:
         """Feed one frame's bytes to the broker connection."""
@@ -101,31 +105,31 @@ class MqttWsApp:
         if out:
             self._sender.send_binary(out)
         if self._mqtt.should_close:
-            self._sender.close(CLOSE_NORMAL, "MQTT session ended")
-
-    def _schedule_tick(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self._interval, self._tick)
+            self._closed = True
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._sender.close(CLOSE_NORMAL, self._mqtt.close_reason or "MQTT session ended")
 
     def _tick(self) -> None:
         self._timer = None
         if self._closed:
             return
-        self._mqtt.tick(self._clock())
+        deadline = self._mqtt.tick(self._clock())
         self._flush()
-        if not self._closed:
-            self._schedule_tick()
+        if deadline is not None and not self._closed:
+            loop = asyncio.get_running_loop()
+            # The broker's clock and the loop's clock differ: wait the difference.
+            delay = max(0.0, deadline - self._clock())
+            self._timer = loop.call_later(delay, self._tick)
 
 
 def mqtt_ws_factory(
-    connection_factory: MqttConnectionFactory,
-    events: EventLog | None = None,
-    *,
-    clock: Callable[[], float] = time.monotonic,
+    broker: BrokerLike,
 ) -> Callable[[SessionInfo, WsSender, str | None], WsApp]:
-    """Return the ``/mqtt`` route's app factory over ``connection_factory``."""
+    """Return the ``/mqtt`` route's app factory: one broker connection per WebSocket."""
 
     def factory(session: SessionInfo, sender: WsSender, subprotocol: str | None) -> WsApp:
-        return MqttWsApp(connection_factory(session, clock()), sender, clock=clock)
+        return MqttWsApp(broker.connection(session), sender, clock=broker.clock)
 
     return factory

@@ -27,6 +27,7 @@ from edge.core.hub import EdgeCore
 from edge.core.policy import Policy
 from edge.core.session import DeviceIdentity, SessionInfo
 from edge.http.device import DeviceApiConfig, DeviceFrontend, make_device_protocol_factory
+from edge.mqtt.broker import MqttBroker
 from edge.mux import ListenerKind, make_mux_protocol_factory
 
 
@@ -166,13 +167,14 @@ class EdgeHarness:
         config: DeviceApiConfig | None = None,
         pki: HarnessPki | None = None,
         session: SessionInfo | None = None,
-        broker: Any | None = None,
+        mqtt: bool = False,
         mqtt_factory: Factory | None = None,
         listener_kind: ListenerKind = "https",
     ) -> None:
         self.events = EventLog(log_events=False)
         self.core = EdgeCore(self.events, policy or Policy.open())
-        self.frontend: DeviceFrontend = make_device_protocol_factory(self.core, broker, config)
+        self.broker = MqttBroker(self.core) if mqtt else None
+        self.frontend: DeviceFrontend = make_device_protocol_factory(self.core, self.broker, config)
         self.pki = pki
         self.session = session or fixed_session()
         self.mqtt_factory = mqtt_factory
@@ -225,3 +227,106 @@ class EdgeHarness:
         """``ws(s)://127.0.0.1:PORT``."""
         scheme = "wss" if self.pki is not None else "ws"
         return f"{scheme}://127.0.0.1:{self.port}"
+
+
+class PahoClient:
+    """paho-mqtt (its own network thread) with results handed to asyncio futures and queues.
+
+    ``connect_async`` + ``loop_start`` keep every blocking step (TCP, TLS, the
+    WebSocket upgrade) in paho's thread, never on the event loop serving the edge.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        client_id: str,
+        *,
+        transport: str = "tcp",
+        pki: HarnessPki | None = None,
+        device: DeviceFiles | None = None,
+        alpn: list[str] | None = None,
+    ) -> None:
+        import paho.mqtt.client as mqtt
+
+        self._loop = asyncio.get_running_loop()
+        self.connected: asyncio.Future[int] = self._loop.create_future()
+        self.disconnected: asyncio.Future[int] = self._loop.create_future()
+        self.messages: asyncio.Queue[tuple[str, bytes, int, bool]] = asyncio.Queue()
+        self._acks: dict[int, asyncio.Future[Any]] = {}
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            transport=transport,  # type: ignore[arg-type]
+            protocol=mqtt.MQTTv311,
+        )
+        if transport == "websockets":
+            client.ws_set_options(path="/mqtt")
+        if pki is not None:
+            assert device is not None
+            client.tls_set_context(pki.client_context(device, alpn=alpn))
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_ack
+        client.on_publish = self._on_publish
+        client.on_unsubscribe = self._on_ack
+        self.client = client
+        self._port = port
+
+    def _call(self, fn: Any, *args: Any) -> None:
+        self._loop.call_soon_threadsafe(fn, *args)
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        self._call(_resolve, self.connected, int(rc.value))
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        self._call(_resolve, self.disconnected, int(rc.value))
+        self._call(_resolve, self.connected, int(rc.value))
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        item = (msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain))
+        self._call(self.messages.put_nowait, item)
+
+    def _on_ack(self, client: Any, userdata: Any, mid: int, rcs: Any, props: Any) -> None:
+        self._call(self._ack, mid, [int(rc.value) for rc in rcs] if rcs else [])
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, rc: Any, props: Any) -> None:
+        self._call(self._ack, mid, int(rc.value))
+
+    def _ack(self, mid: int, value: Any) -> None:
+        future = self._acks.setdefault(mid, self._loop.create_future())
+        if not future.done():
+            future.set_result(value)
+
+    async def _wait_ack(self, mid: int, timeout: float) -> Any:
+        future = self._acks.setdefault(mid, self._loop.create_future())
+        return await asyncio.wait_for(future, timeout)
+
+    async def connect(self, timeout: float = 10.0) -> int:
+        """Connect (in paho's thread); return the CONNACK code."""
+        self.client.connect_async("127.0.0.1", self._port, keepalive=30)
+        self.client.loop_start()
+        return await asyncio.wait_for(self.connected, timeout)
+
+    async def subscribe(self, topic: str, qos: int = 0, timeout: float = 10.0) -> list[int]:
+        """Subscribe and wait for the SUBACK codes."""
+        _, mid = self.client.subscribe(topic, qos)
+        result: list[int] = await self._wait_ack(mid, timeout)
+        return result
+
+    async def publish(
+        self, topic: str, payload: bytes, qos: int = 0, retain: bool = False, timeout: float = 10.0
+    ) -> None:
+        """Publish and wait until paho has sent it (QoS 0) or got its PUBACK (QoS 1)."""
+        info = self.client.publish(topic, payload, qos, retain)
+        await self._wait_ack(info.mid, timeout)
+
+    async def close(self) -> None:
+        """Disconnect and stop paho's thread."""
+        self.client.disconnect()
+        await asyncio.to_thread(self.client.loop_stop)
+
+
+def _resolve(future: asyncio.Future[int], value: int) -> None:
+    if not future.done():
+        future.set_result(value)
