@@ -28,7 +28,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 from edge.core.events import EventLog
 from edge.core.session import PeerCertificate, SessionInfo
@@ -175,10 +175,10 @@ class EdgeTlsProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Count the connection against the limits and start the handshake deadline."""
-        assert isinstance(transport, asyncio.Transport)
-        self.raw = transport
+        # uvloop's TCPTransport does not subclass asyncio.Transport: no isinstance check.
+        self.raw = cast(asyncio.Transport, transport)
         self._started = time.monotonic()
-        peer = transport.get_extra_info("peername")
+        peer = self.raw.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         ep = self.endpoint
         opts = ep.options

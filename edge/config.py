@@ -1,0 +1,323 @@
+"""The edge's configuration: frozen, keyword-only dataclasses per concern, one TOML loader.
+
+An ``edge.toml`` (every key optional; relative paths are relative to the file)::
+
+    state_dir = ".edgesim"          # embedded PKI and store when nothing else is given
+
+    [listeners]                     # "HOST:PORT"; port 0 picks a free port; "" disables
+    mqtt  = "127.0.0.1:8883"
+    https = ""                      # device HTTP + WebSocket, off by default
+    multi = ""                      # MQTT + HTTP on one port (ALPN / first bytes)
+    admin = "127.0.0.1:8081"
+
+    [tls]
+    cert = "pki/server.pem"         # chain after the leaf; default: the embedded PKI
+    key = "pki/server.key"
+    minimum_version = "1.2"
+    num_tickets = 0
+    alpn = ["mqtt", "x-amzn-mqtt-ca", "http/1.1"]
+    keylog_file = ""                # SSLKEYLOGFILE-style, for Wireshark
+    handshake_timeout = 10.0
+    max_handshakes = 2000
+    max_connections = 50000
+
+    [identity]
+    rule = "cn"                     # cn | san-dns | san-uri | san-email | sha256 | subject
+
+    [trust]
+    store = ".edgesim/trust.db"
+    propagation_delay = 0.0
+    watch_interval = 1.0
+
+    [pki]
+    dir = ""                        # a folder made by `edgesim pki quickstart`
+
+    [policy]                        # preset "open" or "default", or the policy table itself
+    preset = "default"
+
+Errors::
+
+    EdgeConfigError      a key has a bad value or the file cannot be read;
+                         the message names the file, the key and what is wrong
+"""
+
+from __future__ import annotations
+
+import ssl
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from edge.identity import IdentityRule, parse_rule
+from edge.tls.contexts import DEFAULT_ALPN, parse_tls_version
+
+__all__ = [
+    "EdgeConfig",
+    "EdgeConfigError",
+    "HostPort",
+    "IdentityConfig",
+    "ListenersConfig",
+    "TlsConfig",
+    "TrustConfig",
+    "load_config",
+    "parse_host_port",
+]
+
+
+class EdgeConfigError(Exception):
+    """The configuration is invalid; the message names where and what."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostPort:
+    """An address to listen on (port 0: any free port)."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def parse_host_port(text: str, *, where: str) -> HostPort | None:
+    """Parse ``HOST:PORT`` (or ``PORT``, or ``[v6]:PORT``); ``""`` / ``off`` gives ``None``."""
+    value = text.strip()
+    if value in ("", "off", "none"):
+        return None
+    host, sep, port_text = value.rpartition(":")
+    if not sep:
+        host, port_text = "127.0.0.1", value
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise EdgeConfigError(
+            f"{where}: {text!r} is not HOST:PORT (port must be a number)"
+        ) from None
+    if not 0 <= port <= 65535:
+        raise EdgeConfigError(f"{where}: port {port} is out of range 0-65535")
+    return HostPort(host=host, port=port)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ListenersConfig:
+    """Which listeners run, and where (``None``: off)."""
+
+    mqtt: HostPort | None = HostPort(host="127.0.0.1", port=8883)
+    https: HostPort | None = None
+    multi: HostPort | None = None
+    admin: HostPort | None = HostPort(host="127.0.0.1", port=8081)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsConfig:
+    """The server certificate and the TLS rules for devices."""
+
+    #: Server certificate chain and key; ``None`` means the embedded / --pki PKI.
+    cert: Path | None = None
+    key: Path | None = None
+    minimum_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2
+    num_tickets: int = 0
+    alpn: tuple[str, ...] = DEFAULT_ALPN
+    keylog_file: Path | None = None
+    handshake_timeout: float = 10.0
+    max_handshakes: int = 2000
+    max_connections: int = 50_000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IdentityConfig:
+    """How a device is named from its certificate."""
+
+    rule: IdentityRule = IdentityRule.CN
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrustConfig:
+    """Where certificate sets live and how changes propagate."""
+
+    #: ``None``: ``<state_dir>/trust.db``.
+    store: Path | None = None
+    propagation_delay: float = 0.0
+    #: Seconds between checks for changes other processes made to the store.
+    watch_interval: float | None = 1.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EdgeConfig:
+    """Everything ``EdgeServer`` needs."""
+
+    state_dir: Path = Path(".edgesim")
+    listeners: ListenersConfig = field(default_factory=ListenersConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
+    trust: TrustConfig = field(default_factory=TrustConfig)
+    #: A folder made by ``edgesim pki quickstart`` (server cert/key, ``ca-chain.pem``).
+    pki_dir: Path | None = None
+    #: ``"open"``, ``"default"``, or a policy table for ``Policy.from_dict``.
+    policy: str | Mapping[str, Any] = "default"
+    #: Written atomically with the bound ports once listening.
+    ready_file: Path | None = None
+    use_uvloop: bool = True
+
+    def with_overrides(self, **changes: Any) -> EdgeConfig:
+        """Return a copy with top-level fields replaced."""
+        return replace(self, **changes)
+
+    @property
+    def store_path(self) -> Path:
+        """The trust store file."""
+        return self.trust.store or self.state_dir / "trust.db"
+
+
+_KNOWN = {
+    "": {"state_dir", "listeners", "tls", "identity", "trust", "pki", "policy", "ready_file"},
+    "listeners": {"mqtt", "https", "multi", "admin"},
+    "tls": {
+        "cert",
+        "key",
+        "minimum_version",
+        "num_tickets",
+        "alpn",
+        "keylog_file",
+        "handshake_timeout",
+        "max_handshakes",
+        "max_connections",
+    },
+    "identity": {"rule"},
+    "trust": {"store", "propagation_delay", "watch_interval"},
+    "pki": {"dir"},
+}
+
+
+def _check_keys(table: Mapping[str, Any], section: str, source: str) -> None:
+    unknown = set(table) - _KNOWN[section]
+    if unknown:
+        where = f"[{section}]" if section else "top level"
+        known = ", ".join(sorted(_KNOWN[section]))
+        raise EdgeConfigError(
+            f"{source}: unknown key(s) {', '.join(sorted(unknown))} in {where} (known: {known})"
+        )
+
+
+def _get(table: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    value = table[key]
+    if isinstance(value, bool) and kind in (int, float, (int, float)):
+        raise EdgeConfigError(f"{where}.{key}: expected a number, got {value!r}")
+    if not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise EdgeConfigError(f"{where}.{key}: expected {names}, got {value!r}")
+    return value
+
+
+def _path(base: Path, text: str) -> Path | None:
+    if not text:
+        return None
+    p = Path(text).expanduser()
+    return p if p.is_absolute() else base / p
+
+
+def config_from_dict(data: Mapping[str, Any], *, base: Path, source: str) -> EdgeConfig:
+    """Build an :class:`EdgeConfig` from parsed TOML; relative paths resolve against ``base``."""
+    _check_keys(data, "", source)
+    cfg = EdgeConfig()
+    changes: dict[str, Any] = {}
+    if "state_dir" in data:
+        changes["state_dir"] = _path(base, _get(data, "state_dir", str, source)) or cfg.state_dir
+    if "ready_file" in data:
+        changes["ready_file"] = _path(base, _get(data, "ready_file", str, source))
+    lst = data.get("listeners", {})
+    if lst:
+        _check_keys(lst, "listeners", source)
+        listeners = {
+            name: parse_host_port(
+                _get(lst, name, str, f"{source} [listeners]"), where=f"{source} [listeners].{name}"
+            )
+            for name in lst
+        }
+        changes["listeners"] = replace(cfg.listeners, **listeners)
+    tls = data.get("tls", {})
+    if tls:
+        _check_keys(tls, "tls", source)
+        where = f"{source} [tls]"
+        t: dict[str, Any] = {}
+        for key in ("cert", "key", "keylog_file"):
+            if key in tls:
+                t[key] = _path(base, _get(tls, key, str, where))
+        if "minimum_version" in tls:
+            try:
+                t["minimum_version"] = parse_tls_version(str(tls["minimum_version"]))
+            except ValueError as exc:
+                raise EdgeConfigError(f"{where}.minimum_version: {exc}") from None
+        for key in ("num_tickets", "max_handshakes", "max_connections"):
+            if key in tls:
+                value = _get(tls, key, int, where)
+                if value < 0:
+                    raise EdgeConfigError(f"{where}.{key}: must be >= 0, got {value}")
+                t[key] = value
+        if "handshake_timeout" in tls:
+            value = float(_get(tls, "handshake_timeout", (int, float), where))
+            if value <= 0:
+                raise EdgeConfigError(f"{where}.handshake_timeout: must be > 0, got {value}")
+            t["handshake_timeout"] = value
+        if "alpn" in tls:
+            alpn = _get(tls, "alpn", list, where)
+            if not all(isinstance(a, str) and a for a in alpn):
+                raise EdgeConfigError(f"{where}.alpn: expected a list of non-empty strings")
+            t["alpn"] = tuple(alpn)
+        changes["tls"] = replace(cfg.tls, **t)
+    ident = data.get("identity", {})
+    if ident:
+        _check_keys(ident, "identity", source)
+        try:
+            rule = parse_rule(_get(ident, "rule", str, f"{source} [identity]"))
+        except ValueError as exc:
+            raise EdgeConfigError(f"{source} [identity].rule: {exc}") from None
+        changes["identity"] = IdentityConfig(rule=rule)
+    trust = data.get("trust", {})
+    if trust:
+        _check_keys(trust, "trust", source)
+        where = f"{source} [trust]"
+        tr: dict[str, Any] = {}
+        if "store" in trust:
+            tr["store"] = _path(base, _get(trust, "store", str, where))
+        for key in ("propagation_delay", "watch_interval"):
+            if key in trust:
+                value = float(_get(trust, key, (int, float), where))
+                if value < 0:
+                    raise EdgeConfigError(f"{where}.{key}: must be >= 0, got {value}")
+                tr[key] = value
+        changes["trust"] = replace(cfg.trust, **tr)
+    pki = data.get("pki", {})
+    if pki:
+        _check_keys(pki, "pki", source)
+        changes["pki_dir"] = _path(base, _get(pki, "dir", str, f"{source} [pki]"))
+    policy = data.get("policy")
+    if policy is not None:
+        if not isinstance(policy, Mapping):
+            raise EdgeConfigError(f"{source} [policy]: expected a table")
+        preset = policy.get("preset")
+        if preset is not None:
+            if preset not in ("open", "default") or len(policy) > 1:
+                raise EdgeConfigError(
+                    f'{source} [policy].preset: expected "open" or "default" alone, got {preset!r}'
+                )
+            changes["policy"] = preset
+        else:
+            changes["policy"] = dict(policy)
+    return replace(cfg, **changes)
+
+
+def load_config(path: Path) -> EdgeConfig:
+    """Read an ``edge.toml``; raises :class:`EdgeConfigError` naming the file and the key."""
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise EdgeConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise EdgeConfigError(f"{path}: not valid TOML: {exc}") from None
+    return config_from_dict(data, base=path.parent, source=str(path))

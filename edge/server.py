@@ -1,0 +1,415 @@
+"""EdgeServer: the edge's listeners and lifecycle, from an :class:`~edge.config.EdgeConfig`.
+
+``start()`` prepares, in order: the server certificate (from ``[tls]``, from a
+``--pki`` folder, or an embedded quickstart PKI created once under the state
+directory), the trust store (seeded with the PKI's ``ca-chain.pem`` as set
+``default`` bound to every host when it is empty), the trust service that
+propagates set changes to this edge, the core (router, policy, events), the
+MQTT broker, the device HTTPS front end when an HTTPS or multi listener is
+configured, then one TLS listener per configured kind and the admin API.
+``ports`` then maps each listener kind to the port it bound (port 0 in the
+config picks a free one). ``close()`` undoes all of it, in reverse.
+
+Every TLS listener is a plain TCP server whose connections drive TLS themselves
+(:mod:`edge.tls.connection`), so refusals carry their reason and the client gets
+the real alert.
+
+Errors::
+
+    EdgeServerError          the edge cannot start: the message says what and where
+                             (a port in use, an unreadable certificate or key,
+                             a store that cannot be opened). Foreign errors
+                             (OSError, TlsConfigError, StoreError, IssueError) are
+                             translated into it at start().
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge.config import EdgeConfig, HostPort
+from edge.core.events import EventLog
+from edge.core.hub import EdgeCore
+from edge.core.policy import Policy
+from edge.core.session import SessionInfo
+from edge.tls.connection import AppProtocolFactory, EndpointOptions, ListenerKind, TlsEndpoint
+from edge.tls.contexts import ContextCache, TlsSettings
+from edge.tls.errors import TlsError
+from edge.trust.model import TrustSnapshot
+
+__all__ = ["EdgeServer", "EdgeServerError", "ServerThread"]
+
+log = logging.getLogger("edgesim.server")
+
+#: Hosts the embedded PKI's server certificate covers.
+EMBEDDED_HOSTS = ("localhost", "127.0.0.1")
+#: Devices the embedded PKI issues on first start (for `edgesim device` and demos).
+EMBEDDED_DEVICES = 10
+
+
+class EdgeServerError(Exception):
+    """The edge could not start (or stop) cleanly; the message says why and where."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Pki:
+    cert: Path
+    key: Path
+    ca_chain: Path | None
+
+
+class EdgeServer:
+    """Owns the edge's listeners, trust service, core and broker.
+
+    ``factories`` replaces or adds application protocols by name (``"mqtt"``,
+    ``"http"``): ``factory(session) -> asyncio.Protocol``.
+    """
+
+    def __init__(
+        self,
+        config: EdgeConfig | None = None,
+        *,
+        factories: Mapping[str, AppProtocolFactory] | None = None,
+        events: EventLog | None = None,
+    ) -> None:
+        self.config = config or EdgeConfig()
+        self.events = events if events is not None else EventLog()
+        self._extra_factories = dict(factories or {})
+        self.ports: dict[str, int] = {}
+        self.endpoints: dict[str, TlsEndpoint] = {}
+        self.core: EdgeCore | None = None
+        self.broker: Any = None
+        self.trust: Any = None
+        self.store: Any = None
+        self.contexts: ContextCache | None = None
+        self.admin_token: str | None = None
+        self._snapshot: TrustSnapshot = TrustSnapshot(0, {}, {})
+        self._servers: list[asyncio.Server] = []
+        self._cleanups: list[Callable[[], Any]] = []
+        self._started = False
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def __aenter__(self) -> EdgeServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Bind every listener; afterwards ``ports`` holds the bound ports."""
+        if self._started:
+            return
+        self._started = True
+        try:
+            await self._start()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _start(self) -> None:
+        from certs.errors import CertsError
+        from edge.trust.errors import TrustError
+
+        cfg = self.config
+        try:
+            pki = await asyncio.to_thread(self._prepare_pki)
+            self.contexts = ContextCache(
+                TlsSettings(
+                    cert_file=pki.cert,
+                    key_file=pki.key,
+                    minimum_version=cfg.tls.minimum_version,
+                    num_tickets=cfg.tls.num_tickets,
+                    alpn=cfg.tls.alpn,
+                    keylog_file=cfg.tls.keylog_file,
+                )
+            )
+            await self._start_trust(pki)
+        except (TlsError, CertsError, TrustError, OSError) as exc:
+            raise EdgeServerError(str(exc)) from None
+        self.core = EdgeCore(self.events, self._policy())
+        factories = await self._start_apps()
+        options = cfg.tls
+        listeners: list[tuple[ListenerKind, HostPort]] = []
+        for kind in ("mqtt", "https", "multi"):
+            where = getattr(cfg.listeners, kind)
+            if where is not None:
+                listeners.append((kind, where))
+        loop = asyncio.get_running_loop()
+        for kind, where in listeners:
+            endpoint = TlsEndpoint(
+                contexts=self.contexts,
+                snapshot=self._current_snapshot,
+                factories=factories,
+                events=self.events,
+                options=EndpointOptions(
+                    kind=kind,
+                    handshake_timeout=options.handshake_timeout,
+                    max_handshakes=options.max_handshakes,
+                    max_connections=options.max_connections,
+                    identity_rule=cfg.identity.rule,
+                ),
+            )
+            try:
+                server = await loop.create_server(
+                    endpoint.protocol_factory, where.host, where.port, backlog=4096
+                )
+            except OSError as exc:
+                raise EdgeServerError(
+                    f"cannot listen for {kind} on {where}: {exc.strerror or exc}"
+                ) from None
+            self._servers.append(server)
+            self.endpoints[kind] = endpoint
+            self.ports[kind] = server.sockets[0].getsockname()[1]
+        await self._start_admin()
+        self.events.emit("edge.started", "info", ports=dict(self.ports), store=str(cfg.store_path))
+        if cfg.ready_file is not None:
+            _write_atomically(cfg.ready_file, json.dumps({"ports": self.ports, "pid": os.getpid()}))
+
+    async def close(self) -> None:
+        """Stop accepting, close every connection, stop services; safe to call twice."""
+        for server in self._servers:
+            server.close()
+        for endpoint in self.endpoints.values():
+            endpoint.close_all()
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 5)
+        self._servers.clear()
+        while self._cleanups:
+            cleanup = self._cleanups.pop()
+            try:
+                result = cleanup()
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:  # keep closing the rest
+                log.exception("cleanup failed")
+
+    # -- pieces --------------------------------------------------------------
+
+    def _prepare_pki(self) -> _Pki:
+        cfg = self.config
+        if cfg.tls.cert is not None or cfg.tls.key is not None:
+            if cfg.tls.cert is None or cfg.tls.key is None:
+                raise EdgeServerError("[tls] needs both cert and key (or neither)")
+            return _Pki(cfg.tls.cert, cfg.tls.key, None)
+        folder = cfg.pki_dir
+        if folder is None:
+            folder = cfg.state_dir / "pki"
+            if not (folder / "server.pem").exists():
+                from certs.quickstart import quickstart
+
+                log.info("creating an embedded test PKI in %s", folder)
+                quickstart(folder, devices=EMBEDDED_DEVICES, hosts=EMBEDDED_HOSTS)
+        for name in ("server.pem", "server.key"):
+            if not (folder / name).exists():
+                raise EdgeServerError(
+                    f"{folder}: no {name} (is it a folder made by `edgesim pki quickstart`?)"
+                )
+        chain = folder / "ca-chain.pem"
+        return _Pki(folder / "server.pem", folder / "server.key", chain if chain.exists() else None)
+
+    async def _start_trust(self, pki: _Pki) -> None:
+        from edge.trust.propagation import TrustService
+        from edge.trust.sqlite import SqliteTrustStore
+
+        cfg = self.config
+        store = await asyncio.to_thread(SqliteTrustStore, cfg.store_path)
+        self.store = store
+        self._cleanups.append(store.close)
+        if pki.ca_chain is not None and not await asyncio.to_thread(store.list_sets):
+            # A fresh store: trust the PKI the edge runs with, for every hostname.
+            data = pki.ca_chain.read_bytes()
+            await asyncio.to_thread(store.upload, "default", data)
+            await asyncio.to_thread(store.bind, "default", "*")
+            log.info("trust store %s seeded with set `default` from %s", store.path, pki.ca_chain)
+        trust = TrustService(
+            store,
+            events=self.events,
+            propagation_delay=cfg.trust.propagation_delay,
+            watch_interval=cfg.trust.watch_interval,
+        )
+        self.trust = trust
+        trust.register_worker(f"edge-{os.getpid()}-{id(self):x}", self._apply_snapshot)
+        await trust.start()
+        self._cleanups.append(trust.close)
+
+    def _apply_snapshot(self, snapshot: TrustSnapshot) -> None:
+        # New handshakes read self._snapshot; established sessions keep their context.
+        self._snapshot = snapshot
+        if self.contexts is not None:
+            for active in snapshot.sets.values():
+                self.contexts.context_for(active)  # build now, not in a handshake
+            self.contexts.apply(list(snapshot.sets.values()))
+
+    def _current_snapshot(self) -> TrustSnapshot:
+        return self._snapshot
+
+    def _policy(self) -> Policy:
+        spec = self.config.policy
+        if spec == "open":
+            return Policy.open()
+        if spec == "default":
+            return Policy.default()
+        if isinstance(spec, Mapping):
+            try:
+                return Policy.from_dict(spec)
+            except Exception as exc:
+                raise EdgeServerError(f"[policy]: {exc}") from None
+        raise EdgeServerError(f"policy {spec!r}: expected open, default or a table")
+
+    async def _start_apps(self) -> dict[str, AppProtocolFactory]:
+        factories: dict[str, AppProtocolFactory] = {}
+        core = self.core
+        assert core is not None
+        listeners = self.config.listeners
+        wants_mqtt = listeners.mqtt is not None or listeners.multi is not None
+        wants_http = listeners.https is not None or listeners.multi is not None
+        if wants_mqtt and "mqtt" not in self._extra_factories:
+            from edge.mqtt.broker import MqttBroker, MqttConfig
+
+            self.broker = MqttBroker(core, MqttConfig())
+            factories["mqtt"] = _mqtt_factory(self.broker)
+            closer = getattr(self.broker, "close", None)
+            if closer is not None:
+                self._cleanups.append(closer)
+        if wants_http and "http" not in self._extra_factories:
+            from edge.http.device import make_device_protocol_factory
+
+            frontend = make_device_protocol_factory(core, self.broker, events=self.events)
+            await frontend.start()
+            self._cleanups.append(frontend.close)
+            factories["http"] = frontend
+        factories.update(self._extra_factories)
+        return factories
+
+    async def _start_admin(self) -> None:
+        where = self.config.listeners.admin
+        if where is None:
+            return
+        try:
+            from edge.http import admin
+        except ModuleNotFoundError:
+            log.warning("admin API not available in this build; not listening on %s", where)
+            return
+        # The token lives next to the store (``<store>.token``), where `edgesim trust` finds it.
+        self.admin_token, created = admin.load_or_create_token(self.config.store_path)
+        if created:
+            log.info("admin token written to %s.token", self.config.store_path)
+        app = admin.make_admin_app(self.trust, self.events, token=self.admin_token)
+        try:
+            runner, port = await admin.start_admin(app, where.host, where.port)
+        except OSError as exc:
+            raise EdgeServerError(
+                f"cannot listen for admin on {where}: {exc.strerror or exc}"
+            ) from None
+        self._cleanups.append(runner.cleanup)
+        self.ports["admin"] = port
+
+    # -- threads ---------------------------------------------------------------
+
+    @classmethod
+    def run_in_thread(
+        cls, config: EdgeConfig | None = None, *, timeout: float = 30.0, **kwargs: Any
+    ) -> ServerThread:
+        """Start an edge on its own event loop in a daemon thread; returns once it listens."""
+        handle = ServerThread(cls(config, **kwargs))
+        handle.start(timeout)
+        return handle
+
+
+def _mqtt_factory(broker: Any) -> AppProtocolFactory:
+    from edge.mqtt.protocol import MqttServerProtocol
+
+    def factory(session: SessionInfo) -> asyncio.Protocol:
+        return MqttServerProtocol(broker, session)
+
+    return factory
+
+
+def new_event_loop(use_uvloop: bool = True) -> asyncio.AbstractEventLoop:
+    """A uvloop loop when available and wanted, else the stdlib's."""
+    if use_uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+class ServerThread:
+    """An :class:`EdgeServer` running in a background thread (for tests and embedding)."""
+
+    def __init__(self, server: EdgeServer) -> None:
+        self.server = server
+        self.loop = new_event_loop(server.config.use_uvloop)
+        self._thread = threading.Thread(target=self._run, name="edgesim-edge", daemon=True)
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """The bound ports by listener kind."""
+        return dict(self.server.ports)
+
+    def start(self, timeout: float) -> None:
+        """Start the thread and wait until the edge listens (or failed to)."""
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise EdgeServerError(f"the edge did not start within {timeout:g} s")
+        if self._error is not None:
+            self._thread.join(timeout)
+            raise self._error
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self._main())
+        finally:
+            self.loop.close()
+
+    async def _main(self) -> None:
+        self._stop = asyncio.Event()
+        try:
+            await self.server.start()
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await self.server.close()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Close the edge and join the thread."""
+        if self._thread.is_alive() and self._stop is not None:
+            self.loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout)
+
+    def __enter__(self) -> ServerThread:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text + "\n", encoding="utf-8")
+    os.replace(tmp, path)
