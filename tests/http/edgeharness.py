@@ -242,9 +242,7 @@ class PahoClient:
         client_id: str,
         *,
         transport: str = "tcp",
-        pki: HarnessPki | None = None,
-        device: DeviceFiles | None = None,
-        alpn: list[str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         import paho.mqtt.client as mqtt
 
@@ -261,9 +259,8 @@ class PahoClient:
         )
         if transport == "websockets":
             client.ws_set_options(path="/mqtt")
-        if pki is not None:
-            assert device is not None
-            client.tls_set_context(pki.client_context(device, alpn=alpn))
+        if ssl_context is not None:
+            client.tls_set_context(ssl_context)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -330,3 +327,33 @@ class PahoClient:
 def _resolve(future: asyncio.Future[int], value: int) -> None:
     if not future.done():
         future.set_result(value)
+
+
+# --- the real edge (EdgeServer: TLS layer, trust store, broker, frontend) -------------
+
+
+def edge_config(tmp_path: Path, pki_dir: Path, *, policy: str = "open") -> Any:
+    """An EdgeConfig with MQTT, HTTPS and multi listeners on free loopback ports."""
+    from edge.config import EdgeConfig, HostPort, ListenersConfig, TrustConfig
+
+    anywhere = HostPort(host="127.0.0.1", port=0)
+    return EdgeConfig(
+        state_dir=tmp_path / "state",
+        listeners=ListenersConfig(mqtt=anywhere, https=anywhere, multi=anywhere, admin=None),
+        trust=TrustConfig(store=tmp_path / "trust.db", watch_interval=None),
+        pki_dir=pki_dir,
+        policy=policy,
+        use_uvloop=False,
+    )
+
+
+def device_context(qs: Any, device: str, alpn: list[str] | None = None) -> ssl.SSLContext:
+    """A device context for a quickstart PKI device (trusts the quickstart root)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(cafile=str(qs.root_cert))
+    ctx.load_cert_chain(
+        str(qs.devices_dir / f"{device}.pem"), str(qs.devices_dir / f"{device}.key")
+    )
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    return ctx
