@@ -1,0 +1,149 @@
+"""The thin asyncio adapter between a transport and an :class:`MqttConnection`.
+
+``MqttServerProtocol(broker, session)`` works on any ``asyncio.Transport``: a plain
+TCP one in tests, or the TLS layer's own transport carrying the decrypted stream.
+It feeds received bytes to the sans-I/O connection, writes what the connection
+produces, arms one timer (``loop.call_at``) for the connection's next deadline
+(connect timeout, keepalive), and closes the transport when the connection says
+so. Deliveries from other connections arrive through the connection's ``wakeup``
+callback and are written in one batch per event-loop iteration.
+
+Flow control: while the transport asks to pause writing, output stays in the
+connection (which then sheds QoS 0 beyond ``max_write_buffer``) and reading from
+this client is paused too, so a client that does not read cannot make the edge
+buffer without bound.
+
+``mqtt.connected`` / ``mqtt.refused`` / ``mqtt.disconnected`` events (with the
+reason) come from the connection, through the core's event log, so every I/O
+layer reports the same. No exception escapes the protocol callbacks: protocol
+errors close the connection with a reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from edge.core.session import SessionInfo
+from edge.mqtt.broker import MqttBroker, MqttConnection
+
+__all__ = ["MqttServerProtocol"]
+
+
+class MqttServerProtocol(asyncio.Protocol):
+    """One MQTT connection over an asyncio transport."""
+
+    def __init__(self, broker: MqttBroker, session: SessionInfo) -> None:
+        self.broker = broker
+        self.session = session
+        self.connection: MqttConnection | None = None
+        self._transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._awaiting_connect = True
+        self._paused = False
+        self._flush_scheduled = False
+        self._closing = False
+        #: Resolved when the transport has gone (tests and the server await it).
+        self.closed: asyncio.Future[None] | None = None
+
+    # --- asyncio.Protocol --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Create the sans-I/O connection and arm the connect timeout."""
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._loop = asyncio.get_running_loop()
+        self.closed = self._loop.create_future()
+        conn = self.connection = self.broker.connection(self.session)
+        conn.wakeup = self._wakeup
+        self._schedule(conn.tick(self.broker.clock()))
+
+    def data_received(self, data: bytes) -> None:
+        """Feed the bytes, write the replies, close if the connection asks."""
+        conn = self.connection
+        assert conn is not None
+        self.broker.core.metrics.bytes_in += len(data)
+        conn.receive_data(data)
+        if self._awaiting_connect and conn.connected:
+            # The connect timeout is over; the keepalive deadline takes its place.
+            self._awaiting_connect = False
+            self._schedule(conn.tick(self.broker.clock()))
+        self._flush()
+
+    def eof_received(self) -> bool | None:
+        """The client half-closed: close our side too (MQTT has no half-close)."""
+        return False
+
+    def pause_writing(self) -> None:
+        """The transport's buffer is full: hold output and stop reading this client."""
+        self._paused = True
+        if self._transport is not None and not self._closing:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        """The transport drained: write what waited and read again."""
+        self._paused = False
+        if self._transport is not None and not self._closing:
+            self._transport.resume_reading()
+        self._flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Tear down: cancel the timer, end the connection (will), resolve ``closed``."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        conn = self.connection
+        if conn is not None:
+            reason = "connection closed by the client" if exc is None else f"connection lost: {exc}"
+            conn.wakeup = None
+            conn.connection_lost(reason)
+        self._transport = None
+        if self.closed is not None and not self.closed.done():
+            self.closed.set_result(None)
+
+    # --- internals ---------------------------------------------------------------------
+
+    def _wakeup(self) -> None:
+        if not self._flush_scheduled and self._loop is not None:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        transport = self._transport
+        conn = self.connection
+        if transport is None or conn is None or self._closing:
+            return
+        if conn.should_close:
+            # Last words (a CONNACK refusal, say) go out even when paused.
+            self._closing = True
+            data = conn.data_to_send()
+            if data:
+                self.broker.core.metrics.bytes_out += len(data)
+                transport.write(data)
+            transport.close()
+            return
+        if not self._paused:
+            data = conn.data_to_send()
+            if data:
+                self.broker.core.metrics.bytes_out += len(data)
+                transport.write(data)
+
+    def _schedule(self, deadline: float | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if deadline is None or self._loop is None:
+            return
+        delay = max(0.0, deadline - self.broker.clock())
+        self._timer = self._loop.call_at(self._loop.time() + delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        conn = self.connection
+        if conn is None:
+            return
+        deadline = conn.tick(self.broker.clock())
+        self._flush()
+        if not conn.should_close:
+            self._schedule(deadline)
