@@ -203,10 +203,35 @@ class FaultMaker:
             )
         return self._rogue
 
+    def _paths(self, kind: str, device_id: str) -> tuple[Path, Path, Path]:
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", device_id)
+        base = self._out / kind
+        return base / f"{safe}.crt", base / f"{safe}.key", base / f"{safe}.chain.pem"
+
+    def _reuse(self, kind: str, device_id: str) -> Material | None:
+        """Material a previous run (``--prepare``) left in the work directory, if any.
+
+        Reusing it keeps the serials the edge's CRL already lists, so a CRL loaded
+        at the edge's start-up stays right for later runs.
+        """
+        cert, key, chain = self._paths(kind, device_id)
+        if not (cert.is_file() and key.is_file()):
+            return None
+        if kind == "revoked":
+            try:
+                serial = x509.load_pem_x509_certificate(cert.read_bytes()).serial_number
+            except (OSError, ValueError) as exc:
+                raise FaultError(f"{cert}: cannot reuse this revoked certificate: {exc}") from exc
+            self._revoked.append(serial)
+        return Material(cert, key, chain if chain.is_file() else None)
+
     def make(self, kind: str, device_id: str) -> Material:
-        """Issue and write the faulty material of ``kind`` for ``device_id``."""
+        """The faulty material of ``kind`` for ``device_id``: reused, or issued and written."""
         if kind == "no-cert":
             return Material(None, None, None)
+        reused = self._reuse(kind, device_id)
+        if reused is not None:
+            return reused
         try:
             if kind == "wrong-ca":
                 issued = self._rogue_root().issue_device(device_id, now=self._now)
@@ -232,21 +257,19 @@ class FaultMaker:
         return self._write(kind, device_id, issued)
 
     def _write(self, kind: str, device_id: str, issued: IssuedCert) -> Material:
-        safe = re.sub(r"[^A-Za-z0-9._-]", "_", device_id)
-        base = self._out / kind
+        cert, key, chain_path = self._paths(kind, device_id)
         try:
-            base.mkdir(parents=True, exist_ok=True)
-            cert = base / f"{safe}.crt"
-            key = base / f"{safe}.key"
-            cert.write_bytes(issued.cert_pem)
+            cert.parent.mkdir(parents=True, exist_ok=True)
             key.write_bytes(issued.key_pem())
             key.chmod(0o600)
             chain: Path | None = None
             if issued.chain:
-                chain = base / f"{safe}.chain.pem"
+                chain = chain_path
                 chain.write_bytes(issued.chain_pem)
+            # The certificate last: its presence marks the material complete for reuse.
+            cert.write_bytes(issued.cert_pem)
         except OSError as exc:
-            raise FaultError(f"cannot write {kind} material under {base}: {exc}") from exc
+            raise FaultError(f"cannot write {kind} material under {cert.parent}: {exc}") from exc
         return Material(cert, key, chain)
 
     def write_crl(self, path: Path) -> Path:

@@ -48,15 +48,36 @@ import importlib
 import json
 import multiprocessing
 import queue
+import ssl
+import struct
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from devices.device import (
+    Action,
+    ConnectedDevice,
+    DeviceSpec,
+    Publish,
+    Receive,
+    Subscribe,
+    Target,
+    connected_device,
+    context_for,
+    run_device,
+)
 from devices.faults import EXPECTED, FaultMaker, Material
 from devices.progress import Counters, Snapshot, add_snapshots
-from devices.report import FleetReport, ResultLike, StepLike
+from devices.protocols import ProtocolError
+from devices.report import CONNECTED_MARK, FleetReport, ResultLike, StepLike
+from devices.tlsclient import (
+    AlertReceived,
+    ConnectionLost,
+    DeviceError,
+    ServerCertificateRejected,
+)
 
 #: Protocols a device can speak, and the URL schemes that select them.
 SCHEMES: Mapping[str, str] = {"mqtts": "mqtt", "https": "https", "wss": "wss"}
@@ -396,8 +417,7 @@ class Fleet:
             fault=device.fault,
             expected=device.expected,
             offset=device.offset,
-            scheduled=scheduled,
-            started=started,
+            start_lag=started - scheduled,
             result=result,
         )
         self.counters.on_finish(
@@ -421,7 +441,7 @@ class RunnerSettings:
     qos: int = 0
     payload_size: int = 32
     device_timeout: float = 10.0
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    probe_message: bool = False
 
 
 #: A runner factory: ``factory(settings) -> DeviceRunner``, named "module:attr" for workers.
@@ -434,17 +454,25 @@ class FleetJob:
 
     devices: tuple[FleetDevice, ...]
     fleet_size: int
-    runner: str = "devices.fleet_runner:make_runner"
+    runner: str = "devices.fleet:make_runner"
     settings: RunnerSettings = RunnerSettings()
     hold: float | None = None
     msg_rate: float | None = None
     shard: Shard = Shard()
     started_iso: str = ""
     lead: float = 0.2
+    schedule_end: float | None = None
+    loop: str = "uvloop"
 
     @property
     def last_offset(self) -> float:
-        """The whole fleet's last scheduled arrival (for the common hold deadline)."""
+        """The whole fleet's last scheduled arrival (for the common hold deadline).
+
+        ``schedule_end`` when given (a shard does not see the other shards' devices),
+        else the last arrival among this job's devices.
+        """
+        if self.schedule_end is not None:
+            return self.schedule_end
         return max((d.offset for d in self.devices), default=0.0)
 
     @property
@@ -518,21 +546,26 @@ async def run_job_async(
     return report
 
 
-def new_loop() -> asyncio.AbstractEventLoop:
-    """A uvloop event loop where available, the default loop otherwise."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+def new_loop(kind: str = "uvloop") -> asyncio.AbstractEventLoop:
+    """A new event loop: ``uvloop`` (where installed) or the stdlib's ``asyncio``."""
+    if kind == "uvloop":
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+            return asyncio.new_event_loop()
+        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+        return loop
+    if kind == "asyncio":
         return asyncio.new_event_loop()
-    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-    return loop
+    raise FleetError(f"--loop {kind!r}: expected uvloop or asyncio")
 
 
 def run_job(
     job: FleetJob, *, on_tick: Callable[[Snapshot, float], None] | None = None
 ) -> FleetReport:
-    """Run ``job`` in this process on a fresh uvloop."""
-    with asyncio.Runner(loop_factory=new_loop) as runner:
+    """Run ``job`` in this process on a fresh event loop of ``job.loop``'s kind."""
+    new_loop(job.loop).close()  # fail early, and by name, on an unknown kind
+    with asyncio.Runner(loop_factory=lambda: new_loop(job.loop)) as runner:
         return runner.run(run_job_async(job, on_tick=on_tick))
 
 
@@ -632,3 +665,244 @@ def iter_kinds(devices: Sequence[FleetDevice]) -> Iterator[tuple[str, int]]:
     for d in devices:
         counts[d.fault or "none"] = counts.get(d.fault or "none", 0) + 1
     yield from sorted(counts.items())
+
+
+# -- the real runner: devices.device -------------------------------------------------
+
+#: ``devices.device`` step names -> the report's step names.
+_STEP_NAMES: Mapping[str, str] = {
+    "tcp_connect": "tcp",
+    "tls_handshake": "tls",
+    "mqtt_connack": "ack",
+    "http_status": "ack",
+    "ws_accept": "ack",
+}
+
+_STAMP = struct.Struct("!d")
+
+
+@dataclass(frozen=True, slots=True)
+class RunStep:
+    """One step of a device's run in the report's vocabulary (seconds from its schedule)."""
+
+    name: str
+    t_start: float
+    duration: float
+    ok: bool
+
+
+@dataclass(slots=True)
+class RunResult:
+    """A device's result as the fleet records it (``devices.report.ResultLike``)."""
+
+    outcome: str
+    reason: str
+    protocol: str
+    steps: list[RunStep] = field(default_factory=list)
+    messages_sent: int = 0
+    messages_received: int = 0
+    delivery_latencies: list[float] = field(default_factory=list)
+    message: str = ""
+
+
+def _refusal(exc: DeviceError, acknowledged: bool) -> tuple[str, str]:
+    """(outcome, reason) for an error of a held device, as ``run_device`` classifies it."""
+    if isinstance(exc, AlertReceived):
+        return ("error", f"dropped:{exc.alert}") if acknowledged else ("refused", exc.alert)
+    if acknowledged:
+        return "error", f"dropped:{exc.reason}"
+    if isinstance(exc, (ServerCertificateRejected, ConnectionLost, ProtocolError)):
+        return "refused", exc.reason
+    return "error", exc.reason
+
+
+class DeviceModuleRunner:
+    """Runs fleet devices with :mod:`devices.device`, each with its own TLS context.
+
+    Without a hold time a device connects with ``run_device`` (the full timed trace:
+    tcp, tls, ack) and, with ``probe_message``, subscribes to its own topic,
+    publishes one message and waits for it (``first_message``). With a hold time it
+    connects with ``connected_device`` (no per-step trace, to stay small: only the
+    connect latency), subscribes to its own topic ``edgesim/fleet/<id>`` and publishes
+    every ``publish_interval`` seconds on a fixed schedule until ``hold_until``. Each
+    payload carries its *intended* send time, so delivery latency includes any delay
+    in sending (no coordinated omission on messages either).
+    """
+
+    def __init__(self, settings: RunnerSettings) -> None:
+        if settings.ca is None:
+            raise FleetError("--ca (the CA that signed the edge's server certificate) is required")
+        try:
+            self.ca_pem = settings.ca.read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise FleetError(f"--ca {settings.ca}: cannot read ({exc})") from exc
+        self.settings = settings
+        self._targets: dict[str, Target] = {}
+
+    def _target(self, url: str) -> Target:
+        target = self._targets.get(url)
+        if target is None:
+            target = self._targets[url] = Target(url=url, ca_pem=self.ca_pem, sni=self.settings.sni)
+        return target
+
+    def _payload(self, intended: float) -> bytes:
+        size = max(self.settings.payload_size, _STAMP.size)
+        return _STAMP.pack(intended) + b"x" * (size - _STAMP.size)
+
+    async def __call__(self, device: FleetDevice, run: DeviceRun, /) -> RunResult:
+        spec = DeviceSpec(
+            id=device.id,
+            cert_path=str(device.cert) if device.cert else None,
+            key_path=str(device.key) if device.key else None,
+            chain_path=str(device.chain) if device.chain else None,
+        )
+        target = self._target(device.url)
+        try:
+            # Uncached: the module-wide cache would keep every device's context alive.
+            context = context_for(spec, target, cache=False)
+        except DeviceError as exc:
+            return RunResult("error", exc.reason, device.protocol, message=str(exc))
+        if run.hold_until is None:
+            return await self._once(device, spec, target, context, run)
+        return await self._held(device, spec, target, context, run)
+
+    async def _once(
+        self,
+        device: FleetDevice,
+        spec: DeviceSpec,
+        target: Target,
+        context: ssl.SSLContext,
+        run: DeviceRun,
+    ) -> RunResult:
+        loop = asyncio.get_running_loop()
+        topic = f"edgesim/fleet/{device.id}"
+        qos = self.settings.qos
+        actions: list[Action] = []
+        if self.settings.probe_message:
+            actions = [
+                Subscribe(topic, qos),
+                Publish(topic, self._payload(0.0), qos),
+                Receive(1),
+            ]
+        res = await run_device(
+            spec,
+            target,
+            actions=actions,
+            clock=loop.time,
+            start=run.scheduled,
+            timeout=self.settings.device_timeout,
+            context=context,
+        )
+        out = RunResult(
+            res.outcome,
+            res.reason,
+            res.protocol or device.protocol,
+            messages_sent=res.messages_sent,
+            messages_received=res.messages_received,
+            delivery_latencies=list(res.delivery_latencies),
+            message=res.message,
+        )
+        for step in res.steps:
+            name = _STEP_NAMES.get(step.name)
+            if name is not None:
+                out.steps.append(RunStep(name, step.t_start, step.duration, step.ok))
+                if name == "ack" and step.ok and res.outcome == "connected":
+                    run.notify_connected()
+        if res.delivery_latencies:
+            publish = next((s for s in res.steps if s.name == "publish"), None)
+            t0 = publish.t_start if publish is not None else 0.0
+            out.steps.append(RunStep("first_message", t0, res.delivery_latencies[0], True))
+        return out
+
+    async def _held(
+        self,
+        device: FleetDevice,
+        spec: DeviceSpec,
+        target: Target,
+        context: ssl.SSLContext,
+        run: DeviceRun,
+    ) -> RunResult:
+        loop = asyncio.get_running_loop()
+        clock = loop.time
+        out = RunResult("error", "", device.protocol)
+        acknowledged = False
+        assert run.hold_until is not None
+        try:
+            async with connected_device(
+                spec, target, clock=clock, timeout=self.settings.device_timeout, context=context
+            ) as held:
+                acknowledged = True
+                out.steps.append(RunStep(CONNECTED_MARK, clock() - run.scheduled, 0.0, True))
+                run.notify_connected()
+                await self._hold(device, held, run, out)
+                out.outcome = "connected"
+        except DeviceError as exc:
+            out.outcome, out.reason = _refusal(exc, acknowledged)
+            out.message = str(exc)
+        return out
+
+    async def _hold(
+        self, device: FleetDevice, held: ConnectedDevice, run: DeviceRun, out: RunResult
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        assert run.hold_until is not None
+        remaining = run.hold_until - loop.time()
+        if run.publish_interval is None:
+            if remaining > 0:
+                await asyncio.sleep(remaining)
+            return
+        topic = f"edgesim/fleet/{device.id}"
+        qos = self.settings.qos
+        ack = await held.subscribe(topic, qos)
+        listening = ack.ok
+        first: list[float] = []
+        first_intended: list[float] = []
+
+        async def receive() -> None:
+            async for message in held.messages():
+                if len(message.payload) < _STAMP.size:
+                    continue
+                (intended,) = _STAMP.unpack_from(message.payload)
+                latency = message.received_at - intended
+                out.messages_received += 1
+                out.delivery_latencies.append(latency)
+                if not first:
+                    first.append(latency)
+                    first_intended.append(intended)
+
+        async def publish() -> None:
+            interval = run.publish_interval
+            assert interval is not None
+            # Spread devices over the interval so that the fleet's rate is even.
+            phase = (device.index * 0.618033988749895) % 1.0 * interval
+            intended = loop.time() + phase
+            while intended < (run.hold_until or 0.0):
+                delay = intended - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await held.publish(topic, self._payload(intended), qos)
+                out.messages_sent += 1
+                intended += interval
+
+        receiver = loop.create_task(receive()) if listening else None
+        try:
+            async with asyncio.timeout(max(remaining, 0.0)):
+                await publish()
+                # Publishing is over; keep receiving until the hold ends.
+                await loop.create_future()
+        except TimeoutError:
+            pass
+        finally:
+            if receiver is not None:
+                receiver.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await receiver
+        if first:
+            out.steps.append(
+                RunStep("first_message", first_intended[0] - run.scheduled, first[0], True)
+            )
+
+
+def make_runner(settings: RunnerSettings) -> DeviceRunner:
+    """The default runner factory: real devices (:class:`DeviceModuleRunner`)."""
+    return DeviceModuleRunner(settings)

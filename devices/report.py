@@ -38,6 +38,10 @@ SCHEMA = "edgesim.fleet.report/1"
 #: Steps of a device's connection whose durations are reported, in order.
 STEPS: tuple[str, ...] = ("tcp", "tls", "ack", "first_message")
 
+#: A zero-length step marking the moment a device was acknowledged, for runners
+#: whose trace has no separate ``ack`` step (held devices).
+CONNECTED_MARK = "connected"
+
 #: The percentiles every latency summary carries (keys are ``p50`` ... ``p99_9``).
 PERCENTILES: tuple[tuple[str, float], ...] = (
     ("p50", 50.0),
@@ -243,41 +247,43 @@ class FleetReport:
         fault: str | None,
         expected: Sequence[str],
         offset: float,
-        scheduled: float,
-        started: float,
+        start_lag: float,
         result: ResultLike,
     ) -> None:
         """Account for one finished device.
 
         ``offset`` is its scheduled start in seconds after the fleet's start (the
-        timeline's x axis); ``scheduled`` and ``started`` are the clock readings of
-        its scheduled and actual start, in the clock its result's steps use.
+        timeline's x axis); ``start_lag`` how late the generator actually started it.
+        The result's step times count from the device's *scheduled* start, so the end
+        of its ``connected`` marker (or else of its ``ack`` step) is its connect
+        latency, start lag included. That latency is recorded whenever the device got
+        that far, even if it failed later (dropped while held).
         """
         self.devices += 1
         key = result_key(result.outcome, result.reason)
+        reason = result.reason or result.outcome
         by_reason = self.outcomes.setdefault(result.outcome, {})
-        by_reason[result.reason or result.outcome] = (
-            by_reason.get(result.reason or result.outcome, 0) + 1
-        )
+        by_reason[reason] = by_reason.get(reason, 0) + 1
         proto = result.protocol or "unknown"
         pcounts = self.protocols.setdefault(proto, {"devices": 0})
         pcounts["devices"] += 1
         pcounts[result.outcome] = pcounts.get(result.outcome, 0) + 1
-        self.start_lag.record(started - scheduled)
+        self.start_lag.record(start_lag)
 
         connected_at: float | None = None
         for step in result.steps:
             if step.name in STEPS and step.ok:
                 self.steps.setdefault(step.name, Latency()).record(step.duration)
-            if step.name == "ack" and step.ok:
+            if step.name == CONNECTED_MARK or (
+                step.name == "ack" and step.ok and connected_at is None
+            ):
                 connected_at = step.t_start + step.duration
         bucket = self.timeline.setdefault(int(offset), Bucket())
         bucket.outcomes[result.outcome] = bucket.outcomes.get(result.outcome, 0) + 1
-        if result.outcome == "connected" and connected_at is not None:
-            latency = connected_at - scheduled
-            self.connect.record(latency)
-            self.protocol_connect.setdefault(proto, Latency()).record(latency)
-            bucket.connect.record(latency)
+        if connected_at is not None:
+            self.connect.record(connected_at)
+            self.protocol_connect.setdefault(proto, Latency()).record(connected_at)
+            bucket.connect.record(connected_at)
 
         self.messages_sent += result.messages_sent
         self.messages_received += result.messages_received

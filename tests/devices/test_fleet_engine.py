@@ -49,6 +49,7 @@ def device(i: int, *, ramp: float, fault: str | None = None) -> FleetDevice:
 
 
 def connected_result(start: float, end: float) -> FakeResult:
+    """A connected device's trace; times count from its scheduled start."""
     return FakeResult(
         "connected",
         "",
@@ -81,7 +82,7 @@ class RecordingRunner:
         if outcome != "connected":
             return FakeResult(outcome, reason)
         run.notify_connected()
-        return connected_result(start, self.clock())
+        return connected_result(start - run.scheduled, self.clock() - run.scheduled)
 
 
 @pytest.mark.timeout(10)
@@ -230,7 +231,7 @@ async def test_held_devices_stay_until_the_common_deadline() -> None:
             all_held.set_result(None)
         assert run.hold_until is not None
         await asyncio.sleep(max(run.hold_until - loop.time(), 0))
-        return connected_result(start, start)
+        return connected_result(start - run.scheduled, start - run.scheduled)
 
     fleet = Fleet(
         [device(i, ramp=100.0) for i in range(4)], runner, hold=0.05, lead=0.0, counters=counters

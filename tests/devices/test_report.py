@@ -37,7 +37,7 @@ def fake_device(rng: random.Random, i: int) -> tuple[str | None, tuple[str, ...]
     if i % 10 == 3:
         return "wrong-ca", ("unknown_ca",), Result("refused", "unknown_ca", proto), 0.0
     tcp, tls, ack = (rng.uniform(0.0001, 0.05) for _ in range(3))
-    start = 100.0 + i * 0.01
+    start = rng.uniform(0.0, 0.002)
     steps = [
         Step("tcp", start, tcp),
         Step("tls", start + tcp, tls),
@@ -58,8 +58,7 @@ def build(indexes: range | list[int], shard: str) -> FleetReport:
             fault=fault,
             expected=expected,
             offset=i * 0.01,
-            scheduled=100.0 + i * 0.01,
-            started=start or 100.0 + i * 0.01,
+            start_lag=start,
             result=result,
         )
     return report
