@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from trustpki import NOW, root
+from trustpki import NOW, crl_pem, root
 
 from edge.core.events import EventLog
 from edge.trust.errors import PropagationTimeout, RefusedError, TrustError
@@ -230,8 +230,6 @@ async def test_activation_rollback_binding_crl_and_delete_propagate(
 
     await service.rollback("fleet")
     assert (await service.wait_active(timeout=5)).sets["fleet"].version == 1
-
-    from test_store import crl_pem
 
     await service.add_crl("fleet", crl_pem(first, 42))
     assert len((await service.wait_active(timeout=5)).sets["fleet"].crls) == 1

@@ -3,40 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from trustpki import NOW, chain, pem, root
+from trustpki import NOW, chain, crl_pem, pem, root
 
-from certs.authority import CertificateAuthority
 from edge.trust.errors import ConflictError, NotFoundError, RefusedError, StoreError
 from edge.trust.model import TrustSnapshot, normalize_host
 from edge.trust.sqlite import MIGRATIONS, SqliteTrustStore
-
-
-def crl_pem(ca: CertificateAuthority, *serials: int, encoding: str = "pem") -> bytes:
-    """A CRL signed by ``ca`` revoking ``serials``."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-
-    builder = (
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(ca.cert.subject)
-        .last_update(NOW - timedelta(hours=1))
-        .next_update(NOW + timedelta(days=7))
-    )
-    for serial in serials:
-        builder = builder.add_revoked_certificate(
-            x509.RevokedCertificateBuilder()
-            .serial_number(serial)
-            .revocation_date(NOW - timedelta(hours=1))
-            .build()
-        )
-    crl = builder.sign(ca.key, hashes.SHA256())
-    enc = serialization.Encoding.PEM if encoding == "pem" else serialization.Encoding.DER
-    return crl.public_bytes(enc)
 
 
 def test_first_upload_creates_and_activates(store: SqliteTrustStore) -> None:

@@ -122,3 +122,23 @@ def sha1_signed(cert: x509.Certificate, signer: rsa.RSAPrivateKey) -> x509.Certi
     return x509.load_der_x509_certificate(
         _tlv(0x30, tbs + algorithm + _tlv(0x03, b"\x00" + signature))
     )
+
+
+def crl_pem(ca: CertificateAuthority, *serials: int, encoding: str = "pem") -> bytes:
+    """A CRL signed by ``ca`` revoking ``serials``."""
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.cert.subject)
+        .last_update(NOW - timedelta(hours=1))
+        .next_update(NOW + timedelta(days=7))
+    )
+    for serial in serials:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(serial)
+            .revocation_date(NOW - timedelta(hours=1))
+            .build()
+        )
+    crl = builder.sign(ca.key, hashes.SHA256())
+    enc = serialization.Encoding.PEM if encoding == "pem" else serialization.Encoding.DER
+    return crl.public_bytes(enc)

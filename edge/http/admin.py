@@ -1,0 +1,540 @@
+"""The admin API: certificate sets, versions, bindings, CRLs, status and events over HTTP.
+
+An aiohttp application on its own listener (default ``127.0.0.1:8081``), built
+by :func:`make_admin_app` around a :class:`~edge.trust.propagation.TrustService`
+and the edge's :class:`~edge.core.events.EventLog`; :func:`start_admin` serves
+it and returns the bound port. Routes live under ``/v1/`` and are described by
+the OpenAPI document at ``/v1/openapi.json`` (:mod:`edge.http.openapi`).
+
+Authentication: every call except ``GET /v1/openapi.json`` needs
+``Authorization: Bearer <token>`` (compared in constant time); a missing or
+wrong token is ``401`` with ``WWW-Authenticate`` and changes nothing. With
+``admin_ca_pem`` the caller must also present a client certificate issued by
+that CA (the listener's SSL context comes from :func:`admin_ssl_context`).
+:func:`load_or_create_token` keeps the token in ``<store>.token`` (mode 0600).
+
+Errors are ``application/problem+json`` (RFC 9457): ``type``, ``title``,
+``status``, ``detail``, plus ``findings`` (the same findings the CLI prints)
+when an upload is refused. The translation at this boundary::
+
+    RefusedError / LimitError    422  urn:edgesim:problem:refused / :limit
+    NotFoundError                404  urn:edgesim:problem:not-found
+    ConflictError                409  urn:edgesim:problem:conflict
+    PropagationTimeout           504  urn:edgesim:problem:propagation-timeout
+    StoreError, TrustError       503  urn:edgesim:problem:store
+    bad query or body            400  urn:edgesim:problem:bad-request
+    no or wrong credentials      401  urn:edgesim:problem:unauthorized
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import os
+import secrets
+import ssl
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aiohttp import BodyPartReader, web
+from cryptography import x509
+
+from edge.core.events import EventLog
+from edge.http.openapi import openapi_document
+from edge.trust.check import check_in_store
+from edge.trust.errors import (
+    ConflictError,
+    LimitError,
+    NotFoundError,
+    PropagationTimeout,
+    RefusedError,
+    StoreError,
+    TrustError,
+)
+from edge.trust.propagation import TrustService
+
+__all__ = [
+    "ADMIN_CA_KEY",
+    "EVENTS_KEY",
+    "TOKEN_KEY",
+    "TRUST_KEY",
+    "admin_ssl_context",
+    "load_or_create_token",
+    "make_admin_app",
+    "problem",
+    "start_admin",
+]
+
+TRUST_KEY = web.AppKey("trust", TrustService)
+EVENTS_KEY = web.AppKey("events", EventLog)
+TOKEN_KEY = web.AppKey("token", str)
+ADMIN_CA_KEY = web.AppKey("admin_ca", list[x509.Certificate])
+
+PROBLEM_JSON = "application/problem+json"
+#: Bodies up to this size are read; the store refuses large uploads itself with a finding.
+MAX_BODY = 16 * 1024 * 1024
+_REALM = 'Bearer realm="edgesim-admin"'
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+# -- tokens and TLS -------------------------------------------------------------
+
+
+def load_or_create_token(store_path: str | Path) -> tuple[str, bool]:
+    """Return the admin token kept next to the store, creating it on first use.
+
+    The token lives in ``<store>.token`` with mode 0600; ``created`` is true when
+    this call wrote it (the server then prints it once). Raises
+    :class:`~edge.trust.errors.StoreError` when the file cannot be read or written.
+    """
+    path = Path(f"{store_path}.token")
+    try:
+        token = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        token = ""
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StoreError(f"cannot read admin token {path}: {exc}") from exc
+    if token:
+        return token, False
+    token = secrets.token_urlsafe(32)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Created with 0600 from the start: no window where others could read it.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as out:
+            out.write(token + "\n")
+        os.chmod(path, 0o600)
+    except OSError as exc:
+        raise StoreError(f"cannot write admin token {path}: {exc}") from exc
+    return token, True
+
+
+def admin_ssl_context(
+    certfile: str | Path, keyfile: str | Path, admin_ca_pem: bytes | None = None
+) -> ssl.SSLContext:
+    """A server context for the admin listener; with ``admin_ca_pem`` it requires client certs."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certfile, keyfile)
+    if admin_ca_pem:
+        context.load_verify_locations(cadata=admin_ca_pem.decode("ascii"))
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+# -- problems -------------------------------------------------------------------
+
+
+def problem(
+    status: int,
+    slug: str,
+    title: str,
+    detail: str,
+    *,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> web.Response:
+    """An RFC 9457 problem response."""
+    body = {"type": f"urn:edgesim:problem:{slug}", "title": title, "status": status}
+    body["detail"] = detail
+    body.update(extra)
+    return web.Response(
+        status=status,
+        text=json.dumps(body),
+        content_type=PROBLEM_JSON,
+        headers=headers,
+    )
+
+
+def _translate(exc: TrustError) -> web.Response:
+    if isinstance(exc, RefusedError):
+        slug, title = (
+            ("limit", "Limit exceeded")
+            if isinstance(exc, LimitError)
+            else (
+                "refused",
+                "Upload refused",
+            )
+        )
+        return problem(422, slug, title, exc.message, findings=[f.to_dict() for f in exc.findings])
+    if isinstance(exc, NotFoundError):
+        return problem(404, "not-found", "Not found", str(exc))
+    if isinstance(exc, ConflictError):
+        return problem(409, "conflict", "Conflict", str(exc))
+    if isinstance(exc, PropagationTimeout):
+        return problem(504, "propagation-timeout", "Propagation timeout", str(exc))
+    return problem(503, "store", "Trust store unavailable", str(exc))
+
+
+class _BadRequest(Exception):
+    """A query parameter or body the handler cannot use (becomes a 400 problem)."""
+
+
+@web.middleware
+async def _problems(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except TrustError as exc:
+        return _translate(exc)
+    except _BadRequest as exc:
+        return problem(400, "bad-request", "Bad request", str(exc))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return problem(
+            exc.status,
+            "http",
+            exc.reason,
+            f"{request.method} {request.path}: {exc.reason}",
+            headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"},
+        )
+
+
+def _unauthorized(detail: str, error: str | None = None) -> web.Response:
+    challenge = _REALM + (f', error="{error}"' if error else "")
+    return problem(
+        401,
+        "unauthorized",
+        "Unauthorized",
+        detail,
+        headers={"WWW-Authenticate": challenge},
+    )
+
+
+@web.middleware
+async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path == "/v1/openapi.json" and request.method in ("GET", "HEAD"):
+        return await handler(request)
+    expected = request.app[TOKEN_KEY]
+    if expected:
+        header = request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        if not header:
+            return _unauthorized("send 'Authorization: Bearer <token>' (the admin token)")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), expected.encode()
+        ):
+            return _unauthorized("the bearer token is wrong", "invalid_token")
+    if request.app[ADMIN_CA_KEY]:
+        ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+        peer = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if not peer:
+            return _unauthorized("an admin client certificate is required")
+    return await handler(request)
+
+
+# -- request helpers ------------------------------------------------------------
+
+
+def _trust(request: web.Request) -> TrustService:
+    return request.app[TRUST_KEY]
+
+
+def _flag(request: web.Request, name: str, default: bool) -> bool:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    value = raw.lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise _BadRequest(f"query parameter {name}={raw!r}: expected true or false")
+
+
+def _int(raw: str | None, name: str, *, minimum: int = 0) -> int | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _BadRequest(f"{name}={raw!r}: expected an integer") from None
+    if value < minimum:
+        raise _BadRequest(f"{name}={raw!r}: must be at least {minimum}")
+    return value
+
+
+def _version(request: web.Request) -> int:
+    value = _int(request.match_info["version"], "version", minimum=1)
+    assert value is not None
+    return value
+
+
+async def _file_body(request: web.Request) -> bytes:
+    """The uploaded file: the raw body, or the single file part of a multipart body."""
+    if request.content_type.startswith("multipart/"):
+        reader = await request.multipart()
+        found: list[bytes] = []
+        while True:
+            part = await reader.next()
+            if part is None:
+                break
+            if isinstance(part, BodyPartReader) and part.filename is not None:
+                found.append(bytes(await part.read(decode=True)))
+            elif isinstance(part, BodyPartReader):
+                await part.release()
+            else:
+                raise _BadRequest("nested multipart bodies are not accepted")
+        if len(found) != 1:
+            raise _BadRequest(
+                f"a multipart upload must hold exactly one file, this one holds {len(found)}"
+            )
+        return found[0]
+    return await request.read()
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _BadRequest(f"the body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise _BadRequest("the body must be a JSON object")
+    return body
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(data, status=status, headers=headers)
+
+
+# -- handlers -------------------------------------------------------------------
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    return _json(openapi_document())
+
+
+async def _list_sets(request: web.Request) -> web.Response:
+    return _json({"sets": [s.to_dict() for s in await _trust(request).list_sets()]})
+
+
+async def _upload(request: web.Request, name: str) -> web.Response:
+    data = await _file_body(request)
+    info = await _trust(request).upload(
+        name,
+        data,
+        activate=_flag(request, "activate", True),
+        allow_sha1=_flag(request, "allow_sha1", False),
+    )
+    location = f"/v1/sets/{name}/versions/{info.version}"
+    return _json(info.to_dict(), status=201, headers={"Location": location})
+
+
+async def _upload_by_query(request: web.Request) -> web.Response:
+    name = request.query.get("name")
+    if not name:
+        raise _BadRequest("query parameter 'name' (the certificate set) is required")
+    return await _upload(request, name)
+
+
+async def _upload_version(request: web.Request) -> web.Response:
+    return await _upload(request, request.match_info["name"])
+
+
+async def _get_set(request: web.Request) -> web.Response:
+    trust = _trust(request)
+    name = request.match_info["name"]
+    info = (await trust.get_set(name)).to_dict()
+    info["versions"] = [v.to_dict() for v in await trust.versions(name)]
+    info["propagation"] = next(
+        (s for s in trust.status()["sets"] if s["name"] == name),
+        {"name": name, "state": "no active version"},
+    )
+    return _json(info)
+
+
+async def _delete_set(request: web.Request) -> web.Response:
+    await _trust(request).delete(request.match_info["name"])
+    return web.Response(status=204)
+
+
+async def _versions(request: web.Request) -> web.Response:
+    versions = await _trust(request).versions(request.match_info["name"])
+    return _json({"versions": [v.to_dict() for v in versions]})
+
+
+async def _get_version(request: web.Request) -> web.Response:
+    trust = _trust(request)
+    name, number = request.match_info["name"], _version(request)
+    info = next((v for v in await trust.versions(name) if v.version == number), None)
+    if info is None:
+        raise NotFoundError(f"certificate set {name!r} has no version {number}")
+    _, pem, _ = await asyncio.to_thread(trust.store.version_pem, name, number)
+    return _json({**info.to_dict(), "pem": pem.decode("ascii")})
+
+
+async def _activate(request: web.Request) -> web.Response:
+    info = await _trust(request).activate(request.match_info["name"], _version(request))
+    return _json(info.to_dict())
+
+
+async def _rollback(request: web.Request) -> web.Response:
+    info = await _trust(request).rollback(request.match_info["name"])
+    return _json(info.to_dict())
+
+
+async def _list_crls(request: web.Request) -> web.Response:
+    crls = await _trust(request).crls(request.match_info["name"])
+    return _json({"crls": [c.to_dict() for c in crls]})
+
+
+async def _add_crl(request: web.Request) -> web.Response:
+    info = await _trust(request).add_crl(request.match_info["name"], await _file_body(request))
+    return _json(info.to_dict(), status=201)
+
+
+async def _check(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    certificate = body.get("certificate")
+    if not isinstance(certificate, str) or not certificate.strip():
+        raise _BadRequest("'certificate' (the device certificate, PEM text) is required")
+    chain = body.get("chain") or ""
+    if not isinstance(chain, str):
+        raise _BadRequest("'chain' must be PEM text")
+    version = body.get("version")
+    if version is not None and (not isinstance(version, int) or version < 1):
+        raise _BadRequest("'version' must be a positive integer")
+    at = _parse_time(body.get("at"), "at")
+    trust = _trust(request)
+    result = await asyncio.to_thread(
+        check_in_store,
+        trust.store,
+        request.match_info["name"],
+        certificate.encode(),
+        chain_pem=chain.encode(),
+        version=version,
+        at=at,
+    )
+    return _json(result)
+
+
+def _parse_time(raw: object, name: str) -> datetime | None:
+    if raw is None or raw == "":
+        return None
+    if not isinstance(raw, str):
+        raise _BadRequest(f"'{name}' must be an ISO-8601 time")
+    try:
+        when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise _BadRequest(f"'{name}'={raw!r} is not an ISO-8601 time") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+async def _bindings(request: web.Request) -> web.Response:
+    trust = _trust(request)
+    states = {b["host"]: b["state"] for b in trust.status()["bindings"]}
+    stored = await trust.bindings()
+    return _json(
+        {
+            "bindings": [
+                {"host": h, "set": s, "state": states.get(h, "pending")} for h, s in stored.items()
+            ]
+        }
+    )
+
+
+async def _bind(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    name = body.get("set")
+    if not isinstance(name, str) or not name:
+        raise _BadRequest("'set' (the certificate set to bind) is required")
+    host = await _trust(request).bind(name, request.match_info["host"])
+    return _json({"host": host, "set": name})
+
+
+async def _unbind(request: web.Request) -> web.Response:
+    await _trust(request).unbind(request.match_info["host"])
+    return web.Response(status=204)
+
+
+async def _status(request: web.Request) -> web.Response:
+    return _json(_trust(request).status())
+
+
+async def _events(request: web.Request) -> web.Response:
+    q = request.query
+    events = request.app[EVENTS_KEY].query(
+        since=_int(q.get("since"), "since") or 0,
+        kind=q.get("kind") or None,
+        outcome=q.get("outcome") or None,
+        identity=q.get("identity") or None,
+        after_time=q.get("after") or None,
+        before_time=q.get("before") or None,
+        limit=_int(q.get("limit"), "limit", minimum=1),
+    )
+    return _json({"events": events, "last_id": request.app[EVENTS_KEY].last_id})
+
+
+#: (method, path, handler): the whole API; :mod:`edge.http.openapi` describes each.
+ROUTES: tuple[tuple[str, str, Handler], ...] = (
+    ("GET", "/v1/openapi.json", _openapi),
+    ("GET", "/v1/sets", _list_sets),
+    ("POST", "/v1/sets", _upload_by_query),
+    ("GET", "/v1/sets/{name}", _get_set),
+    ("DELETE", "/v1/sets/{name}", _delete_set),
+    ("GET", "/v1/sets/{name}/versions", _versions),
+    ("POST", "/v1/sets/{name}/versions", _upload_version),
+    ("GET", "/v1/sets/{name}/versions/{version}", _get_version),
+    ("POST", "/v1/sets/{name}/versions/{version}/activate", _activate),
+    ("POST", "/v1/sets/{name}/rollback", _rollback),
+    ("GET", "/v1/sets/{name}/crls", _list_crls),
+    ("POST", "/v1/sets/{name}/crls", _add_crl),
+    ("POST", "/v1/sets/{name}/check", _check),
+    ("GET", "/v1/bindings", _bindings),
+    ("PUT", "/v1/bindings/{host}", _bind),
+    ("DELETE", "/v1/bindings/{host}", _unbind),
+    ("GET", "/v1/status", _status),
+    ("GET", "/v1/events", _events),
+)
+
+
+def make_admin_app(
+    trust: TrustService,
+    events: EventLog,
+    *,
+    token: str | None,
+    admin_ca_pem: bytes | None = None,
+) -> web.Application:
+    """Build the admin application.
+
+    ``token`` is the bearer token every call needs; ``admin_ca_pem`` additionally
+    requires a client certificate (the listener must then use
+    :func:`admin_ssl_context`). At least one of them must be given: an admin API
+    open to anyone on the listener is refused with ``ValueError``.
+    """
+    if not token and not admin_ca_pem:
+        raise ValueError("the admin API needs a token or an admin CA (or both)")
+    app = web.Application(middlewares=[_problems, _auth], client_max_size=MAX_BODY)
+    app[TRUST_KEY] = trust
+    app[EVENTS_KEY] = events
+    app[TOKEN_KEY] = token or ""
+    app[ADMIN_CA_KEY] = x509.load_pem_x509_certificates(admin_ca_pem) if admin_ca_pem else []
+    for method, path, handler in ROUTES:
+        app.router.add_route(method, path, handler)
+    return app
+
+
+async def start_admin(
+    app: web.Application,
+    host: str = "127.0.0.1",
+    port: int = 8081,
+    ssl_context: ssl.SSLContext | None = None,
+) -> tuple[web.AppRunner, int]:
+    """Serve ``app`` on ``host:port`` (0: any free port); return the runner and the bound port.
+
+    Stop it with ``await runner.cleanup()``.
+    """
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+    try:
+        await site.start()
+    except OSError:
+        await runner.cleanup()
+        raise
+    bound = runner.addresses[0][1]
+    return runner, int(bound)

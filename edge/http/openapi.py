@@ -1,0 +1,442 @@
+"""The admin API's OpenAPI 3.1 description, written by hand.
+
+Served at ``GET /v1/openapi.json``. A test checks that every route of
+:data:`edge.http.admin.ROUTES` is described here with its method, so the two
+cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+__all__ = ["openapi_document"]
+
+_PROBLEM = {"$ref": "#/components/responses/Problem"}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _ok(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: str) -> dict[str, Any]:
+    return {code: _PROBLEM for code in ("401", *codes)}
+
+
+_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+_VERSION = {
+    "name": "version",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 1},
+}
+_HOST = {
+    "name": "host",
+    "in": "path",
+    "required": True,
+    "description": "a hostname, a wildcard like *.example.com, or * for the default binding",
+    "schema": {"type": "string"},
+}
+_ACTIVATE = {
+    "name": "activate",
+    "in": "query",
+    "description": "activate the new version at once (default true); false stages it",
+    "schema": {"type": "boolean", "default": True},
+}
+_SHA1 = {
+    "name": "allow_sha1",
+    "in": "query",
+    "description": "accept SHA-1 signatures in this version (legacy fleets)",
+    "schema": {"type": "boolean", "default": False},
+}
+_FILE_BODY = {
+    "required": True,
+    "description": "exactly one file: the raw body, or one file part of a multipart form",
+    "content": {
+        "application/x-pem-file": {"schema": {"type": "string"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"file": {"type": "string", "format": "binary"}},
+            }
+        },
+    },
+}
+
+_UPLOAD = {
+    "summary": "Upload one PEM file of CA certificates as a new version",
+    "requestBody": _FILE_BODY,
+    "responses": {
+        "201": _ok(_ref("Version"), "stored (and activated unless activate=false)"),
+        **_errors("400", "422"),
+    },
+}
+
+_DOCUMENT: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "edgesim admin API",
+        "version": "1",
+        "description": "Certificate sets (the CAs devices are verified against), their "
+        "versions, hostname bindings, CRLs, propagation status and the edge's event log. "
+        "Errors are RFC 9457 problem documents.",
+    },
+    "security": [{"bearer": []}],
+    "paths": {
+        "/v1/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "security": [],
+                "responses": {"200": _ok({"type": "object"})},
+            }
+        },
+        "/v1/sets": {
+            "get": {
+                "summary": "List certificate sets",
+                "responses": {
+                    "200": _ok(
+                        {
+                            "type": "object",
+                            "properties": {"sets": {"type": "array", "items": _ref("Set")}},
+                        }
+                    ),
+                    **_errors(),
+                },
+            },
+            "post": {
+                **_UPLOAD,
+                "parameters": [
+                    {"name": "name", "in": "query", "required": True, "schema": {"type": "string"}},
+                    _ACTIVATE,
+                    _SHA1,
+                ],
+            },
+        },
+        "/v1/sets/{name}": {
+            "parameters": [_NAME],
+            "get": {
+                "summary": "One set with its versions and propagation state",
+                "responses": {"200": _ok(_ref("SetDetail")), **_errors("404")},
+            },
+            "delete": {
+                "summary": "Delete a set with its versions, CRLs and bindings",
+                "responses": {"204": {"description": "deleted"}, **_errors("404")},
+            },
+        },
+        "/v1/sets/{name}/versions": {
+            "parameters": [_NAME],
+            "get": {
+                "summary": "The set's versions, oldest first",
+                "responses": {
+                    "200": _ok(
+                        {
+                            "type": "object",
+                            "properties": {"versions": {"type": "array", "items": _ref("Version")}},
+                        }
+                    ),
+                    **_errors("404"),
+                },
+            },
+            "post": {**_UPLOAD, "parameters": [_ACTIVATE, _SHA1]},
+        },
+        "/v1/sets/{name}/versions/{version}": {
+            "parameters": [_NAME, _VERSION],
+            "get": {
+                "summary": "One version, with its PEM",
+                "responses": {
+                    "200": _ok(
+                        {
+                            "allOf": [
+                                _ref("Version"),
+                                {"type": "object", "properties": {"pem": {"type": "string"}}},
+                            ]
+                        }
+                    ),
+                    **_errors("400", "404"),
+                },
+            },
+        },
+        "/v1/sets/{name}/versions/{version}/activate": {
+            "parameters": [_NAME, _VERSION],
+            "post": {
+                "summary": "Make this version the active one (also how to roll back)",
+                "responses": {"200": _ok(_ref("Version")), **_errors("400", "404")},
+            },
+        },
+        "/v1/sets/{name}/rollback": {
+            "parameters": [_NAME],
+            "post": {
+                "summary": "Re-activate the previously active version",
+                "responses": {"200": _ok(_ref("Version")), **_errors("404", "409")},
+            },
+        },
+        "/v1/sets/{name}/crls": {
+            "parameters": [_NAME],
+            "get": {
+                "summary": "The set's CRLs",
+                "responses": {
+                    "200": _ok(
+                        {
+                            "type": "object",
+                            "properties": {"crls": {"type": "array", "items": _ref("Crl")}},
+                        }
+                    ),
+                    **_errors("404"),
+                },
+            },
+            "post": {
+                "summary": "Attach a CRL (PEM or DER) signed by a CA of the active version",
+                "requestBody": _FILE_BODY,
+                "responses": {"201": _ok(_ref("Crl")), **_errors("400", "404", "422")},
+            },
+        },
+        "/v1/sets/{name}/check": {
+            "parameters": [_NAME],
+            "post": {
+                "summary": "Dry run: would this device certificate be accepted?",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["certificate"],
+                                "properties": {
+                                    "certificate": {"type": "string", "description": "PEM"},
+                                    "chain": {"type": "string", "description": "PEM"},
+                                    "version": {"type": "integer", "minimum": 1},
+                                    "at": {"type": "string", "format": "date-time"},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _ok(_ref("CheckResult")),
+                    **_errors("400", "404", "422"),
+                },
+            },
+        },
+        "/v1/bindings": {
+            "get": {
+                "summary": "Hostname bindings with their propagation state",
+                "responses": {
+                    "200": _ok(
+                        {
+                            "type": "object",
+                            "properties": {"bindings": {"type": "array", "items": _ref("Binding")}},
+                        }
+                    ),
+                    **_errors(),
+                },
+            }
+        },
+        "/v1/bindings/{host}": {
+            "parameters": [_HOST],
+            "put": {
+                "summary": "Bind a hostname (or * for the default) to a set",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["set"],
+                                "properties": {"set": {"type": "string"}},
+                            }
+                        }
+                    },
+                },
+                "responses": {"200": _ok(_ref("Binding")), **_errors("400", "404", "409")},
+            },
+            "delete": {
+                "summary": "Remove a binding",
+                "responses": {"204": {"description": "removed"}, **_errors("404", "409")},
+            },
+        },
+        "/v1/status": {
+            "get": {
+                "summary": "Propagation status: overall, per worker, per set, per binding",
+                "responses": {"200": _ok(_ref("Status")), **_errors()},
+            }
+        },
+        "/v1/events": {
+            "get": {
+                "summary": "The edge's event log, oldest first",
+                "parameters": [
+                    {"name": n, "in": "query", "schema": s}
+                    for n, s in (
+                        ("since", {"type": "integer", "minimum": 0}),
+                        ("kind", {"type": "string"}),
+                        ("outcome", {"type": "string"}),
+                        ("identity", {"type": "string"}),
+                        ("after", {"type": "string", "format": "date-time"}),
+                        ("before", {"type": "string", "format": "date-time"}),
+                        ("limit", {"type": "integer", "minimum": 1}),
+                    )
+                ],
+                "responses": {
+                    "200": _ok(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "events": {"type": "array", "items": _ref("Event")},
+                                "last_id": {"type": "integer"},
+                            },
+                        }
+                    ),
+                    **_errors("400"),
+                },
+            }
+        },
+    },
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "responses": {
+            "Problem": {
+                "description": "an RFC 9457 problem",
+                "content": {"application/problem+json": {"schema": _ref("Problem")}},
+            }
+        },
+        "schemas": {
+            "Problem": {
+                "type": "object",
+                "required": ["type", "title", "status", "detail"],
+                "properties": {
+                    "type": {"type": "string", "format": "uri"},
+                    "title": {"type": "string"},
+                    "status": {"type": "integer"},
+                    "detail": {"type": "string"},
+                    "findings": {"type": "array", "items": _ref("Finding")},
+                },
+            },
+            "Finding": {
+                "type": "object",
+                "properties": {
+                    "severity": {"enum": ["error", "warning"]},
+                    "code": {"type": "string"},
+                    "position": {"type": ["integer", "null"]},
+                    "subject": {"type": ["string", "null"]},
+                    "message": {"type": "string"},
+                    "hint": {"type": ["string", "null"]},
+                },
+            },
+            "Version": {
+                "type": "object",
+                "properties": {
+                    "set": {"type": "string"},
+                    "version": {"type": "integer"},
+                    "created_at": {"type": "string", "format": "date-time"},
+                    "sha256": {"type": "string"},
+                    "certificate_count": {"type": "integer"},
+                    "subjects": {"type": "array", "items": {"type": "string"}},
+                    "activated_at": {"type": ["string", "null"]},
+                    "active": {"type": "boolean"},
+                    "allow_sha1": {"type": "boolean"},
+                    "state": {
+                        "enum": [
+                            "staged",
+                            "inactive",
+                            "pending",
+                            "propagating",
+                            "active",
+                            "retiring",
+                        ]
+                    },
+                    "warnings": {"type": "array", "items": _ref("Finding")},
+                },
+            },
+            "Crl": {
+                "type": "object",
+                "properties": {
+                    "set": {"type": "string"},
+                    "issuer": {"type": "string"},
+                    "sha256": {"type": "string"},
+                    "this_update": {"type": "string"},
+                    "next_update": {"type": ["string", "null"]},
+                    "revoked_count": {"type": "integer"},
+                    "added_at": {"type": "string"},
+                },
+            },
+            "Set": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "created_at": {"type": "string"},
+                    "active_version": {"type": ["integer", "null"]},
+                    "latest_version": {"type": "integer"},
+                    "hosts": {"type": "array", "items": {"type": "string"}},
+                    "crls": {"type": "array", "items": _ref("Crl")},
+                },
+            },
+            "SetDetail": {
+                "allOf": [
+                    _ref("Set"),
+                    {
+                        "type": "object",
+                        "properties": {
+                            "versions": {"type": "array", "items": _ref("Version")},
+                            "propagation": {"type": "object"},
+                        },
+                    },
+                ]
+            },
+            "Binding": {
+                "type": "object",
+                "properties": {
+                    "host": {"type": "string"},
+                    "set": {"type": ["string", "null"]},
+                    "state": {"enum": ["pending", "propagating", "active"]},
+                },
+            },
+            "Status": {
+                "type": "object",
+                "properties": {
+                    "state": {"enum": ["pending", "propagating", "active"]},
+                    "generation": {"type": "integer"},
+                    "active_generation": {"type": "integer"},
+                    "propagation_delay": {"type": "number"},
+                    "workers": {"type": "array", "items": {"type": "object"}},
+                    "sets": {"type": "array", "items": {"type": "object"}},
+                    "bindings": {"type": "array", "items": _ref("Binding")},
+                },
+            },
+            "CheckResult": {
+                "type": "object",
+                "properties": {
+                    "set": {"type": "string"},
+                    "version": {"type": "integer"},
+                    "ok": {"type": "boolean"},
+                    "code": {"type": "string"},
+                    "alert": {"type": ["string", "null"]},
+                    "openssl_code": {"type": ["integer", "null"]},
+                    "reason": {"type": "string"},
+                    "hint": {"type": "string"},
+                    "detail": {"type": "string"},
+                    "chain": {"type": "array", "items": {"type": "object"}},
+                },
+            },
+            "Event": {
+                "type": "object",
+                "required": ["id", "time", "kind", "outcome"],
+                "properties": {
+                    "id": {"type": "integer"},
+                    "time": {"type": "string"},
+                    "kind": {"type": "string"},
+                    "outcome": {"type": "string"},
+                },
+                "additionalProperties": True,
+            },
+        },
+    },
+}
+
+
+def openapi_document() -> dict[str, Any]:
+    """Return the OpenAPI 3.1 document (a fresh copy the caller may change)."""
+    return copy.deepcopy(_DOCUMENT)
