@@ -1,0 +1,346 @@
+"""The sans-I/O broker: sessions, QoS flows, wills, takeover and timeouts, fed bytes."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge.core.events import EventLog
+from edge.core.hub import EdgeCore
+from edge.core.policy import Policy
+from edge.core.session import DeviceIdentity, SessionInfo
+from edge.mqtt.broker import MqttBroker, MqttConfig
+from edge.mqtt.codec import (
+    Connack,
+    Connect,
+    Disconnect,
+    Packet,
+    Parser,
+    Pingreq,
+    Pingresp,
+    Puback,
+    Pubcomp,
+    Publish,
+    Pubrec,
+    Pubrel,
+    Suback,
+    Subscribe,
+    Unsuback,
+    Unsubscribe,
+    Will,
+    encode,
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Client:
+    """A test client speaking bytes to one MqttConnection."""
+
+    def __init__(self, broker: MqttBroker, name: str = "dev-1", namespace: str = "fleet") -> None:
+        self.info = SessionInfo(
+            identity=DeviceIdentity(namespace=namespace, name=name), peer=f"{name}:1"
+        )
+        self.conn = broker.connection(self.info)
+        self.parser = Parser(server_side=False)
+        self.wakeups = 0
+        self.backlog: list[Packet] = []
+        self.conn.wakeup = self._wake
+
+    def _wake(self) -> None:
+        self.wakeups += 1
+
+    def send(self, *packets: Packet) -> None:
+        self.conn.receive_data(b"".join(encode(p) for p in packets))
+
+    def recv(self) -> list[Packet]:
+        got = self.backlog + self.parser.feed(self.conn.data_to_send())
+        self.backlog = []
+        return got
+
+    def connect(self, client_id: str | None = None, **kwargs: object) -> Connack:
+        cid = self.info.identity.name if client_id is None else client_id
+        self.send(Connect(client_id=cid, **kwargs))  # type: ignore[arg-type]
+        (ack, *self.backlog) = self.recv()
+        assert isinstance(ack, Connack)
+        return ack
+
+
+def make(policy: Policy | None = None, **config: object) -> tuple[MqttBroker, EventLog, Clock]:
+    events = EventLog(log_events=False)
+    clock = Clock()
+    core = EdgeCore(events, policy or Policy.default())
+    return MqttBroker(core, MqttConfig(**config), clock=clock), events, clock  # type: ignore[arg-type]
+
+
+def test_connect_accepted_and_client_id_rule_refusal() -> None:
+    broker, events, _ = make()
+    ok = Client(broker)
+    assert ok.connect() == Connack(False, 0)
+    (event,) = events.query(kind="mqtt.connected")
+    assert event["identity"] == "fleet/dev-1"
+    assert event["client_id"] == "dev-1"
+
+    bad = Client(broker, "dev-2")
+    assert bad.connect("someone-else") == Connack(False, 5)
+    assert bad.conn.should_close
+    assert "must equal the identity 'dev-2'" in bad.conn.close_reason
+    (refused,) = events.query(kind="mqtt.refused")
+    assert refused["return_code"] == 5
+
+
+def test_empty_client_id_takes_the_identity_and_protocol_levels() -> None:
+    broker, _, _ = make()
+    client = Client(broker)
+    assert client.connect("") == Connack(False, 0)
+    assert client.conn.client_id == "dev-1"
+    assert Client(broker).connect("", clean_session=False).return_code == 2
+    old = Client(broker)
+    assert old.connect(protocol_name="MQIsdp", protocol_level=4).return_code == 1
+    assert "unsupported protocol 'MQIsdp' level 4" in old.conn.close_reason
+
+
+def test_publish_subscribe_under_the_default_policy() -> None:
+    broker, events, _ = make()
+    dev = Client(broker)
+    dev.connect()
+    dev.send(Subscribe(1, [("devices/dev-1/#", 1), ("devices/+/x", 0), ("broadcast/#", 0)]))
+    assert dev.recv() == [Suback(1, [1, 0x80, 0])]
+    dev.send(Publish("devices/dev-1/t", b"hi", qos=1, packet_id=5))
+    assert dev.recv() == [Publish("devices/dev-1/t", b"hi", qos=1, packet_id=1), Puback(5)]
+    dev.send(Publish("devices/dev-2/t", b"no"))
+    assert dev.recv() == []
+    denied = events.query(kind="policy.denied")
+    assert [e["action"] for e in denied] == ["subscribe", "publish"]
+    dev.send(Unsubscribe(2, ["devices/dev-1/#"]), Pingreq())
+    assert dev.recv() == [Unsuback(2), Pingresp()]
+
+
+def test_inflight_limit_queues_and_puback_releases() -> None:
+    broker, _, _ = make(Policy.open(), max_inflight=2)
+    sub, pub = Client(broker, "sub"), Client(broker, "pub")
+    sub.connect()
+    pub.connect()
+    sub.send(Subscribe(1, [("t", 1)]))
+    sub.recv()
+    for i in range(3):
+        pub.send(Publish("t", b"%d" % i, qos=1, packet_id=i + 1))
+    got = sub.recv()
+    assert [p.payload for p in got if isinstance(p, Publish)] == [b"0", b"1"]
+    sub.send(Puback(1))
+    assert sub.recv() == [Publish("t", b"2", qos=1, packet_id=3)]
+    # A PUBACK for an unknown id is a harmless duplicate.
+    sub.send(Puback(77))
+    assert not sub.conn.should_close
+
+
+def test_persistent_session_queues_offline_and_redelivers_with_dup() -> None:
+    broker, _, _ = make(Policy.open())
+    sub = Client(broker, "sub")
+    sub.connect(clean_session=False)
+    sub.send(Subscribe(1, [("t", 2)]))
+    sub.recv()
+    pub = Client(broker, "pub")
+    pub.connect()
+    pub.send(Publish("t", b"unacked", qos=1, packet_id=1))
+    assert sub.recv() == [Publish("t", b"unacked", qos=1, packet_id=1)]
+    sub.conn.connection_lost("network down")
+    pub.send(Publish("t", b"queued", qos=2, packet_id=2), Publish("t", b"lost", qos=0))
+    pub.send(Pubrel(2))
+    again = Client(broker, "sub")
+    assert again.connect(clean_session=False) == Connack(True, 0)
+    assert again.recv() == [
+        Publish("t", b"unacked", qos=1, dup=True, packet_id=1),
+        Publish("t", b"queued", qos=2, packet_id=2),
+    ]
+    again.send(Puback(1), Pubrec(2))
+    assert again.recv() == [Pubrel(2)]
+    # Lost again while waiting for PUBCOMP: the PUBREL is re-sent on reconnect.
+    again.conn.connection_lost()
+    third = Client(broker, "sub")
+    third.connect(clean_session=False)
+    assert third.recv() == [Pubrel(2)]
+    third.send(Pubcomp(2))
+    assert broker.sessions["sub"].inflight == {}
+    assert broker.core.metrics.messages_dropped == 1  # the QoS 0 while offline
+
+
+def test_clean_session_discards_state() -> None:
+    broker, _, _ = make(Policy.open())
+    sub = Client(broker, "sub")
+    sub.connect(clean_session=False)
+    sub.send(Subscribe(1, [("t", 1)]))
+    sub.send(Disconnect())
+    fresh = Client(broker, "sub")
+    assert fresh.connect(clean_session=True) == Connack(False, 0)
+    assert broker.core.router.subscriptions("mqtt:sub") == {}
+
+
+def test_inbound_qos2_is_routed_once_on_pubrel() -> None:
+    broker, _, _ = make(Policy.open())
+    sub, pub = Client(broker, "sub"), Client(broker, "pub")
+    sub.connect()
+    pub.connect()
+    sub.send(Subscribe(1, [("t", 0)]))
+    sub.recv()
+    pub.send(Publish("t", b"once", qos=2, packet_id=9))
+    pub.send(Publish("t", b"once", qos=2, dup=True, packet_id=9))
+    assert pub.recv() == [Pubrec(9), Pubrec(9)]
+    assert sub.recv() == []
+    pub.send(Pubrel(9), Pubrel(9))
+    assert pub.recv() == [Pubcomp(9), Pubcomp(9)]
+    assert sub.recv() == [Publish("t", b"once")]
+
+
+def test_wrong_acknowledgement_is_a_protocol_violation() -> None:
+    broker, _, _ = make(Policy.open())
+    sub, pub = Client(broker, "sub"), Client(broker, "pub")
+    sub.connect()
+    pub.connect()
+    sub.send(Subscribe(1, [("t", 2)]))
+    sub.recv()
+    pub.send(Publish("t", b"x", qos=2, packet_id=1), Pubrel(1))
+    assert sub.recv() == [Publish("t", b"x", qos=2, packet_id=1)]
+    sub.send(Puback(1))
+    assert sub.conn.should_close
+    assert sub.conn.close_reason == "PUBACK for QoS 2 message 1"
+
+
+def test_will_on_abnormal_close_not_on_disconnect() -> None:
+    broker, events, _ = make(Policy.open())
+    watcher = Client(broker, "watcher")
+    watcher.connect()
+    watcher.send(Subscribe(1, [("wills/#", 0)]))
+    watcher.recv()
+    polite = Client(broker, "polite")
+    polite.connect(will=Will("wills/polite", b"gone"))
+    polite.send(Disconnect())
+    assert watcher.recv() == []
+    rude = Client(broker, "rude")
+    rude.connect(will=Will("wills/rude", b"gone", 1, True))
+    rude.conn.connection_lost("reset by peer")
+    assert watcher.recv() == [Publish("wills/rude", b"gone")]
+    retained = broker.core.retained("wills/rude")
+    assert retained is not None
+    assert retained.payload == b"gone"
+    reasons = [e["reason"] for e in events.query(kind="mqtt.disconnected")]
+    assert reasons == ["client sent DISCONNECT", "reset by peer"]
+
+
+def test_will_in_dollar_namespace_or_denied_by_policy_is_refused() -> None:
+    broker, _, _ = make(Policy.open())
+    client = Client(broker, "x")
+    client.send(Connect(client_id="x", will=Will("$SYS/w", b"")))
+    assert client.conn.should_close
+    assert "reserved for the edge" in client.conn.close_reason
+    strict, _, _ = make()
+    dev = Client(strict)
+    assert dev.connect(will=Will("elsewhere", b"")).return_code == 5
+
+
+def test_takeover_closes_the_old_connection() -> None:
+    broker, _, _ = make(Policy.open())
+    first = Client(broker, "dup")
+    first.connect(will=Will("w", b"old"))
+    second = Client(broker, "dup")
+    assert second.connect() == Connack(False, 0)
+    assert first.conn.should_close
+    assert "taken over" in first.conn.close_reason
+    assert first.wakeups >= 1
+    assert broker.sessions["dup"].connection is second.conn
+
+
+def test_keepalive_and_connect_timeouts() -> None:
+    broker, events, clock = make(Policy.open(), connect_timeout=5.0)
+    silent = Client(broker, "silent")
+    assert silent.conn.tick(clock.now) == clock.now + 5.0
+    clock.now += 5.0
+    assert silent.conn.tick(clock.now) is None
+    assert silent.conn.close_reason == "no CONNECT within the connect timeout"
+
+    client = Client(broker, "k")
+    client.connect(keepalive=10)
+    assert client.conn.tick(clock.now) == clock.now + 15.0
+    clock.now += 14.0
+    client.send(Pingreq())
+    assert client.conn.tick(clock.now) == clock.now + 15.0
+    clock.now += 15.0
+    client.conn.tick(clock.now)
+    assert client.conn.should_close
+    assert "keepalive timeout" in client.conn.close_reason
+    assert events.query(kind="mqtt.disconnected")[-1]["client_id"] == "k"
+
+
+def test_retry_interval_resends_with_dup_while_connected() -> None:
+    broker, _, clock = make(Policy.open(), retry_interval=20.0)
+    sub, pub = Client(broker, "sub"), Client(broker, "pub")
+    sub.connect(keepalive=0)
+    pub.connect()
+    sub.send(Subscribe(1, [("t", 1)]))
+    sub.recv()
+    pub.send(Publish("t", b"x", qos=1, packet_id=1))
+    assert sub.recv() == [Publish("t", b"x", qos=1, packet_id=1)]
+    assert sub.conn.tick(clock.now) == clock.now + 20.0
+    clock.now += 20.0
+    sub.conn.tick(clock.now)
+    assert sub.recv() == [Publish("t", b"x", qos=1, dup=True, packet_id=1)]
+
+
+def test_retained_follow_suback_with_retain_flag_and_dollar_topics_are_not_routed() -> None:
+    broker, events, _ = make(Policy.open())
+    pub = Client(broker, "pub")
+    pub.connect()
+    pub.send(Publish("r/a", b"kept", retain=True), Publish("$SYS/x", b"no", qos=1, packet_id=3))
+    assert pub.recv() == [Puback(3)]
+    assert events.query(kind="policy.denied")[0]["topic"] == "$SYS/x"
+    sub = Client(broker, "sub")
+    sub.connect()
+    sub.send(Subscribe(1, [("r/#", 1), ("$SYS/#", 0)]))
+    assert sub.recv() == [Suback(1, [1, 0]), Publish("r/a", b"kept", retain=True)]
+
+
+def test_protocol_errors_close_with_a_reason() -> None:
+    broker, _, _ = make(Policy.open(), max_packet_size=64)
+    client = Client(broker, "c")
+    client.send(Publish("t", b""))
+    assert client.conn.close_reason == "first packet was Publish, not CONNECT"
+    big = Client(broker, "big")
+    big.connect()
+    big.send(Publish("t", b"x" * 100))
+    assert big.conn.close_reason == "packet of 105 bytes exceeds the maximum of 64 bytes"
+    again = Client(broker, "again")
+    again.connect()
+    again.send(Connect(client_id="again"))
+    assert "second CONNECT" in again.conn.close_reason
+
+
+def test_slow_reader_sheds_qos0_beyond_the_write_buffer() -> None:
+    broker, _, _ = make(Policy.open(), max_write_buffer=100)
+    sub, pub = Client(broker, "sub"), Client(broker, "pub")
+    sub.connect()
+    pub.connect()
+    sub.send(Subscribe(1, [("t", 0)]))
+    sub.recv()
+    for _ in range(10):
+        pub.send(Publish("t", b"x" * 40))
+    assert 100 < sub.conn.pending_bytes <= 150
+    assert broker.core.metrics.messages_dropped == 7
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_inflight": 0}, "mqtt.max_inflight must be at least 1"),
+        ({"max_queued": -1}, "max_queued must not be negative"),
+        ({"connect_timeout": 0}, "connect_timeout must be positive"),
+        ({"retry_interval": 0.0}, "retry_interval must be positive"),
+    ],
+)
+def test_config_validation(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        MqttConfig(**kwargs)  # type: ignore[arg-type]
