@@ -1,0 +1,133 @@
+"""``edgesim edge serve``: run the edge until SIGINT or SIGTERM.
+
+With no flags: an embedded quickstart PKI and a trust store under ``./.edgesim/``
+(created on first start, reused after), MQTT over mutual TLS on
+``127.0.0.1:8883`` and the admin API on ``127.0.0.1:8081``. ``--config edge.toml``
+sets everything (see :mod:`edge.config`); the flags override it. Ports may be 0:
+the edge reports the ports it bound on stderr, in ``--json`` output and in the
+``--ready-file`` (JSON, written atomically once every listener is up).
+
+Exit status: 0 after a graceful stop, 1 when the edge cannot start (a port in
+use, a bad certificate...), 2 for a usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from certs.cliutil import EXIT_OK, EXIT_USAGE, CliError, emit, say
+from edge.config import EdgeConfig, EdgeConfigError, load_config, parse_host_port
+from edge.server import EdgeServer, EdgeServerError, new_event_loop
+
+__all__ = ["build_config", "register"]
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``edge`` group with its ``serve`` verb."""
+    group = subparsers.add_parser("edge", help="run the edge", description="Run the edge.")
+    group.set_defaults(group_parser=group)
+    verbs = group.add_subparsers(dest="verb", metavar="VERB")
+    serve = verbs.add_parser(
+        "serve",
+        help="run the edge until interrupted",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument("--config", type=Path, metavar="FILE", help="an edge.toml")
+    serve.add_argument("--mqtt", metavar="HOST:PORT", help="MQTT over TLS listener (off: none)")
+    serve.add_argument("--https", metavar="HOST:PORT", help="device HTTPS + WebSocket listener")
+    serve.add_argument("--multi", metavar="HOST:PORT", help="MQTT and HTTPS on one port")
+    serve.add_argument("--admin", metavar="HOST:PORT", help="admin API listener (off: none)")
+    serve.add_argument("--store", type=Path, metavar="PATH", help="trust store file")
+    serve.add_argument(
+        "--pki", type=Path, metavar="DIR", help="a folder from `edgesim pki quickstart`"
+    )
+    serve.add_argument("--state-dir", type=Path, metavar="DIR", help="default: ./.edgesim")
+    serve.add_argument("--policy", choices=("open", "default"), help="access policy preset")
+    serve.add_argument("--ready-file", type=Path, metavar="PATH", help="write bound ports here")
+    serve.add_argument("--json", action="store_true", help="print the bound ports as JSON")
+    serve.add_argument("--no-uvloop", action="store_true", help="use the stdlib event loop")
+    serve.add_argument("-v", "--verbose", action="store_true", help="log every event")
+    serve.set_defaults(func=_serve)
+
+
+def build_config(args: argparse.Namespace) -> EdgeConfig:
+    """Turn ``edge serve`` arguments into an :class:`EdgeConfig` (file, then flags)."""
+    try:
+        cfg = load_config(args.config) if args.config else EdgeConfig()
+        listeners = cfg.listeners
+        for kind in ("mqtt", "https", "multi", "admin"):
+            value = getattr(args, kind)
+            if value is not None:
+                listeners = _replace(listeners, kind, parse_host_port(value, where=f"--{kind}"))
+    except EdgeConfigError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    changes: dict[str, Any] = {"listeners": listeners}
+    if args.store is not None:
+        changes["trust"] = replace(cfg.trust, store=args.store)
+    if args.pki is not None:
+        if not args.pki.is_dir():
+            raise CliError(f"--pki {args.pki}: not a folder", EXIT_USAGE)
+        changes["pki_dir"] = args.pki
+    if args.state_dir is not None:
+        changes["state_dir"] = args.state_dir
+    if args.policy is not None:
+        changes["policy"] = args.policy
+    if args.ready_file is not None:
+        changes["ready_file"] = args.ready_file
+    if args.no_uvloop:
+        changes["use_uvloop"] = False
+    return cfg.with_overrides(**changes)
+
+
+def _replace(obj: Any, name: str, value: Any) -> Any:
+    return replace(obj, **{name: value})
+
+
+def _serve(args: argparse.Namespace) -> int:
+    cfg = build_config(args)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    loop = new_event_loop(cfg.use_uvloop)
+    try:
+        return loop.run_until_complete(_run(cfg, as_json=args.json))
+    finally:
+        loop.close()
+
+
+async def _run(cfg: EdgeConfig, *, as_json: bool) -> int:
+    server = EdgeServer(cfg)
+    try:
+        await server.start()
+    except EdgeServerError as exc:
+        raise CliError(str(exc)) from None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        where = {
+            kind: f"{getattr(cfg.listeners, kind).host}:{port}"
+            for kind, port in server.ports.items()
+        }
+        say("edgesim edge: listening " + " ".join(f"{k}={v}" for k, v in where.items()))
+        say(f"edgesim edge: trust store {cfg.store_path}")
+        if server.admin_token is not None:
+            say(f"edgesim edge: admin token in {cfg.store_path}.token")
+        if as_json:
+            emit({"ports": server.ports, "listen": where}, as_json=True)
+        await stop.wait()
+        say("edgesim edge: stopping")
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await server.close()
+    return EXIT_OK
