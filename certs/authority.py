@@ -45,6 +45,7 @@ __all__ = [
     "CertificateAuthority",
     "IssuedCert",
     "SignatureHash",
+    "create_root_from_config",
     "general_name",
     "random_serial",
     "signing_hash",
@@ -628,6 +629,26 @@ class CertificateAuthority:
             for part in pool.map(_worker_chunk, [plan] * len(chunks), chunks):
                 lines.extend(part)
         return lines
+
+
+def create_root_from_config(
+    config_path: Path | str,
+    *,
+    key: PrivateKey,
+    days: int = 30,
+    now: datetime | None = None,
+    digest: str | None = None,
+) -> x509.Certificate:
+    """Mirror ``openssl req -x509 -config FILE -new -key KEY -DIGEST -days N``.
+
+    See :func:`certs.opensslconf.create_root_from_config` for what is matched.
+    """
+    # Imported here: the config module uses this module's EKU names and serials.
+    from certs import opensslconf
+
+    return opensslconf.create_root_from_config(
+        config_path, key=key, days=days, now=now, digest=digest
+    )
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from certs.keys import (
     write_private_key,
     write_secret,
 )
+from certs.names import display_name
 
 __all__ = ["register"]
 
@@ -138,7 +139,7 @@ def _write_issued(out: Path, name: str, issued: IssuedCert, fullchain: bool) -> 
     return {
         "cert": str(cert_path),
         "key": str(key_path),
-        "subject": issued.cert.subject.rfc4514_string(),
+        "subject": display_name(issued.cert.subject),
         "serial": format(issued.cert.serial_number, "x"),
         "not_after": issued.cert.not_valid_after_utc.isoformat(),
     }
@@ -168,7 +169,7 @@ def _cmd_issue_intermediate(args: argparse.Namespace) -> int:
     data = {
         "cert": str(cert_path),
         "key": str(key_path),
-        "subject": sub.cert.subject.rfc4514_string(),
+        "subject": display_name(sub.cert.subject),
         "serial": format(sub.cert.serial_number, "x"),
         "not_after": sub.cert.not_valid_after_utc.isoformat(),
     }
@@ -341,8 +342,69 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         check.register_check_verbs(verbs)
 
 
+@_translate
+def _cmd_init_root(args: argparse.Namespace) -> int:
+    from certs.opensslconf import create_root_from_config, load_config
+
+    config = load_config(args.config)
+    args.out.mkdir(parents=True, exist_ok=True)
+    key_path: Path = args.key if args.key is not None else args.out / "rootCA.key"
+    if args.key is not None:
+        key = load_key_for_cli(args.key, args.passphrase_file)
+    else:
+        kind = args.key_type
+        if kind is None:
+            bits = config.get("req", "default_bits") or "2048"
+            kind = f"rsa{bits.strip()}"
+            if kind not in KEY_TYPES:
+                raise CliError(
+                    f"{args.config}: default_bits = {bits} is not one of 2048, 3072, 4096"
+                )
+        key = generate_key(kind)
+        passphrase = (
+            read_passphrase(args.passphrase_file, environ={}) if args.passphrase_file else None
+        )
+        write_private_key(key_path, key, passphrase=passphrase)
+    cert = create_root_from_config(config, key=key, days=args.days, digest=args.digest)
+    from cryptography.hazmat.primitives import serialization
+
+    cert_path = args.out / args.cert_name
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    data = {
+        "cert": str(cert_path),
+        "key": str(key_path),
+        "subject": display_name(cert.subject),
+        "serial": format(cert.serial_number, "x"),
+        "not_after": cert.not_valid_after_utc.isoformat(),
+        "extensions": [ext.oid._name for ext in cert.extensions],
+    }
+    emit(data, as_json=args.json, human=_human_issued)
+    return EXIT_OK
+
+
 def _register_init_root(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """init-root is added once the config parser exists."""
+    init = verbs.add_parser(
+        "init-root",
+        help="create a root CA from an OpenSSL config (like openssl req -x509 -config)",
+        description="Build the self-signed root 'openssl req -x509 -config CONF -new -nodes "
+        "-key KEY -sha256 -days N' builds, from the same config file.",
+    )
+    init.add_argument("--config", type=Path, required=True, help="OpenSSL config (root.conf)")
+    init.add_argument("--key", type=Path, help="existing private key (default: generate one)")
+    init.add_argument(
+        "--key-type", choices=KEY_TYPES, help="type of a generated key (default: RSA default_bits)"
+    )
+    init.add_argument(
+        "--passphrase-file", type=Path, help="passphrase of --key, or to encrypt a generated key"
+    )
+    init.add_argument(
+        "--days", type=_positive, default=30, help="validity (default 30, as openssl)"
+    )
+    init.add_argument("--digest", help="signature digest, e.g. sha256 (default: default_md)")
+    init.add_argument("--cert-name", default="rootCA.crt", help="certificate file name")
+    init.add_argument("--out", type=Path, required=True, help="output directory")
+    _json_flag(init)
+    init.set_defaults(func=_cmd_init_root)
 
 
 def _register_tools(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

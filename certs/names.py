@@ -22,6 +22,7 @@ from certs.errors import IssueError
 __all__ = [
     "FIELD_OIDS",
     "build_name",
+    "display_name",
     "field_oid",
     "parse_subject",
 ]
@@ -68,6 +69,25 @@ FIELD_OIDS: dict[str, ObjectIdentifier] = {
     "postalAddress": ObjectIdentifier("2.5.4.16"),
     "unstructuredName": NameOID.UNSTRUCTURED_NAME,
 }
+
+
+_SHORT_NAMES: dict[ObjectIdentifier, str] = {}
+for _name, _oid in FIELD_OIDS.items():
+    # The first spelling listed (the short one where OpenSSL has one) wins.
+    _SHORT_NAMES.setdefault(_oid, _name)
+
+
+def display_name(name: x509.Name) -> str:
+    """``name`` the way ``openssl x509 -subject`` prints it: most significant first.
+
+    ``C=US, O=Org, emailAddress=a@b, CN=x``; multi-valued RDNs are joined with ``+``.
+    """
+    rdns = []
+    for rdn in name.rdns:
+        rdns.append(
+            " + ".join(f"{_SHORT_NAMES.get(a.oid, a.oid.dotted_string)}={a.value!s}" for a in rdn)
+        )
+    return ", ".join(rdns)
 
 
 def field_oid(field: str) -> ObjectIdentifier:
