@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -435,3 +437,57 @@ def test_cli_lint_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         main(["pki", "lint", str(not_a_cert), "--at", "yesterday"])
     assert exc.value.code == 2
     assert "not an ISO 8601 time" in capsys.readouterr().err
+
+
+# --- the same verdicts from openssl verify ------------------------------------
+
+OPENSSL = shutil.which("openssl")
+
+
+def openssl_accepts(tmp_path: Path, chain: list[x509.Certificate]) -> bool:
+    """``openssl verify`` of chain[0] with chain[1:-1] untrusted and chain[-1] as the root."""
+    assert OPENSSL is not None
+    args = [OPENSSL, "verify", "-attime", str(int(T0.timestamp()))]
+    args += ["-CAfile", str(write(tmp_path / "root.pem", chain[-1]))]
+    if len(chain) > 2:
+        args += ["-untrusted", str(write(tmp_path / "untrusted.pem", *chain[1:-1]))]
+    args.append(str(write(tmp_path / "leaf.pem", chain[0])))
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=30, check=False)
+    return proc.returncode == 0
+
+
+@pytest.mark.interop
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(OPENSSL is None, reason="openssl is not installed")
+def test_openssl_verify_agrees_with_lint_errors(tmp_path: Path) -> None:
+    root = make_cert("Root")
+    good_leaf, good_inter, good_root = chain3()
+    not_ca = make_cert("Not CA", issuer=root, ca=False, key_usage="none")
+    no_sign = make_cert("No certsign", issuer=root, key_usage="no-certsign")
+    pl_root = make_cert("Root pl0", path_length=0)
+    pl_inter = make_cert("Int", issuer=pl_root)
+    expired_inter = make_cert("Old Int", issuer=root, not_after=T0 - dt.timedelta(days=1))
+    impostor = make_cert("Root")  # same name as root, another key
+    chains = {
+        "good": [good_leaf.cert, good_inter.cert, good_root.cert],
+        "not-ca": [make_cert("d", issuer=not_ca, ca=False).cert, not_ca.cert, root.cert],
+        "no-keycertsign": [make_cert("d", issuer=no_sign, ca=False).cert, no_sign.cert, root.cert],
+        "path-length-exceeded": [
+            make_cert("d", issuer=pl_inter, ca=False).cert,
+            pl_inter.cert,
+            pl_root.cert,
+        ],
+        "expired": [
+            make_cert("d", issuer=expired_inter, ca=False).cert,
+            expired_inter.cert,
+            root.cert,
+        ],
+        "bad-signature": [make_cert("d", issuer=root, ca=False).cert, impostor.cert],
+    }
+    for expected, chain in chains.items():
+        findings = lint_chain(chain, at=T0)
+        if expected == "good":
+            assert findings == []
+        else:
+            assert expected in codes(findings), (expected, findings)
+        assert openssl_accepts(tmp_path, chain) is (not has_errors(findings)), expected

@@ -15,6 +15,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from certs.authority import CertificateAuthority
+from certs.lint import lint_chain
 from certs.verify import ALERTS, VerifyResult, verify_path
 from edge.cli import main
 
@@ -449,3 +451,19 @@ def test_cli_verify_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     bad_name = ["--purpose", "server", "--server-name", "not a name"]
     assert main(["pki", "verify", str(device), "--roots", str(roots), *bad_name]) == 2
     assert "not a valid DNS name" in capsys.readouterr().err
+
+
+# --- certificates from the project's own authority ----------------------------
+
+
+@pytest.mark.parametrize("key_type", ["ec256", "rsa2048"])
+def test_authority_chain_lints_clean_and_verifies(key_type: str) -> None:
+    root = CertificateAuthority.create_root("Fleet Root", key_type=key_type, now=T0)
+    inter = root.issue_intermediate("Fleet Int", key_type=key_type, now=T0)
+    device = inter.issue_device("dev-00001", key_type=key_type, now=T0)
+    at = T0 + dt.timedelta(hours=1)
+    assert lint_chain([device.cert, inter.cert, root.cert], at=at) == []
+    assert lint_chain([inter.cert, root.cert], profile="ca-set", at=at) == []
+    result = verify_path(device.cert, roots=[root.cert], untrusted=[inter.cert], at=at)
+    assert result.ok, result
+    assert result.chain == (device.cert, inter.cert, root.cert)
