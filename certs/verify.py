@@ -573,13 +573,13 @@ def _diagnose(
         )
     texts: dict[str, tuple[str, str]] = {
         "path-length": (
-            "a CA's pathLenConstraint allows fewer intermediates below it than this path has",
+            f"{_path_length_culprit(path)} allows fewer intermediates below it than this path has",
             "issue the device from a CA closer to the root, or re-issue the CA with a "
             "larger pathlen",
         ),
         "not-ca": (
-            f"a certificate used as an issuer{where} is not a CA (no CA:true, or keyUsage "
-            "without keyCertSign)",
+            f"{_not_ca_culprit(path, where)} is used as an issuer but is not a CA (no "
+            "CA:true, or keyUsage without keyCertSign)",
             "re-issue the issuing certificate with basicConstraints CA:true and keyUsage "
             "keyCertSign",
         ),
@@ -620,6 +620,37 @@ def _diagnose(
     code = "invalid" if kind == "ca-as-leaf" else kind
     reason, hint = texts[kind]
     return _result(code, reason, hint, detail=detail)
+
+
+def _not_ca_culprit(path: Sequence[x509.Certificate], where: str) -> str:
+    """Name the first issuer on ``path`` that may not issue, for the reason text."""
+    for cert in path[1:]:
+        try:
+            bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        except x509.ExtensionNotFound:
+            return f"the certificate {_who(cert)}"
+        try:
+            ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        except x509.ExtensionNotFound:
+            ku = None
+        if not bc.ca or (ku is not None and not ku.key_cert_sign):
+            return f"the certificate {_who(cert)}"
+    return f"a certificate{where}"
+
+
+def _path_length_culprit(path: Sequence[x509.Certificate]) -> str:
+    """Name the CA on ``path`` whose pathLenConstraint the path exceeds."""
+    for depth, cert in enumerate(path):
+        try:
+            bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        except x509.ExtensionNotFound:
+            continue
+        if not bc.ca or bc.path_length is None:
+            continue
+        below = [c for c in path[1:depth] if c.issuer != c.subject]
+        if len(below) > bc.path_length:
+            return f"the CA {_who(cert)} (pathlen:{bc.path_length}, {len(below)} below it)"
+    return "a CA's pathLenConstraint"
 
 
 def _validity(path: Sequence[x509.Certificate], at: dt.datetime, detail: str) -> VerifyResult:

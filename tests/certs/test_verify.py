@@ -114,6 +114,7 @@ def test_issuer_not_ca(ca: bool | None) -> None:
     leaf = make_cert("dev", issuer=inter, ca=False)
     result = verify_path(leaf.cert, roots=[root.cert], untrusted=[inter.cert], at=T0)
     assert (result.code, result.alert, result.openssl_code) == ("not-ca", "unknown_ca", 24)
+    assert "the certificate 'CN=Not CA,O=edgesim test' is used as an issuer" in result.reason
 
 
 def test_issuer_without_keycertsign() -> None:
@@ -130,6 +131,7 @@ def test_path_length() -> None:
     leaf = make_cert("dev", issuer=inter, ca=False)
     result = verify_path(leaf.cert, roots=[root.cert], untrusted=[inter.cert], at=T0)
     assert (result.code, result.alert, result.openssl_code) == ("path-length", "unknown_ca", 25)
+    assert "the CA 'CN=Root,O=edgesim test' (pathlen:0, 1 below it)" in result.reason
 
 
 def test_client_purpose_needs_client_auth() -> None:
