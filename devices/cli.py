@@ -76,6 +76,17 @@ def register_device(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
         help="wait for N messages (default: 1 when subscribing and publishing, else 0)",
     )
     p.add_argument("--timeout", type=float, default=10.0, help="seconds for everything (10)")
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=0.25,
+        metavar="S",
+        help=(
+            "TLS 1.3: wait up to S seconds for the edge's first record (session tickets or "
+            "an alert) before the first request, so that a refusal is not lost to a TCP "
+            "reset (0.25; 0 sends at once)"
+        ),
+    )
     p.add_argument("--json", action="store_true", help="print the trace as JSON")
     p.set_defaults(func=cmd_connect)
 
@@ -122,6 +133,8 @@ def cmd_connect(args: argparse.Namespace) -> int:
         raise CliError("--key given without --cert", EXIT_USAGE)
     if args.timeout <= 0:
         raise CliError("--timeout must be positive", EXIT_USAGE)
+    if args.settle < 0:
+        raise CliError("--settle must be 0 or more", EXIT_USAGE)
     for path, what in ((args.cert, "cert"), (args.key, "key"), (args.chain, "chain")):
         if path is not None and not Path(path).is_file():
             raise CliError(f"--{what} {path}: no such file", EXIT_USAGE)
@@ -155,6 +168,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
                 timeout=args.timeout,
                 inspect=args.trace,
                 keylog_filename=keylog,
+                settle=args.settle,
             )
         )
     if result.outcome == "error" and result.reason in ("bad-input", "bad-ca", "bad-device-cert"):

@@ -580,14 +580,16 @@ async def run_device(
     inspect: bool = False,
     keylog_filename: str | None = None,
     context: ssl.SSLContext | None = None,
-    settle: float = 0.25,
+    settle: float = 0.0,
 ) -> DeviceResult:
     """Connect once, run ``actions``, and return the timed trace. Never raises DeviceError.
 
     ``start`` is the scheduled start on ``clock`` (default: now). ``inspect`` decrypts
     the TLS 1.3 handshake from ``keylog_filename`` to show the CertificateRequest.
     ``settle``: with TLS 1.3, how long to wait for the edge's first record before the
-    first request (see :meth:`TlsStream.wait_edge_after_handshake`); 0 skips it.
+    first request (see :meth:`TlsStream.wait_edge_after_handshake`). 0 (the default,
+    for fleets) skips it: an edge without session tickets would cost every device the
+    full wait. The CLI waits, so that a Mosquitto refusal keeps its alert.
     """
     start = clock() if start is None else start
     try:
@@ -802,7 +804,7 @@ async def connected_device(
     timeout: float = 10.0,
     keepalive: int = 60,
     context: ssl.SSLContext | None = None,
-    settle: float = 0.25,
+    settle: float = 0.0,
 ) -> AsyncIterator[ConnectedDevice]:
     """Connect (TLS + protocol acknowledgement) and hold the connection for the block.
 

@@ -65,6 +65,7 @@ HINTS: dict[str, str] = {
     "connack-2": "the edge rejected the client id",
     "suback-0x80": "the edge's policy does not allow this subscription",
     "http-403": "the edge's policy denied the request",
+    "ws-error": "the edge refused the WebSocket operation (the reason is in the trace)",
 }
 
 

@@ -314,4 +314,4 @@ def _ack_of(reply: dict[str, Any]) -> Ack:
     if reply.get("op") == "ack":
         return Ack(True, "ack" + "".join(f" {k}={v}" for k, v in detail.items()), detail)
     reason = str(reply.get("reason", "refused"))
-    return Ack(False, f"error: {reason}", detail, reason=f"ws-error: {reason}")
+    return Ack(False, f"error: {reason}", detail, reason="ws-error")

@@ -52,6 +52,10 @@ def _load_support() -> ModuleType:
 support = _load_support()
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(30)]
 
+#: Mosquitto sends session tickets at once; waiting for them (or the alert) before
+#: the first request keeps a refusal's alert from being lost to a TCP reset.
+SETTLE = 5.0
+
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Any:
@@ -106,6 +110,7 @@ async def test_accepted_device_trace_tls13(pki: Any, broker: Any, tmp_path: Path
         actions=[Subscribe("t/#", 1), Publish("t/a", b"hello", 1), Receive(1)],
         inspect=True,
         keylog_filename=str(tmp_path / "keys"),
+        settle=SETTLE,
     )
     assert (result.outcome, result.reason) == ("connected", "")
     assert names(result) == [
@@ -191,7 +196,9 @@ async def test_refused_device_names_the_alert(
     pki: Any, broker: Any, device: str | None, tls_max: str | None, alert: str
 ) -> None:
     files = getattr(pki, device) if device else None
-    result = await run_device(spec_for(files), target(pki, broker.port, tls_max=tls_max))
+    result = await run_device(
+        spec_for(files), target(pki, broker.port, tls_max=tls_max), settle=SETTLE
+    )
     assert (result.outcome, result.reason) == ("refused", alert), render(result)
     verdict = step(result, "edge_verdict")
     assert not verdict.ok
@@ -287,7 +294,7 @@ async def test_held_devices_exchange_messages(pki: Any, broker: Any) -> None:
 
 async def test_held_device_refusal_raises_with_reason(pki: Any, broker: Any) -> None:
     with pytest.raises(AlertReceived) as info:
-        async with connected_device(spec_for(pki.foreign), target(pki, broker.port)):
+        async with connected_device(spec_for(pki.foreign), target(pki, broker.port), settle=SETTLE):
             pass
     assert info.value.reason == "unknown_ca"
     with pytest.raises(ServerCertificateRejected):
