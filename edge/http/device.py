@@ -97,6 +97,8 @@ class DeviceApiConfig:
     ws_max_message_bytes: int = 256 * 1024
     #: Largest first request head before the connection is handed to aiohttp as is.
     max_request_head: int = 16 * 1024
+    #: Seconds a new connection may take to send its first request head.
+    request_head_timeout: float = 30.0
     #: Seconds a WebSocket closing handshake may take.
     ws_close_timeout: float = 5.0
     #: Seconds aiohttp waits for requests in flight when the frontend closes.
@@ -452,6 +454,7 @@ class DeviceConnection(asyncio.Protocol):
         self._buffer = bytearray()
         self._inner: asyncio.Protocol | None = None
         self._paused = False
+        self._timer: asyncio.TimerHandle | None = None
 
     @property
     def inner(self) -> asyncio.Protocol | None:
@@ -463,6 +466,24 @@ class DeviceConnection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         self._frontend._connections.add(self)
+        timeout = self._frontend.config.request_head_timeout
+        self._timer = asyncio.get_running_loop().call_later(timeout, self._head_timeout)
+
+    def _head_timeout(self) -> None:
+        # aiohttp's own idle limit starts only once it has the connection; until
+        # then a device that sends nothing would hold it for ever.
+        self._timer = None
+        if self._inner is None and self._transport is not None:
+            self._frontend.events.emit(
+                "http.request",
+                "refused",
+                identity=str(self._session.identity),
+                peer=self._session.peer,
+                status=408,
+                reason=f"no complete request head within "
+                f"{self._frontend.config.request_head_timeout:g} s",
+            )
+            self._transport.close()
 
     def data_received(self, data: bytes) -> None:
         """Forward, or buffer until the first request head is complete."""
@@ -483,6 +504,7 @@ class DeviceConnection(asyncio.Protocol):
     def _hand_over(self, inner: asyncio.Protocol) -> None:
         transport = self._transport
         assert transport is not None
+        self._cancel_timer()
         self._inner = inner
         inner.connection_made(transport)
         if self._paused:
@@ -511,9 +533,15 @@ class DeviceConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Forward the loss."""
+        self._cancel_timer()
         self._frontend._connections.discard(self)
         if self._inner is not None:
             self._inner.connection_lost(exc)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def close(self) -> None:
         """Close the connection: WebSockets with 1001 (going away), others at once."""
@@ -567,6 +595,11 @@ class DeviceFrontend:
                 name="mqtt", app=mqtt_ws, subprotocols=("mqtt", "mqttv3.1"), streaming=True
             )
         self._routes = routes
+
+    @property
+    def open_connections(self) -> int:
+        """Connections currently open on this frontend (HTTP and WebSocket)."""
+        return len(self._connections)
 
     async def start(self) -> None:
         """Start the HTTP application (its startup hooks)."""

@@ -252,3 +252,31 @@ async def test_sse_slow_reader_is_ended(harness: ModuleType) -> None:
                 assert "too slow" in json.loads(event["data"])["reason"]
                 break
         assert seen == ["message", "message", "message", "error"]
+
+
+async def test_a_silent_connection_is_closed_after_the_head_timeout(harness: ModuleType) -> None:
+    config = DeviceApiConfig(request_head_timeout=0.2)
+    async with harness.EdgeHarness(config=config) as edge:
+        reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+        try:
+            writer.write(b"GET /topics/a HTTP/1.1\r\nHost: x\r\n")  # never finished
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+        finally:
+            writer.close()
+            await writer.wait_closed()
+        event = edge.events.query(kind="http.request")[-1]
+        assert event["status"] == 408
+        assert "no complete request head within 0.2 s" in event["reason"]
+
+
+async def test_keep_alive_connection_serves_many_requests(harness: ModuleType) -> None:
+    connector = aiohttp.TCPConnector(limit=1)
+    async with harness.EdgeHarness() as edge, aiohttp.ClientSession(connector=connector) as http:
+        ids = []
+        for i in range(5):
+            async with http.post(f"{edge.base_url}/topics/k/{i}", data=b"v") as resp:
+                ids.append((await resp.json())["message_id"])
+        assert ids == sorted(ids)
+        assert len(set(ids)) == 5
+        # One TCP connection carried them all.
+        assert edge.frontend.open_connections == 1

@@ -117,6 +117,12 @@ async def test_curl_publish_and_retained_read(edge: EdgeServer, qs: QuickstartRe
     assert reply["retain"] is True
     status, body = await run_curl(*curl_args(qs), f"{base}/topics/devices/dev-00000/temp")
     assert (status, body) == (200, "22.5")
+    # Over 1 KiB curl asks "Expect: 100-continue" first.
+    big = "b" * 4096
+    status, body = await run_curl(
+        *curl_args(qs), "--data-binary", big, f"{base}/topics/devices/dev-00000/big"
+    )
+    assert status == 200, body
     status, body = await run_curl(*curl_args(qs), f"{base}/topics/nothing/here")
     assert status == 404
     assert json.loads(body)["status"] == 404
