@@ -280,3 +280,25 @@ async def test_keep_alive_connection_serves_many_requests(harness: ModuleType) -
         assert len(set(ids)) == 5
         # One TCP connection carried them all.
         assert edge.frontend.open_connections == 1
+
+
+@pytest.mark.timeout(10)
+async def test_closing_the_frontend_ends_sse_streams_without_waiting(harness: ModuleType) -> None:
+    # A shutdown timeout far over the test's own: closing must not wait for it.
+    config = DeviceApiConfig(shutdown_timeout=60)
+    edge = harness.EdgeHarness(config=config)
+    await edge.__aenter__()
+    try:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{edge.base_url}/subscribe?topic=t") as stream,
+        ):
+            await asyncio.wait_for(read_sse_event(stream.content), 5)
+            await edge.frontend.close()
+            event = await asyncio.wait_for(read_sse_event(stream.content), 5)
+            assert event["event"] == "error"
+            assert json.loads(event["data"])["reason"] == "edge shutting down"
+    finally:
+        await edge.__aexit__(None, None, None)
+    closed = edge.events.query(kind="http.stream_closed")
+    assert closed[-1]["reason"] == "edge shutting down"
