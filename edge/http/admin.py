@@ -264,17 +264,17 @@ def _version(request: web.Request) -> int:
     return value
 
 
-async def _file_body(request: web.Request) -> bytes:
-    """The uploaded file: the raw body, or the single file part of a multipart body."""
+async def _file_body(request: web.Request) -> tuple[bytes, str]:
+    """The uploaded file and its name: the raw body (``?filename=``), or one multipart file."""
     if request.content_type.startswith("multipart/"):
         reader = await request.multipart()
-        found: list[bytes] = []
+        found: list[tuple[bytes, str]] = []
         while True:
             part = await reader.next()
             if part is None:
                 break
             if isinstance(part, BodyPartReader) and part.filename is not None:
-                found.append(bytes(await part.read(decode=True)))
+                found.append((bytes(await part.read(decode=True)), part.filename or "FILE"))
             elif isinstance(part, BodyPartReader):
                 await part.release()
             else:
@@ -284,7 +284,7 @@ async def _file_body(request: web.Request) -> bytes:
                 f"a multipart upload must hold exactly one file, this one holds {len(found)}"
             )
         return found[0]
-    return await request.read()
+    return await request.read(), request.query.get("filename") or "FILE"
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -313,12 +313,13 @@ async def _list_sets(request: web.Request) -> web.Response:
 
 
 async def _upload(request: web.Request, name: str) -> web.Response:
-    data = await _file_body(request)
+    data, filename = await _file_body(request)
     info = await _trust(request).upload(
         name,
         data,
         activate=_flag(request, "activate", True),
         allow_sha1=_flag(request, "allow_sha1", False),
+        source=filename,
     )
     location = f"/v1/sets/{name}/versions/{info.version}"
     return _json(info.to_dict(), status=201, headers={"Location": location})
@@ -383,7 +384,8 @@ async def _list_crls(request: web.Request) -> web.Response:
 
 
 async def _add_crl(request: web.Request) -> web.Response:
-    info = await _trust(request).add_crl(request.match_info["name"], await _file_body(request))
+    data, _ = await _file_body(request)
+    info = await _trust(request).add_crl(request.match_info["name"], data)
     return _json(info.to_dict(), status=201)
 
 

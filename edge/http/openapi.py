@@ -53,6 +53,12 @@ _SHA1 = {
     "description": "accept SHA-1 signatures in this version (legacy fleets)",
     "schema": {"type": "boolean", "default": False},
 }
+_FILENAME = {
+    "name": "filename",
+    "in": "query",
+    "description": "the file's name, used in refusal messages (raw bodies only)",
+    "schema": {"type": "string"},
+}
 _FILE_BODY = {
     "required": True,
     "description": "exactly one file: the raw body, or one file part of a multipart form",
@@ -114,6 +120,7 @@ _DOCUMENT: dict[str, Any] = {
                     {"name": "name", "in": "query", "required": True, "schema": {"type": "string"}},
                     _ACTIVATE,
                     _SHA1,
+                    _FILENAME,
                 ],
             },
         },
@@ -142,7 +149,7 @@ _DOCUMENT: dict[str, Any] = {
                     **_errors("404"),
                 },
             },
-            "post": {**_UPLOAD, "parameters": [_ACTIVATE, _SHA1]},
+            "post": {**_UPLOAD, "parameters": [_ACTIVATE, _SHA1, _FILENAME]},
         },
         "/v1/sets/{name}/versions/{version}": {
             "parameters": [_NAME, _VERSION],

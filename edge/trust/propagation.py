@@ -310,11 +310,20 @@ class TrustService:
         *,
         activate: bool = True,
         allow_sha1: bool = False,
+        source: str = "FILE",
     ) -> VersionInfo:
-        """Validate and store a new version of set ``name`` (activated unless told not to)."""
+        """Validate and store a new version of set ``name`` (activated unless told not to).
+
+        ``source`` (the file name) is how refusal messages name the file.
+        """
         try:
             info = await asyncio.to_thread(
-                self.store.upload, name, data, activate=activate, allow_sha1=allow_sha1
+                self.store.upload,
+                name,
+                data,
+                activate=activate,
+                allow_sha1=allow_sha1,
+                source=source,
             )
         except RefusedError as exc:
             self.events.emit(

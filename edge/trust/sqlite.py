@@ -230,7 +230,13 @@ class SqliteTrustStore:
     # -- sets and versions ----------------------------------------------------
 
     def upload(
-        self, name: str, data: bytes, *, activate: bool = True, allow_sha1: bool = False
+        self,
+        name: str,
+        data: bytes,
+        *,
+        activate: bool = True,
+        allow_sha1: bool = False,
+        source: str = "FILE",
     ) -> VersionInfo:
         """Validate ``data`` and store it as the set's next version (creating the set).
 
@@ -257,6 +263,7 @@ class SqliteTrustStore:
             allow_sha1=allow_sha1,
             at=now,
             max_certificates=self.limits.max_certificates,
+            source=source,
         )
         pem = b"".join(c.public_bytes(Encoding.PEM) for c in certs)
         digest = hashlib.sha256(pem).hexdigest()

@@ -29,12 +29,19 @@ class TrustStore(Protocol):
     """Certificate sets, their versions, CRLs and hostname bindings."""
 
     def upload(
-        self, name: str, data: bytes, *, activate: bool = True, allow_sha1: bool = False
+        self,
+        name: str,
+        data: bytes,
+        *,
+        activate: bool = True,
+        allow_sha1: bool = False,
+        source: str = "FILE",
     ) -> VersionInfo:
         """Validate ``data`` (one PEM file of CA certificates) and store it as a new version.
 
         Creates the set if needed; activates the new version unless ``activate`` is
-        false. Raises :class:`~edge.trust.errors.RefusedError` (nothing stored).
+        false. ``source`` names the file in messages. Raises
+        :class:`~edge.trust.errors.RefusedError` (nothing stored).
         """
         ...
 
