@@ -142,6 +142,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             purpose=args.purpose,
             server_name=args.server_name,
             crls=crls,
+            crl_check=args.crl_check,
         )
     except ValueError as exc:
         raise CliError(str(exc), EXIT_USAGE) from exc
@@ -204,6 +205,12 @@ def register_check_verbs(pki_verbs: argparse._SubParsersAction[argparse.Argument
     verify.add_argument("--server-name", help="with --purpose server: the hostname to match")
     verify.add_argument(
         "--crl", type=Path, action="append", default=[], help="CRL file (repeatable)"
+    )
+    verify.add_argument(
+        "--crl-check",
+        choices=("leaf", "chain"),
+        default="leaf",
+        help="with --crl: check the leaf only, as the edge does (default), or every level",
     )
     verify.add_argument("--json", action="store_true", help="print one JSON document")
     verify.set_defaults(func=_cmd_verify)

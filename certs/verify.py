@@ -33,15 +33,17 @@ current distributions, refuses them too: ``weak-signature``). Policy
 constraints (certificatePolicies, policyMappings, inhibitAnyPolicy) are not
 processed at all, as with OpenSSL without ``-policy_check``.
 
-CRLs (``crls=``)
-----------------
-As nginx's ``ssl_crl`` does (``X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL``),
-once any CRL is given every certificate in the path below the root must be covered
-by a current CRL from its issuer: a CRL whose issuer DN is the issuer's subject,
-whose signature verifies with the issuer's key, and whose thisUpdate/nextUpdate
-bracket the validation time. Delta CRLs and CRLs with an issuingDistributionPoint
-scoped to other certificates (only CA / only user / some reasons / indirect) are
-not used for coverage. A CRL with a critical extension other than those is refused.
+CRLs (``crls=``, ``crl_check=``)
+--------------------------------
+Once any CRL is given, revocation is checked the way the edge's ``ssl`` context
+does it: ``crl_check="leaf"`` (the default, ``ssl.VERIFY_CRL_CHECK_LEAF``) requires
+a current CRL from the leaf's issuer; ``crl_check="chain"`` (``VERIFY_CRL_CHECK_CHAIN``,
+what nginx's ``ssl_crl`` sets) requires one for every certificate below the root.
+A CRL counts when its issuer DN is the issuer's subject, its signature verifies
+with the issuer's key, and its thisUpdate/nextUpdate bracket the validation time.
+Delta CRLs and CRLs with an issuingDistributionPoint scoped to other certificates
+(only CA / only user / some reasons / indirect) are not used for coverage. A CRL
+with a critical extension other than those is refused.
 
 Codes (``VerifyResult.code``) and what the edge sends:
 
@@ -97,9 +99,10 @@ from cryptography.x509.verification import (
 
 from certs.lint import describe_certificate, signature_problem
 
-__all__ = ["ALERTS", "Purpose", "VerifyResult", "verify_path"]
+__all__ = ["ALERTS", "CrlCheck", "Purpose", "VerifyResult", "verify_path"]
 
 Purpose = Literal["client", "server", "any"]
+CrlCheck = Literal["leaf", "chain"]
 
 #: code -> (TLS alert the edge sends, usual OpenSSL X509_V_ERR number).
 ALERTS: dict[str, tuple[str | None, int | None]] = {
@@ -249,15 +252,19 @@ def verify_path(
     purpose: Purpose = "client",
     server_name: str | None = None,
     crls: Sequence[x509.CertificateRevocationList] = (),
+    crl_check: CrlCheck = "leaf",
 ) -> VerifyResult:
     """Validate ``leaf`` up to one of ``roots`` at ``at`` (default now, naive = UTC).
 
     ``untrusted`` are intermediates the peer would send. ``purpose`` is what the
     leaf is used for; with ``server_name`` (purpose ``server``) the leaf's SAN must
-    match it. ``crls`` switch on revocation checking for the whole path.
+    match it. ``crls`` switch on revocation checking, of the leaf only or of the
+    whole path below the root (``crl_check``, see the module docstring).
     """
     if purpose not in ("client", "server", "any"):
         raise ValueError(f"unknown purpose {purpose!r} (expected client, server or any)")
+    if crl_check not in ("leaf", "chain"):
+        raise ValueError(f"unknown crl_check {crl_check!r} (expected leaf or chain)")
     if server_name is not None and purpose != "server":
         raise ValueError("server_name is only meaningful with purpose='server'")
     when = dt.datetime.now(dt.UTC) if at is None else at
@@ -297,7 +304,8 @@ def verify_path(
         if check is not None:
             return check
     if crls:
-        revocation = _check_crls(chain, crls, when)
+        checked = chain if crl_check == "chain" else chain[:2]
+        revocation = _check_crls(checked, chain, crls, when)
         if revocation is not None:
             return revocation
     return _result(
@@ -395,17 +403,19 @@ def _crl_signed_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate
 
 
 def _check_crls(
+    checked: Sequence[x509.Certificate],
     chain: Sequence[x509.Certificate],
     crls: Sequence[x509.CertificateRevocationList],
     at: dt.datetime,
 ) -> VerifyResult | None:
-    for cert, issuer in itertools.pairwise(chain):
+    """Revocation of each certificate of ``checked`` (a prefix of ``chain``) by the next."""
+    for cert, issuer in itertools.pairwise(checked):
         named = [c for c in crls if c.issuer == issuer.subject and _crl_in_scope(c, cert)]
         if not named:
             return _result(
                 "crl-missing",
                 f"no CRL from {_who(issuer)} covers {_who(cert)}; with CRL checking on, "
-                "every certificate below the root needs its issuer's CRL",
+                "the edge refuses a certificate whose issuer's CRL it does not have",
                 f"pass the CRL issued by {_who(issuer)} with --crl",
                 chain=chain,
             )

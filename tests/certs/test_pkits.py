@@ -2,7 +2,7 @@
 
 Every case of pyhanko-certvalidator's ``pkits.json`` is run with the suite's trust
 anchor, the case's intermediates as untrusted certificates and its CRLs plus the
-anchor's CRL (so revocation is checked on the whole path), at a fixed time inside
+anchor's CRL, with revocation checked on the whole path (``crl_check="chain"``), at a fixed time inside
 the certificates' validity, with purpose ``any`` (PKITS certificates carry no EKU).
 Agreement is on the verdict (valid / invalid), not on the reason.
 
@@ -113,6 +113,7 @@ def run_case(data: PkitsData, case: PkitsCase) -> tuple[bool, str, x509.Certific
         at=VALIDATION_TIME,
         purpose="any",
         crls=crls,
+        crl_check="chain",
     )
     return result.ok, result.code, leaf
 

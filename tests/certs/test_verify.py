@@ -17,7 +17,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from certs.authority import CertificateAuthority
 from certs.lint import lint_chain
-from certs.verify import ALERTS, VerifyResult, verify_path
+from certs.verify import ALERTS, CrlCheck, VerifyResult, verify_path
 from edge.cli import main
 
 from .chainfactory import T0, chain3, key, make_cert, resign_weak, revoke
@@ -180,6 +180,8 @@ def test_bad_arguments_raise_value_error() -> None:
     leaf, _, root = chain3()
     with pytest.raises(ValueError, match="unknown purpose"):
         verify_path(leaf.cert, roots=[root.cert], purpose="email")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown crl_check"):
+        verify_path(leaf.cert, roots=[root.cert], crl_check="all")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="only meaningful"):
         verify_path(leaf.cert, roots=[root.cert], server_name="x.test")
     with pytest.raises(ValueError, match="not a valid DNS name"):
@@ -225,12 +227,25 @@ def test_revoked_leaf() -> None:
     assert result.chain == (leaf.cert, inter.cert, root.cert)
 
 
-def test_revoked_intermediate() -> None:
+def test_revoked_intermediate_needs_chain_checking() -> None:
     leaf, inter, root = chain3()
     crls = [revoke(inter, []), revoke(root, [inter.cert.serial_number])]
-    result = verify_path(leaf.cert, roots=[root.cert], untrusted=[inter.cert], at=T0, crls=crls)
+
+    def check(crl_check: CrlCheck) -> VerifyResult:
+        return verify_path(
+            leaf.cert,
+            roots=[root.cert],
+            untrusted=[inter.cert],
+            at=T0,
+            crls=crls,
+            crl_check=crl_check,
+        )
+
+    result = check("chain")
     assert result.code == "revoked"
     assert "CN=Test Int" in result.reason
+    # The edge checks the leaf only (VERIFY_CRL_CHECK_LEAF): the revoked CA goes unnoticed.
+    assert check("leaf").ok
 
 
 def test_not_revoked_and_remove_from_crl() -> None:
@@ -247,13 +262,27 @@ def test_not_revoked_and_remove_from_crl() -> None:
     assert verify_path(leaf.cert, roots=[root.cert], untrusted=[inter.cert], at=T0, crls=removed).ok
 
 
-def test_crl_missing_for_one_level() -> None:
+def test_crl_missing() -> None:
     leaf, inter, root = chain3()
-    result = verify_path(
-        leaf.cert, roots=[root.cert], untrusted=[inter.cert], at=T0, crls=[revoke(inter, [])]
-    )
-    assert (result.code, result.openssl_code) == ("crl-missing", 3)
-    assert "CN=Test Root" in result.reason
+
+    def check(crls: list[x509.CertificateRevocationList], crl_check: CrlCheck) -> VerifyResult:
+        return verify_path(
+            leaf.cert,
+            roots=[root.cert],
+            untrusted=[inter.cert],
+            at=T0,
+            crls=crls,
+            crl_check=crl_check,
+        )
+
+    only_root = check([revoke(root, [])], "leaf")
+    assert (only_root.code, only_root.openssl_code) == ("crl-missing", 3)
+    assert "CN=Test Int" in only_root.reason
+    only_inter = [revoke(inter, [])]
+    assert check(only_inter, "leaf").ok
+    chain_checked = check(only_inter, "chain")
+    assert chain_checked.code == "crl-missing"
+    assert "CN=Test Root" in chain_checked.reason
 
 
 def test_crl_with_bad_signature() -> None:
@@ -319,6 +348,7 @@ class Scenario:
     untrusted: list[x509.Certificate]
     at: dt.datetime = T0
     crls: list[x509.CertificateRevocationList] = field(default_factory=list)
+    crl_check: CrlCheck = "leaf"
 
 
 def openssl_verify(tmp_path: Path, case: Scenario) -> int:
@@ -341,7 +371,7 @@ def openssl_verify(tmp_path: Path, case: Scenario) -> int:
         crl_path.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
         args += ["-CRLfile", str(crl_path)]
     if case.crls:
-        args.append("-crl_check_all")
+        args.append("-crl_check_all" if case.crl_check == "chain" else "-crl_check")
     args.append(str(write_pem(tmp_path / "leaf.pem", case.leaf)))
     proc = subprocess.run(args, capture_output=True, text=True, timeout=30, check=False)
     if proc.returncode == 0:
@@ -359,6 +389,7 @@ def scenarios() -> list[Scenario]:
     forged = make_cert("device-1", issuer=inter, ca=False, signing_key=key("ec256", fresh=True))
     s_leaf, s_inter, s_root = chain3(leaf_eku=[ExtendedKeyUsageOID.SERVER_AUTH])
     revoked_crls = [revoke(inter, [leaf.cert.serial_number]), revoke(root, [])]
+    ca_revoked = [revoke(inter, []), revoke(root, [inter.cert.serial_number])]
     good = ([root.cert], [inter.cert])
     return [
         Scenario("ok", leaf.cert, *good),
@@ -369,6 +400,9 @@ def scenarios() -> list[Scenario]:
         Scenario("path-length", l0.cert, [r0.cert], [i0.cert]),
         Scenario("purpose", s_leaf.cert, [s_root.cert], [s_inter.cert]),
         Scenario("revoked", leaf.cert, *good, crls=revoked_crls),
+        Scenario("crl-missing", leaf.cert, *good, crls=[revoke(root, [])]),
+        Scenario("revoked", leaf.cert, *good, crls=ca_revoked, crl_check="chain"),
+        Scenario("ok", leaf.cert, *good, crls=ca_revoked),
     ]
 
 
@@ -378,7 +412,12 @@ def scenarios() -> list[Scenario]:
 def test_openssl_verify_agrees(tmp_path: Path) -> None:
     for case in scenarios():
         result = verify_path(
-            case.leaf, roots=case.roots, untrusted=case.untrusted, at=case.at, crls=case.crls
+            case.leaf,
+            roots=case.roots,
+            untrusted=case.untrusted,
+            at=case.at,
+            crls=case.crls,
+            crl_check=case.crl_check,
         )
         assert result.code == case.expected, result
         assert openssl_verify(tmp_path, case) == result.openssl_code, (case.expected, result)
@@ -440,6 +479,15 @@ def test_cli_verify_crl(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     root_crl = tmp_path / "root.crl"
     root_crl.write_bytes(revoke(root, []).public_bytes(serialization.Encoding.DER))
     assert main([*args, "--crl", str(der_crl), "--crl", str(root_crl)]) == 0
+    capsys.readouterr()
+    ca_revoked = tmp_path / "root-revokes-int.crl"
+    ca_revoked.write_bytes(
+        revoke(root, [inter.cert.serial_number]).public_bytes(serialization.Encoding.DER)
+    )
+    with_ca_crl = [*args, "--crl", str(der_crl), "--crl", str(ca_revoked)]
+    assert main(with_ca_crl) == 0
+    assert main([*with_ca_crl, "--crl-check", "chain"]) == 1
+    assert "FAILED [revoked]" in capsys.readouterr().out
 
 
 def test_cli_verify_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
