@@ -347,6 +347,17 @@ class CertificateAuthority:
                 return cert
         return None
 
+    @property
+    def authority_key_identifier(self) -> x509.AuthorityKeyIdentifier:
+        """The AKI every certificate and CRL this CA signs carries."""
+        return self._aki
+
+    def sign_crl(
+        self, builder: x509.CertificateRevocationListBuilder
+    ) -> x509.CertificateRevocationList:
+        """Sign a prepared CRL builder with this CA's key and digest."""
+        return builder.sign(self.key, self._hash)
+
     def key_pem(self, passphrase: bytes | None = None) -> bytes:
         """This CA's private key as PKCS#8 PEM, encrypted when ``passphrase`` is given."""
         return key_pem(self.key, passphrase)

@@ -24,6 +24,7 @@ from certs.errors import BundleError, PassphraseError
 
 __all__ = [
     "FORMATS",
+    "convert",
     "describe_format",
     "detect_format",
     "load_any_certificates",
@@ -301,3 +302,34 @@ def read_certificates(
     if not certs:
         raise BundleError(f"{path}: holds no certificate")
     return certs
+
+
+def convert(data: bytes, *, to: str, source: str, passphrase: bytes | None = None) -> bytes:
+    """Convert certificates (PEM, DER, PKCS#7, PKCS#12) or a CRL to ``to`` (``pem``/``der``).
+
+    PEM output holds every certificate (chain order rebuilt for PKCS#7);
+    DER holds exactly one object, so several certificates are refused with a
+    hint to use PEM.
+    """
+    if to not in ("pem", "der"):
+        raise BundleError(f"unknown output format {to!r}: use pem or der")
+    kind = detect_format(data)
+    if kind in ("pem-crl", "der-crl"):
+        try:
+            crl = (
+                x509.load_pem_x509_crl(data) if kind == "pem-crl" else x509.load_der_x509_crl(data)
+            )
+        except ValueError as exc:
+            raise BundleError(f"{source}: malformed CRL: {exc}") from exc
+        encoding = serialization.Encoding.PEM if to == "pem" else serialization.Encoding.DER
+        return crl.public_bytes(encoding)
+    certs = load_any_certificates(data, source=source, passphrase=passphrase)
+    if not certs:
+        raise BundleError(f"{source}: holds no certificate")
+    if to == "pem":
+        return pem_bundle(certs)
+    if len(certs) > 1:
+        raise BundleError(
+            f"{source}: holds {len(certs)} certificates but DER holds exactly one; use --to pem"
+        )
+    return certs[0].public_bytes(serialization.Encoding.DER)

@@ -15,13 +15,14 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from certs.authority import CertificateAuthority, IssuedCert
-from certs.cliutil import EXIT_OK, EXIT_USAGE, CliError, emit
+from certs.cliutil import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, CliError, emit, say
 from certs.errors import CertsError, PassphraseError
 from certs.keys import (
     KEY_TYPES,
@@ -407,5 +408,120 @@ def _register_init_root(verbs: argparse._SubParsersAction[argparse.ArgumentParse
     init.set_defaults(func=_cmd_init_root)
 
 
+def _optional_passphrase(path: Path | None) -> bytes | None:
+    return read_passphrase(path, interactive=False)
+
+
+@_translate
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from certs.bundle import convert
+
+    data = args.input.read_bytes()
+    out = convert(
+        data,
+        to=args.to,
+        source=str(args.input),
+        passphrase=_optional_passphrase(args.passphrase_file),
+    )
+    if args.output is None:
+        if args.to == "der" and sys.stdout.isatty():
+            raise CliError("refusing to write DER to a terminal; use -o FILE", EXIT_USAGE)
+        sys.stdout.buffer.write(out)
+        sys.stdout.flush()
+    else:
+        args.output.write_bytes(out)
+        say(f"wrote {args.to.upper()} to {args.output}")
+    return EXIT_OK
+
+
+@_translate
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from certs.inspect import inspect_data, render
+
+    data = args.file.read_bytes()
+    items = inspect_data(
+        data, source=str(args.file), passphrase=_optional_passphrase(args.passphrase_file)
+    )
+    emit(items, as_json=args.json, human=render)
+    unknown = all(item["kind"] == "unknown" for item in items)
+    return EXIT_CHECK_FAILED if unknown else EXIT_OK
+
+
+def _human_crl(d: Any) -> str:
+    return f"CRL {d['crl']}: number {d['crl_number']}, {len(d['revoked'])} revoked"
+
+
+def _crl_result(path: Path, crl: Any) -> dict[str, Any]:
+    from certs.crl import crl_number, revoked_entries
+
+    return {
+        "crl": str(path),
+        "crl_number": crl_number(crl),
+        "next_update": crl.next_update_utc.isoformat() if crl.next_update_utc else None,
+        "revoked": [
+            {"serial": f"{s:x}", "date": d.isoformat(), "reason": r}
+            for s, d, r in revoked_entries(crl)
+        ],
+    }
+
+
+@_translate
+def _cmd_revoke(args: argparse.Namespace) -> int:
+    from certs.bundle import read_certificates
+    from certs.crl import revoke
+
+    ca = _load_ca(args)
+    certs = [c for path in args.certs for c in read_certificates(path)[:1]]
+    crl = revoke(ca, args.crl, certs, reason=args.reason, days=args.days)
+    emit(_crl_result(args.crl, crl), as_json=args.json, human=_human_crl)
+    return EXIT_OK
+
+
+@_translate
+def _cmd_crl(args: argparse.Namespace) -> int:
+    from certs.crl import parse_serial, revoke
+
+    ca = _load_ca(args)
+    serials = [parse_serial(s) for s in args.revoked_serial]
+    crl = revoke(ca, args.out, serials=serials, reason=args.reason, days=args.days)
+    emit(_crl_result(args.out, crl), as_json=args.json, human=_human_crl)
+    return EXIT_OK
+
+
 def _register_tools(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """convert, inspect, revoke and crl are added once their modules exist."""
+    from certs.crl import REASONS
+
+    conv = verbs.add_parser(
+        "convert", help="convert DER, PEM, PKCS#7, PKCS#12 (or a CRL) to PEM or DER"
+    )
+    conv.add_argument("input", type=Path, metavar="IN")
+    conv.add_argument("-o", "--output", type=Path, metavar="OUT", help="default: stdout")
+    conv.add_argument("--to", choices=("pem", "der"), required=True)
+    conv.add_argument("--passphrase-file", type=Path, help="PKCS#12 passphrase")
+    conv.set_defaults(func=_cmd_convert)
+
+    insp = verbs.add_parser("inspect", help="describe certificates, CRLs and keys in a file")
+    insp.add_argument("file", type=Path, metavar="FILE")
+    insp.add_argument("--passphrase-file", type=Path, help="for encrypted keys / PKCS#12")
+    _json_flag(insp)
+    insp.set_defaults(func=_cmd_inspect)
+
+    rev = verbs.add_parser("revoke", help="add certificates to a CRL (created if missing)")
+    _ca_args(rev)
+    rev.add_argument("--crl", type=Path, required=True, help="CRL file (PEM), updated in place")
+    rev.add_argument("certs", type=Path, nargs="+", metavar="CERT")
+    rev.add_argument("--reason", choices=sorted(REASONS), help="revocation reason")
+    rev.add_argument("--days", type=_positive, default=7, help="next update in N days")
+    _json_flag(rev)
+    rev.set_defaults(func=_cmd_revoke)
+
+    crl = verbs.add_parser("crl", help="write (or renew) a CRL signed by the CA")
+    _ca_args(crl)
+    crl.add_argument(
+        "--revoked-serial", action="append", default=[], metavar="HEX", help="repeatable"
+    )
+    crl.add_argument("--reason", choices=sorted(REASONS), help="reason for the added serials")
+    crl.add_argument("--out", type=Path, required=True, help="CRL file; renewed if it exists")
+    crl.add_argument("--days", type=_positive, default=7, help="next update in N days")
+    _json_flag(crl)
+    crl.set_defaults(func=_cmd_crl)

@@ -191,3 +191,100 @@ def test_encrypted_ca_key_from_env(
     monkeypatch.setenv("EDGESIM_KEY_PASSPHRASE", "envpw")
     code, _, err = run("pki", "issue", "device", *ca, "--out", tmp_path / "a")
     assert code == 0, err
+
+
+def test_convert_and_inspect(tmp_path: Path, pki: Path, run: Run) -> None:
+    der = tmp_path / "root.der"
+    code, _, err = run("pki", "convert", pki / "root-ca.pem", "--to", "der", "-o", der)
+    assert code == 0, err
+    code, out, _ = run("pki", "inspect", der, "--json")
+    assert code == 0
+    (item,) = json.loads(out)
+    assert item["kind"] == "certificate"
+    assert item["subject"] == "CN=edgesim Root CA"
+    assert item["self_signed"] is True
+    assert {e["name"] for e in item["extensions"]} >= {"basicConstraints", "keyUsage"}
+    back = tmp_path / "root.pem"
+    code, _, _ = run("pki", "convert", der, "--to", "pem", "-o", back)
+    assert back.read_bytes() == (pki / "root-ca.pem").read_bytes()
+    code, _, err = run("pki", "convert", pki / "server.pem", "--to", "der", "-o", tmp_path / "x")
+    assert code == 1
+    assert "holds 2 certificates but DER holds exactly one; use --to pem" in err
+    code, out, _ = run("pki", "inspect", pki / "server.key")
+    assert "EC P-256" in out
+    junk = tmp_path / "junk.txt"
+    junk.write_text("hello\n")
+    code, out, _ = run("pki", "inspect", junk)
+    assert code == 1
+    assert "a text file without any PEM block" in out
+    code, _, err = run("pki", "convert", pki / "server.key", "--to", "pem")
+    assert code == 1
+    assert "must not hold a private key" in err
+
+
+def test_revoke_and_crl(tmp_path: Path, pki: Path, run: Run) -> None:
+    ca = ["--ca-cert", pki / "intermediate-ca.pem", "--ca-key", pki / "intermediate-ca.key"]
+    crl = tmp_path / "ca.crl"
+    code, out, err = run(
+        "pki",
+        "revoke",
+        *ca,
+        "--crl",
+        crl,
+        pki / "devices" / "dev-00000.pem",
+        "--reason",
+        "keyCompromise",
+        "--json",
+    )
+    assert code == 0, err
+    first = json.loads(out)
+    assert first["crl_number"] == 1
+    assert first["revoked"][0]["reason"] == "keyCompromise"
+    code, out, err = run(
+        "pki", "crl", *ca, "--revoked-serial", "ab:cd", "--out", crl, "--days", "3"
+    )
+    assert code == 0, err
+    assert "number 2, 2 revoked" in out
+    code, out, _ = run("pki", "inspect", crl, "--json")
+    (item,) = json.loads(out)
+    assert item["kind"] == "crl"
+    assert [r["serial"] for r in item["revoked"]][1] == "abcd"
+    code, _, err = run("pki", "crl", *ca, "--revoked-serial", "zz", "--out", crl)
+    assert code == 1
+    assert "invalid serial number 'zz'" in err
+    root = ["--ca-cert", pki / "root-ca.pem", "--ca-key", pki / "root-ca.key"]
+    code, _, err = run("pki", "crl", *root, "--out", crl)
+    assert code == 1
+    assert "not by this CA" in err
+
+
+@pytest.mark.interop
+@pytest.mark.timeout(60)
+def test_convert_openssl_containers(tmp_path: Path, pki: Path, run: Run, openssl: OpenSSL) -> None:
+    p12 = tmp_path / "server.p12"
+    openssl(
+        "pkcs12",
+        "-export",
+        "-in",
+        pki / "server.pem",
+        "-inkey",
+        pki / "server.key",
+        "-passout",
+        "pass:p12",
+        "-out",
+        p12,
+    )
+    pw = tmp_path / "pw"
+    pw.write_text("p12\n")
+    out_pem = tmp_path / "from-p12.pem"
+    code, _, err = run("pki", "convert", p12, "--to", "pem", "--passphrase-file", pw, "-o", out_pem)
+    assert code == 0, err
+    assert read_certificates(out_pem) == read_certificates(pki / "server.pem")
+    code, _, err = run("pki", "convert", p12, "--to", "pem", "-o", out_pem)
+    assert code == 1
+    assert "needs a passphrase" in err
+    p7 = tmp_path / "chain.p7b"
+    openssl("crl2pkcs7", "-nocrl", "-certfile", pki / "ca-chain.pem", "-outform", "DER", "-out", p7)
+    code, _, err = run("pki", "convert", p7, "--to", "pem", "-o", tmp_path / "chain.pem")
+    assert code == 0, err
+    assert read_certificates(tmp_path / "chain.pem") == read_certificates(pki / "ca-chain.pem")
