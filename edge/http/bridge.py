@@ -20,9 +20,17 @@ Handlers find the device behind a request with :func:`session_of`, which reads
 the registry the bridge keeps per connection (the TLS transport's
 ``edgesim.session`` extra is used when the registry has none).
 
-Errors::
+Errors (the root of the device side of :mod:`edge.http` is defined here,
+because :mod:`edge.http.device` builds on this module)::
 
-    BridgeError            the bridge is used before start() or after close()
+    HttpEdgeError          root of edge.http's device-side errors
+    ├── BridgeError        the bridge is used before start() or after close(),
+    │                      or a request has no authenticated session
+    └── DeviceApiError     (edge.http.device) a refused device request
+        └── Problem        answered as application/problem+json
+
+aiohttp's exceptions stay inside aiohttp's request handling; the device API
+translates its 4xx ``HTTPException`` into ``Problem`` responses.
 """
 
 from __future__ import annotations
@@ -34,14 +42,19 @@ from aiohttp.web_protocol import RequestHandler
 
 from edge.core.session import SessionInfo
 
-__all__ = ["SESSIONS", "AiohttpBridge", "BridgeError", "session_of"]
+__all__ = ["SESSIONS", "AiohttpBridge", "BridgeError", "HttpEdgeError", "session_of"]
 
 #: Per-connection sessions of one application: aiohttp's connection protocol -> session.
 SESSIONS = web.AppKey("edgesim_sessions", dict[RequestHandler, SessionInfo])
 
 
-class BridgeError(Exception):
-    """The bridge is used outside its ``start()`` ... ``close()`` lifetime."""
+class HttpEdgeError(Exception):
+    """Root of the errors of the device side of :mod:`edge.http`."""
+
+
+class BridgeError(HttpEdgeError):
+    """The bridge is used outside its ``start()`` ... ``close()`` lifetime,
+    or a request reached a handler without an authenticated session."""
 
 
 class AiohttpBridge:

@@ -30,10 +30,11 @@ WebSocket upgrades to ``/mqtt`` (MQTT over WebSocket, subprotocol ``mqtt``) and
 first request head of a connection and handed to :mod:`edge.ws`; everything
 else goes to aiohttp through :mod:`edge.http.bridge`.
 
-Errors::
+Errors (the root, ``HttpEdgeError``, is in :mod:`edge.http.bridge`)::
 
-    DeviceApiError          root of the device API's errors
-    └── Problem             one refused request: status, title, detail
+    HttpEdgeError
+    └── DeviceApiError      the device API's errors
+        └── Problem         one refused request: status, title, detail
                             (turned into a problem+json response at the boundary;
                             aiohttp's own HTTPException 4xx are translated too)
 """
@@ -55,7 +56,7 @@ from edge.core.events import EventLog
 from edge.core.hub import EdgeCore
 from edge.core.router import Message
 from edge.core.session import SessionInfo
-from edge.http.bridge import AiohttpBridge, BridgeError, session_of
+from edge.http.bridge import AiohttpBridge, BridgeError, HttpEdgeError, session_of
 from edge.ws.coreops import check_read, publish_bytes
 from edge.ws.endpoint import WebSocketConnection, WsRoute, WsSender
 from edge.ws.jsonapp import JsonWsApp
@@ -105,7 +106,7 @@ class DeviceApiConfig:
     shutdown_timeout: float = 5.0
 
 
-class DeviceApiError(Exception):
+class DeviceApiError(HttpEdgeError):
     """Root of the device API's errors."""
 
 
