@@ -706,7 +706,13 @@ def _unknown_ca(
             openssl_code=18,
         )
     issuer = repr(top.issuer.rfc4514_string())
-    if ending == "anchored":
+    if ending == "bad-signature":
+        reason = (
+            f"a CA named {issuer} is given, but its key did not sign {_who(top)}: it is "
+            "another CA with the same name"
+        )
+        hint = "give the CA certificate whose key signed it (match its subjectKeyIdentifier)"
+    elif ending == "anchored":
         reason = f"a path to a root exists, but the verifier found none acceptable for {_who(top)}"
         hint = "lint the chain (edgesim pki lint) to see which certificate is refused"
     elif len(path) == 1:

@@ -107,6 +107,16 @@ def test_bad_signature() -> None:
     assert leaf.cert != forged.cert
 
 
+def test_root_with_the_right_name_but_another_key() -> None:
+    root = make_cert("Root")
+    impostor = make_cert("Root")
+    leaf = make_cert("dev", issuer=root, ca=False)
+    result = verify_path(leaf.cert, roots=[impostor.cert], at=T0)
+    assert result.code == "bad-signature"
+    assert "'CN=dev,O=edgesim test' does not verify with the key of 'CN=Root" in result.reason
+    assert "subjectKeyIdentifier" in result.hint
+
+
 @pytest.mark.parametrize("ca", [False, None])
 def test_issuer_not_ca(ca: bool | None) -> None:
     root = make_cert("Root")
