@@ -17,6 +17,9 @@ import os
 import tempfile
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
 from certs.cliutil import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, CliError, emit
 from devices.device import Action, DeviceSpec, Publish, Receive, Subscribe, Target, run_device
 from devices.trace import render, to_json
@@ -50,7 +53,7 @@ def register_device(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     p.add_argument("--ca", required=True, help="CA certificate(s) the device trusts (PEM)")
     p.add_argument("--sni", help="server name to send and check (default: the URL's host)")
     p.add_argument("--client-id", help="MQTT client id (default: --id)")
-    p.add_argument("--id", default="device", help="device name in the trace (default: device)")
+    p.add_argument("--id", help="device name in the trace (default: the certificate's common name)")
     p.add_argument(
         "--trace",
         action="store_true",
@@ -114,6 +117,18 @@ def _read_text(path: str, what: str) -> str:
         raise CliError(f"--{what} {path}: not a PEM text file", EXIT_USAGE) from exc
 
 
+def _common_name(cert_path: str | None) -> str | None:
+    """The first certificate's CN: edges commonly require it as the MQTT client id."""
+    if cert_path is None:
+        return None
+    try:
+        cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
+    except (OSError, ValueError):
+        return None  # reported with its path when the device loads it
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else None
+
+
 def _actions(args: argparse.Namespace) -> list[Action]:
     actions: list[Action] = [Subscribe(f, args.qos) for f in args.subscribe]
     actions += [Publish(t, m.encode(), args.qos, args.retain) for t, m in args.publish]
@@ -142,7 +157,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
     if "-----BEGIN CERTIFICATE-----" not in ca_pem:
         raise CliError(f"--ca {args.ca}: no PEM certificate in it", EXIT_USAGE)
     spec = DeviceSpec(
-        id=args.id,
+        id=args.id or _common_name(args.cert) or "device",
         cert_path=args.cert,
         key_path=args.key,
         chain_path=args.chain,
