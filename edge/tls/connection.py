@@ -92,6 +92,8 @@ class EndpointOptions:
     max_handshakes: int = 2000
     max_connections: int = 50_000
     identity_rule: IdentityRule = IdentityRule.CN
+    #: Seconds a refused connection stays half-open after the alert (see _linger_close).
+    refusal_linger: float = 2.0
 
 
 def select_protocol(kind: ListenerKind, alpn: str | None, first_bytes: bytes) -> str:
@@ -132,6 +134,26 @@ class TlsEndpoint:
         self.connections = 0
         self.handshakes = 0
         self.open_protocols: set[EdgeTlsProtocol] = set()
+        self._idle_waiters: list[asyncio.Future[None]] = []
+
+    async def wait_idle(self, timeout: float = 10.0) -> None:
+        """Wait until no connection is open (raises ``TimeoutError`` after ``timeout``)."""
+        if self.connections == 0:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._idle_waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        finally:
+            if waiter in self._idle_waiters:
+                self._idle_waiters.remove(waiter)
+
+    def _released(self) -> None:
+        if self.connections == 0:
+            for waiter in self._idle_waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._idle_waiters.clear()
 
     def protocol_factory(self) -> EdgeTlsProtocol:
         """Make the protocol for one accepted TCP connection (for ``loop.create_server``)."""
@@ -148,6 +170,7 @@ _PHASE_HANDSHAKE = 1
 _PHASE_SELECT = 2
 _PHASE_APP = 3
 _PHASE_CLOSED = 4
+_PHASE_DRAIN = 5
 
 
 class EdgeTlsProtocol(asyncio.Protocol):
@@ -212,6 +235,8 @@ class EdgeTlsProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         """The peer closed its side: end the TLS session and the connection."""
+        if self._phase in (_PHASE_DRAIN, _PHASE_CLOSED):
+            return False
         if self._phase == _PHASE_HELLO:
             reason = (
                 "the client closed the connection before its ClientHello"
@@ -238,6 +263,7 @@ class EdgeTlsProtocol(asyncio.Protocol):
         if self._counted:
             ep.connections -= 1
             self._counted = False
+            ep._released()
         ep.open_protocols.discard(self)
         phase = self._phase
         self._phase = _PHASE_CLOSED
@@ -349,7 +375,7 @@ class EdgeTlsProtocol(asyncio.Protocol):
             ca_subjects=_subjects(active),
         )
         self._emit_refused(verdict.reason, verdict.hint, verdict, certificate=cert)
-        self._close_raw()
+        self._linger_close()
 
     def _handshake_succeeded(self) -> None:
         session = self.session
@@ -378,7 +404,7 @@ class EdgeTlsProtocol(asyncio.Protocol):
                 None,
                 certificate=cert,
             )
-            self._close_raw()
+            self._linger_close()
             return
         cipher = obj.cipher()
         hello = self.reader.client_hello
@@ -494,8 +520,7 @@ class EdgeTlsProtocol(asyncio.Protocol):
         self._emit_refused(reason, hint, None, alert=alert)
         if alert is not None and self.raw is not None:
             self.raw.write(alert_record(alert))
-        self._phase = _PHASE_CLOSED
-        self._close_raw()
+        self._linger_close()
 
     def _on_timeout(self) -> None:
         self._timer = None
@@ -556,6 +581,25 @@ class EdgeTlsProtocol(asyncio.Protocol):
         out = session.data_to_send()
         if out and not raw.is_closing():
             raw.write(out)
+
+    def _linger_close(self) -> None:
+        # Closing at once would make the kernel answer whatever the client sends
+        # next (a TLS 1.3 client sends its CONNECT right after its Finished) with
+        # a RST, and a RST makes the client's kernel drop the unread alert: the
+        # device would see "connection reset" instead of "unknown ca". So: send
+        # FIN after the alert, discard what still arrives, close on the client's
+        # EOF or after refusal_linger seconds.
+        self._release_handshake_slot()
+        self._phase = _PHASE_DRAIN
+        raw = self.raw
+        if raw is None or raw.is_closing():
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        if raw.can_write_eof():
+            raw.write_eof()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self.endpoint.options.refusal_linger, raw.abort)
 
     def _close_raw(self) -> None:
         self._release_handshake_slot()

@@ -15,6 +15,7 @@ handshake and devices rarely resume), ALPN, and an optional key log for Wireshar
 
 from __future__ import annotations
 
+import hashlib
 import os
 import ssl
 import tempfile
@@ -84,7 +85,9 @@ class ContextCache:
 
     def __init__(self, settings: TlsSettings) -> None:
         self.settings = settings
-        self._contexts: dict[tuple[str, int], ssl.SSLContext] = {}
+        self._contexts: dict[tuple[str, int, str], ssl.SSLContext] = {}
+        # id(set object) -> (the object, its context); holding the object keeps the id valid.
+        self._by_object: dict[int, tuple[TrustSetLike, ssl.SSLContext]] = {}
         self._lock = threading.Lock()
         # Fail at startup, not at the first handshake, if the server key is wrong.
         self._probe()
@@ -106,15 +109,22 @@ class ContextCache:
             ) from None
 
     def context_for(self, active: TrustSetLike) -> ssl.SSLContext:
-        """Return the context verifying clients against ``active`` (built on first use)."""
-        key = (active.name, active.version)
-        ctx = self._contexts.get(key)
-        if ctx is None:
-            with self._lock:
-                ctx = self._contexts.get(key)
-                if ctx is None:
-                    ctx = self.build(active)
-                    self._contexts[key] = ctx
+        """Return the context verifying clients against ``active`` (built on first use).
+
+        The cache key is the set, its version and a digest of its CRLs: adding a
+        CRL to a set does not make a new version, but needs a new context.
+        """
+        # Fast path, once per handshake: the same snapshot object as last time.
+        entry = self._by_object.get(id(active))
+        if entry is not None and entry[0] is active:
+            return entry[1]
+        key = (active.name, active.version, hashlib.sha256(active.crl_pem).hexdigest())
+        with self._lock:
+            ctx = self._contexts.get(key)
+            if ctx is None:
+                ctx = self.build(active)
+                self._contexts[key] = ctx
+            self._by_object[id(active)] = (active, ctx)
         return ctx
 
     def build(self, active: TrustSetLike) -> ssl.SSLContext:
@@ -145,12 +155,16 @@ class ContextCache:
         return ctx
 
     def apply(self, active_sets: Sequence[TrustSetLike]) -> None:
-        """Forget the contexts of set versions that are no longer active."""
-        keep = {(a.name, a.version) for a in active_sets}
+        """Forget the contexts of set versions (and CRL states) that are no longer active."""
+        keep = {(a.name, a.version, hashlib.sha256(a.crl_pem).hexdigest()) for a in active_sets}
+        objects = {id(a) for a in active_sets}
         with self._lock:
             for key in list(self._contexts):
                 if key not in keep:
                     del self._contexts[key]
+            for oid in list(self._by_object):
+                if oid not in objects:
+                    del self._by_object[oid]
 
     def __len__(self) -> int:
         return len(self._contexts)

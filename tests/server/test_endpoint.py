@@ -159,6 +159,7 @@ async def test_accepted_device_gets_connack_through_the_tls_transport(pki: Any) 
         assert closed["identity"] == "default/dev-accepted"
         assert "close_notify" in closed["reason"] or "closed" in closed["reason"]
         await asyncio.wait_for(app.lost, 5)
+        await edge.endpoint.wait_idle(5)
         assert edge.endpoint.connections == 0
         assert edge.endpoint.handshakes == 0
 
@@ -260,8 +261,10 @@ async def test_plain_mqtt_client_is_told_to_use_tls(pki: Any) -> None:
         assert "MQTT CONNECT over plain TCP" in event["reason"]
         assert event["alert"] is None
         await close(writer)
-        assert edge.endpoint.connections == 0
+        await edge.endpoint.wait_idle(5)
         assert edge.endpoint.handshakes == 0
+        await edge.endpoint.wait_idle(5)
+        assert edge.endpoint.connections == 0
 
 
 @pytest.mark.timeout(20)
@@ -275,6 +278,7 @@ async def test_garbage_after_a_valid_record_header(pki: Any) -> None:
         assert event["reason"].startswith("malformed ClientHello")
         assert event["alert"] == "decode_error"
         await close(writer)
+        await edge.endpoint.wait_idle(5)
 
 
 @pytest.mark.timeout(20)
@@ -289,6 +293,7 @@ async def test_stalled_handshake_times_out_and_frees_its_slot(pki: Any) -> None:
             assert await asyncio.wait_for(reader.read(), 5) == b""
         await close(writer)
         assert edge.endpoint.handshakes == 0
+        await edge.endpoint.wait_idle(5)
         assert edge.endpoint.connections == 0
 
 
@@ -345,6 +350,7 @@ async def test_connection_limit_refuses_with_an_event(pki: Any) -> None:
             sock.close()
         await close(writer)
         await edge.events.wait_for(lambda e: e["kind"] == "connection.closed")
+        await edge.endpoint.wait_idle(5)
         assert edge.endpoint.connections == 0
 
 
@@ -362,4 +368,5 @@ async def test_handshake_limit_refuses_with_an_event(pki: Any) -> None:
             lambda e: e["kind"] == "tls.refused" and "before its ClientHello" in e["reason"]
         )
         assert edge.endpoint.handshakes == 0
+        await edge.endpoint.wait_idle(5)
         assert edge.endpoint.connections == 0

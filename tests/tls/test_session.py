@@ -255,3 +255,13 @@ def test_context_cache_builds_once_and_drops_inactive_versions(pki: Any) -> None
     assert cache.context_for(v2) is not cache.context_for(v1)
     cache.apply([v2])
     assert len(cache) == 1
+
+
+def test_adding_a_crl_to_the_same_version_builds_a_new_context(pki: Any) -> None:
+    cache = ContextCache(TlsSettings(cert_file=pki.server_cert, key_file=pki.server_key))
+    device = pki.device("dev-late-revoked")
+    before = pki.chain_set(version=4)
+    after = pki.chain_set(version=4, crl_pem=pki.crl(pki.inter, [device.issued]))
+    assert cache.context_for(before) is not cache.context_for(after)
+    cache.apply([after])
+    assert len(cache) == 1
