@@ -219,11 +219,17 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
             given.strip().encode(), expected.encode()
         ):
             return _unauthorized("the bearer token is wrong", "invalid_token")
-    if request.app[ADMIN_CA_KEY]:
+    admin_cas = request.app[ADMIN_CA_KEY]
+    if admin_cas:
         ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
         peer = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         if not peer:
             return _unauthorized("an admin client certificate is required")
+        # The TLS layer verified the chain (admin_ssl_context); this guards against a
+        # listener whose context trusts more than the admin CA.
+        issuer = x509.load_der_x509_certificate(peer).issuer
+        if not any(ca.subject == issuer for ca in admin_cas):
+            return _unauthorized("the client certificate is not issued by the admin CA")
     return await handler(request)
 
 
