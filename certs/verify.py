@@ -16,6 +16,8 @@ Policy: what the edge accepts, not the Web PKI
 The edge terminates TLS with OpenSSL, so the verifier's Web-PKI profile is relaxed
 where OpenSSL is lenient and device PKIs commonly rely on it:
 
+- a CA's basicConstraints need not be critical (the seed's ``root.conf`` writes
+  ``basicConstraints = CA:true``, which is not critical);
 - a client (device) certificate needs no subjectAltName;
 - authorityKeyIdentifier may be absent (leaf and CA);
 - a CA without keyUsage is accepted (the seed's ``root.conf`` writes none); a CA
@@ -216,10 +218,20 @@ def _ca_key_usage(policy: Policy, cert: x509.Certificate, ku: x509.KeyUsage | No
         raise ValueError("keyUsage.keyCertSign must be asserted in a CA certificate")
 
 
+def _ca_basic_constraints(
+    policy: Policy, cert: x509.Certificate, bc: x509.BasicConstraints
+) -> None:
+    """An issuer must say CA:true; critical or not, as OpenSSL (and the seed's root) has it."""
+    del policy, cert  # the signature is the verifier's callback protocol
+    if not bc.ca:
+        raise ValueError("basicConstraints.cA must be asserted in a CA certificate")
+
+
 def _policies(server: bool) -> tuple[ExtensionPolicy, ExtensionPolicy]:
     """(CA policy, EE policy): the Web-PKI defaults relaxed as the module docstring says."""
     ca = (
         ExtensionPolicy.webpki_defaults_ca()
+        .require_present(x509.BasicConstraints, Criticality.AGNOSTIC, _ca_basic_constraints)
         .may_be_present(x509.KeyUsage, Criticality.AGNOSTIC, _ca_key_usage)
         .may_be_present(x509.AuthorityKeyIdentifier, Criticality.AGNOSTIC, None)
         .may_be_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC, None)

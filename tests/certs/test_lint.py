@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from certs.lint import CODES, Finding, describe_certificate, has_errors, lint_chain
+from certs.verify import verify_path
 from edge.cli import main
 
 from .chainfactory import T0, chain3, key, make_cert, resign_weak
@@ -491,3 +492,63 @@ def test_openssl_verify_agrees_with_lint_errors(tmp_path: Path) -> None:
         else:
             assert expected in codes(findings), (expected, findings)
         assert openssl_accepts(tmp_path, chain) is (not has_errors(findings)), expected
+
+
+SEED_ROOT_CONF = """\
+[req]
+default_bits = 2048
+prompt = no
+default_md = sha256
+req_extensions = req_ext
+x509_extensions= v3_ca
+distinguished_name = dn
+[dn]
+C = US
+ST = Massachusetts
+L = Cambridge
+O = Organization
+OU = IoT
+emailAddress = test@email.com
+CN = www.organization.test.com
+[req_ext]
+subjectAltName = @alt_names
+nsComment = "This is netscape comment"
+[ v3_ca ]
+subjectKeyIdentifier=hash
+authorityKeyIdentifier=keyid:always,issuer:always
+basicConstraints = CA:true
+[alt_names]
+DNS.1 = test.example.com
+"""
+
+
+@pytest.mark.interop
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(OPENSSL is None, reason="openssl is not installed")
+def test_root_made_as_the_seed_says_lints_clean_and_issues(tmp_path: Path) -> None:
+    """The seed's openssl commands: a root without keyUsage, then a device from it."""
+    assert OPENSSL is not None
+
+    def openssl(*args: str) -> None:
+        subprocess.run([OPENSSL, *args], cwd=tmp_path, capture_output=True, timeout=30, check=True)
+
+    (tmp_path / "root.conf").write_text(SEED_ROOT_CONF)
+    openssl("genrsa", "-out", "rootCA.key", "2048")
+    openssl(
+        "req", "-x509", "-config", "root.conf", "-new", "-nodes", "-key", "rootCA.key",
+        "-sha256", "-days", "1024", "-out", "rootCA.crt",
+    )  # fmt: skip
+    openssl("genrsa", "-out", "device.key", "2048")
+    openssl("req", "-new", "-key", "device.key", "-subj", "/CN=device-1", "-out", "device.csr")
+    (tmp_path / "device.ext").write_text("extendedKeyUsage = clientAuth\n")
+    openssl(
+        "x509", "-req", "-in", "device.csr", "-CA", "rootCA.crt", "-CAkey", "rootCA.key",
+        "-CAcreateserial", "-days", "365", "-sha256", "-extfile", "device.ext",
+        "-out", "device.crt",
+    )  # fmt: skip
+    root = x509.load_pem_x509_certificate((tmp_path / "rootCA.crt").read_bytes())
+    device = x509.load_pem_x509_certificate((tmp_path / "device.crt").read_bytes())
+    at = device.not_valid_before_utc + dt.timedelta(hours=1)
+    assert lint_chain([root], profile="ca-set", at=at) == []
+    assert lint_chain([device, root], at=at) == []
+    assert verify_path(device, roots=[root], at=at).ok
