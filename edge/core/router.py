@@ -29,7 +29,8 @@ class Message:
     edge's own services), ``protocol`` the adapter it came from (``mqtt``, ``http``,
     ``ws``, ``internal``), ``published_at`` a monotonic timestamp for latency.
     ``encoded`` is scratch space where adapters cache the wire form of this message
-    per (adapter, qos, retain), so that a fan-out to many subscribers encodes once.
+    per (adapter, qos, retain), so that a fan-out to many subscribers encodes once;
+    it is None until an adapter needs it (most messages have few subscribers).
     """
 
     topic: str
@@ -39,7 +40,7 @@ class Message:
     origin: str = ""
     protocol: str = ""
     published_at: float = 0.0
-    encoded: dict[object, bytes] = field(default_factory=dict, repr=False)
+    encoded: dict[object, bytes] | None = field(default=None, repr=False)
 
 
 class Subscriber(Protocol):

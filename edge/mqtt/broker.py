@@ -70,6 +70,10 @@ from edge.mqtt.errors import MqttError, ProtocolViolation
 __all__ = ["MqttBroker", "MqttConfig", "MqttConnection", "MqttSession"]
 
 _PINGRESP = b"\xd0\x00"
+# Keys of this adapter's encodings in Message.encoded (strings: their hash is cached).
+_KEY_Q0 = "mqtt:0"
+_KEY_Q0R = "mqtt:0r"
+_KEYS_HEAD = ("", "", "mqtt:1", "mqtt:1r", "mqtt:2", "mqtt:2r")
 # States of an outbound QoS 1/2 message.
 _AWAIT_ACK = 0  # PUBLISH sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2)
 _AWAIT_COMP = 1  # PUBREL sent; waiting for PUBCOMP
@@ -232,6 +236,7 @@ class MqttConnection:
         "_connect_deadline",
         "_graceful",
         "_out",
+        "_out_len",
         "_shut",
         "broker",
         "client_id",
@@ -260,7 +265,8 @@ class MqttConnection:
         self.last_received = now
         self._connect_deadline: float | None = now + broker.config.connect_timeout
         self.parser = Parser(broker.config.max_packet_size, server_side=True)
-        self._out = bytearray()
+        self._out: list[bytes] = []
+        self._out_len = 0
         self.should_close = False
         self.close_reason = ""
         self.connected = False
@@ -294,16 +300,19 @@ class MqttConnection:
 
     def data_to_send(self) -> bytes:
         """Take every byte waiting to go to the client."""
-        if not self._out:
+        out = self._out
+        if not out:
             return b""
-        data = bytes(self._out)
-        self._out.clear()
+        # One chunk (the usual case) goes out without a copy.
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        self._out_len = 0
         return data
 
     @property
     def pending_bytes(self) -> int:
         """How many bytes wait in the output buffer."""
-        return len(self._out)
+        return self._out_len
 
     def tick(self, now: float) -> float | None:
         """Apply timeouts at time ``now``; return the next deadline (None: none)."""
@@ -352,34 +361,40 @@ class MqttConnection:
     def write(self, data: bytes) -> None:
         """Append bytes for the client and wake the I/O layer if the buffer was empty."""
         out = self._out
-        was_empty = not out
-        out += data
-        if was_empty and self.wakeup is not None:
+        out.append(data)
+        self._out_len += len(data)
+        if len(out) == 1 and self.wakeup is not None:
             self.wakeup()
 
     def send_qos0(self, message: Message, retain: bool) -> None:
         """Write a QoS 0 PUBLISH of ``message``, encoded once per message and retain flag."""
-        if len(self._out) > self.broker.config.max_write_buffer:
+        if self._out_len > self.broker.config.max_write_buffer:
             # The client is not reading: QoS 0 is best effort, so shed it here.
             self.core.metrics.messages_dropped += 1
             return
-        key = (0, retain)
-        encoded = message.encoded.get(key)
-        if encoded is None:
-            encoded = message.encoded[key] = encode_publish(
+        cache = message.encoded
+        if cache is None:
+            cache = message.encoded = {}
+        key = _KEY_Q0R if retain else _KEY_Q0
+        data = cache.get(key)
+        if data is None:
+            data = cache[key] = encode_publish(
                 message.topic.encode(), message.payload, 0, retain, False, None
             )
-        self.write(encoded)
+        self.write(data)
 
     def send_qos12(self, message: Message, qos: int, retain: bool, pid: int) -> None:
         """Write a QoS 1/2 PUBLISH; the part before the packet id is encoded once."""
-        key = (qos, retain)
-        head = message.encoded.get(key)
+        cache = message.encoded
+        if cache is None:
+            cache = message.encoded = {}
+        key = _KEYS_HEAD[qos * 2 + retain]
+        head = cache.get(key)
         if head is None:
             topic = message.topic.encode()
             remaining = 4 + len(topic) + len(message.payload)
             first = 0x30 | (qos << 1) | (1 if retain else 0)
-            head = message.encoded[key] = (
+            head = cache[key] = (
                 _fixed_header(first, remaining) + len(topic).to_bytes(2, "big") + topic
             )
         self.write(b"".join((head, pid.to_bytes(2, "big"), message.payload)))
@@ -513,7 +528,9 @@ class MqttConnection:
         if self.wakeup is not None:
             self.wakeup()
 
-    def _route(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+    def _route(
+        self, topic: str, payload: bytes, qos: int, retain: bool, raw: bytes | None = None
+    ) -> None:
         if topic[0] == "$":
             # Devices may not inject into the edge's own namespace; acknowledged, not routed.
             self.core.events.emit(
@@ -526,16 +543,15 @@ class MqttConnection:
                 reason="the $ namespace is reserved for the edge",
             )
             return
-        self.core.publish(
-            Message(topic, payload, qos, retain, self.origin, "mqtt", self.now),
-            self.info,
-            client_id=self.client_id,
-        )
+        message = Message(topic, payload, qos, retain, self.origin, "mqtt", self.now)
+        if raw is not None:
+            message.encoded = {_KEY_Q0: raw}
+        self.core.publish(message, self.info, client_id=self.client_id)
 
     def _on_publish(self, p: Publish) -> None:
         qos = p.qos
         if qos == 0:
-            self._route(p.topic, p.payload, 0, p.retain)
+            self._route(p.topic, p.payload, 0, p.retain, p.raw)
         elif qos == 1:
             self._route(p.topic, p.payload, 1, p.retain)
             assert p.packet_id is not None  # the parser guarantees it for QoS > 0

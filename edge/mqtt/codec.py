@@ -172,6 +172,9 @@ class Publish:
     retain: bool = False
     dup: bool = False
     packet_id: int | None = None
+    #: The packet's bytes as received, set by the parser for QoS 0 without retain or
+    #: DUP: exactly what a QoS 0 subscriber gets, so the broker forwards it unchanged.
+    raw: bytes | None = field(default=None, compare=False, repr=False)
     type: int = field(default=PUBLISH, init=False, repr=False)
 
 
@@ -571,7 +574,7 @@ class Parser:
     unusable (the connection must be closed).
     """
 
-    __slots__ = ("_buf", "_need", "allowed", "max_packet_size", "server_side")
+    __slots__ = ("_buf", "_need", "_topics", "allowed", "max_packet_size", "server_side")
 
     def __init__(self, max_packet_size: int = 268_435_460, server_side: bool = True) -> None:
         self.max_packet_size = max_packet_size
@@ -579,6 +582,8 @@ class Parser:
         self.allowed = _CLIENT_TO_SERVER if server_side else _SERVER_TO_CLIENT
         self._buf = bytearray()
         self._need = 0  # bytes the buffered partial packet needs before parsing again
+        # Validated PUBLISH topics by their raw bytes: devices repeat a few topics.
+        self._topics: dict[bytes, str] = {}
 
     @property
     def buffered(self) -> int:
@@ -594,7 +599,7 @@ class Parser:
             buf: bytes = bytes(self._buf)
             self._buf.clear()
         else:
-            buf = data
+            buf = data if type(data) is bytes else bytes(data)
         out: list[Packet] = []
         pos = 0
         size = len(buf)
@@ -637,7 +642,10 @@ class Parser:
             if end > size:
                 self._need = total
                 break
-            out.append(self._decode(first, buf, pos + header, end))
+            if first >> 4 == PUBLISH:  # the hot path skips the general dispatch
+                out.append(self._publish(first & 0x0F, buf, pos + header, end, pos))
+            else:
+                out.append(self._decode(first, buf, pos + header, end))
             pos = end
         if pos < size:
             self._buf += memoryview(buf)[pos:]
@@ -651,8 +659,6 @@ class Parser:
                 raise MalformedPacket(f"reserved packet type {kind}")
             side = "client" if self.server_side else "server"
             raise ProtocolViolation(f"{_NAMES[kind]} may not be sent by a {side}")
-        if kind == PUBLISH:
-            return self._publish(flags, buf, start, end)
         if kind == CONNECT:
             return _connect(flags, buf, start, end)
         required = _REQUIRED_FLAGS[kind]
@@ -693,7 +699,7 @@ class Parser:
             return _suback(reader)
         return _connack(reader)
 
-    def _publish(self, flags: int, buf: bytes, start: int, end: int) -> Publish:
+    def _publish(self, flags: int, buf: bytes, start: int, end: int, first: int) -> Publish:
         qos = (flags >> 1) & 0x03
         if qos == 3:
             raise MalformedPacket("PUBLISH: QoS 3")
@@ -707,26 +713,26 @@ class Parser:
         if pos > end:
             raise MalformedPacket(f"PUBLISH: topic length {tlen} runs past the end of the packet")
         raw = buf[start + 2 : pos]
-        if raw.isascii():
-            # The common case: ASCII topics need only the control-character check.
-            topic = raw.decode("ascii")
-            if _BAD_CHARS.search(topic) is not None:
-                validate_string(raw, "PUBLISH topic")
-        else:
+        topic = self._topics.get(raw)
+        if topic is None:
             topic = validate_string(raw, "PUBLISH topic")
-        if not topic:
-            raise ProtocolViolation("PUBLISH: empty topic name")
-        if "+" in topic or "#" in topic:
-            raise ProtocolViolation(f"PUBLISH: wildcard in topic name {topic!r}")
-        packet_id: int | None = None
+            if not topic:
+                raise ProtocolViolation("PUBLISH: empty topic name")
+            if "+" in topic or "#" in topic:
+                raise ProtocolViolation(f"PUBLISH: wildcard in topic name {topic!r}")
+            if len(self._topics) >= 1024:
+                self._topics.clear()
+            self._topics[raw] = topic
         if qos:
             if pos + 2 > end:
                 raise MalformedPacket("PUBLISH: truncated before packet identifier")
             packet_id = (buf[pos] << 8) | buf[pos + 1]
             if packet_id == 0:
                 raise MalformedPacket("PUBLISH: packet identifier 0")
-            pos += 2
-        return Publish(topic, buf[pos:end], qos, bool(flags & 0x01), dup, packet_id)
+            return Publish(topic, buf[pos + 2 : end], qos, bool(flags & 0x01), dup, packet_id)
+        if flags:
+            return Publish(topic, buf[pos:end], 0, True)
+        return Publish(topic, buf[pos:end], 0, False, False, None, buf[first:end])
 
 
 def _connect(flags: int, buf: bytes, start: int, end: int) -> Connect:

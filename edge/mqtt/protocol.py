@@ -22,6 +22,7 @@ errors close the connection with a reason.
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 from edge.core.session import SessionInfo
 from edge.mqtt.broker import MqttBroker, MqttConnection
@@ -50,8 +51,8 @@ class MqttServerProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Create the sans-I/O connection and arm the connect timeout."""
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports (and the TLS layer's) are duck-typed, not subclasses.
+        self._transport = cast(asyncio.Transport, transport)
         self._loop = asyncio.get_running_loop()
         self.closed = self._loop.create_future()
         conn = self.connection = self.broker.connection(self.session)

@@ -243,3 +243,33 @@ async def test_flow_control_on_a_custom_transport() -> None:
     assert protocol.closed is not None
     async with asyncio.timeout(5):
         await protocol.closed
+
+
+@pytest.mark.timeout(15)
+def test_works_on_uvloop_transports() -> None:
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario() -> None:
+        broker = MqttBroker(EdgeCore(EventLog(log_events=False), Policy.open()))
+        session = SessionInfo(identity=DeviceIdentity(namespace="s", name="d"), peer="uv")
+        protocols: list[MqttServerProtocol] = []
+
+        def factory() -> MqttServerProtocol:
+            protocols.append(MqttServerProtocol(broker, session))
+            return protocols[-1]
+
+        server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
+        dev = await Device.open(server.sockets[0].getsockname()[1])
+        await dev.send(Connect(client_id="uv"), Subscribe(1, [("t", 0)]), Publish("t", b"x"))
+        got = [await dev.next(), await dev.next(), await dev.next()]
+        assert got == [Connack(False, 0), Suback(1, [0]), Publish("t", b"x")]
+        await dev.send(Disconnect())
+        assert await dev.eof()
+        await dev.close()
+        server.close()
+        await server.wait_closed()
+        async with asyncio.timeout(5):
+            await asyncio.gather(*(p.closed for p in protocols if p.closed is not None))
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(scenario())
