@@ -40,7 +40,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -53,6 +53,8 @@ __all__ = [
     "Finding",
     "Profile",
     "describe_certificate",
+    "extension_value",
+    "extensions_problem",
     "has_errors",
     "is_self_signed",
     "lint_chain",
@@ -60,6 +62,7 @@ __all__ = [
 ]
 
 Profile = Literal["chain", "ca-set"]
+_ExtT = TypeVar("_ExtT", bound=x509.ExtensionType)
 Severity = Literal["error", "warning"]
 
 #: Every finding code, with what it means (stable: tools match on these).
@@ -67,6 +70,7 @@ CODES: dict[str, str] = {
     "empty": "the file holds no certificate",
     "too-many": "more certificates than allowed",
     "duplicate": "the same certificate appears twice",
+    "bad-extensions": "the extensions cannot be parsed (e.g. one appears twice)",
     "issuer-mismatch": "the next certificate is not the issuer (issuer DN differs)",
     "order": "the issuer is in the file, but not right after the certificate",
     "bad-signature": "the signature does not verify with the issuer's public key",
@@ -193,25 +197,39 @@ def is_self_signed(cert: x509.Certificate) -> bool:
     return cert.issuer == cert.subject and signature_problem(cert, cert) is None
 
 
-def _basic_constraints(cert: x509.Certificate) -> x509.BasicConstraints | None:
+def extensions_problem(cert: x509.Certificate) -> str | None:
+    """None when ``cert``'s extensions can be read, else why not (duplicates, bad DER)."""
     try:
-        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
+        cert.extensions  # noqa: B018 - parsing is the check
+    except (x509.DuplicateExtension, ValueError) as exc:
+        return str(exc)
+    return None
+
+
+def extension_value(
+    cert: x509.Certificate | x509.RevokedCertificate, kind: type[_ExtT]
+) -> _ExtT | None:
+    """The value of ``cert``'s extension of type ``kind``; None if absent or unreadable.
+
+    Unreadable extensions (see :func:`extensions_problem`) are reported on their
+    own; callers asking for one extension treat them as absent.
+    """
+    try:
+        return cert.extensions.get_extension_for_class(kind).value
+    except (x509.ExtensionNotFound, x509.DuplicateExtension, ValueError):
         return None
+
+
+def _basic_constraints(cert: x509.Certificate) -> x509.BasicConstraints | None:
+    return extension_value(cert, x509.BasicConstraints)
 
 
 def _key_usage(cert: x509.Certificate) -> x509.KeyUsage | None:
-    try:
-        return cert.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        return None
+    return extension_value(cert, x509.KeyUsage)
 
 
 def _eku(cert: x509.Certificate) -> x509.ExtendedKeyUsage | None:
-    try:
-        return cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        return None
+    return extension_value(cert, x509.ExtendedKeyUsage)
 
 
 def _is_ca(cert: x509.Certificate) -> bool:
@@ -282,6 +300,16 @@ class _Linter:
                 )
             else:
                 seen[fingerprint] = index
+            problem = extensions_problem(cert)
+            if problem is not None:
+                self.add(
+                    "error",
+                    "bad-extensions",
+                    index,
+                    f"{self.label(index)} has extensions that cannot be parsed ({problem}); "
+                    "every TLS stack refuses it",
+                    "re-issue it; each extension may appear only once (RFC 5280 4.2)",
+                )
             self.check_validity(index)
             self.check_hash(index)
             self.check_key(index)

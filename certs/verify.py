@@ -99,7 +99,12 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
-from certs.lint import describe_certificate, signature_problem
+from certs.lint import (
+    describe_certificate,
+    extension_value,
+    extensions_problem,
+    signature_problem,
+)
 
 __all__ = ["ALERTS", "CrlCheck", "Purpose", "VerifyResult", "verify_path"]
 
@@ -289,6 +294,14 @@ def verify_path(
             "no trusted root was given, so no certificate can be trusted",
             "pass the root CA certificate(s) with --roots (the certificate set's contents)",
         )
+    problem = extensions_problem(leaf)
+    if problem is not None:
+        return _result(
+            "invalid",
+            f"{_who(leaf)} has extensions that cannot be parsed ({problem})",
+            "re-issue it; each extension may appear only once (RFC 5280 4.2)",
+            detail=problem,
+        )
     ca_policy, ee_policy = _policies(server=subject is not None)
     builder = (
         PolicyBuilder()
@@ -338,9 +351,8 @@ def _check_purpose(chain: Sequence[x509.Certificate], purpose: Purpose) -> Verif
         return None
     wanted = _PURPOSE_EKU[purpose]
     for position, cert in enumerate(chain):
-        try:
-            eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-        except x509.ExtensionNotFound:
+        eku = extension_value(cert, x509.ExtendedKeyUsage)
+        if eku is None:
             continue
         if wanted in eku or ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in eku:
             continue
@@ -380,7 +392,10 @@ def _check_keys(chain: Sequence[x509.Certificate]) -> VerifyResult | None:
 
 def _crl_in_scope(crl: x509.CertificateRevocationList, cert: x509.Certificate) -> bool:
     """Whether ``crl`` is a complete CRL that covers ``cert`` (see module docstring)."""
-    extensions = {ext.oid: ext.value for ext in crl.extensions}
+    try:
+        extensions = {ext.oid: ext.value for ext in crl.extensions}
+    except (x509.DuplicateExtension, ValueError):
+        return False  # an unreadable CRL covers nothing
     if ExtensionOID.DELTA_CRL_INDICATOR in extensions:
         return False
     idp = extensions.get(ExtensionOID.ISSUING_DISTRIBUTION_POINT)
@@ -391,10 +406,8 @@ def _crl_in_scope(crl: x509.CertificateRevocationList, cert: x509.Certificate) -
             or idp.only_contains_attribute_certs
         ):
             return False
-        try:
-            is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-        except x509.ExtensionNotFound:
-            is_ca = False
+        bc = extension_value(cert, x509.BasicConstraints)
+        is_ca = bc is not None and bc.ca
         if (idp.only_contains_ca_certs and not is_ca) or (idp.only_contains_user_certs and is_ca):
             return False
     return True
@@ -439,10 +452,7 @@ def _check_crls(
                 "re-generate the CRL with the issuing CA's key",
                 chain=chain,
             )
-        try:
-            usage = issuer.extensions.get_extension_for_class(x509.KeyUsage).value
-        except x509.ExtensionNotFound:
-            usage = None
+        usage = extension_value(issuer, x509.KeyUsage)
         if usage is not None and not usage.crl_sign:
             return _result(
                 "crl-invalid",
@@ -486,10 +496,8 @@ def _check_crls(
         entry = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
         if entry is None:
             continue
-        try:
-            reason_flag = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
-        except x509.ExtensionNotFound:
-            reason_flag = x509.ReasonFlags.unspecified
+        reason = extension_value(entry, x509.CRLReason)
+        reason_flag = x509.ReasonFlags.unspecified if reason is None else reason.reason
         if reason_flag is x509.ReasonFlags.remove_from_crl:
             continue
         return _result(
@@ -647,15 +655,9 @@ def _diagnose(
 def _not_ca_culprit(path: Sequence[x509.Certificate], where: str) -> str:
     """Name the first issuer on ``path`` that may not issue, for the reason text."""
     for cert in path[1:]:
-        try:
-            bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-        except x509.ExtensionNotFound:
-            return f"the certificate {_who(cert)}"
-        try:
-            ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-        except x509.ExtensionNotFound:
-            ku = None
-        if not bc.ca or (ku is not None and not ku.key_cert_sign):
+        bc = extension_value(cert, x509.BasicConstraints)
+        ku = extension_value(cert, x509.KeyUsage)
+        if bc is None or not bc.ca or (ku is not None and not ku.key_cert_sign):
             return f"the certificate {_who(cert)}"
     return f"a certificate{where}"
 
@@ -663,11 +665,8 @@ def _not_ca_culprit(path: Sequence[x509.Certificate], where: str) -> str:
 def _path_length_culprit(path: Sequence[x509.Certificate]) -> str:
     """Name the CA on ``path`` whose pathLenConstraint the path exceeds."""
     for depth, cert in enumerate(path):
-        try:
-            bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-        except x509.ExtensionNotFound:
-            continue
-        if not bc.ca or bc.path_length is None:
+        bc = extension_value(cert, x509.BasicConstraints)
+        if bc is None or not bc.ca or bc.path_length is None:
             continue
         below = [c for c in path[1:depth] if c.issuer != c.subject]
         if len(below) > bc.path_length:

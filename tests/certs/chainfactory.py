@@ -190,6 +190,52 @@ def _tlv(tag: int, body: bytes) -> bytes:
     return bytes([tag]) + _der_length(len(body)) + body
 
 
+def oid_der(dotted: str) -> bytes:
+    """The DER encoding (tag, length, value) of an object identifier."""
+    arcs = [int(part) for part in dotted.split(".")]
+    body = bytearray([40 * arcs[0] + arcs[1]])
+    for arc in arcs[2:]:
+        chunk = [arc & 0x7F]
+        arc >>= 7
+        while arc:
+            chunk.append(0x80 | (arc & 0x7F))
+            arc >>= 7
+        body.extend(reversed(chunk))
+    return _tlv(0x06, bytes(body))
+
+
+def duplicate_extension(issuer: Issued) -> Issued:
+    """A device certificate carrying the same (private) extension twice, RSA-signed.
+
+    cryptography's builder refuses duplicates, so two extensions with OIDs of the
+    same length are written and the second OID is patched into the first before
+    signing by hand. Reading ``.extensions`` of the result raises ``DuplicateExtension``.
+    """
+    if not isinstance(issuer.key, rsa.RSAPrivateKey):
+        raise TypeError("duplicate_extension needs an RSA issuer")
+    first, second = "1.3.6.1.4.1.55555.1", "1.3.6.1.4.1.55555.2"
+    private = key("ec256")
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name("duplicate-extension"))
+        .issuer_name(issuer.cert.subject)
+        .public_key(private.public_key())
+        .serial_number(next(_serial))
+        .not_valid_before(T0 - dt.timedelta(days=1))
+        .not_valid_after(T0 + dt.timedelta(days=365))
+        .add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier(first), b"\x05\x00"), False)
+        .add_extension(
+            x509.UnrecognizedExtension(x509.ObjectIdentifier(second), b"\x05\x00"), False
+        )
+        .sign(issuer.key, hashes.SHA256())
+    )
+    tbs = cert.tbs_certificate_bytes.replace(oid_der(second), oid_der(first))
+    alg_id = _tlv(0x30, _tlv(0x06, _SHA256_RSA) + b"\x05\x00")
+    signature = issuer.key.sign(tbs, padding.PKCS1v15(), hashes.SHA256())
+    der = _tlv(0x30, tbs + alg_id + _tlv(0x03, b"\x00" + signature))
+    return Issued(cert=x509.load_der_x509_certificate(der), key=private)
+
+
 def resign_weak(issued: Issued, signer: PrivateKey, digest: str) -> Issued:
     """Re-sign an RSA/SHA-256 certificate with SHA-1 or MD5 (``digest``).
 

@@ -17,7 +17,7 @@ from certs.lint import CODES, Finding, describe_certificate, has_errors, lint_ch
 from certs.verify import verify_path
 from edge.cli import main
 
-from .chainfactory import T0, chain3, key, make_cert, resign_weak
+from .chainfactory import T0, chain3, duplicate_extension, key, make_cert, resign_weak
 
 
 def codes(findings: list[Finding]) -> list[str]:
@@ -552,3 +552,14 @@ def test_root_made_as_the_seed_says_lints_clean_and_issues(tmp_path: Path) -> No
     assert lint_chain([root], profile="ca-set", at=at) == []
     assert lint_chain([device, root], at=at) == []
     assert verify_path(device, roots=[root], at=at).ok
+
+
+def test_unreadable_extensions_are_a_finding_not_a_crash() -> None:
+    root = make_cert("Root", key_kind="rsa2048", fresh_key=False)
+    broken = duplicate_extension(root)
+    finding = only(lint_chain([broken.cert, root.cert], at=T0), "bad-extensions")
+    assert finding.position == 1
+    assert "Duplicate" in finding.message
+    result = verify_path(broken.cert, roots=[root.cert], at=T0)
+    assert result.code == "invalid"
+    assert "cannot be parsed" in result.reason
