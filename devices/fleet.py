@@ -442,6 +442,8 @@ class RunnerSettings:
     payload_size: int = 32
     device_timeout: float = 10.0
     probe_message: bool = False
+    #: Highest TLS version devices offer ("1.2" or "1.3"; None: the library's highest).
+    tls_max: str | None = None
 
 
 #: A runner factory: ``factory(settings) -> DeviceRunner``, named "module:attr" for workers.
@@ -680,6 +682,12 @@ _STEP_NAMES: Mapping[str, str] = {
 
 _STAMP = struct.Struct("!d")
 
+_TLS_VERSIONS: Mapping[str | None, ssl.TLSVersion | None] = {
+    None: None,
+    "1.2": ssl.TLSVersion.TLSv1_2,
+    "1.3": ssl.TLSVersion.TLSv1_3,
+}
+
 
 @dataclass(frozen=True, slots=True)
 class RunStep:
@@ -736,7 +744,10 @@ class DeviceModuleRunner:
             self.ca_pem = settings.ca.read_text(encoding="ascii")
         except (OSError, UnicodeDecodeError) as exc:
             raise FleetError(f"--ca {settings.ca}: cannot read ({exc})") from exc
+        if settings.tls_max not in _TLS_VERSIONS:
+            raise FleetError(f"--tls-max {settings.tls_max!r}: expected 1.2 or 1.3")
         self.settings = settings
+        self._tls_max = _TLS_VERSIONS[settings.tls_max]
         self._targets: dict[str, Target] = {}
 
     def _target(self, url: str) -> Target:
@@ -762,6 +773,8 @@ class DeviceModuleRunner:
             context = context_for(spec, target, cache=False)
         except DeviceError as exc:
             return RunResult("error", exc.reason, device.protocol, message=str(exc))
+        if self._tls_max is not None:
+            context.maximum_version = self._tls_max
         if run.hold_until is None:
             return await self._once(device, spec, target, context, run)
         return await self._held(device, spec, target, context, run)
@@ -853,8 +866,6 @@ class DeviceModuleRunner:
             return
         topic = f"edgesim/fleet/{device.id}"
         qos = self.settings.qos
-        ack = await held.subscribe(topic, qos)
-        listening = ack.ok
         first: list[float] = []
         first_intended: list[float] = []
 
@@ -884,9 +895,13 @@ class DeviceModuleRunner:
                 out.messages_sent += 1
                 intended += interval
 
-        receiver = loop.create_task(receive()) if listening else None
+        receiver: asyncio.Task[None] | None = None
         try:
+            # Everything, the subscription included, ends at the hold deadline.
             async with asyncio.timeout(max(remaining, 0.0)):
+                ack = await held.subscribe(topic, qos)
+                if ack.ok:
+                    receiver = loop.create_task(receive())
                 await publish()
                 # Publishing is over; keep receiving until the hold ends.
                 await loop.create_future()

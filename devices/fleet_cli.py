@@ -100,6 +100,7 @@ def add_fleet_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) 
     tgt.add_argument("--ca", help="the CA the devices trust for the edge (default: PKI root)")
     tgt.add_argument("--sni", help="server name to send (default: the URL's host)")
     tgt.add_argument("--protocol", choices=("mqtt", "https", "wss", "mix"))
+    tgt.add_argument("--tls-max", choices=("1.2", "1.3"), help="highest TLS version devices offer")
     load = run.add_argument_group("load")
     load.add_argument("--ramp", help="arrival rate, devices per second: 200/s (default 100/s)")
     load.add_argument(
@@ -357,6 +358,7 @@ def _run(args: argparse.Namespace) -> int:
             payload_size=int(opts["payload_size"]),
             device_timeout=float(opts["timeout"]),
             probe_message=bool(opts["probe_message"]),
+            tls_max=opts.get("tls_max"),
         ),
         hold=hold,
         msg_rate=msg_rate,

@@ -62,6 +62,7 @@ OPTIONS: Mapping[str, tuple[tuple[type, ...], bool]] = {
     "processes": ((int,), False),
     "shard": ((str,), False),
     "loop": ((str,), False),
+    "tls_max": ((str,), False),
     "timeout": ((int, float), False),
     "probe_message": ((bool,), False),
     "report": ((str,), True),
