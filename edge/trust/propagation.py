@@ -21,7 +21,8 @@ worker that raises is reported in :meth:`TrustService.status` and by a
 Events emitted: ``trust.uploaded``, ``trust.refused``, ``trust.activated``,
 ``trust.rolled_back``, ``trust.bound``, ``trust.unbound``, ``trust.deleted``,
 ``trust.crl_added``, ``trust.pending``, ``trust.propagating``, ``trust.active``,
-``trust.apply_failed``.
+``trust.apply_failed``, ``trust.error`` (the store could not be read while
+polling).
 
 Errors are those of :mod:`edge.trust.errors`; waiting too long raises
 :class:`~edge.trust.errors.PropagationTimeout`.
@@ -205,17 +206,23 @@ class TrustService:
     async def _run(self) -> None:
         assert self._changed is not None
         while True:
-            if self.watch_interval is None:
-                await self._changed.wait()
-            else:
-                try:
-                    async with asyncio.timeout(self.watch_interval):
-                        await self._changed.wait()
-                except TimeoutError:
-                    await self._schedule()
-                    continue
-            self._changed.clear()
-            await self._propagate()
+            try:
+                if self.watch_interval is None:
+                    await self._changed.wait()
+                else:
+                    try:
+                        async with asyncio.timeout(self.watch_interval):
+                            await self._changed.wait()
+                    except TimeoutError:
+                        await self._schedule()
+                        continue
+                self._changed.clear()
+                await self._propagate()
+            except TrustError as exc:
+                # A store that is briefly unreadable (locked, disk full) must not end
+                # propagation for the life of the edge: report it and keep going.
+                log.error("trust propagation: %s", exc)
+                self.events.emit("trust.error", "error", reason=str(exc))
 
     async def _propagate(self) -> None:
         assert self._desired is not None
@@ -270,6 +277,13 @@ class TrustService:
     ) -> bool:
         try:
             await pending
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the service itself is closing
+            # The worker cancelled its own acknowledgement: a failure, not our shutdown.
+            self._failed(worker, snapshot, exc)
+            return False
         except Exception as exc:
             self._failed(worker, snapshot, exc)
             return False
@@ -277,8 +291,8 @@ class TrustService:
         worker.error = None
         return True
 
-    def _failed(self, worker: _Worker, snapshot: TrustSnapshot, exc: Exception) -> None:
-        worker.error = f"{type(exc).__name__}: {exc}"
+    def _failed(self, worker: _Worker, snapshot: TrustSnapshot, exc: BaseException) -> None:
+        worker.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         log.error(
             "worker %s failed to apply generation %d: %s", worker.name, snapshot.generation, exc
         )
@@ -291,14 +305,28 @@ class TrustService:
         )
 
     async def _apply_all(self, snapshot: TrustSnapshot) -> bool:
-        """Hand ``snapshot`` to every worker; True when all have applied it."""
-        pending = []
-        for worker in list(self._workers.values()):
-            result = self._call(worker, snapshot)
-            if result is not None:
-                pending.append(self._finish(worker, snapshot, result))
-        if pending:
-            await asyncio.gather(*pending)
+        """Hand ``snapshot`` to every worker; True when all have applied it.
+
+        Workers registered while others are applying get it too, so a worker
+        that joins mid-propagation cannot leave the change stuck.
+        """
+        tried: set[str] = set()
+        while True:
+            todo = [
+                w
+                for w in self._workers.values()
+                if w.name not in tried and w.applied < snapshot.generation
+            ]
+            if not todo:
+                break
+            pending = []
+            for worker in todo:
+                tried.add(worker.name)
+                result = self._call(worker, snapshot)
+                if result is not None:
+                    pending.append(self._finish(worker, snapshot, result))
+            if pending:
+                await asyncio.gather(*pending)
         return all(w.applied >= snapshot.generation for w in self._workers.values())
 
     # -- mutations: persist, then propagate ----------------------------------

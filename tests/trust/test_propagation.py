@@ -273,3 +273,44 @@ async def test_watch_interval_polls_the_store(store_path: Path, events: EventLog
         assert "external" in svc.current().sets
     finally:
         await svc.close()
+
+
+async def test_a_worker_registered_mid_propagation_gets_the_new_snapshot(
+    store_path: Path, events: EventLog
+) -> None:
+    svc = await make_service(store_path, events, delay=0.1, first=Recorder())
+    try:
+        start = svc.current().generation
+        await svc.upload("fleet", root().cert_pem)
+        await events.wait_for(lambda e: e["kind"] == "trust.propagating", timeout=5)
+        late = Recorder()
+        svc.register_worker("late", late)
+        assert late.seen == [start], "it starts with what is active"
+        snap = await svc.wait_active(timeout=5)
+        assert late.seen == [start, snap.generation]
+        assert svc.status()["state"] == "active"
+    finally:
+        await svc.close()
+
+
+async def test_unregistered_workers_no_longer_hold_changes_back(
+    store_path: Path, events: EventLog
+) -> None:
+    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    calls: list[int] = []
+
+    def stuck(snapshot: TrustSnapshot) -> asyncio.Future[None] | None:
+        calls.append(snapshot.generation)
+        return never if len(calls) > 1 else None
+
+    svc = await make_service(store_path, events, stuck=stuck)
+    try:
+        await svc.upload("fleet", root().cert_pem)
+        await events.wait_for(lambda e: e["kind"] == "trust.propagating", timeout=5)
+        svc.unregister_worker("stuck")
+        never.cancel()
+        await svc.bind("fleet", "*")
+        snap = await svc.wait_active(timeout=5)
+        assert snap.resolve(None) is not None
+    finally:
+        await svc.close()
