@@ -83,6 +83,7 @@ CODES: dict[str, str] = {
     "weak-rsa-key": "an RSA key under 2048 bits",
     "weak-ec-key": "an EC key under 256 bits",
     "weak-dsa-key": "a DSA key (no TLS 1.3 peer accepts it)",
+    "unsupported-key": "a public key of an unknown algorithm or curve",
     "leaf-in-ca-set": "a non-CA certificate in a CA set",
     "no-client-auth": "a device certificate whose EKU lacks clientAuth",
     "missing-root": "the chain does not end at a self-signed root",
@@ -155,7 +156,11 @@ def signature_problem(cert: x509.Certificate, issuer: x509.Certificate) -> str |
     except InvalidSignature:
         return "the signature does not verify with the issuer's public key"
     except (UnsupportedAlgorithm, ValueError, TypeError):
-        return _verify_with_key(cert, issuer.public_key())
+        try:
+            public = issuer.public_key()
+        except (UnsupportedAlgorithm, ValueError) as exc:
+            return f"the issuer's public key cannot be read ({exc})"
+        return _verify_with_key(cert, public)
     return None
 
 
@@ -368,7 +373,17 @@ class _Linter:
         )
 
     def check_key(self, index: int) -> None:
-        public = self.certs[index].public_key()
+        try:
+            public = self.certs[index].public_key()
+        except (UnsupportedAlgorithm, ValueError) as exc:
+            self.add(
+                "error",
+                "unsupported-key",
+                index,
+                f"{self.label(index)} has a public key that cannot be used ({exc})",
+                "issue a new certificate with an EC P-256/P-384, RSA 2048+ or Ed25519 key",
+            )
+            return
         if isinstance(public, rsa.RSAPublicKey) and public.key_size < _MIN_RSA_BITS:
             self.add(
                 "error",

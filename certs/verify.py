@@ -86,6 +86,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.x509 import DNSName, IPAddress
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
@@ -372,7 +373,15 @@ def _check_purpose(chain: Sequence[x509.Certificate], purpose: Purpose) -> Verif
 
 def _check_keys(chain: Sequence[x509.Certificate]) -> VerifyResult | None:
     for position, cert in enumerate(chain):
-        public = cert.public_key()
+        try:
+            public = cert.public_key()
+        except (UnsupportedAlgorithm, ValueError) as exc:
+            return _result(
+                "invalid",
+                f"{_who(cert)} has a public key that cannot be used ({exc})",
+                "re-issue it with an EC P-256 or RSA 2048+ key",
+                chain=chain,
+            )
         if isinstance(public, rsa.RSAPublicKey) and public.key_size < _MIN_RSA_BITS:
             kind, bits = "RSA", public.key_size
         elif isinstance(public, ec.EllipticCurvePublicKey) and public.key_size < _MIN_EC_BITS:

@@ -211,8 +211,6 @@ def duplicate_extension(issuer: Issued) -> Issued:
     same length are written and the second OID is patched into the first before
     signing by hand. Reading ``.extensions`` of the result raises ``DuplicateExtension``.
     """
-    if not isinstance(issuer.key, rsa.RSAPrivateKey):
-        raise TypeError("duplicate_extension needs an RSA issuer")
     first, second = "1.3.6.1.4.1.55555.1", "1.3.6.1.4.1.55555.2"
     private = key("ec256")
     cert = (
@@ -229,11 +227,32 @@ def duplicate_extension(issuer: Issued) -> Issued:
         )
         .sign(issuer.key, hashes.SHA256())
     )
-    tbs = cert.tbs_certificate_bytes.replace(oid_der(second), oid_der(first))
+    return patch_and_resign(Issued(cert=cert, key=private), oid_der(second), oid_der(first), issuer)
+
+
+def patch_and_resign(issued: Issued, old: bytes, new: bytes, issuer: Issued) -> Issued:
+    """Replace ``old`` by ``new`` (same length) in the TBS and sign it again (RSA/SHA-256).
+
+    Makes certificates cryptography's builder would never write (duplicate
+    extensions, unknown curves) while keeping the issuer's signature valid.
+    """
+    if not isinstance(issuer.key, rsa.RSAPrivateKey):
+        raise TypeError("patch_and_resign needs an RSA issuer")
+    if len(old) != len(new) or issued.cert.tbs_certificate_bytes.count(old) != 1:
+        raise ValueError("the patch must be the same length and match exactly once")
+    tbs = issued.cert.tbs_certificate_bytes.replace(old, new)
     alg_id = _tlv(0x30, _tlv(0x06, _SHA256_RSA) + b"\x05\x00")
     signature = issuer.key.sign(tbs, padding.PKCS1v15(), hashes.SHA256())
     der = _tlv(0x30, tbs + alg_id + _tlv(0x03, b"\x00" + signature))
-    return Issued(cert=x509.load_der_x509_certificate(der), key=private)
+    return Issued(cert=x509.load_der_x509_certificate(der), key=issued.key)
+
+
+def unknown_curve(issuer: Issued) -> Issued:
+    """A device certificate whose EC key names a curve nobody knows (1.2.840.10045.3.1.99)."""
+    device = make_cert("odd-curve", issuer=issuer, ca=False)
+    return patch_and_resign(
+        device, oid_der("1.2.840.10045.3.1.7"), oid_der("1.2.840.10045.3.1.99"), issuer
+    )
 
 
 def resign_weak(issued: Issued, signer: PrivateKey, digest: str) -> Issued:

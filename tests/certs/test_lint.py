@@ -17,7 +17,15 @@ from certs.lint import CODES, Finding, describe_certificate, has_errors, lint_ch
 from certs.verify import verify_path
 from edge.cli import main
 
-from .chainfactory import T0, chain3, duplicate_extension, key, make_cert, resign_weak
+from .chainfactory import (
+    T0,
+    chain3,
+    duplicate_extension,
+    key,
+    make_cert,
+    resign_weak,
+    unknown_curve,
+)
 
 
 def codes(findings: list[Finding]) -> list[str]:
@@ -563,3 +571,13 @@ def test_unreadable_extensions_are_a_finding_not_a_crash() -> None:
     result = verify_path(broken.cert, roots=[root.cert], at=T0)
     assert result.code == "invalid"
     assert "cannot be parsed" in result.reason
+
+
+def test_unknown_key_algorithm_is_a_finding_not_a_crash() -> None:
+    root = make_cert("Root", key_kind="rsa2048", fresh_key=False)
+    odd = unknown_curve(root)
+    finding = only(lint_chain([odd.cert, root.cert], at=T0), "unsupported-key")
+    assert "1.2.840.10045.3.1.99" in finding.message
+    result = verify_path(odd.cert, roots=[root.cert], at=T0)
+    assert result.code == "invalid"
+    assert "public key that cannot be used" in result.reason
