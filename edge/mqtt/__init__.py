@@ -13,10 +13,11 @@ Errors::
 
     MqttError                 root of edge.mqtt
     ├── MalformedPacket       bytes that do not parse as MQTT
-    └── ProtocolViolation     a packet the protocol forbids there
-        └── PacketTooLarge    over the configured maximum, refused unbuffered
+    ├── ProtocolViolation     a packet the protocol forbids there
+    │   └── PacketTooLarge    over the configured maximum, refused unbuffered
+    └── MqttConfigError       an invalid [mqtt] setting (also a ValueError)
 
-The broker turns every :class:`~edge.mqtt.errors.MqttError` into a closed connection
-with a reason (an ``mqtt.disconnected`` event); invalid configuration values raise
-``ValueError`` from :class:`~edge.mqtt.broker.MqttConfig`.
+The broker turns every packet error into a closed connection with a reason (an
+``mqtt.disconnected`` event); :class:`~edge.mqtt.broker.MqttConfig` raises
+:class:`~edge.mqtt.errors.MqttConfigError` naming the key.
 """

@@ -39,8 +39,9 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
 from edge.core.hub import EdgeCore
 from edge.core.router import Message
@@ -65,7 +66,7 @@ from edge.mqtt.codec import (
     Will,
     encode_publish,
 )
-from edge.mqtt.errors import MqttError, ProtocolViolation
+from edge.mqtt.errors import MqttConfigError, MqttError, ProtocolViolation
 
 __all__ = ["MqttBroker", "MqttConfig", "MqttConnection", "MqttSession"]
 
@@ -93,15 +94,46 @@ class MqttConfig:
     max_write_buffer: int = 4 << 20
 
     def __post_init__(self) -> None:
-        for name in ("max_packet_size", "max_inflight", "max_write_buffer"):
+        for name in ("max_packet_size", "max_inflight", "max_write_buffer", "max_keepalive"):
             if getattr(self, name) < 1:
-                raise ValueError(f"mqtt.{name} must be at least 1")
+                raise MqttConfigError(f"mqtt.{name}: must be at least 1")
         if self.max_queued < 0:
-            raise ValueError("mqtt.max_queued must not be negative")
+            raise MqttConfigError("mqtt.max_queued: must not be negative")
         if self.connect_timeout <= 0:
-            raise ValueError("mqtt.connect_timeout must be positive")
+            raise MqttConfigError("mqtt.connect_timeout: must be positive")
         if self.retry_interval is not None and self.retry_interval <= 0:
-            raise ValueError("mqtt.retry_interval must be positive when set")
+            raise MqttConfigError("mqtt.retry_interval: must be positive when set")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, where: str = "mqtt") -> MqttConfig:
+        """Build from the server's ``[mqtt]`` TOML table; errors name the key."""
+        kinds: dict[str, tuple[type, ...]] = {
+            f.name: (bool,)
+            if f.type == "bool"
+            else (int, float)
+            if "float" in str(f.type)
+            else (int,)
+            for f in fields(cls)
+        }
+        values: dict[str, Any] = {}
+        for key, value in data.items():
+            expected = kinds.get(key)
+            if expected is None:
+                raise MqttConfigError(
+                    f"{where}: unknown key {key!r} (known: {', '.join(sorted(kinds))})"
+                )
+            if value is None and key == "retry_interval":
+                values[key] = None
+                continue
+            # bool is an int in Python: refuse it where a number is meant, and vice versa.
+            if isinstance(value, bool) != (expected == (bool,)) or not isinstance(value, expected):
+                kind = "true or false" if expected == (bool,) else "a number"
+                raise MqttConfigError(f"{where}.{key}: expected {kind}, got {value!r}")
+            values[key] = value
+        try:
+            return cls(**values)
+        except MqttConfigError as exc:
+            raise MqttConfigError(exc.reason.replace("mqtt.", f"{where}.", 1)) from None
 
 
 class _Outgoing:

@@ -6,8 +6,9 @@ input, ...) are translated here, at the codec boundary, so callers catch one roo
 
     MqttError                 root of edge.mqtt
     ├── MalformedPacket       the bytes do not parse as an MQTT control packet
-    └── ProtocolViolation     a well-formed packet the protocol forbids here
-        └── PacketTooLarge    remaining length above the configured maximum
+    ├── ProtocolViolation     a well-formed packet the protocol forbids here
+    │   └── PacketTooLarge    remaining length above the configured maximum
+    └── MqttConfigError       an invalid [mqtt] setting (also a ValueError)
 
 Both carry ``reason``: one line naming what is wrong and where (packet type and
 field), suitable for a ``mqtt.disconnected`` event.
@@ -39,3 +40,7 @@ class PacketTooLarge(ProtocolViolation):
         super().__init__(f"packet of {size} bytes exceeds the maximum of {maximum} bytes")
         self.size = size
         self.maximum = maximum
+
+
+class MqttConfigError(MqttError, ValueError):
+    """An invalid broker setting; ``reason`` names the key (``mqtt.max_inflight: ...``)."""

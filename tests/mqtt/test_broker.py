@@ -29,6 +29,7 @@ from edge.mqtt.codec import (
     Will,
     encode,
 )
+from edge.mqtt.errors import MqttConfigError
 
 
 class Clock:
@@ -335,12 +336,22 @@ def test_slow_reader_sheds_qos0_beyond_the_write_buffer() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"max_inflight": 0}, "mqtt.max_inflight must be at least 1"),
-        ({"max_queued": -1}, "max_queued must not be negative"),
-        ({"connect_timeout": 0}, "connect_timeout must be positive"),
-        ({"retry_interval": 0.0}, "retry_interval must be positive"),
+        ({"max_inflight": 0}, "mqtt.max_inflight: must be at least 1"),
+        ({"max_queued": -1}, "mqtt.max_queued: must not be negative"),
+        ({"connect_timeout": 0}, "mqtt.connect_timeout: must be positive"),
+        ({"retry_interval": 0.0}, "mqtt.retry_interval: must be positive"),
+        ({"max_inflight": "20"}, "mqtt.max_inflight: expected a number, got '20'"),
+        ({"max_inflight": True}, "mqtt.max_inflight: expected a number, got True"),
+        ({"allow_zero_length_client_id": 1}, "allow_zero_length_client_id: expected true or false"),
+        ({"max_infligt": 3}, "mqtt: unknown key 'max_infligt'"),
     ],
 )
-def test_config_validation(kwargs: dict[str, float], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        MqttConfig(**kwargs)  # type: ignore[arg-type]
+def test_config_from_dict_names_the_bad_key(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(MqttConfigError, match=message):
+        MqttConfig.from_dict(kwargs)
+
+
+def test_config_from_dict() -> None:
+    config = MqttConfig.from_dict({"max_inflight": 5, "connect_timeout": 3, "retry_interval": None})
+    assert config == MqttConfig(max_inflight=5, connect_timeout=3, retry_interval=None)
+    assert MqttConfig.from_dict({"retry_interval": 2.5}).retry_interval == 2.5
