@@ -1,6 +1,6 @@
 """The MQTT 3.1/3.1.1 broker, sans-I/O: shared session state plus one state machine per connection.
 
-:class:`MqttBroker` holds what outlives a connection: sessions by client id (clean
+:class:`MqttBroker` holds what outlives a connection: sessions by (identity, client id) (clean
 and persistent), their subscriptions (kept in the core's router), QoS 1/2 messages
 in flight and queued while offline. :class:`MqttConnection` is one connection:
 bytes in through :meth:`~MqttConnection.receive_data`, bytes out through
@@ -19,8 +19,11 @@ Behaviour worth knowing:
   2 identifier rejected (empty client id with clean session 0, or MQTT 3.1),
   5 not authorized (client-id rule of the policy, or a will the policy denies);
   user name and password are ignored (devices authenticate by certificate);
-- a second connection with the same client id takes the session over and the old
-  connection is closed (its will is published: it did not say DISCONNECT);
+- sessions belong to a device: the key is (identity, client id), so two devices
+  with equal client ids (equal names under two certificate sets, or a free
+  client-id policy) never see, resume or kick out each other's sessions; a second
+  connection of the *same* device with the same client id takes the session over
+  and the old connection is closed (its will is published: no DISCONNECT);
 - keepalive: a client silent for 1.5 x its keepalive is disconnected;
 - QoS 2 inbound is "method B": the message is stored on PUBLISH and routed once on
   PUBREL, so a re-sent PUBLISH (same packet id) is never routed twice;
@@ -164,6 +167,7 @@ class MqttSession:
         "incoming_qos2",
         "inflight",
         "info",
+        "key",
         "queue",
         "subscriber_id",
     )
@@ -171,7 +175,8 @@ class MqttSession:
     def __init__(self, broker: MqttBroker, client_id: str, clean: bool, info: SessionInfo) -> None:
         self.broker = broker
         self.client_id = client_id
-        self.subscriber_id = f"mqtt:{client_id}"
+        self.key = (str(info.identity), client_id)
+        self.subscriber_id = f"mqtt:{info.identity}:{client_id}"
         self.clean = clean
         self.info = info
         self.connection: MqttConnection | None = None
@@ -253,8 +258,13 @@ class MqttBroker:
         self.core = core
         self.config = config or MqttConfig()
         self.clock = clock
-        self.sessions: dict[str, MqttSession] = {}
+        #: Sessions by (identity string, client id).
+        self.sessions: dict[tuple[str, str], MqttSession] = {}
         self.connections: set[MqttConnection] = set()
+
+    def session(self, identity: object, client_id: str) -> MqttSession | None:
+        """The session of ``client_id`` for the device ``identity`` (``set/name``), if any."""
+        return self.sessions.get((str(identity), client_id))
 
     def connection(self, session_info: SessionInfo) -> MqttConnection:
         """Create the state machine for a newly accepted connection."""
@@ -518,21 +528,22 @@ class MqttConnection:
         self._connect_deadline = None
         self.connected = True
 
-        previous = broker.sessions.get(client_id)
+        key = (self.origin, client_id)
+        previous = broker.sessions.get(key)
         if previous is not None and previous.connection is not None:
             old = previous.connection
             old.close(f"session taken over by connection {self.info.peer}")
             old.wake()
             # Closing a clean session's connection discarded that session.
-            previous = broker.sessions.get(client_id)
+            previous = broker.sessions.get(key)
         present = False
         if previous is not None and (p.clean_session or previous.clean):
             self.core.unsubscribe_all(previous)
-            del broker.sessions[client_id]
+            del broker.sessions[key]
             previous = None
         if previous is None:
             session = MqttSession(broker, client_id, p.clean_session, self.info)
-            broker.sessions[client_id] = session
+            broker.sessions[key] = session
         else:
             session = previous
             session.info = self.info
@@ -681,8 +692,8 @@ class MqttConnection:
             session.connection = None
             if session.clean:
                 self.core.unsubscribe_all(session)
-                if broker.sessions.get(session.client_id) is session:
-                    del broker.sessions[session.client_id]
+                if broker.sessions.get(session.key) is session:
+                    del broker.sessions[session.key]
         if self.connected:
             self.core.events.emit(
                 "mqtt.disconnected",

@@ -720,7 +720,7 @@ class Parser:
                 raise ProtocolViolation("PUBLISH: empty topic name")
             if "+" in topic or "#" in topic:
                 raise ProtocolViolation(f"PUBLISH: wildcard in topic name {topic!r}")
-            if len(self._topics) >= 1024:
+            if len(self._topics) >= 64:  # per connection: keep it small
                 self._topics.clear()
             self._topics[raw] = topic
         if qos:

@@ -167,7 +167,9 @@ def test_persistent_session_queues_offline_and_redelivers_with_dup() -> None:
     third.connect(clean_session=False)
     assert third.recv() == [Pubrel(2)]
     third.send(Pubcomp(2))
-    assert broker.sessions["sub"].inflight == {}
+    session = broker.session("fleet/sub", "sub")
+    assert session is not None
+    assert session.inflight == {}
     assert broker.core.metrics.messages_dropped == 1  # the QoS 0 while offline
 
 
@@ -179,7 +181,7 @@ def test_clean_session_discards_state() -> None:
     sub.send(Disconnect())
     fresh = Client(broker, "sub")
     assert fresh.connect(clean_session=True) == Connack(False, 0)
-    assert broker.core.router.subscriptions("mqtt:sub") == {}
+    assert broker.core.router.subscriptions("mqtt:fleet/sub:sub") == {}
 
 
 def test_inbound_qos2_is_routed_once_on_pubrel() -> None:
@@ -253,7 +255,23 @@ def test_takeover_closes_the_old_connection() -> None:
     assert first.conn.should_close
     assert "taken over" in first.conn.close_reason
     assert first.wakeups >= 1
-    assert broker.sessions["dup"].connection is second.conn
+    session = broker.session("fleet/dup", "dup")
+    assert session is not None
+    assert session.connection is second.conn
+
+
+def test_equal_client_ids_of_different_devices_do_not_share_sessions() -> None:
+    broker, _, _ = make()
+    first = Client(broker, "dev-1", namespace="set-a")
+    other = Client(broker, "dev-1", namespace="set-b")
+    first.connect(clean_session=False)
+    first.send(Subscribe(1, [("devices/dev-1/#", 1)]))
+    first.recv()
+    assert other.connect(clean_session=False) == Connack(False, 0)
+    assert not first.conn.should_close
+    other.send(Publish("devices/dev-1/x", b"b"))
+    assert first.recv() == [Publish("devices/dev-1/x", b"b")]
+    assert other.recv() == []
 
 
 def test_keepalive_and_connect_timeouts() -> None:

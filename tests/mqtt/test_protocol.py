@@ -38,6 +38,8 @@ class Edge:
     broker: MqttBroker
     events: EventLog
     port: int
+    #: Device names for the next connections (default: dev-1, dev-2, ...).
+    names: list[str]
 
 
 @pytest.fixture
@@ -47,19 +49,20 @@ async def edge() -> AsyncIterator[Edge]:
     broker = MqttBroker(EdgeCore(events, Policy.default()), MqttConfig(connect_timeout=2.0))
     protocols: list[MqttServerProtocol] = []
     counter = iter(range(1, 1000))
+    names: list[str] = []
 
     def factory() -> MqttServerProtocol:
         # Stands in for the TLS layer, which names the device from its certificate.
+        name = names.pop(0) if names else f"dev-{next(counter)}"
         session = SessionInfo(
-            identity=DeviceIdentity(namespace="fleet", name=f"dev-{next(counter)}"),
-            peer="127.0.0.1",
+            identity=DeviceIdentity(namespace="fleet", name=name), peer="127.0.0.1"
         )
         protocol = MqttServerProtocol(broker, session)
         protocols.append(protocol)
         return protocol
 
     server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
-    yield Edge(broker, events, server.sockets[0].getsockname()[1])
+    yield Edge(broker, events, server.sockets[0].getsockname()[1], names)
     server.close()
     await server.wait_closed()
     async with asyncio.timeout(5):
@@ -154,6 +157,7 @@ async def test_cross_connection_delivery_and_will_on_abrupt_close(edge: Edge) ->
 @pytest.mark.timeout(15)
 async def test_takeover_closes_the_first_socket(edge: Edge) -> None:
     edge.broker.core.policy = Policy.open()
+    edge.names.extend(["same-device", "same-device"])
     first = await Device.open(edge.port)
     await first.send(Connect(client_id="same"))
     assert await first.next() == Connack(False, 0)
