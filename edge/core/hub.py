@@ -10,6 +10,9 @@ applies them in one order for every protocol::
 
 ``session`` is the authenticated connection (:class:`SessionInfo`); ``None`` means
 the edge itself (its handlers, the admin API), to which device policy does not apply.
+Devices never publish into the ``$`` namespace (``$SYS/...``): it is the edge's.
+Adapters validate topic names before calling (:func:`edge.core.topics.valid_name`);
+the MQTT codec already has.
 Adapters pass the protocol's client id when they have one (MQTT); others leave it
 ``None`` and the identity's name stands in.
 
@@ -26,6 +29,9 @@ from edge.core.metrics import Metrics
 from edge.core.policy import Policy
 from edge.core.router import Message, Router, Subscriber
 from edge.core.session import SessionInfo
+
+#: The reason given when a device publishes into the edge's own ``$`` namespace.
+RESERVED = "the $ namespace is reserved for the edge"
 
 
 class PublishResult(NamedTuple):
@@ -68,6 +74,11 @@ class EdgeCore:
         """Authorize and route ``message``; run matching handlers."""
         metrics = self.metrics
         metrics.messages_in += 1
+        if session is not None and message.topic[:1] == "$":
+            # The "$" namespace belongs to the edge, whatever the policy says.
+            metrics.publish_denied += 1
+            self._denied(session, "publish", message.topic, RESERVED)
+            return PublishResult(False, RESERVED, 0)
         if session is not None and not self.policy.open_access:
             identity = session.identity
             reason = self.policy.may_publish(

@@ -574,18 +574,6 @@ class MqttConnection:
     def _route(
         self, topic: str, payload: bytes, qos: int, retain: bool, raw: bytes | None = None
     ) -> None:
-        if topic[0] == "$":
-            # Devices may not inject into the edge's own namespace; acknowledged, not routed.
-            self.core.events.emit(
-                "policy.denied",
-                "denied",
-                identity=self.origin,
-                peer=self.info.peer,
-                action="publish",
-                topic=topic,
-                reason="the $ namespace is reserved for the edge",
-            )
-            return
         message = Message(topic, payload, qos, retain, self.origin, "mqtt", self.now)
         if raw is not None:
             message.encoded = {_KEY_Q0: raw}

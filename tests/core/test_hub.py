@@ -60,6 +60,15 @@ def test_publish_subscribe_and_retained() -> None:
     assert core.publish(msg("devices/dev-1/t"), SESSION).delivered == 0
     # The edge itself (session None) is not subject to device policy.
     assert core.publish(msg("anywhere"), None).allowed
+    assert core.publish(msg("$SYS/edge/x"), None).allowed
+
+
+def test_dollar_namespace_is_the_edges_even_with_an_open_policy() -> None:
+    events = EventLog(log_events=False)
+    core = EdgeCore(events, Policy.open())
+    result = core.publish(msg("$SYS/fake"), SESSION)
+    assert result == (False, "the $ namespace is reserved for the edge", 0)
+    assert events.query(kind="policy.denied")[0]["topic"] == "$SYS/fake"
 
 
 @pytest.mark.timeout(5)
