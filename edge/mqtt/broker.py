@@ -85,7 +85,18 @@ _AWAIT_COMP = 1  # PUBREL sent; waiting for PUBCOMP
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class MqttConfig:
-    """Broker limits and behaviour (the ``[mqtt]`` table of the server configuration)."""
+    """Broker limits and behaviour (the ``[mqtt]`` table of the server configuration).
+
+    ``max_packet_size`` bytes per packet (fixed header included); ``connect_timeout``
+    seconds for the CONNECT after accept; ``max_inflight`` unacknowledged outbound
+    QoS 1/2 messages per session, then up to ``max_queued`` wait; ``retry_interval``
+    re-sends unacknowledged messages while connected (None: only on reconnect, as
+    MQTT 3.1.1 prescribes); ``allow_zero_length_client_id`` for clean sessions;
+    ``max_keepalive`` caps the client's keepalive; ``max_write_buffer`` bytes of
+    unsent output beyond which QoS 0 deliveries to that client are shed;
+    ``session_expiry`` seconds an offline persistent session is kept (None:
+    until the client cleans it), applied by :meth:`MqttBroker.expire_sessions`.
+    """
 
     max_packet_size: int = 1 << 20
     connect_timeout: float = 10.0
@@ -95,6 +106,7 @@ class MqttConfig:
     allow_zero_length_client_id: bool = True
     max_keepalive: int = 65535
     max_write_buffer: int = 4 << 20
+    session_expiry: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_packet_size", "max_inflight", "max_write_buffer", "max_keepalive"):
@@ -104,8 +116,10 @@ class MqttConfig:
             raise MqttConfigError("mqtt.max_queued: must not be negative")
         if self.connect_timeout <= 0:
             raise MqttConfigError("mqtt.connect_timeout: must be positive")
-        if self.retry_interval is not None and self.retry_interval <= 0:
-            raise MqttConfigError("mqtt.retry_interval: must be positive when set")
+        for name in ("retry_interval", "session_expiry"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise MqttConfigError(f"mqtt.{name}: must be positive when set")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, where: str = "mqtt") -> MqttConfig:
@@ -125,7 +139,7 @@ class MqttConfig:
                 raise MqttConfigError(
                     f"{where}: unknown key {key!r} (known: {', '.join(sorted(kinds))})"
                 )
-            if value is None and key == "retry_interval":
+            if value is None and key in ("retry_interval", "session_expiry"):
                 values[key] = None
                 continue
             # bool is an int in Python: refuse it where a number is meant, and vice versa.
@@ -168,6 +182,7 @@ class MqttSession:
         "inflight",
         "info",
         "key",
+        "offline_since",
         "queue",
         "subscriber_id",
     )
@@ -180,6 +195,7 @@ class MqttSession:
         self.clean = clean
         self.info = info
         self.connection: MqttConnection | None = None
+        self.offline_since: float | None = None
         self.inflight: dict[int, _Outgoing] = {}
         self.queue: deque[tuple[Message, int, bool]] = deque()
         # Inbound QoS 2 messages received but not yet released (None: refused, not routed).
@@ -265,6 +281,27 @@ class MqttBroker:
     def session(self, identity: object, client_id: str) -> MqttSession | None:
         """The session of ``client_id`` for the device ``identity`` (``set/name``), if any."""
         return self.sessions.get((str(identity), client_id))
+
+    def expire_sessions(self, now: float) -> int:
+        """Drop persistent sessions offline for ``session_expiry`` seconds; return how many.
+
+        The server calls this now and then (it is cheap when nothing expires).
+        """
+        expiry = self.config.session_expiry
+        if expiry is None:
+            return 0
+        expired = [
+            session
+            for session in self.sessions.values()
+            if session.connection is None
+            and session.offline_since is not None
+            and now >= session.offline_since + expiry
+        ]
+        for session in expired:
+            self.core.unsubscribe_all(session)
+            del self.sessions[session.key]
+            self.core.metrics.messages_dropped += len(session.queue) + len(session.inflight)
+        return len(expired)
 
     def connection(self, session_info: SessionInfo) -> MqttConnection:
         """Create the state machine for a newly accepted connection."""
@@ -547,6 +584,7 @@ class MqttConnection:
         else:
             session = previous
             session.info = self.info
+            session.offline_since = None
             present = True
         session.connection = self
         self.session = session
@@ -678,6 +716,7 @@ class MqttConnection:
         session = self.session
         if session is not None and session.connection is self:
             session.connection = None
+            session.offline_since = self.now
             if session.clean:
                 self.core.unsubscribe_all(session)
                 if broker.sessions.get(session.key) is session:

@@ -173,6 +173,23 @@ def test_persistent_session_queues_offline_and_redelivers_with_dup() -> None:
     assert broker.core.metrics.messages_dropped == 1  # the QoS 0 while offline
 
 
+def test_offline_persistent_sessions_expire() -> None:
+    broker, _, clock = make(Policy.open(), session_expiry=60.0)
+    sub = Client(broker, "sub")
+    sub.connect(clean_session=False)
+    sub.send(Subscribe(1, [("t", 1)]))
+    sub.conn.connection_lost()
+    pub = Client(broker, "pub")
+    pub.connect()
+    pub.send(Publish("t", b"q", qos=1, packet_id=1))
+    assert broker.expire_sessions(clock.now + 59.0) == 0
+    assert broker.expire_sessions(clock.now + 60.0) == 1
+    assert broker.session("fleet/sub", "sub") is None
+    assert broker.core.router.subscription_count == 0
+    assert broker.core.metrics.messages_dropped == 1
+    assert Client(broker, "sub").connect(clean_session=False) == Connack(False, 0)
+
+
 def test_clean_session_discards_state() -> None:
     broker, _, _ = make(Policy.open())
     sub = Client(broker, "sub")
@@ -358,6 +375,7 @@ def test_slow_reader_sheds_qos0_beyond_the_write_buffer() -> None:
         ({"max_queued": -1}, "mqtt.max_queued: must not be negative"),
         ({"connect_timeout": 0}, "mqtt.connect_timeout: must be positive"),
         ({"retry_interval": 0.0}, "mqtt.retry_interval: must be positive"),
+        ({"session_expiry": -1}, "mqtt.session_expiry: must be positive"),
         ({"max_inflight": "20"}, "mqtt.max_inflight: expected a number, got '20'"),
         ({"max_inflight": True}, "mqtt.max_inflight: expected a number, got True"),
         ({"allow_zero_length_client_id": 1}, "allow_zero_length_client_id: expected true or false"),
