@@ -129,6 +129,9 @@ class MqttServerProtocol(asyncio.Protocol):
             if data:
                 self.broker.core.metrics.bytes_out += len(data)
                 transport.write(data)
+        if self._timer is None and self.broker.config.retry_interval is not None:
+            # A client without keepalive has no timer; new in-flight messages need one.
+            self._schedule(conn.tick(self.broker.clock()))
 
     def _schedule(self, deadline: float | None) -> None:
         if self._timer is not None:

@@ -277,3 +277,38 @@ def test_works_on_uvloop_transports() -> None:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(scenario())
+
+
+@pytest.mark.timeout(15)
+async def test_retry_timer_resends_to_a_client_without_keepalive() -> None:
+    broker = MqttBroker(
+        EdgeCore(EventLog(log_events=False), Policy.open()), MqttConfig(retry_interval=0.3)
+    )
+    protocols: list[MqttServerProtocol] = []
+    names = iter(["sub", "pub"])
+
+    def factory() -> MqttServerProtocol:
+        identity = DeviceIdentity(namespace="s", name=next(names))
+        protocols.append(MqttServerProtocol(broker, SessionInfo(identity=identity, peer="lo")))
+        return protocols[-1]
+
+    server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    sub = await Device.open(port)
+    await sub.send(Connect(client_id="sub", keepalive=0), Subscribe(1, [("t", 1)]))
+    assert [await sub.next(), await sub.next()] == [Connack(False, 0), Suback(1, [1])]
+    pub = await Device.open(port)
+    await pub.send(Connect(client_id="pub"), Publish("t", b"x", qos=1, packet_id=1))
+    assert [await pub.next(), await pub.next()] == [Connack(False, 0), Puback(1)]
+    assert await sub.next() == Publish("t", b"x", qos=1, packet_id=1)
+    # Not acknowledged: re-sent with DUP once the retry interval has passed.
+    assert await sub.next() == Publish("t", b"x", qos=1, dup=True, packet_id=1)
+    await sub.send(Puback(1))
+    for dev in (sub, pub):
+        await dev.send(Disconnect())
+        assert await dev.eof()
+        await dev.close()
+    server.close()
+    await server.wait_closed()
+    async with asyncio.timeout(5):
+        await asyncio.gather(*(p.closed for p in protocols if p.closed is not None))
