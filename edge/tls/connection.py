@@ -176,11 +176,33 @@ _PHASE_DRAIN = 5
 class EdgeTlsProtocol(asyncio.Protocol):
     """One TCP connection: ClientHello, handshake, then an application protocol."""
 
+    __slots__ = (
+        "_active",
+        "_close_reason",
+        "_counted",
+        "_in_handshake_slot",
+        "_pending",
+        "_phase",
+        "_started",
+        "_timer",
+        "app",
+        "endpoint",
+        "hello",
+        "info",
+        "peer",
+        "raw",
+        "reader",
+        "session",
+        "transport",
+    )
+
     def __init__(self, endpoint: TlsEndpoint) -> None:
         self.endpoint = endpoint
         self.raw: asyncio.Transport | None = None
         self.peer = ""
-        self.reader = ClientFlightReader()
+        #: Reads the cleartext flight; dropped after the handshake (memory per device).
+        self.reader: ClientFlightReader | None = ClientFlightReader()
+        self.hello: ClientHello | None = None
         self.session: TlsServerSession | None = None
         self.info: SessionInfo | None = None
         self.app: asyncio.Protocol | None = None
@@ -306,6 +328,7 @@ class EdgeTlsProtocol(asyncio.Protocol):
     def _hello_data(self, data: bytes) -> None:
         self._pending += data
         reader = self.reader
+        assert reader is not None
         reader.receive_data(data)
         if reader.problem is FlightProblem.NOT_TLS:
             self._refuse(
@@ -324,6 +347,7 @@ class EdgeTlsProtocol(asyncio.Protocol):
         hello = reader.client_hello
         if hello is None:
             return
+        self.hello = hello
         snapshot = self.endpoint.snapshot()
         active = snapshot.resolve(hello.sni)
         if active is None:
@@ -347,8 +371,9 @@ class EdgeTlsProtocol(asyncio.Protocol):
         self._feed_handshake(pending)
 
     def _handshake_data(self, data: bytes) -> None:
-        if not self.reader.done:
-            self.reader.receive_data(data)
+        reader = self.reader
+        if reader is not None and not reader.done:
+            reader.receive_data(data)
         self._feed_handshake(data)
 
     def _feed_handshake(self, data: bytes) -> None:
@@ -407,7 +432,9 @@ class EdgeTlsProtocol(asyncio.Protocol):
             self._linger_close()
             return
         cipher = obj.cipher()
-        hello = self.reader.client_hello
+        hello = self.hello
+        self.reader = None
+        self._pending = bytearray()
         self.info = SessionInfo(
             identity=identity,
             peer=self.peer,
@@ -542,7 +569,7 @@ class EdgeTlsProtocol(asyncio.Protocol):
         alert: str | None = None,
         certificate: PeerCertificate | None = None,
     ) -> None:
-        hello: ClientHello | None = self.reader.client_hello
+        hello = self.hello
         active = self._active
         self.endpoint.events.emit(
             "tls.refused",
@@ -568,7 +595,7 @@ class EdgeTlsProtocol(asyncio.Protocol):
         # TLS 1.2 carries the client Certificate message in cleartext; TLS 1.3
         # encrypts it and Python's ssl exposes no peer certificate after a failed
         # verification, so a TLS 1.3 refusal names no certificate.
-        certs = self.reader.client_certificates
+        certs = self.reader.client_certificates if self.reader is not None else ()
         return describe_certificate(certs[0]) if certs else None
 
     # -- output -----------------------------------------------------------------

@@ -45,6 +45,7 @@ class TlsServerSession:
 
     __slots__ = (
         "_app",
+        "_close_sent",
         "_in",
         "_out",
         "_ssl",
@@ -68,6 +69,7 @@ class TlsServerSession:
         #: Why the session closed after the handshake ("" while open).
         self.close_reason = ""
         self._version_seen: str | None = None
+        self._close_sent = False
 
     @property
     def handshake_done(self) -> bool:
@@ -158,7 +160,19 @@ class TlsServerSession:
     def _closed_by_peer(self, reason: str) -> None:
         self.peer_closed = True
         self.close_reason = reason
+        if reason == "close_notify":
+            # Answer with our own close_notify (RFC 8446 6.1): clients such as
+            # asyncio's wait for it before they report the connection closed.
+            self._send_close_notify()
         self.state = TlsState.CLOSED
+
+    def _send_close_notify(self) -> None:
+        if self._close_sent:
+            return
+        self._close_sent = True
+        # WantRead just means our close_notify is queued and we do not wait for the peer's.
+        with contextlib.suppress(ssl.SSLError):
+            self._ssl.unwrap()
 
     def application_data(self) -> bytes:
         """Return (and forget) the plaintext received since the last call."""
@@ -184,9 +198,7 @@ class TlsServerSession:
         if self.state is TlsState.CLOSED:
             return
         if self.state is TlsState.ESTABLISHED:
-            # WantRead means our close_notify is queued; we do not wait for the peer's.
-            with contextlib.suppress(ssl.SSLError):
-                self._ssl.unwrap()
+            self._send_close_notify()
         self.close_reason = self.close_reason or reason
         self.state = TlsState.CLOSED
 

@@ -1,0 +1,594 @@
+"""The edge's MQTT over mutual TLS against Mosquitto 2.0, side by side, in one run.
+
+Both servers run as child processes with the same PKI (a quickstart: root,
+intermediate, server certificate) and the same mTLS requirement; their CPU time
+is read from ``/proc/<pid>/stat`` before and after each phase, so the load
+generator's own CPU (this process) is not counted. Phases, each repeated for
+several rounds with the two servers alternating, medians reported:
+
+1. **connect**: N mTLS handshakes + MQTT CONNECT/CONNACK + DISCONNECT, a few at a
+   time; server CPU per connect.
+2. **route**: P publishers send QoS 0 messages to one topic that S subscribers
+   hold; a publisher sends its next window only once the subscribers have
+   received the previous one (so neither server drops); server CPU per routed
+   message (one delivery to one subscriber).
+3. **idle**: K devices connect and stay; server RSS growth per device.
+
+Ratios are edge / Mosquitto (targets: CPU at most 0.8, memory at most 1.5).
+The full run ends with a **hold** test: 10,000 devices connected to the edge at
+once, from several load-generator processes.
+
+The load generator is a minimal MQTT 3.1.1 client on asyncio (uvloop when
+available) written here, not the edge's codec, so both servers face identical
+bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import json
+import multiprocessing
+import os
+import resource
+import shutil
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+__all__ = ["run"]
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+_TOPIC = b"bench/t"
+
+
+# -- the servers ------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by process ``pid``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # After the ")" of comm: state is field 3, utime field 14, stime field 15.
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of process ``pid``."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def _free_port() -> int:
+    # Mosquitto needs a concrete port; a port just released by the kernel is
+    # free for the moment it takes to start it.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Server:
+    """A running server process and its MQTT port."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def pid(self) -> int:
+        """The server's process id."""
+        return self.proc.pid
+
+    def stop(self) -> None:
+        """Terminate and reap the process (the drain thread ends at EOF)."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _wait_line(proc: subprocess.Popen[bytes], marker: bytes, what: str) -> bytes:
+    """Read stderr until ``marker``; then keep draining it in a thread so the server never blocks."""
+    assert proc.stderr is not None
+    stream = proc.stderr
+    seen = b""
+    while True:
+        line = stream.readline()
+        if not line:
+            raise RuntimeError(
+                f"{what} exited before it was ready: {seen.decode(errors='replace')}"
+            )
+        seen += line
+        if marker in line:
+            threading.Thread(target=_drain, args=(stream,), daemon=True).start()
+            return line
+
+
+def _drain(stream: Any) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        while stream.read(65536):
+            pass
+
+
+def start_edge(pki: Path, work: Path) -> Server:
+    """Start ``edgesim edge serve`` on a free port with the PKI in ``pki``."""
+    cmd = [sys.executable, "-m", "edge.cli", "edge", "serve", "--pki", str(pki)]
+    cmd += ["--mqtt", "127.0.0.1:0", "--admin", "off", "--policy", "open"]
+    cmd += ["--state-dir", str(work / "edge-state")]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    line = _wait_line(proc, b"listening", "the edge")
+    port = int(line.split(b"mqtt=127.0.0.1:")[1].split()[0])
+    # Nothing more is read from stderr: send it nowhere so the pipe never fills.
+    return Server("edge", proc, port)
+
+
+def start_mosquitto(pki: Path, work: Path) -> Server:
+    """Start Mosquitto with a mutual TLS listener equivalent to the edge's."""
+    port = _free_port()
+    conf = work / "mosquitto.conf"
+    conf.write_text(
+        "\n".join(
+            [
+                # Started as root, mosquitto would switch to user "mosquitto", who
+                # cannot read the private temporary folder holding the PKI.
+                f"user {getpass.getuser()}",
+                "per_listener_settings false",
+                "allow_anonymous true",
+                "log_dest stderr",
+                "log_type error",
+                "log_type warning",
+                "log_type notice",
+                "log_type information",
+                f"listener {port} 127.0.0.1",
+                f"cafile {pki / 'ca-chain.pem'}",
+                f"certfile {pki / 'server.pem'}",
+                f"keyfile {pki / 'server.key'}",
+                "require_certificate true",
+                "use_identity_as_username true",
+                "max_queued_messages 100000",
+                "",
+            ]
+        )
+    )
+    proc = subprocess.Popen(
+        ["mosquitto", "-c", str(conf)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
+    )
+    _wait_line(proc, b"running", "mosquitto")
+    return Server("mosquitto", proc, port)
+
+
+# -- a minimal MQTT 3.1.1 client ----------------------------------------------------
+
+
+def _string(data: bytes) -> bytes:
+    return len(data).to_bytes(2, "big") + data
+
+
+def _packet(first: int, body: bytes) -> bytes:
+    n = len(body)
+    length = bytearray()
+    while True:
+        byte = n % 128
+        n //= 128
+        length.append(byte | (0x80 if n else 0))
+        if not n:
+            break
+    return bytes([first]) + bytes(length) + body
+
+
+def connect_packet(client_id: str, keepalive: int = 0) -> bytes:
+    """MQTT 3.1.1 CONNECT, clean session."""
+    body = _string(b"MQTT") + bytes([4, 0x02]) + keepalive.to_bytes(2, "big")
+    return _packet(0x10, body + _string(client_id.encode()))
+
+
+def subscribe_packet(topic: bytes, pid: int = 1) -> bytes:
+    """SUBSCRIBE to one filter at QoS 0."""
+    return _packet(0x82, pid.to_bytes(2, "big") + _string(topic) + b"\x00")
+
+
+def publish_packet(topic: bytes, payload: bytes) -> bytes:
+    """PUBLISH at QoS 0."""
+    return _packet(0x30, _string(topic) + payload)
+
+
+DISCONNECT = b"\xe0\x00"
+
+
+class MqttCounter(asyncio.Protocol):
+    """Counts MQTT packets by type as they arrive; futures for CONNACK and SUBACK."""
+
+    def __init__(self, on_publish: Callable[[], None] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        self.connack: asyncio.Future[int] = loop.create_future()
+        self.suback: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self.transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._on_publish = on_publish
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Keep the transport."""
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        """Split packets by their fixed header and count them."""
+        buf = self._buf
+        buf += data
+        pos = 0
+        while True:
+            if len(buf) - pos < 2:
+                break
+            mult, length, i = 1, 0, pos + 1
+            while True:
+                if i >= len(buf):
+                    break
+                byte = buf[i]
+                length += (byte & 0x7F) * mult
+                mult *= 128
+                i += 1
+                if not byte & 0x80:
+                    break
+            else:
+                break
+            if (i >= len(buf) and buf[i - 1] & 0x80) or len(buf) < i + length:
+                break
+            kind = buf[pos] >> 4
+            if kind == 3 and self._on_publish is not None:
+                self._on_publish()
+            elif kind == 2 and not self.connack.done():
+                self.connack.set_result(buf[i + 1])
+            elif kind == 9 and not self.suback.done():
+                self.suback.set_result(None)
+            pos = i + length
+        del buf[:pos]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Fail the waits that cannot complete any more."""
+        for fut in (self.connack, self.suback):
+            if not fut.done():
+                fut.set_exception(ConnectionError(f"closed: {exc}"))
+                fut.exception()  # an awaiting caller still gets it; nobody else must
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+def client_context(pki: Path, device: str = "dev-00000") -> ssl.SSLContext:
+    """A device context: trusts the root, presents one quickstart device certificate."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(cafile=str(pki / "root-ca.pem"))
+    devices = pki / "devices"
+    ctx.load_cert_chain(str(devices / f"{device}.pem"), str(devices / f"{device}.key"))
+    return ctx
+
+
+async def open_client(
+    port: int,
+    ctx: ssl.SSLContext,
+    client_id: str,
+    on_publish: Callable[[], None] | None = None,
+) -> MqttCounter:
+    """Connect with mTLS, send CONNECT, wait for a successful CONNACK."""
+    loop = asyncio.get_running_loop()
+    _, proto = await loop.create_connection(
+        lambda: MqttCounter(on_publish), "127.0.0.1", port, ssl=ctx, server_hostname="localhost"
+    )
+    assert proto.transport is not None
+    proto.transport.write(connect_packet(client_id))
+    code = await asyncio.wait_for(proto.connack, 30)
+    if code != 0:
+        raise RuntimeError(f"CONNACK return code {code}")
+    return proto
+
+
+async def close_client(proto: MqttCounter) -> None:
+    """DISCONNECT and wait for the socket to close."""
+    if proto.transport is not None and not proto.transport.is_closing():
+        proto.transport.write(DISCONNECT)
+        proto.transport.close()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(proto.closed, 10)
+
+
+# -- phases -----------------------------------------------------------------------------
+
+
+async def phase_connect(server: Server, ctx: ssl.SSLContext, n: int, concurrency: int) -> float:
+    """Server CPU seconds per mTLS connect + CONNECT/CONNACK (+ DISCONNECT)."""
+    sem = asyncio.Semaphore(concurrency)
+    tag = f"c{time.monotonic_ns()}"
+
+    async def one(i: int) -> None:
+        async with sem:
+            proto = await open_client(server.port, ctx, f"{tag}-{i}")
+            await close_client(proto)
+
+    before = cpu_seconds(server.pid)
+    await asyncio.gather(*(one(i) for i in range(n)))
+    return (cpu_seconds(server.pid) - before) / n
+
+
+async def phase_route(
+    server: Server, ctx: ssl.SSLContext, publishers: int, subscribers: int, messages: int
+) -> float:
+    """Server CPU seconds per routed QoS 0 message (one delivery to one subscriber)."""
+    received = 0
+    target = 0
+    reached: asyncio.Future[None] | None = None
+    topic = _TOPIC + f"/{time.monotonic_ns()}".encode()
+
+    def on_publish() -> None:
+        nonlocal received
+        received += 1
+        if reached is not None and received >= target and not reached.done():
+            reached.set_result(None)
+
+    subs = [
+        await open_client(server.port, ctx, f"s{i}-{time.monotonic_ns()}", on_publish)
+        for i in range(subscribers)
+    ]
+    for sub in subs:
+        assert sub.transport is not None
+        sub.transport.write(subscribe_packet(topic))
+        await asyncio.wait_for(sub.suback, 30)
+    pubs = [
+        await open_client(server.port, ctx, f"p{i}-{time.monotonic_ns()}")
+        for i in range(publishers)
+    ]
+    packet = publish_packet(topic, b"x" * 64)
+    window = 200
+    loop = asyncio.get_running_loop()
+    before = cpu_seconds(server.pid)
+    sent = 0
+    while sent < messages:
+        batch = min(window, messages - sent)
+        reached = loop.create_future()
+        target = (sent + batch) * publishers * subscribers
+        for pub in pubs:
+            assert pub.transport is not None
+            pub.transport.write(packet * batch)
+        sent += batch
+        if received < target:
+            await asyncio.wait_for(reached, 60)
+    cpu = cpu_seconds(server.pid) - before
+    for proto in subs + pubs:
+        await close_client(proto)
+    return cpu / (messages * publishers * subscribers)
+
+
+async def phase_idle(server: Server, ctx: ssl.SSLContext, n: int, concurrency: int) -> float:
+    """Server RSS growth in bytes per idle connected device."""
+    sem = asyncio.Semaphore(concurrency)
+    tag = f"i{time.monotonic_ns()}"
+
+    async def one(i: int) -> MqttCounter:
+        async with sem:
+            return await open_client(server.port, ctx, f"{tag}-{i}")
+
+    before = rss_bytes(server.pid)
+    clients = await asyncio.gather(*(one(i) for i in range(n)))
+    after = rss_bytes(server.pid)
+    await asyncio.gather(*(close_client(c) for c in clients))
+    return (after - before) / n
+
+
+# -- the hold test: many devices from several processes --------------------------------
+
+
+def _hold_worker(pki: str, port: int, first: int, count: int, conn: Connection) -> None:
+    """Connect ``count`` devices, report, hold them until told to stop."""
+    _raise_nofile()
+
+    async def main() -> None:
+        ctx = client_context(Path(pki))
+        sem = asyncio.Semaphore(64)
+        clients: list[MqttCounter] = []
+        failures = 0
+
+        async def one(i: int) -> None:
+            nonlocal failures
+            async with sem:
+                try:
+                    clients.append(await open_client(port, ctx, f"hold-{i}"))
+                except (OSError, RuntimeError, TimeoutError):
+                    failures += 1
+
+        await asyncio.gather(*(one(i) for i in range(first, first + count)))
+        conn.send({"connected": len(clients), "failed": failures})
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, conn.recv)
+        for c in clients:
+            if c.transport is not None:
+                c.transport.abort()
+
+    _new_loop().run_until_complete(main())
+
+
+def hold_test(server: Server, pki: Path, devices: int, workers: int) -> dict[str, object]:
+    """Connect ``devices`` devices to ``server`` at once; report RSS and failures."""
+    mp = multiprocessing.get_context("spawn")
+    per = devices // workers
+    pipes: list[Connection] = []
+    procs = []
+    rss_before = rss_bytes(server.pid)
+    cpu_before = cpu_seconds(server.pid)
+    start = time.monotonic()
+    for w in range(workers):
+        parent, child = mp.Pipe()
+        proc = mp.Process(target=_hold_worker, args=(str(pki), server.port, w * per, per, child))
+        proc.start()
+        pipes.append(parent)
+        procs.append(proc)
+    reports = [p.recv() for p in pipes]
+    elapsed = time.monotonic() - start
+    connected = sum(r["connected"] for r in reports)
+    rss = rss_bytes(server.pid)
+    cpu = cpu_seconds(server.pid) - cpu_before
+    alive = server.proc.poll() is None
+    for p in pipes:
+        p.send("stop")
+    for proc in procs:
+        proc.join(60)
+    return {
+        "devices": devices,
+        "connected": connected,
+        "failed": sum(r["failed"] for r in reports),
+        "seconds_to_connect_all": round(elapsed, 1),
+        "server_rss_mib": round(rss / 2**20, 1),
+        "server_rss_per_device_kib": round((rss - rss_before) / max(connected, 1) / 1024, 2),
+        "server_cpu_ms_per_connect": round(cpu / max(connected, 1) * 1000, 3),
+        "server_alive": alive,
+    }
+
+
+# -- driver -------------------------------------------------------------------------------
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def _raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+@contextlib.contextmanager
+def _servers(pki: Path, work: Path) -> Iterator[dict[str, Server]]:
+    started: dict[str, Server] = {}
+    try:
+        started["edge"] = start_edge(pki, work)
+        started["mosquitto"] = start_mosquitto(pki, work)
+        yield started
+    finally:
+        for server in started.values():
+            server.stop()
+
+
+def run(quick: bool = False) -> dict[str, object]:
+    """Run the edge-vs-Mosquitto comparison; print a summary and return the figures."""
+    if shutil.which("mosquitto") is None:
+        raise RuntimeError("mosquitto is not installed; the broker benchmark needs it")
+    from certs.quickstart import quickstart
+
+    _raise_nofile()
+    rounds = 3 if quick else 5
+    connects = 60 if quick else 300
+    pubs, subs, messages = (2, 2, 3000) if quick else (4, 4, 3000)
+    idle = 300 if quick else 2000
+    idle_rounds = 1 if quick else 3
+    with tempfile.TemporaryDirectory(prefix="edgesim-bench-") as tmp:
+        work = Path(tmp)
+        pki = quickstart(work / "pki", devices=1).out
+        ctx = client_context(pki)
+        samples: dict[str, dict[str, list[float]]] = {
+            name: {"connect": [], "route": [], "idle": []} for name in ("edge", "mosquitto")
+        }
+        hold: dict[str, object] | None = None
+        with _servers(pki, work) as servers:
+            loop = _new_loop()
+            try:
+                for r in range(rounds):
+                    # Alternate who goes first: neighbours' load drifts during a run.
+                    order = ["edge", "mosquitto"] if r % 2 == 0 else ["mosquitto", "edge"]
+                    for name in order:
+                        s = servers[name]
+                        per = samples[name]
+                        per["connect"].append(
+                            loop.run_until_complete(phase_connect(s, ctx, connects, 8))
+                        )
+                        per["route"].append(
+                            loop.run_until_complete(phase_route(s, ctx, pubs, subs, messages))
+                        )
+                for _ in range(idle_rounds):
+                    # Memory on fresh processes only: an allocator that has already
+                    # grown and freed would hide the growth of a second sample.
+                    for name, starter in (("edge", start_edge), ("mosquitto", start_mosquitto)):
+                        fresh = starter(pki, work)
+                        try:
+                            loop.run_until_complete(phase_connect(fresh, ctx, 20, 4))  # warm up
+                            samples[name]["idle"].append(
+                                loop.run_until_complete(phase_idle(fresh, ctx, idle, 32))
+                            )
+                        finally:
+                            fresh.stop()
+            finally:
+                loop.close()
+            if not quick:
+                hold = hold_test(servers["edge"], pki, devices=10_000, workers=4)
+    med = {
+        name: {phase: statistics.median(v) for phase, v in per.items()}
+        for name, per in samples.items()
+    }
+    e, m = med["edge"], med["mosquitto"]
+    figures: dict[str, object] = {
+        "rounds": rounds,
+        "connects_per_round": connects,
+        "route": {"publishers": pubs, "subscribers": subs, "messages_per_publisher": messages},
+        "idle_devices": idle,
+        "idle_rounds": idle_rounds,
+        "edge_cpu_ms_per_connect": round(e["connect"] * 1000, 3),
+        "mosquitto_cpu_ms_per_connect": round(m["connect"] * 1000, 3),
+        "ratio_cpu_per_connect": round(e["connect"] / m["connect"], 2),
+        "edge_cpu_us_per_routed_message": round(e["route"] * 1e6, 2),
+        "mosquitto_cpu_us_per_routed_message": round(m["route"] * 1e6, 2),
+        "ratio_cpu_per_routed_message": round(e["route"] / m["route"], 2),
+        "edge_rss_kib_per_idle_device": round(e["idle"] / 1024, 2),
+        "mosquitto_rss_kib_per_idle_device": round(m["idle"] / 1024, 2),
+        "ratio_memory_per_idle_device": round(e["idle"] / m["idle"], 2) if m["idle"] > 0 else None,
+        "samples": samples,
+    }
+    if hold is not None:
+        figures["hold"] = hold
+    _print_summary(figures)
+    return figures
+
+
+def _print_summary(f: dict[str, Any]) -> None:
+    print(
+        f"  mTLS connect + CONNACK: edge {f['edge_cpu_ms_per_connect']} ms CPU, "
+        f"mosquitto {f['mosquitto_cpu_ms_per_connect']} ms -> ratio {f['ratio_cpu_per_connect']} (target <= 0.8)"
+    )
+    print(
+        f"  routed QoS 0 message:  edge {f['edge_cpu_us_per_routed_message']} us CPU, "
+        f"mosquitto {f['mosquitto_cpu_us_per_routed_message']} us -> ratio "
+        f"{f['ratio_cpu_per_routed_message']} (target <= 0.8)"
+    )
+    print(
+        f"  idle device memory:    edge {f['edge_rss_kib_per_idle_device']} KiB, "
+        f"mosquitto {f['mosquitto_rss_kib_per_idle_device']} KiB -> ratio "
+        f"{f['ratio_memory_per_idle_device']} (target <= 1.5)"
+    )
+    hold = f.get("hold")
+    if hold:
+        print(
+            f"  hold: {hold['connected']}/{hold['devices']} devices connected to the edge "
+            f"in {hold['seconds_to_connect_all']} s, edge RSS {hold['server_rss_mib']} MiB "
+            f"({hold['server_rss_per_device_kib']} KiB/device), failed {hold['failed']}"
+        )
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(quick="--quick" in sys.argv), indent=2, default=str))
