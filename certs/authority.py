@@ -19,6 +19,8 @@ certificate); :class:`~certs.errors.KeyLoadError` /
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import ipaddress
 import json
 import os
@@ -32,7 +34,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID, ObjectIdentifier
 
 from certs.bundle import pem_bundle, read_certificates
@@ -352,6 +354,17 @@ class CertificateAuthority:
         """The AKI every certificate and CRL this CA signs carries."""
         return self._aki
 
+    def sign_tbs(self, tbs: bytes) -> bytes:
+        """Sign raw TBS bytes the way this CA signs certificates (for fast bulk issuance)."""
+        key = self.key
+        if isinstance(key, ed25519.Ed25519PrivateKey):
+            return key.sign(tbs)
+        if self._hash is None:  # pragma: no cover - only Ed25519 signs without a digest
+            raise IssueError("no signature digest for this CA key")
+        if isinstance(key, ec.EllipticCurvePrivateKey):
+            return key.sign(tbs, ec.ECDSA(self._hash))
+        return key.sign(tbs, padding.PKCS1v15(), self._hash)
+
     def sign_crl(
         self, builder: x509.CertificateRevocationListBuilder
     ) -> x509.CertificateRevocationList:
@@ -536,16 +549,9 @@ class CertificateAuthority:
         """
         if not device_id:
             raise IssueError("device id must not be empty")
-        sans: list[x509.GeneralName] = []
-        try:
-            if san_uri:
-                sans.append(x509.UniformResourceIdentifier(san_uri))
-            if san_dns:
-                sans.append(x509.DNSName(san_dns))
-            if not sans and default_san:
-                sans.append(x509.UniformResourceIdentifier(DEVICE_URN.format(id=device_id)))
-        except ValueError as exc:
-            raise IssueError(f"device {device_id}: invalid SAN: {exc}") from exc
+        sans = (
+            _device_sans(device_id, san_uri, san_dns) if default_san or san_uri or san_dns else []
+        )
         start, end = _validity(now, days, not_before, not_after)
         return self.issue_leaf(
             x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]),
@@ -708,10 +714,158 @@ def _validate_templates(
         _render(san_dns, "SAN DNS", i=start, id=first)
 
 
+def _der_len(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes((0x80 | len(body),)) + body
+
+
+def _tlv(tag: int, content: bytes) -> bytes:
+    return bytes((tag,)) + _der_len(len(content)) + content
+
+
+def _der_children(der: bytes) -> list[bytes]:
+    """The TLVs inside the outer TLV of ``der`` (a minimal DER reader)."""
+    pos = 1
+    first = der[pos]
+    pos += 1 + (first & 0x7F if first & 0x80 else 0)
+    children = []
+    while pos < len(der):
+        start = pos
+        pos += 1
+        first = der[pos]
+        pos += 1
+        if first & 0x80:
+            width = first & 0x7F
+            length = int.from_bytes(der[pos : pos + width], "big")
+            pos += width
+        else:
+            length = first
+        pos += length
+        children.append(der[start:pos])
+    return children
+
+
+def _header_len(tlv: bytes) -> int:
+    """Length of the tag and length octets at the start of ``tlv``."""
+    return 2 + (tlv[1] & 0x7F if tlv[1] & 0x80 else 0)
+
+
+def _san_der(sans: Sequence[x509.GeneralName]) -> bytes:
+    """DER of a SubjectAlternativeName; URI and DNS entries encoded directly."""
+    body = b""
+    for name in sans:
+        if isinstance(name, x509.UniformResourceIdentifier):
+            body += _tlv(0x86, name.value.encode("ascii"))
+        elif isinstance(name, x509.DNSName):
+            body += _tlv(0x82, name.value.encode("ascii"))
+        else:
+            return x509.SubjectAlternativeName(sans).public_bytes()
+    return _tlv(0x30, body)
+
+
+_OID_CN = bytes.fromhex("0603550403")
+_SKI_OID = bytes.fromhex("0603551d0e")
+_SAN_OID = bytes.fromhex("0603551d11")
+
+
+class _DeviceTemplate:
+    """Fast bulk issuance: a device certificate's TBS assembled from precomputed DER.
+
+    ``cryptography``'s builder re-encodes the issuer, validity and shared
+    extensions for every certificate; here they are taken once from a sample
+    certificate the builder made (so the bytes are the builder's own), and
+    only serial, subject, public key, SKI and SAN are encoded per device. Tests
+    check the result is byte-identical to :meth:`CertificateAuthority.issue_leaf`.
+    """
+
+    def __init__(
+        self,
+        ca: CertificateAuthority,
+        eku: tuple[str, ...],
+        start: datetime,
+        end: datetime,
+        key_type: str = "ec256",
+    ) -> None:
+        # Same key family as the devices: keyUsage differs for RSA (keyEncipherment).
+        sample_key = generate_key(key_type)
+        sample = ca.issue_leaf(
+            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sample")]),
+            [],
+            key=sample_key,
+            eku=eku,
+            start=start,
+            end=end,
+        ).cert
+        parts = _der_children(sample.tbs_certificate_bytes)
+        # TBSCertificate: version, serial, signature, issuer, validity, subject, spki, [3] exts
+        self.version = parts[0]
+        self.middle = b"".join(parts[2:5])
+        ext_seq = _der_children(parts[7])[0]
+        # The shared extensions come first in issue_leaf; SKI (and SAN) are per device.
+        self.shared_exts = b"".join(
+            e for e in _der_children(ext_seq) if not e[2:].startswith((_SKI_OID, _SAN_OID))
+        )
+        self.sig_alg = _der_children(sample.public_bytes(serialization.Encoding.DER))[1]
+        self.ca = ca
+
+    def certificate_der(
+        self, device_id: str, key: PrivateKey, serial: int, sans: Sequence[x509.GeneralName]
+    ) -> bytes:
+        """The DER of the device certificate (signed by the CA)."""
+        spki = key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        cn = _tlv(0x0C, device_id.encode("utf-8"))
+        subject = _tlv(0x30, _tlv(0x31, _tlv(0x30, _OID_CN + cn)))
+        # RFC 5280 method 1 (what cryptography and OpenSSL use): SHA-1 of the key bits.
+        bits = _der_children(spki)[1]
+        ski = hashlib.sha1(bits[_header_len(bits) + 1 :]).digest()
+        exts = self.shared_exts + _tlv(0x30, _SKI_OID + _tlv(0x04, _tlv(0x04, ski)))
+        if sans:
+            exts += _tlv(0x30, _SAN_OID + _tlv(0x04, _san_der(sans)))
+        serial_bytes = serial.to_bytes(serial.bit_length() // 8 + 1, "big")
+        tbs = _tlv(
+            0x30,
+            self.version
+            + _tlv(0x02, serial_bytes)
+            + self.middle
+            + subject
+            + spki
+            + _tlv(0xA3, _tlv(0x30, exts)),
+        )
+        signature = self.ca.sign_tbs(tbs)
+        return _tlv(0x30, tbs + self.sig_alg + _tlv(0x03, b"\x00" + signature))
+
+
+def _pem(der: bytes, label: bytes = b"CERTIFICATE") -> bytes:
+    b64 = base64.b64encode(der)
+    body = b"\n".join(b64[i : i + 64] for i in range(0, len(b64), 64))
+    return b"-----BEGIN " + label + b"-----\n" + body + b"\n-----END " + label + b"-----\n"
+
+
+def _device_sans(
+    device_id: str, san_uri: str | None, san_dns: str | None
+) -> list[x509.GeneralName]:
+    sans: list[x509.GeneralName] = []
+    try:
+        if san_uri:
+            sans.append(x509.UniformResourceIdentifier(san_uri))
+        if san_dns:
+            sans.append(x509.DNSName(san_dns))
+        if not sans:
+            sans.append(x509.UniformResourceIdentifier(DEVICE_URN.format(id=device_id)))
+    except ValueError as exc:
+        raise IssueError(f"device {device_id}: invalid SAN: {exc}") from exc
+    return sans
+
+
 def _issue_chunk(ca: CertificateAuthority, plan: _BulkPlan, indices: Iterable[int]) -> list[str]:
     out = plan.out
     chain_rel = plan.chain_name
     not_after = plan.end.isoformat().replace("+00:00", "Z")
+    template = _DeviceTemplate(ca, plan.eku, plan.start, plan.end, plan.key_type)
     lines: list[str] = []
     for i in indices:
         device_id = _render(plan.id_template, "device id", i=i)
@@ -719,20 +873,16 @@ def _issue_chunk(ca: CertificateAuthority, plan: _BulkPlan, indices: Iterable[in
             raise IssueError(f"device id {device_id!r} (index {i}) is not a safe file name")
         san_uri = _render(plan.san_uri, "SAN URI", i=i, id=device_id) if plan.san_uri else None
         san_dns = _render(plan.san_dns, "SAN DNS", i=i, id=device_id) if plan.san_dns else None
-        issued = ca.issue_device(
-            device_id,
-            key_type=plan.key_type,
-            san_uri=san_uri,
-            san_dns=san_dns,
-            eku=plan.eku,
-            not_before=plan.start,
-            not_after=plan.end,
+        key = generate_key(plan.key_type)
+        serial = random_serial()
+        der = template.certificate_der(
+            device_id, key, serial, _device_sans(device_id, san_uri, san_dns)
         )
         cert_name = device_id + ".pem"
         key_name = device_id + ".key"
-        write_secret(os.path.join(out, key_name), issued.key_pem())
+        write_secret(os.path.join(out, key_name), key_pem(key))
         with open(os.path.join(out, cert_name), "wb") as fh:
-            fh.write(issued.cert_pem)
+            fh.write(_pem(der))
         lines.append(
             json.dumps(
                 {
@@ -740,7 +890,7 @@ def _issue_chunk(ca: CertificateAuthority, plan: _BulkPlan, indices: Iterable[in
                     "cert": cert_name,
                     "key": key_name,
                     "chain": chain_rel,
-                    "serial": issued.serial_hex,
+                    "serial": format(serial, "x"),
                     "not_after": not_after,
                 }
             )

@@ -269,3 +269,37 @@ def test_openssl_verifies_our_chains(
     result = openssl("verify", *common, expired, check=False)
     assert result.returncode != 0
     assert "certificate has expired" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("ca_key", "device_key", "sans"),
+    [
+        ("ec256", "ec256", ("urn:edgesim:device:dev-7", None)),
+        ("ec384", "rsa2048", ("spiffe://edge/dev-7", "dev-7.local")),
+        ("ed25519", "ed25519", (None, "dev-7.local")),
+        ("rsa2048", "ec256", ("urn:x", None)),
+    ],
+)
+def test_bulk_fast_path_is_byte_identical_to_builder(
+    ca_key: str, device_key: str, sans: tuple[str | None, str | None]
+) -> None:
+    from certs.authority import _device_sans, _DeviceTemplate
+
+    root = CertificateAuthority.create_root("Fast Root", key_type=ca_key, now=NOW)
+    end = NOW + timedelta(days=30)
+    template = _DeviceTemplate(root, ("clientAuth",), NOW, end, device_key)
+    key = generate_key(device_key)
+    names = _device_sans("dev-7", *sans)
+    fast = x509.load_der_x509_certificate(template.certificate_der("dev-7", key, 0x80FF, names))
+    slow = root.issue_leaf(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dev-7")]),
+        names,
+        key=key,
+        eku=("clientAuth",),
+        start=NOW,
+        end=end,
+        serial=0x80FF,
+    ).cert
+    assert fast.tbs_certificate_bytes == slow.tbs_certificate_bytes
+    assert fast.signature_algorithm_oid == slow.signature_algorithm_oid
+    fast.verify_directly_issued_by(root.cert)
