@@ -209,3 +209,29 @@ def test_openssl_containers(
     p7der = tmp_path / "d.p7b.der"
     openssl("pkcs7", "-in", p7, "-outform", "DER", "-out", p7der)
     assert detect_format(p7der.read_bytes()) == "der-pkcs7"
+
+
+def test_inspect_every_sample(samples: dict[str, bytes]) -> None:
+    from certs.inspect import inspect_data, render
+
+    expected = {
+        "pem-certificate": ["certificate", "certificate"],
+        "der-pkcs12": ["certificate", "certificate", "private-key"],
+        "pem-crl": ["crl"],
+        "pem-private-key": ["private-key"],
+        "pem-encrypted-private-key": ["private-key"],
+        "pem-csr": ["csr"],
+        "pem-public-key": ["public-key"],
+        "text": ["unknown"],
+    }
+    for kind, kinds in expected.items():
+        items = inspect_data(samples[kind], source=kind, passphrase=b"p12pw")
+        assert [i["kind"] for i in items] == kinds, kind
+        assert render(items).startswith("[1] ")
+    leaf = inspect_data(samples["der-certificate"], source="d")[0]
+    assert leaf["subject"] == "CN=dev-b"
+    assert leaf["key"] == "EC P-256"
+    assert len(leaf["sha256_fingerprint"].split(":")) == 32
+    locked = inspect_data(samples["pem-encrypted-private-key"], source="k")[0]
+    assert locked["encrypted"] is True
+    assert "no passphrase" in locked["note"]

@@ -288,3 +288,61 @@ def test_convert_openssl_containers(tmp_path: Path, pki: Path, run: Run, openssl
     code, _, err = run("pki", "convert", p7, "--to", "pem", "-o", tmp_path / "chain.pem")
     assert code == 0, err
     assert read_certificates(tmp_path / "chain.pem") == read_certificates(pki / "ca-chain.pem")
+
+
+class _FakeTty:
+    """A stdin that claims to be a terminal (getpass itself is replaced)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_passphrase_prompt_on_a_terminal(
+    pki: Path, tmp_path: Path, run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from certs.keys import write_private_key
+
+    enc = tmp_path / "enc.key"
+    write_private_key(enc, read_private_key(pki / "intermediate-ca.key"), passphrase=b"typed")
+    prompts: list[str] = []
+
+    def fake_getpass(prompt: str) -> str:
+        prompts.append(prompt)
+        return "typed"
+
+    monkeypatch.delenv("EDGESIM_KEY_PASSPHRASE", raising=False)
+    monkeypatch.setattr("sys.stdin", _FakeTty())
+    monkeypatch.setattr("getpass.getpass", fake_getpass)
+    ca = ["--ca-cert", pki / "intermediate-ca.pem", "--ca-key", enc]
+    code, _, err = run("pki", "issue", "device", *ca, "--out", tmp_path / "d")
+    assert code == 0, err
+    assert prompts == [f"Passphrase for {enc}: "]
+
+
+def test_init_root_generates_key_from_default_bits(tmp_path: Path, run: Run) -> None:
+    conf = tmp_path / "root.conf"
+    conf.write_text(
+        "[req]\ndefault_bits = 2048\nprompt = no\ndistinguished_name = dn\n"
+        "x509_extensions = v3\n[dn]\nCN = Generated Root\n[v3]\nbasicConstraints = CA:true\n"
+    )
+    code, out, err = run("pki", "init-root", "--config", conf, "--out", tmp_path / "o", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["subject"] == "CN=Generated Root"
+    assert data["extensions"] == ["basicConstraints", "subjectKeyIdentifier"]
+    key = Path(data["key"])
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert "RSA" in type(read_private_key(key)).__name__
+
+
+def test_init_root_config_error_names_line(tmp_path: Path, run: Run) -> None:
+    conf = tmp_path / "bad.conf"
+    conf.write_text(
+        "[req]\nprompt = no\ndistinguished_name = dn\nx509_extensions = v3\n"
+        "[dn]\nCN = x\n[v3]\nbasicConstraints = CA:sometimes\n"
+    )
+    code, _, err = run(
+        "pki", "init-root", "--config", conf, "--key-type", "ec256", "--out", tmp_path
+    )
+    assert code == 1
+    assert f"{conf}:8: basicConstraints: CA must be true or false" in err
