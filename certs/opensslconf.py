@@ -25,8 +25,12 @@ OpenSSL 3.0, verified against the ``openssl`` CLI:
   no key id is;
 - the digest is the ``digest`` argument (``-sha256``), else ``default_md``.
 
-Known difference: without any ``x509_extensions`` OpenSSL writes an X.509 v1
-certificate; ``cryptography`` always writes v3 (with no extensions).
+Known differences: without any ``x509_extensions`` OpenSSL writes an X.509 v1
+certificate; ``cryptography`` always writes v3 (with no extensions). DN
+strings follow ``string_mask = utf8only`` (OpenSSL 3's default: UTF8String,
+PrintableString for ``C``, IA5String for ``emailAddress``); older masks such
+as ``nombstr`` are not reproduced. ``otherName`` SANs and ``ASN1:``/``DER:``
+raw extensions are refused with a clear error.
 
 Errors: every problem raises :class:`~certs.errors.ConfigError` with the file
 and line (the line of the entry at fault, or of the reference to a missing

@@ -303,3 +303,17 @@ def test_bulk_fast_path_is_byte_identical_to_builder(
     assert fast.tbs_certificate_bytes == slow.tbs_certificate_bytes
     assert fast.signature_algorithm_oid == slow.signature_algorithm_oid
     fast.verify_directly_issued_by(root.cert)
+
+
+def test_subject_strings_and_display() -> None:
+    from certs.names import display_name, parse_subject
+
+    name = parse_subject("/C=US/O=Acme\\/Labs/CN=dev-1+UID=42/emailAddress=a@b.c")
+    assert display_name(name) == "C=US, O=Acme/Labs, CN=dev-1 + UID=42, emailAddress=a@b.c"
+    assert parse_subject("C=DE,CN=x") == parse_subject("/C=DE/CN=x")
+    with pytest.raises(IssueError, match="lacks '='"):
+        parse_subject("/CN")
+    with pytest.raises(IssueError, match="unknown distinguished name field 'XX'"):
+        parse_subject("/XX=1")
+    with pytest.raises(IssueError, match="exactly 2 letters"):
+        parse_subject("/C=USA")
