@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
@@ -466,19 +467,7 @@ class TrustService:
 
     def _with_state(self, info: VersionInfo) -> VersionInfo:
         state = self._version_state(info.set_name, info.version, info.active) or info.state
-        return VersionInfo(
-            set_name=info.set_name,
-            version=info.version,
-            created_at=info.created_at,
-            sha256=info.sha256,
-            certificate_count=info.certificate_count,
-            subjects=info.subjects,
-            activated_at=info.activated_at,
-            active=info.active,
-            allow_sha1=info.allow_sha1,
-            warnings=info.warnings,
-            state=state,
-        )
+        return dataclasses.replace(info, state=state)
 
     def status(self) -> dict[str, Any]:
         """Return propagation status: overall, per worker, per set and per binding."""

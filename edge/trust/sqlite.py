@@ -14,6 +14,7 @@ naming the file; validation failures are
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import sqlite3
@@ -331,19 +332,7 @@ class SqliteTrustStore:
             self._hook("upload:written")
             info = self._version_row(db, name, version)
         self._parsed[digest] = tuple(certs)
-        return VersionInfo(
-            set_name=info.set_name,
-            version=info.version,
-            created_at=info.created_at,
-            sha256=info.sha256,
-            certificate_count=info.certificate_count,
-            subjects=info.subjects,
-            activated_at=info.activated_at,
-            active=info.active,
-            allow_sha1=info.allow_sha1,
-            warnings=tuple(warnings),
-            state=info.state,
-        )
+        return dataclasses.replace(info, warnings=tuple(warnings))
 
     def _activate_in(self, db: sqlite3.Connection, name: str, version: int, stamp: str) -> None:
         current = db.execute("SELECT active_version FROM sets WHERE name = ?", (name,)).fetchone()
