@@ -44,7 +44,6 @@ from cryptography import x509
 
 from edge.core.events import EventLog
 from edge.http.openapi import openapi_document
-from edge.trust.check import check_in_store
 from edge.trust.errors import (
     ConflictError,
     LimitError,
@@ -407,10 +406,7 @@ async def _check(request: web.Request) -> web.Response:
     if version is not None and (not isinstance(version, int) or version < 1):
         raise _BadRequest("'version' must be a positive integer")
     at = _parse_time(body.get("at"), "at")
-    trust = _trust(request)
-    result = await asyncio.to_thread(
-        check_in_store,
-        trust.store,
+    result = await _trust(request).check(
         request.match_info["name"],
         certificate.encode(),
         chain_pem=chain.encode(),

@@ -37,9 +37,11 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from edge.core.events import EventLog
+from edge.trust.check import check_in_store
 from edge.trust.errors import NotFoundError, PropagationTimeout, RefusedError, TrustError
 from edge.trust.model import CrlInfo, SetInfo, TrustSnapshot, VersionInfo
 from edge.trust.store import TrustStore
@@ -448,6 +450,20 @@ class TrustService:
     async def bindings(self) -> dict[str, str]:
         """Return the stored bindings (host -> set)."""
         return await asyncio.to_thread(self.store.bindings)
+
+    async def check(
+        self,
+        name: str,
+        leaf_pem: bytes,
+        *,
+        chain_pem: bytes = b"",
+        version: int | None = None,
+        at: datetime | None = None,
+    ) -> dict[str, Any]:
+        """Dry run of a device against set ``name`` (see :func:`edge.trust.check.check_in_store`)."""
+        return await asyncio.to_thread(
+            check_in_store, self.store, name, leaf_pem, chain_pem=chain_pem, version=version, at=at
+        )
 
     def _item_state(self, have: object, want: object, moving: object) -> str:
         """``active`` when workers have ``want``; else where ``want`` is on its way."""
