@@ -27,9 +27,11 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from multiprocessing import get_context
+from multiprocessing.context import BaseContext
 from pathlib import Path
 
 from cryptography import x509
@@ -637,14 +639,26 @@ class CertificateAuthority:
             self.key_pem(),
             pem_bundle(self.chain),
         )
-        # forkserver: a clean, fast start without inheriting the caller's threads.
-        ctx = get_context("forkserver" if "forkserver" in _start_methods() else "spawn")
+        # forkserver: workers do not inherit the caller's threads (unlike fork), and
+        # with this module preloaded they start without re-importing cryptography.
+        ctx: BaseContext
+        if "forkserver" in _start_methods():
+            server = get_context("forkserver")
+            server.set_forkserver_preload(["certs.authority"])
+            ctx = server
+        else:
+            ctx = get_context("spawn")
         lines: list[str] = []
-        with ProcessPoolExecutor(
-            max_workers=jobs, mp_context=ctx, initializer=_worker_init, initargs=(ca_blob,)
-        ) as pool:
-            for part in pool.map(_worker_chunk, [plan] * len(chunks), chunks):
-                lines.extend(part)
+        try:
+            with ProcessPoolExecutor(
+                max_workers=jobs, mp_context=ctx, initializer=_worker_init, initargs=(ca_blob,)
+            ) as pool:
+                for part in pool.map(_worker_chunk, [plan] * len(chunks), chunks):
+                    lines.extend(part)
+        except BrokenProcessPool as exc:
+            raise IssueError(
+                f"bulk issuance worker process died ({exc}); retry with jobs=1 to see why"
+            ) from exc
         return lines
 
 
