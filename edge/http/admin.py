@@ -8,7 +8,8 @@ the OpenAPI document at ``/v1/openapi.json`` (:mod:`edge.http.openapi`).
 
 Authentication: every call except ``GET /v1/openapi.json`` needs
 ``Authorization: Bearer <token>`` (compared in constant time); a missing or
-wrong token is ``401`` with ``WWW-Authenticate`` and changes nothing. With
+wrong token is ``401`` with ``WWW-Authenticate``, changes nothing, and is
+recorded as an ``admin.denied`` event (without the token). With
 ``admin_ca_pem`` the caller must also present a client certificate issued by
 that CA (the listener's SSL context comes from :func:`admin_ssl_context`).
 :func:`load_or_create_token` keeps the token in ``<store>.token`` (mode 0600).
@@ -193,7 +194,16 @@ async def _problems(request: web.Request, handler: Handler) -> web.StreamRespons
         )
 
 
-def _unauthorized(detail: str, error: str | None = None) -> web.Response:
+def _unauthorized(request: web.Request, detail: str, error: str | None = None) -> web.Response:
+    # Audit trail: who tried what, never the token they sent.
+    request.app[EVENTS_KEY].emit(
+        "admin.denied",
+        "denied",
+        peer=request.remote,
+        method=request.method,
+        path=request.path,
+        reason=detail,
+    )
     challenge = _REALM + (f', error="{error}"' if error else "")
     return problem(
         401,
@@ -213,22 +223,22 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         header = request.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")
         if not header:
-            return _unauthorized("send 'Authorization: Bearer <token>' (the admin token)")
+            return _unauthorized(request, "send 'Authorization: Bearer <token>' (the admin token)")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
             given.strip().encode(), expected.encode()
         ):
-            return _unauthorized("the bearer token is wrong", "invalid_token")
+            return _unauthorized(request, "the bearer token is wrong", "invalid_token")
     admin_cas = request.app[ADMIN_CA_KEY]
     if admin_cas:
         ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
         peer = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         if not peer:
-            return _unauthorized("an admin client certificate is required")
+            return _unauthorized(request, "an admin client certificate is required")
         # The TLS layer verified the chain (admin_ssl_context); this guards against a
         # listener whose context trusts more than the admin CA.
         issuer = x509.load_der_x509_certificate(peer).issuer
         if not any(ca.subject == issuer for ca in admin_cas):
-            return _unauthorized("the client certificate is not issued by the admin CA")
+            return _unauthorized(request, "the client certificate is not issued by the admin CA")
     return await handler(request)
 
 

@@ -75,6 +75,15 @@ async def test_missing_or_wrong_token_is_401_and_changes_nothing(
             assert resp.status == 401
     assert (await call(admin, "GET", "/v1/sets", expect=200))["sets"] == []
     assert admin.events.query(kind="trust.uploaded") == []
+    denied = admin.events.query(kind="admin.denied")
+    assert [(e["method"], e["path"], e["outcome"]) for e in denied] == [
+        ("POST", "/v1/sets", "denied"),
+        ("GET", "/v1/sets", "denied"),
+        ("GET", "/v1/status", "denied"),
+        ("GET", "/v1/events", "denied"),
+    ]
+    assert all(e["peer"] == "127.0.0.1" for e in denied)
+    assert all(TOKEN not in str(e) for e in denied)
 
 
 async def test_openapi_needs_no_token_and_describes_every_route(admin: Admin) -> None:
