@@ -141,6 +141,14 @@ class EdgeCore:
         """The retained message on ``topic``, if any."""
         return self.router.retained(topic)
 
+    def snapshot(self) -> dict[str, int]:
+        """Counters plus gauges (subscriptions, retained topics, handlers) for the admin API."""
+        out = self.metrics.snapshot()
+        out["subscriptions"] = self.router.subscription_count
+        out["retained"] = self.router.retained_count
+        out["handlers"] = len(self.handlers)
+        return out
+
     def _denied(self, session: SessionInfo, action: str, target: str, reason: str) -> None:
         self.events.emit(
             "policy.denied",

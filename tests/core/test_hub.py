@@ -56,6 +56,8 @@ def test_publish_subscribe_and_retained() -> None:
     retained = core.retained("devices/dev-1/state")
     assert retained is not None
     assert retained.payload == b"on"
+    snapshot = core.snapshot()
+    assert (snapshot["subscriptions"], snapshot["retained"], snapshot["messages_in"]) == (1, 1, 2)
     assert core.unsubscribe(sink, "devices/dev-1/#")
     assert core.publish(msg("devices/dev-1/t"), SESSION).delivered == 0
     # The edge itself (session None) is not subject to device policy.
