@@ -96,7 +96,7 @@ def describe_extension(ext: x509.Extension[x509.ExtensionType]) -> str:
             ]
         return ", ".join(on)
     if isinstance(value, x509.ExtendedKeyUsage):
-        return ", ".join(getattr(o, "_name", o.dotted_string) for o in value)
+        return ", ".join(_oid_name(o) for o in value)
     if isinstance(value, x509.SubjectAlternativeName | x509.IssuerAlternativeName):
         return _general_names(list(value))
     if isinstance(value, x509.SubjectKeyIdentifier):
@@ -116,8 +116,7 @@ def describe_extension(ext: x509.Extension[x509.ExtensionType]) -> str:
         return ", ".join(_general_names(p.full_name or []) for p in value)
     if isinstance(value, x509.AuthorityInformationAccess):
         return ", ".join(
-            f"{getattr(d.access_method, '_name', d.access_method.dotted_string)};{_general_names([d.access_location])}"
-            for d in value
+            f"{_oid_name(d.access_method)};{_general_names([d.access_location])}" for d in value
         )
     if isinstance(value, x509.CertificatePolicies):
         return ", ".join(p.policy_identifier.dotted_string for p in value)
@@ -137,10 +136,24 @@ def describe_extension(ext: x509.Extension[x509.ExtensionType]) -> str:
         return repr(value)
 
 
+#: Names for extensions ``cryptography`` does not know (it calls them "Unknown OID").
+_EXTRA_NAMES = {
+    "2.16.840.1.113730.1.13": "nsComment",
+    "2.16.840.1.113730.1.1": "nsCertType",
+}
+
+
+def _oid_name(oid: x509.ObjectIdentifier) -> str:
+    name = getattr(oid, "_name", "Unknown OID")
+    if name == "Unknown OID":
+        return _EXTRA_NAMES.get(oid.dotted_string, oid.dotted_string)
+    return str(name)
+
+
 def _extensions(exts: x509.Extensions) -> list[dict[str, Any]]:
     return [
         {
-            "name": getattr(ext.oid, "_name", ext.oid.dotted_string),
+            "name": _oid_name(ext.oid),
             "oid": ext.oid.dotted_string,
             "critical": ext.critical,
             "value": describe_extension(ext),
@@ -165,7 +178,7 @@ def describe_certificate(cert: x509.Certificate) -> dict[str, Any]:
         "not_before": _time(cert.not_valid_before_utc),
         "not_after": _time(cert.not_valid_after_utc),
         "key": key_description(cert.public_key()),
-        "signature_algorithm": getattr(sig, "_name", sig.dotted_string),
+        "signature_algorithm": _oid_name(sig),
         "sha256_fingerprint": _hex(cert.fingerprint(hashes.SHA256())).upper(),
         "self_signed": cert.subject == cert.issuer,
         "ca": is_ca,
@@ -183,7 +196,7 @@ def describe_crl(crl: x509.CertificateRevocationList) -> dict[str, Any]:
         "last_update": _time(crl.last_update_utc),
         "next_update": _time(crl.next_update_utc) if crl.next_update_utc else None,
         "crl_number": crl_number(crl),
-        "signature_algorithm": getattr(sig, "_name", sig.dotted_string),
+        "signature_algorithm": _oid_name(sig),
         "revoked": [
             {"serial": f"{serial:x}", "date": _time(when), "reason": reason}
             for serial, when, reason in revoked_entries(crl)

@@ -411,3 +411,19 @@ def test_seed_command_with_des3_key_via_cli(
     )
     assert code == 1
     assert "rootCA.key: private key is encrypted" in capsys.readouterr().err
+
+
+def test_inspect_names_netscape_extensions() -> None:
+    from certs.inspect import describe_certificate
+
+    conf = parse_config(VARS_CONF, file="vars.conf", environ={"EDGESIM_TEST_OWNER": "ops"})
+    cert = create_root_from_config(conf, key=generate_key(), now=NOW)
+    exts = {e["name"]: e["value"] for e in describe_certificate(cert)["extensions"]}
+    # Inside quotes OpenSSL expands nothing (the openssl parity test pins this down).
+    assert exts["nsComment"] == "Generated for ${ENV::EDGESIM_TEST_OWNER}"
+    assert exts["nsCertType"] == "DER:03020106"
+    assert exts["cRLDistributionPoints"] == "URI:http://crl.example.com/root.crl"
+    # A multi-valued RDN is a DER SET: its members come out sorted, as OpenSSL writes them.
+    assert describe_certificate(cert)["subject"] == (
+        "DC=example, DC=com, O=Example Fleet, OU=Devices, OU=Edge #1, UID=root-1 + CN=Example Fleet Root"
+    )
