@@ -1,7 +1,8 @@
 """``edgesim trust``: certificate sets, versions, bindings, CRLs, status and the dry run.
 
 Every verb works against a running edge through its admin API (``--admin URL``
-with ``--token`` or ``EDGESIM_ADMIN_TOKEN``), or directly on a store file
+with ``--token`` or ``EDGESIM_ADMIN_TOKEN``; for ``https`` also
+``--admin-cacert`` and an optional ``--admin-cert``/``--admin-key``), or directly on a store file
 (``--store PATH``, default ``./.edgesim/store.db``) when no edge runs. Both
 paths print the same output; ``--json`` prints one JSON document instead.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -141,9 +143,17 @@ class _Local:
 class _Remote:
     """The verbs through a running edge's admin API."""
 
-    def __init__(self, url: str, token: str | None, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str | None,
+        *,
+        context: ssl.SSLContext | None = None,
+        timeout: float = 30.0,
+    ) -> None:
         self.url = url.rstrip("/")
         self.token = token
+        self.context = context
         self.timeout = timeout
 
     def _call(
@@ -163,7 +173,9 @@ class _Remote:
             headers["Content-Type"] = content_type
         request = urllib.request.Request(url, data=body, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with urllib.request.urlopen(
+                request, timeout=self.timeout, context=self.context
+            ) as response:
                 raw = response.read()
         except urllib.error.HTTPError as exc:
             with exc:
@@ -171,6 +183,17 @@ class _Remote:
             raise _problem(exc.code, raw, url) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
+            # With TLS 1.3 a refused client certificate shows up as the server closing
+            # the connection after the handshake, not as an SSL error.
+            tls_refused = isinstance(reason, ssl.SSLError) or (
+                self.url.startswith("https:") and isinstance(exc, ConnectionResetError)
+            )
+            if tls_refused:
+                raise CliError(
+                    f"TLS with the admin API at {self.url} failed: {reason}; check "
+                    "--admin-cacert, and --admin-cert/--admin-key if it requires an admin "
+                    "client certificate"
+                ) from None
             raise CliError(
                 f"cannot reach the admin API at {self.url}: {reason}; is the edge running? "
                 "(without an edge, use --store PATH)"
@@ -266,7 +289,7 @@ def _backend(args: argparse.Namespace) -> Iterator[_Backend]:
     url = args.admin or os.environ.get("EDGESIM_ADMIN_URL")
     if url:
         token = args.token or os.environ.get(TOKEN_ENV) or _token_beside(args.store)
-        yield _Remote(url, token)
+        yield _Remote(url, token, context=_client_context(args))
         return
     path = Path(args.store) if args.store else DEFAULT_STORE
     try:
@@ -281,6 +304,21 @@ def _backend(args: argparse.Namespace) -> Iterator[_Backend]:
         raise CliError(str(exc)) from None
     finally:
         store.close()
+
+
+def _client_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The TLS context for an ``https`` admin URL: its CA, and an admin client certificate."""
+    if not (args.admin_cacert or args.admin_cert):
+        return None
+    if bool(args.admin_cert) != bool(args.admin_key):
+        raise CliError("give --admin-cert and --admin-key together", EXIT_USAGE)
+    try:
+        context = ssl.create_default_context(cafile=args.admin_cacert)
+        if args.admin_cert:
+            context.load_cert_chain(args.admin_cert, args.admin_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise CliError(f"cannot load the admin TLS files: {exc}") from None
+    return context
 
 
 def _token_beside(store: str | None) -> str | None:
@@ -551,6 +589,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="a running edge's admin API, e.g. http://127.0.0.1:8081 (or EDGESIM_ADMIN_URL)",
     )
     where.add_argument("--token", help=f"the admin API token (or {TOKEN_ENV})")
+    where.add_argument(
+        "--admin-cacert", metavar="FILE", help="PEM: the CA of an https admin URL's certificate"
+    )
+    where.add_argument(
+        "--admin-cert", metavar="FILE", help="PEM: an admin client certificate (with --admin-key)"
+    )
+    where.add_argument("--admin-key", metavar="FILE", help="PEM: the admin client key")
     common.add_argument("--json", action="store_true", help="print one JSON document")
 
     trust = subparsers.add_parser(

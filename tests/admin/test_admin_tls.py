@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import ssl
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 from adminkit import TOKEN
 
 from certs.authority import CertificateAuthority, IssuedCert
+from edge.cli import main
 from edge.core.events import EventLog
 from edge.http.admin import admin_ssl_context, make_admin_app, start_admin
 from edge.trust.propagation import TrustService
@@ -30,7 +33,9 @@ def client_context(
     return context
 
 
-async def test_admin_client_certificate_is_required(tmp_path: Path) -> None:
+async def test_admin_client_certificate_is_required(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # Real TLS validates against the real clock: these certificates start now.
     ca = CertificateAuthority.create_root("Admin CA")
     server = ca.issue_server(["127.0.0.1"])
@@ -62,6 +67,22 @@ async def test_admin_client_certificate_is_required(tmp_path: Path) -> None:
                 with pytest.raises(aiohttp.ClientError):
                     async with http.get(url, headers=auth, ssl=context) as resp:
                         await resp.read()
+        # The CLI through the same listener, with the admin client certificate.
+        (tmp_path / "ca.pem").write_bytes(ca.cert_pem)
+        base = ["trust", "list", "--admin", f"https://127.0.0.1:{port}", "--token", TOKEN]
+        tls = ["--admin-cacert", str(tmp_path / "ca.pem")]
+        client = ["--admin-cert", str(tmp_path / "client.pem"), "--admin-key"]
+        client.append(str(tmp_path / "client.key"))
+        (tmp_path / "client.pem").write_bytes(admin_cert.cert_pem)
+        (tmp_path / "client.key").write_bytes(admin_cert.key_pem())
+        assert await asyncio.to_thread(main, [*base, *tls, *client, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out) == {"sets": []}
+        assert await asyncio.to_thread(main, [*base, *tls]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"edgesim: error: TLS with the admin API at https://127.0.0.1:{port}")
+        assert "--admin-cert/--admin-key if it requires an admin client certificate" in err
+        assert await asyncio.to_thread(main, [*base, *tls, "--admin-cert", "x"]) == 2
+        assert "together" in capsys.readouterr().err
     finally:
         await runner.cleanup()
         await trust.close()
