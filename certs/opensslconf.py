@@ -2,9 +2,11 @@
 
 Two layers. :func:`parse_config` is a pure parser (text in, :class:`OpenSSLConfig`
 out) for the syntax of OpenSSL's ``NCONF``: ``[ section ]`` headers (spaces
-allowed), ``#`` comments, ``name = value``, single and double quotes,
-backslash escapes and line continuation, ``$var`` / ``${var}`` /
-``$section::var`` / ``${ENV::NAME}`` expansion, ``section::name = value``,
+allowed), ``#`` comments, ``name = value``, single and double quotes (their
+content is literal: no comments, no expansion; ``\\x`` keeps ``x``),
+backslash escapes (``\\n``, ``\\t``, ``\\#``, ``\\$``...) and line
+continuation, ``$var`` / ``${var}`` / ``$section::var`` / ``${ENV::NAME}``
+expansion, ``section::name = value``,
 ``.include`` (file or directory) and ``.pragma`` (accepted, ignored).
 Keys before the first section live in section ``default``, which ``$var``
 falls back to. As in OpenSSL, repeating a name in a section replaces it.
@@ -255,11 +257,11 @@ class _Parser:
                 end = i + 1
                 piece: list[str] = []
                 while end < len(text) and text[end] != ch:
-                    if text[end] == "\\" and end + 1 < len(text) and ch == '"':
+                    # Inside quotes a backslash keeps the next character as is (no \n),
+                    # and nothing else is special: no comments, no $ expansion.
+                    if text[end] == "\\" and end + 1 < len(text):
                         end += 1
-                        piece.append(_ESCAPES.get(text[end], text[end]))
-                    else:
-                        piece.append(text[end])
+                    piece.append(text[end])
                     end += 1
                 if end >= len(text):
                     raise ConfigError(f"unterminated {ch} quote", file=file, line=line)

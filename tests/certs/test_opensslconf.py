@@ -159,6 +159,13 @@ def test_sections_comments_quotes_and_escapes() -> None:
     assert (entry.file, entry.line) == ("t.conf", 4)
 
 
+def test_quoted_text_is_literal() -> None:
+    # Checked against openssl req: CN = a"bnc x, O = qtz $p (no escape codes, no $).
+    conf = parse_config('[s]\nq = "a\\"b\\nc" x\nr = \'q\\tz $p\'\n')
+    assert conf.get("s", "q") == 'a"bnc x'
+    assert conf.get("s", "r") == "qtz $p"
+
+
 def test_variables() -> None:
     conf = parse_config(
         "base = /ca\n[a]\nx = 1\ny = $x-${x}-$(x)\nz = $base/$a::x/${ENV::HOME_X}\nw = 5\\$\n",
