@@ -23,6 +23,7 @@ when an upload is refused. The translation at this boundary::
     ConflictError                409  urn:edgesim:problem:conflict
     PropagationTimeout           504  urn:edgesim:problem:propagation-timeout
     StoreError, TrustError       503  urn:edgesim:problem:store
+    any other exception          500  urn:edgesim:problem:internal (logged)
     bad query or body            400  urn:edgesim:problem:bad-request
     no or wrong credentials      401  urn:edgesim:problem:unauthorized
 """
@@ -32,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import os
 import secrets
 import ssl
@@ -72,6 +74,8 @@ TRUST_KEY = web.AppKey("trust", TrustService)
 EVENTS_KEY = web.AppKey("events", EventLog)
 TOKEN_KEY = web.AppKey("token", str)
 ADMIN_CA_KEY = web.AppKey("admin_ca", list[x509.Certificate])
+
+log = logging.getLogger("edgesim.admin")
 
 PROBLEM_JSON = "application/problem+json"
 #: Bodies up to this size are read; the store refuses large uploads itself with a finding.
@@ -152,14 +156,8 @@ def problem(
 
 def _translate(exc: TrustError) -> web.Response:
     if isinstance(exc, RefusedError):
-        slug, title = (
-            ("limit", "Limit exceeded")
-            if isinstance(exc, LimitError)
-            else (
-                "refused",
-                "Upload refused",
-            )
-        )
+        limit = isinstance(exc, LimitError)
+        slug, title = ("limit", "Limit exceeded") if limit else ("refused", "Upload refused")
         return problem(422, slug, title, exc.message, findings=[f.to_dict() for f in exc.findings])
     if isinstance(exc, NotFoundError):
         return problem(404, "not-found", "Not found", str(exc))
@@ -191,6 +189,12 @@ async def _problems(request: web.Request, handler: Handler) -> web.StreamRespons
             exc.reason,
             f"{request.method} {request.path}: {exc.reason}",
             headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"},
+        )
+    except Exception:
+        # A bug, not bad input: keep the traceback in the log, give the caller a problem.
+        log.exception("admin API: %s %s failed", request.method, request.path)
+        return problem(
+            500, "internal", "Internal error", "the edge failed; its log has the details"
         )
 
 

@@ -327,3 +327,16 @@ async def test_events_feed_filters(admin: Admin) -> None:
     assert (await call(admin, "GET", f"/v1/events?since={since}", expect=200))["events"] == []
     uploaded = await call(admin, "GET", "/v1/events?kind=trust.uploaded", expect=200)
     assert uploaded["events"][0]["set"] == "fleet"
+
+
+async def test_a_bug_is_a_500_problem_not_a_traceback(
+    admin: Admin, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken() -> None:
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(admin.trust.store, "list_sets", broken)
+    body = await call(admin, "GET", "/v1/sets", expect=500)
+    assert body["type"] == "urn:edgesim:problem:internal"
+    assert "simulated bug" not in body["detail"]
+    assert "simulated bug" in caplog.text
