@@ -303,6 +303,18 @@ class MqttBroker:
             self.core.metrics.messages_dropped += len(session.queue) + len(session.inflight)
         return len(expired)
 
+    def close(self, reason: str = "the edge is shutting down") -> int:
+        """Close every connection (no wills: the devices did nothing wrong); return how many.
+
+        Each connection's I/O layer is woken to flush and close its transport.
+        """
+        connections = list(self.connections)
+        for conn in connections:
+            conn.will = None
+            conn.close(reason)
+            conn.wake()
+        return len(connections)
+
     def connection(self, session_info: SessionInfo) -> MqttConnection:
         """Create the state machine for a newly accepted connection."""
         return MqttConnection(self, session_info, self.clock())

@@ -291,6 +291,23 @@ def test_equal_client_ids_of_different_devices_do_not_share_sessions() -> None:
     assert other.recv() == []
 
 
+def test_broker_close_ends_every_connection_without_wills() -> None:
+    broker, events, _ = make(Policy.open())
+    watcher, other = Client(broker, "watcher"), Client(broker, "other")
+    watcher.connect()
+    watcher.send(Subscribe(1, [("#", 0)]))
+    other.connect(will=Will("w", b"will"))
+    assert broker.close() == 2
+    assert watcher.conn.should_close
+    assert other.conn.should_close
+    assert other.wakeups >= 1
+    assert broker.core.metrics.messages_in == 0  # the will was not published
+    assert {e["reason"] for e in events.query(kind="mqtt.disconnected")} == {
+        "the edge is shutting down"
+    }
+    assert broker.connections == set()
+
+
 def test_keepalive_and_connect_timeouts() -> None:
     broker, events, clock = make(Policy.open(), connect_timeout=5.0)
     silent = Client(broker, "silent")
