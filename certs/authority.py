@@ -25,6 +25,7 @@ import ipaddress
 import json
 import os
 import re
+import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -639,10 +640,15 @@ class CertificateAuthority:
             self.key_pem(),
             pem_bundle(self.chain),
         )
-        # forkserver: workers do not inherit the caller's threads (unlike fork), and
-        # with this module preloaded they start without re-importing cryptography.
         ctx: BaseContext
-        if "forkserver" in _start_methods():
+        methods = _start_methods()
+        if "fork" in methods and threading.active_count() == 1:
+            # A single-threaded parent forks safely, and workers start with the CA's
+            # modules already imported (no interpreter start-up per pool).
+            ctx = get_context("fork")
+        elif "forkserver" in methods:
+            # With threads around, fork could copy a held lock: fork from a clean server
+            # that has this module preloaded instead.
             server = get_context("forkserver")
             server.set_forkserver_preload(["certs.authority"])
             ctx = server
