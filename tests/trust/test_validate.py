@@ -15,12 +15,12 @@ from edge.trust.errors import LimitError, RefusedError
 from edge.trust.sqlite import SqliteTrustStore, StoreLimits
 
 
-def refuse(store: SqliteTrustStore, data: bytes, **kwargs: bool) -> RefusedError:
+def refuse(store: SqliteTrustStore, data: bytes) -> RefusedError:
     """Upload ``data`` expecting a refusal; check nothing was stored; return the error."""
     before = store.list_sets()
     generation = store.generation()
     with pytest.raises(RefusedError) as info:
-        store.upload("fleet", data, **kwargs)
+        store.upload("fleet", data)
     assert store.list_sets() == before
     assert store.generation() == generation
     assert info.value.findings, "a refusal always carries at least one finding"
