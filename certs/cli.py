@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from certs.authority import CertificateAuthority, IssuedCert
+from certs.bundle import read_certificates
 from certs.cliutil import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, CliError, emit, say
 from certs.errors import CertsError, PassphraseError
 from certs.keys import (
@@ -68,7 +69,7 @@ def _iso_time(text: str) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def _positive(text: str) -> int:
+def _non_negative(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -94,8 +95,6 @@ def load_key_for_cli(path: Path, passphrase_file: Path | None) -> PrivateKey:
 
 def _load_ca(args: argparse.Namespace) -> CertificateAuthority:
     key = load_key_for_cli(args.ca_key, args.passphrase_file)
-    from certs.bundle import read_certificates
-
     certs = read_certificates(args.ca_cert)
     try:
         return CertificateAuthority(certs[0], key, certs[1:])
@@ -104,7 +103,9 @@ def _load_ca(args: argparse.Namespace) -> CertificateAuthority:
 
 
 def _validity_args(parser: argparse.ArgumentParser, days: int) -> None:
-    parser.add_argument("--days", type=_positive, default=days, help=f"validity (default {days})")
+    parser.add_argument(
+        "--days", type=_non_negative, default=days, help=f"validity (default {days})"
+    )
     parser.add_argument("--not-before", type=_iso_time, help="ISO 8601 start (default: now)")
     parser.add_argument("--not-after", type=_iso_time, help="ISO 8601 end (overrides --days)")
 
@@ -308,9 +309,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     device = kinds.add_parser("device", help="device certificates in bulk, with manifest.jsonl")
     _ca_args(device)
-    device.add_argument("--count", type=_positive, default=1)
+    device.add_argument("--count", type=_non_negative, default=1)
     device.add_argument("--id-template", default="dev-{i:05d}", help="e.g. dev-{i:05d}")
-    device.add_argument("--start", type=_positive, default=0, help="first index")
+    device.add_argument("--start", type=_non_negative, default=0, help="first index")
     device.add_argument("--san-uri", help="URI SAN template, e.g. spiffe://edge/{id}")
     device.add_argument("--san-dns", help="DNS SAN template, e.g. {id}.devices.test")
     device.add_argument("--no-client-auth", action="store_true", help="fault: serverAuth-only EKU")
@@ -323,7 +324,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     quick = verbs.add_parser("quickstart", help="one command to a working PKI")
     quick.add_argument("--out", type=Path, required=True)
-    quick.add_argument("--devices", type=_positive, default=10)
+    quick.add_argument("--devices", type=_non_negative, default=10)
     quick.add_argument("--host", action="append", default=[], help="extra server host")
     quick.add_argument("--key-type", choices=KEY_TYPES, default="ec256")
     quick.add_argument("--jobs", type=int, default=1)
@@ -399,7 +400,7 @@ def _register_init_root(verbs: argparse._SubParsersAction[argparse.ArgumentParse
         "--passphrase-file", type=Path, help="passphrase of --key, or to encrypt a generated key"
     )
     init.add_argument(
-        "--days", type=_positive, default=30, help="validity (default 30, as openssl)"
+        "--days", type=_non_negative, default=30, help="validity (default 30, as openssl)"
     )
     init.add_argument("--digest", help="signature digest, e.g. sha256 (default: default_md)")
     init.add_argument("--cert-name", default="rootCA.crt", help="certificate file name")
@@ -467,7 +468,6 @@ def _crl_result(path: Path, crl: Any) -> dict[str, Any]:
 
 @_translate
 def _cmd_revoke(args: argparse.Namespace) -> int:
-    from certs.bundle import read_certificates
     from certs.crl import revoke
 
     ca = _load_ca(args)
@@ -511,7 +511,7 @@ def _register_tools(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) 
     rev.add_argument("--crl", type=Path, required=True, help="CRL file (PEM), updated in place")
     rev.add_argument("certs", type=Path, nargs="+", metavar="CERT")
     rev.add_argument("--reason", choices=sorted(REASONS), help="revocation reason")
-    rev.add_argument("--days", type=_positive, default=7, help="next update in N days")
+    rev.add_argument("--days", type=_non_negative, default=7, help="next update in N days")
     _json_flag(rev)
     rev.set_defaults(func=_cmd_revoke)
 
@@ -522,6 +522,6 @@ def _register_tools(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     crl.add_argument("--reason", choices=sorted(REASONS), help="reason for the added serials")
     crl.add_argument("--out", type=Path, required=True, help="CRL file; renewed if it exists")
-    crl.add_argument("--days", type=_positive, default=7, help="next update in N days")
+    crl.add_argument("--days", type=_non_negative, default=7, help="next update in N days")
     _json_flag(crl)
     crl.set_defaults(func=_cmd_crl)
