@@ -80,7 +80,7 @@ _CONVERT_HINT = {
     "der-pkcs7": "run: edgesim pki convert {src} --to pem",
     "pem-pkcs7": "run: edgesim pki convert {src} --to pem",
     "der-pkcs12": "run: edgesim pki convert {src} --to pem --passphrase-file FILE",
-    "pem-private-key": "a certificate file must not hold a private key; upload the certificate",
+    "pem-private-key": "a certificate file must not hold a private key; give the certificate instead",
     "pem-encrypted-private-key": "a certificate file must not hold a private key",
     "der-private-key": "a certificate file must not hold a private key",
     "pem-csr": "a CSR must first be signed by a CA: edgesim pki issue ...",
