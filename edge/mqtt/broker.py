@@ -26,7 +26,9 @@ Behaviour worth knowing:
   and the old connection is closed (its will is published: no DISCONNECT);
 - keepalive: a client silent for 1.5 x its keepalive is disconnected;
 - QoS 2 inbound is "method B": the message is stored on PUBLISH and routed once on
-  PUBREL, so a re-sent PUBLISH (same packet id) is never routed twice;
+  PUBREL, so a re-sent PUBLISH (same packet id) is never routed twice; like
+  Mosquitto, an unchanged re-send is accepted once per connection, a second one is a
+  protocol error, and a different message under the same id replaces the first;
 - in-flight outbound QoS 1/2 messages are re-sent with DUP on reconnect of a
   persistent session; beyond ``max_inflight`` messages wait in a queue of at most
   ``max_queued`` (then they are dropped and counted);
@@ -166,6 +168,17 @@ class _Outgoing:
         self.sent_at = sent_at
 
 
+class _Incoming:
+    """One inbound QoS 2 message waiting for its PUBREL."""
+
+    __slots__ = ("connection_id", "message", "resent")
+
+    def __init__(self, message: Message, connection_id: int) -> None:
+        self.message = message
+        self.connection_id = connection_id
+        self.resent = 0
+
+
 class MqttSession:
     """The state of one client id: what survives reconnects when clean session is 0.
 
@@ -198,8 +211,9 @@ class MqttSession:
         self.offline_since: float | None = None
         self.inflight: dict[int, _Outgoing] = {}
         self.queue: deque[tuple[Message, int, bool]] = deque()
-        # Inbound QoS 2 messages received but not yet released (None: refused, not routed).
-        self.incoming_qos2: dict[int, Message | None] = {}
+        # Inbound QoS 2 messages received, not yet released: packet id -> the message
+        # and how often this connection re-sent it unchanged.
+        self.incoming_qos2: dict[int, _Incoming] = {}
         self._next_pid = 1
 
     def deliver(self, message: Message, qos: int, retained: bool) -> None:
@@ -642,17 +656,37 @@ class MqttConnection:
             assert pid is not None
             session = self.session
             assert session is not None
-            if pid not in session.incoming_qos2:
-                session.incoming_qos2[pid] = Message(
-                    p.topic, p.payload, 2, p.retain, self.origin, "mqtt", self.now
-                )
+            held = session.incoming_qos2.get(pid)
+            conn_id = self.info.connection_id
+            if (
+                held is None
+                or held.message.topic != p.topic
+                or held.message.payload != p.payload
+                or held.message.retain != p.retain
+            ):
+                # New, or the id reused for another message before PUBREL: the client
+                # gave up on the old one, and the newer message is the one released.
+                message = Message(p.topic, p.payload, 2, p.retain, self.origin, "mqtt", self.now)
+                session.incoming_qos2[pid] = _Incoming(message, conn_id)
+            elif held.connection_id != conn_id:
+                # Re-sent after a reconnect: expected, and the count starts again.
+                held.connection_id = conn_id
+                held.resent = 0
+            else:
+                held.resent += 1
+                if held.resent > 1:
+                    # One re-send is a lost PUBREC; more is a client looping on us.
+                    raise ProtocolViolation(
+                        f"QoS 2 message {pid} re-sent {held.resent} times before PUBREL"
+                    )
             self.write(b"\x50\x02" + pid.to_bytes(2, "big"))
 
     def _on_pubrel(self, pid: int) -> None:
         session = self.session
         assert session is not None
-        message = session.incoming_qos2.pop(pid, None)
-        if message is not None:
+        held = session.incoming_qos2.pop(pid, None)
+        if held is not None:
+            message = held.message
             self._route(message.topic, message.payload, 2, message.retain)
         self.write(b"\x70\x02" + pid.to_bytes(2, "big"))
 

@@ -217,6 +217,35 @@ def test_inbound_qos2_is_routed_once_on_pubrel() -> None:
     assert sub.recv() == [Publish("t", b"once")]
 
 
+def test_inbound_qos2_resend_rules() -> None:
+    broker, _, _ = make(Policy.open())
+    sub = Client(broker, "sub")
+    sub.connect()
+    sub.send(Subscribe(1, [("t", 0)]))
+    sub.recv()
+    pub = Client(broker, "pub")
+    pub.connect(clean_session=False)
+    # A different message under an unreleased id replaces the first.
+    pub.send(
+        Publish("t", b"first", qos=2, packet_id=4), Publish("t", b"second", qos=2, packet_id=4)
+    )
+    pub.send(Pubrel(4))
+    assert sub.recv() == [Publish("t", b"second")]
+    # One unchanged re-send per connection is fine; after a reconnect, one more.
+    pub.send(
+        Publish("t", b"x", qos=2, packet_id=5), Publish("t", b"x", qos=2, dup=True, packet_id=5)
+    )
+    pub.conn.connection_lost()
+    again = Client(broker, "pub")
+    again.connect(clean_session=False)
+    again.send(Publish("t", b"x", qos=2, dup=True, packet_id=5))
+    assert not again.conn.should_close
+    again.send(Publish("t", b"x", qos=2, dup=True, packet_id=5))
+    assert not again.conn.should_close
+    again.send(Publish("t", b"x", qos=2, dup=True, packet_id=5))
+    assert again.conn.close_reason == "QoS 2 message 5 re-sent 2 times before PUBREL"
+
+
 def test_wrong_acknowledgement_is_a_protocol_violation() -> None:
     broker, _, _ = make(Policy.open())
     sub, pub = Client(broker, "sub"), Client(broker, "pub")
