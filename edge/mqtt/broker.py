@@ -614,7 +614,8 @@ class MqttConnection:
             present = True
         session.connection = self
         self.session = session
-        self.write(bytes((0x20, 2, 1 if present else 0, 0)))
+        # MQTT 3.1 has no session-present flag: its CONNACK byte 1 is reserved (0).
+        self.write(bytes((0x20, 2, 1 if present and p.protocol_level == 4 else 0, 0)))
         self.core.events.emit(
             "mqtt.connected",
             "accepted",

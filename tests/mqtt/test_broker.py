@@ -190,6 +190,18 @@ def test_offline_persistent_sessions_expire() -> None:
     assert Client(broker, "sub").connect(clean_session=False) == Connack(False, 0)
 
 
+def test_mqtt31_connack_never_sets_session_present() -> None:
+    broker, _, _ = make(Policy.open())
+    first = Client(broker, "old")
+    first.connect(clean_session=False, protocol_name="MQIsdp", protocol_level=3)
+    first.send(Disconnect())
+    again = Client(broker, "old")
+    assert again.connect(clean_session=False, protocol_name="MQIsdp", protocol_level=3) == (
+        Connack(False, 0)
+    )
+    assert broker.session("fleet/old", "old") is not None
+
+
 def test_clean_session_discards_state() -> None:
     broker, _, _ = make(Policy.open())
     sub = Client(broker, "sub")
