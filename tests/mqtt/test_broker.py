@@ -449,3 +449,45 @@ def test_config_from_dict() -> None:
     config = MqttConfig.from_dict({"max_inflight": 5, "connect_timeout": 3, "retry_interval": None})
     assert config == MqttConfig(max_inflight=5, connect_timeout=3, retry_interval=None)
     assert MqttConfig.from_dict({"retry_interval": 2.5}).retry_interval == 2.5
+
+
+def test_random_packet_streams_never_escape_receive_data() -> None:
+    # Seeded fuzzing of whole connections: valid packets in random order with random
+    # corruption. The broker may close a connection; it must never raise.
+    import random
+
+    rng = random.Random(99)
+    broker, _, clock = make(Policy.open(), max_inflight=3, max_queued=5)
+    pool: list[Packet] = [
+        Subscribe(1, [("a/#", 2), ("+/b", 1)]),
+        Unsubscribe(2, ["a/#"]),
+        Publish("a/b", b"0"),
+        Publish("a/b", b"1", qos=1, packet_id=3),
+        Publish("a/b", b"2", qos=2, packet_id=4, retain=True),
+        Publish("a/b", b"", qos=1, packet_id=5, retain=True),
+        Pubrel(4),
+        Puback(1),
+        Pubrec(2),
+        Pubcomp(2),
+        Pingreq(),
+        Disconnect(),
+        Connect(client_id="again"),
+    ]
+    closed = 0
+    for round_no in range(300):
+        client = Client(broker, f"c{round_no % 7}")
+        client.connect(clean_session=rng.random() < 0.5, will=Will("a/w", b"w"))
+        for _ in range(rng.randint(1, 30)):
+            data = bytearray(encode(rng.choice(pool)))
+            if rng.random() < 0.1:
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            for start in range(0, len(data), rng.randint(1, 8)):
+                client.conn.receive_data(bytes(data[start : start + 8]))
+            client.conn.data_to_send()
+        clock.now += rng.random() * 100
+        client.conn.tick(clock.now)
+        closed += client.conn.should_close
+        if rng.random() < 0.7:
+            client.conn.connection_lost("fuzz")
+    assert closed > 0
+    assert broker.core.metrics.messages_in > 100

@@ -270,3 +270,31 @@ def test_encode_refuses_unencodable_values() -> None:
         encode(Publish("t", b"", qos=1))
     with pytest.raises(ValueError, match="qos 3"):
         encode(Publish("t", b"", qos=3, packet_id=1))
+
+
+def test_mutated_packets_raise_only_mqtt_errors() -> None:
+    # Seeded mutation fuzzing: any byte string either parses or raises an MqttError
+    # (never IndexError, UnicodeDecodeError, ...).
+    import random
+
+    rng = random.Random(1234)
+    seeds = [encode(p) for p in CLIENT_PACKETS + SERVER_PACKETS]
+    outcomes = {"parsed": 0, "rejected": 0}
+    for _ in range(20_000):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 4)):
+            action = rng.random()
+            if action < 0.5 and data:
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            elif action < 0.75 and data:
+                del data[rng.randrange(len(data))]
+            else:
+                data.insert(rng.randrange(len(data) + 1), rng.randrange(256))
+        for server_side in (True, False):
+            try:
+                Parser(max_packet_size=4096, server_side=server_side).feed(bytes(data))
+                outcomes["parsed"] += 1
+            except MqttError:
+                outcomes["rejected"] += 1
+    assert outcomes["parsed"] > 1000
+    assert outcomes["rejected"] > 1000
