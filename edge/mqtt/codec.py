@@ -66,6 +66,7 @@ __all__ = [
     "encode",
     "encode_publish",
     "encode_varint",
+    "encode_varint_prefix",
     "valid_topic_filter",
     "valid_topic_name",
     "validate_string",
@@ -374,6 +375,8 @@ def encode_publish(
     """Encode a PUBLISH from an already UTF-8 encoded ``topic`` (the broker's fast path)."""
     first = 0x30 | (qos << 1) | (0x01 if retain else 0) | (0x08 if dup else 0)
     tlen = len(topic)
+    if tlen > 0xFFFF:
+        raise ValueError(f"topic of {tlen} bytes exceeds 65535")
     if qos:
         if packet_id is None:
             raise ValueError("a QoS 1/2 PUBLISH needs a packet id")
@@ -410,9 +413,7 @@ def encode(packet: Packet) -> bytes:
     Raises ``ValueError`` for values that cannot be encoded (a packet id outside
     1..65535, a string over 65535 bytes, QoS outside 0..2).
     """
-    kind = packet.type
-    if kind == PUBLISH:
-        assert isinstance(packet, Publish)
+    if isinstance(packet, Publish):
         if packet.qos not in (0, 1, 2):
             raise ValueError(f"PUBLISH qos {packet.qos} not in 0..2")
         if packet.qos and not (packet.packet_id and 0 < packet.packet_id <= 0xFFFF):
@@ -425,39 +426,35 @@ def encode(packet: Packet) -> bytes:
             packet.dup,
             packet.packet_id if packet.qos else None,
         )
-    if kind in (PUBACK, PUBREC, PUBREL, PUBCOMP, UNSUBACK):
-        assert isinstance(packet, Puback | Pubrec | Pubrel | Pubcomp | Unsuback)
+    if isinstance(packet, Puback | Pubrec | Pubrel | Pubcomp | Unsuback):
         _check_id(packet.packet_id)
-        flags = 0x02 if kind == PUBREL else 0
-        return bytes((kind << 4 | flags, 2)) + packet.packet_id.to_bytes(2, "big")
-    if kind == PINGREQ:
+        flags = 0x02 if packet.type == PUBREL else 0
+        return bytes((packet.type << 4 | flags, 2)) + packet.packet_id.to_bytes(2, "big")
+    if isinstance(packet, Pingreq):
         return b"\xc0\x00"
-    if kind == PINGRESP:
+    if isinstance(packet, Pingresp):
         return b"\xd0\x00"
-    if kind == DISCONNECT:
+    if isinstance(packet, Disconnect):
         return b"\xe0\x00"
-    if kind == CONNACK:
-        assert isinstance(packet, Connack)
+    if isinstance(packet, Connack):
         return bytes((0x20, 2, 1 if packet.session_present else 0, packet.return_code))
-    if kind == SUBACK:
-        assert isinstance(packet, Suback)
+    if isinstance(packet, Suback):
         _check_id(packet.packet_id)
         return _fixed(0x90, packet.packet_id.to_bytes(2, "big") + bytes(packet.return_codes))
-    if kind == SUBSCRIBE:
-        assert isinstance(packet, Subscribe)
+    if isinstance(packet, Subscribe):
         _check_id(packet.packet_id)
         parts = [packet.packet_id.to_bytes(2, "big")]
         for topic_filter, qos in packet.topics:
+            if qos not in (0, 1, 2):
+                raise ValueError(f"SUBSCRIBE qos {qos} for {topic_filter!r} not in 0..2")
             parts.append(_string(topic_filter))
             parts.append(bytes((qos,)))
         return _fixed(0x82, b"".join(parts))
-    if kind == UNSUBSCRIBE:
-        assert isinstance(packet, Unsubscribe)
+    if isinstance(packet, Unsubscribe):
         _check_id(packet.packet_id)
         parts = [packet.packet_id.to_bytes(2, "big")]
         parts.extend(_string(t) for t in packet.topics)
         return _fixed(0xA2, b"".join(parts))
-    assert isinstance(packet, Connect)
     return _encode_connect(packet)
 
 
@@ -470,6 +467,8 @@ def _encode_connect(p: Connect) -> bytes:
     flags = 0x02 if p.clean_session else 0
     payload = [_string(p.client_id)]
     if p.will is not None:
+        if p.will.qos not in (0, 1, 2):
+            raise ValueError(f"CONNECT will qos {p.will.qos} not in 0..2")
         flags |= 0x04 | (p.will.qos << 3) | (0x20 if p.will.retain else 0)
         payload.append(_string(p.will.topic))
         payload.append(_binary(p.will.payload))

@@ -270,6 +270,14 @@ def test_encode_refuses_unencodable_values() -> None:
         encode(Publish("t", b"", qos=1))
     with pytest.raises(ValueError, match="qos 3"):
         encode(Publish("t", b"", qos=3, packet_id=1))
+    with pytest.raises(ValueError, match="SUBSCRIBE qos 3 for 't'"):
+        encode(Subscribe(1, [("t", 3)]))
+    with pytest.raises(ValueError, match="will qos 3"):
+        encode(Connect(client_id="c", will=Will("t", b"", 3)))
+    with pytest.raises(ValueError, match="topic of 65536 bytes exceeds 65535"):
+        encode(Publish("t" * 65536, b""))
+    with pytest.raises(ValueError, match="string of 65536 bytes"):
+        encode(Unsubscribe(1, ["t" * 65536]))
 
 
 def test_mutated_packets_raise_only_mqtt_errors() -> None:
