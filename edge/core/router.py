@@ -10,15 +10,19 @@ and returns. A subscriber holding several matching subscriptions receives one co
 at the highest granted QoS (the choice Mosquitto makes by default).
 
 The router raises no exceptions of its own; a subscriber whose ``deliver`` raises
-is the adapter's bug and propagates.
+(an adapter's bug) is logged and skipped, so the publisher and the other
+subscribers are not affected.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from edge.core.topics import TopicTree, matches
+
+log = logging.getLogger("edgesim.router")
 
 
 @dataclass(slots=True, eq=False)
@@ -142,9 +146,16 @@ class Router:
                 self._retained.pop(message.topic, None)
         targets = self.subscribers_of(message.topic)
         mqos = message.qos
+        delivered = 0
         for subscriber, qos in targets:
-            subscriber.deliver(message, qos if qos < mqos else mqos, False)
-        return len(targets)
+            try:
+                subscriber.deliver(message, qos if qos < mqos else mqos, False)
+            except Exception:
+                # One adapter's bug must not cost the publisher or other subscribers.
+                log.exception("subscriber %s failed to take a message", subscriber.subscriber_id)
+                continue
+            delivered += 1
+        return delivered
 
     # --- retained ----------------------------------------------------------------------
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from edge.core.router import Message, Router
 
 
@@ -62,3 +64,20 @@ def test_retained_store_clear_and_delivery_on_subscribe() -> None:
     assert router.publish(msg("r/1", b"", retain=True)) == 1
     assert router.retained("r/1") is None
     assert router.deliver_retained(Sink("c"), "r/1", 0) == 0
+
+
+class Broken:
+    subscriber_id = "broken"
+
+    def deliver(self, message: Message, qos: int, retained: bool) -> None:
+        raise RuntimeError("adapter bug")
+
+
+def test_a_failing_subscriber_does_not_stop_the_others(caplog: pytest.LogCaptureFixture) -> None:
+    router = Router()
+    good = Sink("good")
+    router.subscribe(Broken(), "t", 0)
+    router.subscribe(good, "t", 0)
+    assert router.publish(msg("t")) == 1
+    assert good.got == [("t", b"x", 0, False)]
+    assert "subscriber broken failed" in caplog.text
