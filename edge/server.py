@@ -44,6 +44,7 @@ from edge.core.session import SessionInfo
 from edge.tls.connection import AppProtocolFactory, EndpointOptions, ListenerKind, TlsEndpoint
 from edge.tls.contexts import ContextCache, TlsSettings
 from edge.tls.errors import TlsError
+from edge.tls.keylog import KeyLogTap
 from edge.trust.model import TrustSnapshot
 
 __all__ = ["EdgeServer", "EdgeServerError", "ServerThread"]
@@ -82,7 +83,12 @@ class EdgeServer:
         events: EventLog | None = None,
     ) -> None:
         self.config = config or EdgeConfig()
-        self.events = events if events is not None else EventLog()
+        # Formatting every event for a log nobody reads costs CPU on every connect.
+        self.events = (
+            events
+            if events is not None
+            else EventLog(log_events=logging.getLogger("edgesim.events").isEnabledFor(logging.INFO))
+        )
         self._extra_factories = dict(factories or {})
         self.ports: dict[str, int] = {}
         self.endpoints: dict[str, TlsEndpoint] = {}
@@ -91,6 +97,7 @@ class EdgeServer:
         self.trust: Any = None
         self.store: Any = None
         self.contexts: ContextCache | None = None
+        self.keylog: KeyLogTap | None = None
         self.admin_token: str | None = None
         self._snapshot: TrustSnapshot = TrustSnapshot(0, {}, {})
         self._servers: list[asyncio.Server] = []
@@ -124,6 +131,12 @@ class EdgeServer:
         cfg = self.config
         try:
             pki = await asyncio.to_thread(self._prepare_pki)
+            keylog_file = cfg.tls.keylog_file
+            if cfg.tls.capture_tls13_certificates:
+                # The tap reads OpenSSL's key log and copies it to keylog_file, if any.
+                self.keylog = KeyLogTap(tee=keylog_file)
+                self._cleanups.append(self.keylog.close)
+                keylog_file = self.keylog.path
             self.contexts = ContextCache(
                 TlsSettings(
                     cert_file=pki.cert,
@@ -131,7 +144,7 @@ class EdgeServer:
                     minimum_version=cfg.tls.minimum_version,
                     num_tickets=cfg.tls.num_tickets,
                     alpn=cfg.tls.alpn,
-                    keylog_file=cfg.tls.keylog_file,
+                    keylog_file=keylog_file,
                 )
             )
             await self._start_trust(pki)
@@ -159,6 +172,7 @@ class EdgeServer:
                     max_connections=options.max_connections,
                     identity_rule=cfg.identity.rule,
                 ),
+                keylog=self.keylog,
             )
             try:
                 server = await loop.create_server(

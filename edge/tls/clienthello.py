@@ -46,6 +46,8 @@ _EXT_SUPPORTED_VERSIONS = 43
 _MAX_RECORD = 16384 + 2048
 #: Stop buffering handshake bytes past this; a client certificate chain is far smaller.
 _MAX_CAPTURE = 128 * 1024
+#: Keep at most this much of an encrypted (TLS 1.3) client flight.
+_MAX_ENCRYPTED = 64 * 1024
 
 VERSION_NAMES: dict[int, str] = {
     0x0300: "SSLv3",
@@ -85,6 +87,8 @@ class ClientHello:
     sni: str | None
     alpn: tuple[str, ...]
     extensions: tuple[int, ...]
+    #: The 32-byte client random: the key of this handshake's lines in a key log.
+    random: bytes = b""
 
 
 def classify_plaintext(data: bytes) -> str:
@@ -160,7 +164,7 @@ def parse_client_hello(body: bytes, record_version: int) -> ClientHello:
     try:
         legacy_version = r.u16()
         field = "random"
-        r.take(32)
+        client_random = r.take(32)
         field = "session_id"
         r.vec(1)
         field = "cipher_suites"
@@ -212,6 +216,7 @@ def parse_client_hello(body: bytes, record_version: int) -> ClientHello:
         sni=sni,
         alpn=tuple(alpn),
         extensions=tuple(ext_types),
+        random=client_random,
     )
 
 
@@ -243,6 +248,11 @@ class ClientFlightReader:
         self._records = 0
         self.client_hello: ClientHello | None = None
         self.client_certificates: tuple[bytes, ...] = ()
+        #: Encrypted client records (TLS 1.3 handshake flight), kept for
+        #: :mod:`edge.tls.keylog` to decrypt the Certificate of a refused device.
+        self.encrypted_records: list[bytes] = []
+        self._encrypted_bytes = 0
+        self._after_ccs = False
         self.problem: FlightProblem | None = None
         self.reason = ""
         #: True once nothing more can be learnt from cleartext (encryption started,
@@ -289,13 +299,26 @@ class ClientFlightReader:
                     FlightProblem.MALFORMED, f"TLS record of {length} bytes exceeds the maximum"
                 )
                 return
-            if ctype in (_CT_CHANGE_CIPHER_SPEC, _CT_APPLICATION_DATA):
-                # From here on the client's records are encrypted.
+            if len(buf) < 5 + length:
+                return
+            if self._after_ccs and ctype == _CT_HANDSHAKE:
+                # TLS 1.2: the Finished after ChangeCipherSpec is encrypted.
                 self.done = True
                 self._buf.clear()
                 return
-            if len(buf) < 5 + length:
-                return
+            if ctype in (_CT_CHANGE_CIPHER_SPEC, _CT_APPLICATION_DATA):
+                # From here on the client's records are encrypted (TLS 1.3: a
+                # middlebox-compatibility CCS, then the encrypted flight).
+                self._after_ccs = self._after_ccs or ctype == _CT_CHANGE_CIPHER_SPEC
+                if ctype == _CT_APPLICATION_DATA:
+                    self._encrypted_bytes += 5 + length
+                    if self._encrypted_bytes > _MAX_ENCRYPTED:
+                        self.done = True
+                        return
+                    self.encrypted_records.append(bytes(buf[: 5 + length]))
+                del buf[: 5 + length]
+                self._records += 1
+                continue
             payload = bytes(buf[5 : 5 + length])
             del buf[: 5 + length]
             self._records += 1
@@ -345,6 +368,12 @@ def server_hello_version(data: bytes) -> str | None:
     Python's ``ssl`` reports the version only after a successful handshake; the
     handshake driver needs it earlier to know which alert a failure sends.
     """
+    found = parse_server_hello(data)
+    return found[0] if found else None
+
+
+def parse_server_hello(data: bytes) -> tuple[str, int] | None:
+    """Return ``(version name, cipher suite)`` from a server's first flight, if readable."""
     if len(data) < 5 or data[0] != _CT_HANDSHAKE:
         return None
     length = int.from_bytes(data[3:5], "big")
@@ -356,14 +385,15 @@ def server_hello_version(data: bytes) -> str | None:
         legacy = body.u16()
         body.take(32)
         body.vec(1)
-        body.take(3)  # cipher suite, compression method
+        suite = body.u16()
+        body.take(1)  # compression method
         if not body.at_end():
             exts = body.vec(2)
             while not exts.at_end():
                 ext_type = exts.u16()
                 ext = exts.vec(2)
                 if ext_type == _EXT_SUPPORTED_VERSIONS:
-                    return version_name(ext.u16())
-        return version_name(legacy)
+                    return version_name(ext.u16()), suite
+        return version_name(legacy), suite
     except _Short:
         return None

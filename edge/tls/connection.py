@@ -36,6 +36,7 @@ from edge.identity import IdentityRule, derive_identity, describe_certificate
 from edge.tls.clienthello import ClientFlightReader, ClientHello, FlightProblem
 from edge.tls.contexts import ContextCache
 from edge.tls.errors import IdentityError, TlsConfigError
+from edge.tls.keylog import KeyLogTap, decrypt_client_certificates
 from edge.tls.session import TlsServerSession, TlsState
 from edge.tls.verdict import HandshakeVerdict, alert_record, explain
 
@@ -124,8 +125,11 @@ class TlsEndpoint:
         factories: Mapping[str, AppProtocolFactory],
         events: EventLog,
         options: EndpointOptions | None = None,
+        keylog: KeyLogTap | None = None,
     ) -> None:
         self.contexts = contexts
+        #: Reads the key log of ``contexts`` (TLS 1.3 refusals name the certificate).
+        self.keylog = keylog
         self.snapshot = snapshot
         self.factories = dict(factories)
         self.events = events
@@ -287,6 +291,8 @@ class EdgeTlsProtocol(asyncio.Protocol):
             self._counted = False
             ep._released()
         ep.open_protocols.discard(self)
+        if ep.keylog is not None and self.hello is not None:
+            ep.keylog.forget(self.hello.random)
         phase = self._phase
         self._phase = _PHASE_CLOSED
         if phase == _PHASE_HANDSHAKE and self.session is not None and self.session.failure is None:
@@ -380,6 +386,8 @@ class EdgeTlsProtocol(asyncio.Protocol):
         session = self.session
         assert session is not None
         session.receive_data(data)
+        if self.endpoint.keylog is not None:
+            self.endpoint.keylog.drain()
         self._flush()
         if session.failure is not None:
             self._handshake_failed()
@@ -435,6 +443,8 @@ class EdgeTlsProtocol(asyncio.Protocol):
         hello = self.hello
         self.reader = None
         self._pending = bytearray()
+        if self.endpoint.keylog is not None and hello is not None:
+            self.endpoint.keylog.forget(hello.random)
         self.info = SessionInfo(
             identity=identity,
             peer=self.peer,
@@ -592,10 +602,22 @@ class EdgeTlsProtocol(asyncio.Protocol):
         )
 
     def _presented_certificate(self) -> PeerCertificate | None:
-        # TLS 1.2 carries the client Certificate message in cleartext; TLS 1.3
-        # encrypts it and Python's ssl exposes no peer certificate after a failed
-        # verification, so a TLS 1.3 refusal names no certificate.
-        certs = self.reader.client_certificates if self.reader is not None else ()
+        # TLS 1.2 carries the client Certificate message in cleartext. TLS 1.3
+        # encrypts it, and Python's ssl exposes no peer certificate after a failed
+        # verification: decrypt the client's flight with the handshake secret
+        # from the key log tap (edge.tls.keylog), when there is one.
+        reader = self.reader
+        if reader is None:
+            return None
+        certs = reader.client_certificates
+        tap = self.endpoint.keylog
+        session = self.session
+        if not certs and tap is not None and self.hello is not None and session is not None:
+            secret = tap.pop(self.hello.random)
+            if secret is not None and reader.encrypted_records:
+                certs = decrypt_client_certificates(
+                    secret, session.cipher_suite, reader.encrypted_records
+                )
         return describe_certificate(certs[0]) if certs else None
 
     # -- output -----------------------------------------------------------------

@@ -24,7 +24,7 @@ import contextlib
 import enum
 import ssl
 
-from edge.tls.clienthello import server_hello_version
+from edge.tls.clienthello import parse_server_hello
 from edge.tls.verdict import HandshakeFailure, failure_from_ssl_error
 
 __all__ = ["TlsServerSession", "TlsState"]
@@ -50,6 +50,7 @@ class TlsServerSession:
         "_out",
         "_ssl",
         "_version_seen",
+        "cipher_suite",
         "close_reason",
         "failure",
         "peer_closed",
@@ -70,6 +71,8 @@ class TlsServerSession:
         self.close_reason = ""
         self._version_seen: str | None = None
         self._close_sent = False
+        #: The cipher suite our ServerHello selected (0 until it is sent).
+        self.cipher_suite = 0
 
     @property
     def handshake_done(self) -> bool:
@@ -104,7 +107,9 @@ class TlsServerSession:
                 # has certificate_required, TLS 1.2 does not): read it from our
                 # own ServerHello.
                 out = self._out.read()
-                self._version_seen = server_hello_version(out)
+                found = parse_server_hello(out)
+                if found is not None:
+                    self._version_seen, self.cipher_suite = found
                 self._out.write(out)
             if self._in.eof:
                 self._fail_eof()

@@ -44,6 +44,7 @@ num_tickets = 2
 alpn = ["mqtt"]
 handshake_timeout = 2.5
 max_handshakes = 10
+capture_tls13_certificates = true
 [identity]
 rule = "san-uri"
 [trust]
@@ -63,6 +64,7 @@ preset = "open"
     assert cfg.tls.num_tickets == 2
     assert cfg.tls.alpn == ("mqtt",)
     assert cfg.tls.handshake_timeout == 2.5
+    assert cfg.tls.capture_tls13_certificates is True
     assert cfg.identity.rule is IdentityRule.SAN_URI
     assert cfg.store_path == Path("/var/lib/edge/trust.db")
     assert cfg.trust.propagation_delay == 1.0

@@ -20,6 +20,7 @@ from edge.core.events import Event, EventLog
 from edge.core.session import SessionInfo
 from edge.tls.connection import EndpointOptions, TlsEndpoint
 from edge.tls.contexts import ContextCache, TlsSettings
+from edge.tls.keylog import KeyLogTap
 from edge.trust.model import ActiveSet, TrustSnapshot
 
 CONNECT = bytes.fromhex("101000044d5154540402003c000464657631")  # client id "dev1"
@@ -95,13 +96,17 @@ async def running_edge(
     holder: dict[str, TrustSnapshot] = {
         "snap": TrustSnapshot(1, {"default": active}, bindings or {"*": "default"})
     }
-    contexts = ContextCache(TlsSettings(cert_file=pki.server_cert, key_file=pki.server_key))
+    tap = KeyLogTap()
+    contexts = ContextCache(
+        TlsSettings(cert_file=pki.server_cert, key_file=pki.server_key, keylog_file=tap.path)
+    )
     endpoint = TlsEndpoint(
         contexts=contexts,
         snapshot=lambda: holder["snap"],
         factories={"mqtt": MqttDouble},
         events=events,
         options=options,
+        keylog=tap,
     )
     loop = asyncio.get_running_loop()
     server = await loop.create_server(endpoint.protocol_factory, "127.0.0.1", 0)
@@ -112,6 +117,8 @@ async def running_edge(
         server.close()
         endpoint.close_all()
         await server.wait_closed()
+        assert len(tap) == 0, "the key log tap kept secrets of finished handshakes"
+        tap.close()
 
 
 async def open_tls(
@@ -211,6 +218,24 @@ async def test_unknown_ca_tls12_names_the_presented_certificate(pki: Any) -> Non
         assert cert["serial"] == device.issued.serial_hex
         assert len(cert["sha256"]) == 64
         assert event["reason"] == "issued by `CN=Unknown Root`, which is not in set `default` v1"
+
+
+@pytest.mark.timeout(20)
+async def test_unknown_ca_tls13_names_the_certificate_from_the_encrypted_flight(pki: Any) -> None:
+    async with running_edge(pki) as edge:
+        device = pki.device("dev-stranger-13", ca=pki.other)
+        ctx = pki.client_context(device, version=ssl.TLSVersion.TLSv1_3)
+        reader, writer = await open_tls(edge, ctx)
+        with pytest.raises((ssl.SSLError, ConnectionError, asyncio.IncompleteReadError)):
+            await asyncio.wait_for(reader.readexactly(1), 5)
+        event = await edge.refused()
+        assert event["alert"] == "unknown_ca"
+        assert event["tls_version"] == "TLSv1.3"
+        assert event["certificate"]["subject"] == "CN=dev-stranger-13"
+        assert event["certificate"]["serial"] == device.issued.serial_hex
+        assert event["reason"] == "issued by `CN=Unknown Root`, which is not in set `default` v1"
+        await close(writer)
+        await edge.endpoint.wait_idle(5)
 
 
 @pytest.mark.timeout(20)

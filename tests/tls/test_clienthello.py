@@ -144,12 +144,22 @@ def test_incomplete_hello_waits_for_more() -> None:
     assert not reader.done
 
 
-def test_reading_stops_at_change_cipher_spec() -> None:
+def test_encrypted_records_after_change_cipher_spec_are_kept() -> None:
     reader = ClientFlightReader()
-    reader.receive_data(client_hello_bytes() + b"\x14\x03\x03\x00\x01\x01")
+    encrypted = b"\x17\x03\x03\x00\x04abcd"
+    reader.receive_data(client_hello_bytes() + b"\x14\x03\x03\x00\x01\x01" + encrypted)
     assert reader.client_hello is not None
-    assert reader.done
+    assert reader.encrypted_records == [encrypted]
     assert reader.client_certificates == ()
+    assert not reader.done
+
+
+def test_tls12_encrypted_finished_stops_reading() -> None:
+    reader = ClientFlightReader()
+    finished = b"\x16\x03\x03\x00\x04wxyz"  # a handshake record after CCS: encrypted
+    reader.receive_data(client_hello_bytes() + b"\x14\x03\x03\x00\x01\x01" + finished)
+    assert reader.done
+    assert reader.problem is None
 
 
 def test_parse_client_hello_without_extensions_uses_legacy_version() -> None:

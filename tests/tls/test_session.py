@@ -7,10 +7,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from edge.identity import describe_certificate
 from edge.tls.clienthello import ClientFlightReader
 from edge.tls.contexts import ContextCache, TlsSettings
+from edge.tls.keylog import KeyLogTap, decrypt_client_certificates, hkdf_expand_label
 from edge.tls.session import TlsServerSession, TlsState
 from edge.tls.verdict import explain
 
@@ -265,3 +268,82 @@ def test_adding_a_crl_to_the_same_version_builds_a_new_context(pki: Any) -> None
     assert cache.context_for(before) is not cache.context_for(after)
     cache.apply([after])
     assert len(cache) == 1
+
+
+def test_tls13_refused_certificate_is_decrypted_from_the_key_log(pki: Any) -> None:
+    tap = KeyLogTap()
+    try:
+        cache = ContextCache(
+            TlsSettings(cert_file=pki.server_cert, key_file=pki.server_key, keylog_file=tap.path)
+        )
+        server = TlsServerSession(cache.context_for(pki.chain_set()))
+        device = pki.device("dev-encrypted", ca=pki.other)
+        cctx = pki.client_context(device, version=ssl.TLSVersion.TLSv1_3)
+        c_in, c_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        wire = Wire(cctx.wrap_bio(c_in, c_out, server_hostname="localhost"), c_in, c_out, server)
+        wire.pump()
+        assert server.failure is not None
+        assert server.failure.alert == "unknown_ca"
+        hello = wire.reader.client_hello
+        assert hello is not None
+        assert wire.reader.client_certificates == ()  # encrypted: nothing in cleartext
+        secret = tap.pop(hello.random)
+        assert secret is not None
+        certs = decrypt_client_certificates(
+            secret, server.cipher_suite, wire.reader.encrypted_records
+        )
+        assert certs[0] == device.der
+    finally:
+        tap.close()
+
+
+@pytest.mark.parametrize(
+    ("suite", "aead", "key_len", "algorithm"),
+    [
+        (0x1301, AESGCM, 16, hashes.SHA256()),
+        (0x1302, AESGCM, 32, hashes.SHA384()),
+        (0x1303, ChaCha20Poly1305, 32, hashes.SHA256()),
+    ],
+)
+def test_decrypt_every_tls13_suite(suite: int, aead: Any, key_len: int, algorithm: Any) -> None:
+    # A client flight built by hand: Certificate (two certs) in two records.
+    secret = bytes(range(algorithm.digest_size))
+    key = hkdf_expand_label(secret, b"key", key_len, algorithm)
+    iv = hkdf_expand_label(secret, b"iv", 12, algorithm)
+    entries = b"".join(
+        len(c).to_bytes(3, "big") + c + b"\x00\x00" for c in (b"leaf-der", b"ca-der")
+    )
+    body = b"\x00" + len(entries).to_bytes(3, "big") + entries
+    message = b"\x0b" + len(body).to_bytes(3, "big") + body
+    records = []
+    for seq, part in enumerate((message[:10], message[10:])):
+        inner = part + b"\x16" + b"\x00" * 3  # content type, then padding
+        header = b"\x17\x03\x03" + (len(inner) + 16).to_bytes(2, "big")
+        nonce = bytes(a ^ b for a, b in zip(iv, seq.to_bytes(12, "big"), strict=True))
+        records.append(header + aead(key).encrypt(nonce, inner, header))
+    assert decrypt_client_certificates(secret, suite, records) == (b"leaf-der", b"ca-der")
+
+
+def test_decrypt_with_a_wrong_secret_gives_nothing() -> None:
+    record = b"\x17\x03\x03\x00\x20" + b"\x00" * 32
+    assert decrypt_client_certificates(b"\x01" * 32, 0x1301, [record]) == ()
+    assert decrypt_client_certificates(b"\x01" * 32, 0x9999, [record]) == ()
+
+
+def test_key_log_tap_keeps_only_client_handshake_secrets(tmp_path: Any) -> None:
+    tee = tmp_path / "keys.log"
+    tap = KeyLogTap(tee=tee)
+    try:
+        with open(tap.path, "ab") as writer:
+            writer.write(b"SERVER_HANDSHAKE_TRAFFIC_SECRET aa bb\n")
+            writer.write(b"CLIENT_HANDSHAKE_TRAFFIC_SECRET 0102 0a0b\nCLIENT_HANDSHAKE_TRA")
+            writer.flush()
+            tap.drain()
+            writer.write(b"FFIC_SECRET 0304 0c0d\n")
+            writer.flush()
+        assert tap.pop(b"\x01\x02") == b"\x0a\x0b"
+        assert tap.pop(b"\x03\x04") == b"\x0c\x0d"
+        assert len(tap) == 0
+        assert tee.read_bytes().count(b"\n") == 3
+    finally:
+        tap.close()
