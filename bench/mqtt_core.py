@@ -3,7 +3,8 @@
 Two measurements, each the median of several rounds:
 
 - ``sansio``: CPU per QoS 0 message through parse -> policy -> match -> encode ->
-  output buffer, one publisher and ``fanout`` subscribers, no sockets;
+  output buffer, one publisher and ``fanout`` subscribers, no sockets (open policy,
+  and once with a rules policy like the default one);
 - ``loopback``: *server process* CPU (``/proc/<pid>/stat``) per routed QoS 0
   message over plain TCP on 127.0.0.1, for the edge's broker (uvloop,
   MqttServerProtocol, open policy) and for Mosquitto, measured side by side with
@@ -36,7 +37,7 @@ from edge.core.session import DeviceIdentity, SessionInfo
 from edge.mqtt.broker import MqttBroker, MqttConfig
 from edge.mqtt.codec import Connect, Publish, Subscribe, encode
 
-TOPIC = "devices/bench/telemetry"
+TOPIC = "devices/pub/telemetry"  # under the publisher "pub"s own subtree
 PAYLOAD = b"x" * 64
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -45,9 +46,20 @@ def _session(name: str) -> SessionInfo:
     return SessionInfo(identity=DeviceIdentity(namespace="bench", name=name), peer="bench")
 
 
-def sansio_us_per_message(messages: int, fanout: int, batch: int) -> float:
+#: A rules policy shaped like the default one (own subtree), so that policy checks run.
+RULES = {
+    "mode": "rules",
+    "client_id": "must-equal",
+    "rules": [{"publish": ["devices/{identity}/#"], "subscribe": ["devices/#"]}],
+}
+
+
+def sansio_us_per_message(
+    messages: int, fanout: int, batch: int, *, policy: Policy | None = None
+) -> float:
     """CPU microseconds per published message through the sans-I/O broker."""
-    broker = MqttBroker(EdgeCore(EventLog(log_events=False), Policy.open()), MqttConfig())
+    core = EdgeCore(EventLog(log_events=False), policy or Policy.open())
+    broker = MqttBroker(core, MqttConfig())
 
     subs = []
     for i in range(fanout):
@@ -203,6 +215,10 @@ def run(quick: bool = False) -> dict[str, object]:
         figures[f"sansio_us_per_msg_fanout{fanout}_batch{batch}"] = round(
             statistics.median(samples), 2
         )
+    samples = [
+        sansio_us_per_message(n_sansio, 1, 1, policy=Policy.from_dict(RULES)) for _ in range(rounds)
+    ]
+    figures["sansio_us_per_msg_fanout1_batch1_rules_policy"] = round(statistics.median(samples), 2)
     edge_proc, edge_port = _start_edge()
     with tempfile.TemporaryDirectory() as tmp:
         mosq = _start_mosquitto(Path(tmp))
