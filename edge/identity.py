@@ -29,7 +29,13 @@ from cryptography.x509.oid import NameOID
 from edge.core.session import DeviceIdentity, PeerCertificate
 from edge.tls.errors import IdentityError
 
-__all__ = ["IdentityRule", "derive_identity", "describe_certificate", "parse_rule"]
+__all__ = [
+    "IdentityRule",
+    "derive_identity",
+    "describe_certificate",
+    "inspect_certificate",
+    "parse_rule",
+]
 
 
 class IdentityRule(enum.Enum):
@@ -67,6 +73,23 @@ def derive_identity(der: bytes, *, namespace: str, rule: IdentityRule) -> Device
         cert = x509.load_der_x509_certificate(der)
     except ValueError as exc:
         raise IdentityError(f"the client certificate cannot be parsed: {exc}") from None
+    return _identity(cert, der, namespace, rule)
+
+
+def inspect_certificate(
+    der: bytes, *, namespace: str, rule: IdentityRule
+) -> tuple[DeviceIdentity, PeerCertificate]:
+    """Parse ``der`` once; return the device identity and the facts events report."""
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except ValueError as exc:
+        raise IdentityError(f"the client certificate cannot be parsed: {exc}") from None
+    return _identity(cert, der, namespace, rule), _facts(cert, der)
+
+
+def _identity(
+    cert: x509.Certificate, der: bytes, namespace: str, rule: IdentityRule
+) -> DeviceIdentity:
     name: str | None
     if rule is IdentityRule.CN:
         attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
@@ -92,17 +115,20 @@ def derive_identity(der: bytes, *, namespace: str, rule: IdentityRule) -> Device
 def describe_certificate(der: bytes) -> PeerCertificate | None:
     """Return the event-facing facts of a DER certificate, or ``None`` if it does not parse."""
     try:
-        cert = x509.load_der_x509_certificate(der)
-        return PeerCertificate(
-            subject=cert.subject.rfc4514_string(),
-            issuer=cert.issuer.rfc4514_string(),
-            serial=f"{cert.serial_number:x}",
-            sha256=hashlib.sha256(der).hexdigest(),
-            not_before=cert.not_valid_before_utc.isoformat(),
-            not_after=cert.not_valid_after_utc.isoformat(),
-        )
+        return _facts(x509.load_der_x509_certificate(der), der)
     except ValueError:
         return None
+
+
+def _facts(cert: x509.Certificate, der: bytes) -> PeerCertificate:
+    return PeerCertificate(
+        subject=cert.subject.rfc4514_string(),
+        issuer=cert.issuer.rfc4514_string(),
+        serial=f"{cert.serial_number:x}",
+        sha256=hashlib.sha256(der).hexdigest(),
+        not_before=cert.not_valid_before_utc.isoformat(),
+        not_after=cert.not_valid_after_utc.isoformat(),
+    )
 
 
 def certificate_to_der(cert: x509.Certificate) -> bytes:

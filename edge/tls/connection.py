@@ -32,7 +32,7 @@ from typing import Any, Literal, Protocol, cast
 
 from edge.core.events import EventLog
 from edge.core.session import PeerCertificate, SessionInfo
-from edge.identity import IdentityRule, derive_identity, describe_certificate
+from edge.identity import IdentityRule, describe_certificate, inspect_certificate
 from edge.tls.clienthello import ClientFlightReader, ClientHello, FlightProblem
 from edge.tls.contexts import ContextCache
 from edge.tls.errors import IdentityError, TlsConfigError
@@ -421,14 +421,15 @@ class EdgeTlsProtocol(asyncio.Protocol):
             self._timer = None
         obj = session.ssl_object
         der = obj.getpeercert(binary_form=True)
-        cert = describe_certificate(der) if der else None
+        cert: PeerCertificate | None = None
         try:
             if der is None:
                 raise IdentityError("no peer certificate after a verified handshake")
-            identity = derive_identity(
+            identity, cert = inspect_certificate(
                 der, namespace=active.name, rule=self.endpoint.options.identity_rule
             )
         except IdentityError as exc:
+            cert = describe_certificate(der) if der else None
             session.close(str(exc))
             self._flush()
             self._emit_refused(

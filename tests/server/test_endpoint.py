@@ -395,3 +395,27 @@ async def test_handshake_limit_refuses_with_an_event(pki: Any) -> None:
         assert edge.endpoint.handshakes == 0
         await edge.endpoint.wait_idle(5)
         assert edge.endpoint.connections == 0
+
+
+@pytest.mark.timeout(20)
+async def test_identity_rule_san_dns(pki: Any) -> None:
+    from edge.identity import IdentityRule
+
+    options = EndpointOptions(identity_rule=IdentityRule.SAN_DNS)
+    async with running_edge(pki, options=options) as edge:
+        named = pki.device("dev-dns", san_dns="dev-dns.devices.example")
+        reader, writer = await open_tls(edge, pki.client_context(named))
+        writer.write(CONNECT)
+        assert await asyncio.wait_for(reader.readexactly(4), 5) == CONNACK
+        accepted = await edge.events.wait_for(lambda e: e["kind"] == "tls.accepted")
+        assert accepted["identity"] == "default/dev-dns.devices.example"
+        await close(writer)
+        since = edge.events.last_id
+        reader, writer = await open_tls(edge, pki.client_context(pki.device("dev-no-dns")))
+        event = await edge.refused(since)
+        with pytest.raises((ssl.SSLError, ConnectionError, asyncio.IncompleteReadError)):
+            await asyncio.wait_for(reader.readexactly(1), 5)
+        assert "identity rule `san-dns`" in event["reason"]
+        assert event["certificate"]["subject"] == "CN=dev-no-dns"
+        await close(writer)
+        await edge.endpoint.wait_idle(5)

@@ -81,6 +81,7 @@ class Pki:
         expired: bool = False,
         eku: tuple[str, ...] = ("clientAuth",),
         san_uri: str | None = None,
+        san_dns: str | None = None,
     ) -> DeviceFiles:
         """Issue a device certificate (by the intermediate unless ``ca``) and write it."""
         ca = ca or self.inter
@@ -88,7 +89,9 @@ class Pki:
             start, end = self.now - timedelta(days=30), self.now - timedelta(days=1)
         else:
             start, end = self.now - timedelta(days=1), self.now + timedelta(days=30)
-        issued = ca.issue_device(name, not_before=start, not_after=end, eku=eku, san_uri=san_uri)
+        issued = ca.issue_device(
+            name, not_before=start, not_after=end, eku=eku, san_uri=san_uri, san_dns=san_dns
+        )
         cert = self.root_dir / f"{name}.pem"
         key = self.root_dir / f"{name}.key"
         cert.write_bytes(issued.fullchain_pem)
