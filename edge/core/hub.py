@@ -30,6 +30,10 @@ from edge.core.policy import Policy
 from edge.core.router import Message, Router, Subscriber
 from edge.core.session import SessionInfo
 
+#: After the first ``policy.denied`` event for a (connection, action, topic), only
+#: every DENIAL_SUMMARY-th repeat becomes an event (with ``count``).
+DENIAL_SUMMARY = 1000
+
 #: The reason given when a device publishes into the edge's own ``$`` namespace.
 RESERVED = "the $ namespace is reserved for the edge"
 
@@ -45,7 +49,7 @@ class PublishResult(NamedTuple):
 class EdgeCore:
     """Router + policy + handlers + events + metrics, shared by all adapters."""
 
-    __slots__ = ("events", "handlers", "metrics", "policy", "router")
+    __slots__ = ("_denials", "events", "handlers", "metrics", "policy", "router")
 
     def __init__(
         self,
@@ -60,6 +64,8 @@ class EdgeCore:
         self.handlers = handlers if handlers is not None else HandlerRegistry()
         self.metrics = metrics if metrics is not None else Metrics()
         self.router = Router()
+        # Denials seen per (connection, action, topic): repeats are summarized.
+        self._denials: dict[tuple[int, str, str], int] = {}
 
     def check_client_id(self, session: SessionInfo, client_id: str) -> str | None:
         """None if ``session`` may use ``client_id``, else the reason (also an event)."""
@@ -150,6 +156,16 @@ class EdgeCore:
         return out
 
     def _denied(self, session: SessionInfo, action: str, target: str, reason: str) -> None:
+        # A device looping on a forbidden topic must not flood the event log: the
+        # first denial per connection, action and topic is an event, then every
+        # DENIAL_SUMMARY-th with the running count (metrics count every one).
+        key = (session.connection_id, action, target)
+        count = self._denials.get(key, 0) + 1
+        if len(self._denials) >= 10_000 and count == 1:
+            self._denials.clear()
+        self._denials[key] = count
+        if count != 1 and count % DENIAL_SUMMARY:
+            return
         self.events.emit(
             "policy.denied",
             "denied",
@@ -158,4 +174,5 @@ class EdgeCore:
             action=action,
             topic=target,
             reason=reason,
+            count=count,
         )

@@ -109,3 +109,19 @@ async def test_handlers_sync_async_failure_isolation_and_replies() -> None:
     assert not registry.unregister("boom")
     with pytest.raises(ValueError, match="not a valid topic filter"):
         registry.register("a/#/b", boom)
+
+
+def test_repeated_denials_are_summarized() -> None:
+    events = EventLog(log_events=False)
+    core = EdgeCore(events, Policy.default())
+    for _ in range(2500):
+        core.publish(msg("devices/dev-2/x"), SESSION)
+    core.publish(msg("devices/dev-3/x"), SESSION)
+    counts = [(e["topic"], e["count"]) for e in events.query(kind="policy.denied")]
+    assert counts == [
+        ("devices/dev-2/x", 1),
+        ("devices/dev-2/x", 1000),
+        ("devices/dev-2/x", 2000),
+        ("devices/dev-3/x", 1),
+    ]
+    assert core.metrics.publish_denied == 2501
