@@ -407,6 +407,11 @@ class Pki:
         return self.ca_chain_path.read_bytes()
 
     @property
+    def rogue_root(self) -> CertificateAuthority:
+        """The root that issues ``wrong-ca`` devices: unknown to the edge until uploaded."""
+        return self._rogue_root()
+
+    @property
     def revoked_serials(self) -> tuple[int, ...]:
         """Serials of every revoked device issued so far (what :meth:`crl_pem` lists)."""
         return tuple(self._revoked)
