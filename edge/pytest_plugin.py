@@ -71,6 +71,7 @@ if TYPE_CHECKING:
     from devices.device import Action, ConnectedDevice, DeviceResult, DeviceSpec, Target
     from devices.fleet import ManifestEntry
     from devices.protocols import Ack, Message
+    from edge.core.events import EventLog
     from edge.server import EdgeServer, ServerThread
     from edge.trust.model import CrlInfo, SetInfo, VersionInfo
     from edge.trust.propagation import TrustService
@@ -586,7 +587,7 @@ class EdgeEvents:
         self._handle = handle
 
     @property
-    def log(self) -> Any:
+    def log(self) -> EventLog:
         """The edge's EventLog itself: only for code running on the edge's loop."""
         return self._handle.server.events
 
@@ -982,15 +983,17 @@ class DeviceHandle:
         """The device id (the certificate's CN)."""
         return self.credentials.id
 
-    async def _op(self, coro: Coroutine[Any, Any, T], timeout: float, what: str) -> T:
+    # The *_op methods build the coroutines both views run on the device loop; the
+    # request itself is created there, so nothing is left un-awaited if it is closed.
+
+    async def _op(self, make: Callable[[], Awaitable[T]], timeout: float, what: str) -> T:
         from devices.tlsclient import DeviceError
 
         if self.closed:
-            coro.close()
-            raise UsageError(f"device {self.id}: used after close()")
+            raise UsageError(f"device {self.id}: {what} after close()")
         try:
             async with asyncio.timeout(timeout):
-                return await coro
+                return await make()
         except TimeoutError:
             raise OperationTimeout(
                 f"device {self.id} ({self.protocol}): {what} did not finish within {timeout:g} s"
@@ -1000,11 +1003,28 @@ class DeviceHandle:
                 f"device {self.id} ({self.protocol}): {what} failed: {exc}", reason=exc.reason
             ) from exc
 
-    def _publish(
+    def _publish_op(
         self, topic: str, payload: bytes | str, qos: int, retain: bool, timeout: float
     ) -> Coroutine[Any, Any, Ack]:
         data = payload.encode("utf-8") if isinstance(payload, str) else payload
-        return self._op(self._held.publish(topic, data, qos, retain), timeout, f"publish {topic}")
+        held = self._held
+        return self._op(lambda: held.publish(topic, data, qos, retain), timeout, f"publish {topic}")
+
+    def _subscribe_op(
+        self, topic_filter: str, qos: int, timeout: float
+    ) -> Coroutine[Any, Any, Ack]:
+        held = self._held
+        return self._op(
+            lambda: held.subscribe(topic_filter, qos), timeout, f"subscribe {topic_filter}"
+        )
+
+    def _receive_op(self, timeout: float) -> Coroutine[Any, Any, Message]:
+        return self._op(self._held.next_message, timeout, "receive")
+
+    async def _close_op(self) -> None:
+        if not self.closed:
+            self.closed = True
+            await self._stack.aclose()
 
     def publish(
         self,
@@ -1015,30 +1035,33 @@ class DeviceHandle:
         retain: bool = False,
         timeout: float | None = None,
     ) -> Ack:
-        """Publish (a ``str`` payload is sent as UTF-8); returns the edge's answer."""
+        """Publish (a ``str`` payload is sent as UTF-8); returns the edge's answer.
+
+        Over MQTT a denied publish is still acknowledged (MQTT 3.1.1 has no negative
+        PUBACK): the edge's ``policy.denied`` event says it; HTTP answers 403.
+        """
         __tracebackhide__ = True
         t = timeout or self.timeout
-        return self._loop.run(self._publish(topic, payload, qos, retain, t), t + _GRACE, "publish")
+        return self._loop.run(
+            self._publish_op(topic, payload, qos, retain, t), t + _GRACE, "publish"
+        )
 
     def subscribe(self, topic_filter: str, *, qos: int = 0, timeout: float | None = None) -> Ack:
         """Subscribe; returns the edge's answer (``ack.ok`` false when denied)."""
         __tracebackhide__ = True
         t = timeout or self.timeout
-        coro = self._op(self._held.subscribe(topic_filter, qos), t, f"subscribe {topic_filter}")
-        return self._loop.run(coro, t + _GRACE, "subscribe")
+        return self._loop.run(self._subscribe_op(topic_filter, qos, t), t + _GRACE, "subscribe")
 
     def receive(self, timeout: float | None = None) -> Message:
         """The next message delivered to the device (:class:`OperationTimeout` if none)."""
         __tracebackhide__ = True
         t = timeout or self.timeout
-        coro = self._op(self._held.next_message(), t, "receive")
-        return self._loop.run(coro, t + _GRACE, "receive")
+        return self._loop.run(self._receive_op(t), t + _GRACE, "receive")
 
     def close(self) -> None:
         """Disconnect politely; idempotent."""
         if not self.closed:
-            self.closed = True
-            self._loop.run(self._stack.aclose(), self.timeout + _GRACE, "close")
+            self._loop.run(self._close_op(), self.timeout + _GRACE, "close")
 
     def __enter__(self) -> DeviceHandle:
         return self
@@ -1064,30 +1087,27 @@ class AsyncDevice:
     ) -> Ack:
         """See :meth:`DeviceHandle.publish`."""
         h = self._h
-        coro = h._publish(topic, payload, qos, retain, timeout or h.timeout)
-        return await h._loop.run_async(coro)
+        return await h._loop.run_async(
+            h._publish_op(topic, payload, qos, retain, timeout or h.timeout)
+        )
 
     async def subscribe(
         self, topic_filter: str, *, qos: int = 0, timeout: float | None = None
     ) -> Ack:
         """See :meth:`DeviceHandle.subscribe`."""
         h = self._h
-        coro = h._op(h._held.subscribe(topic_filter, qos), timeout or h.timeout, "subscribe")
-        return await h._loop.run_async(coro)
+        return await h._loop.run_async(h._subscribe_op(topic_filter, qos, timeout or h.timeout))
 
     async def receive(self, timeout: float | None = None) -> Message:
         """See :meth:`DeviceHandle.receive`."""
         h = self._h
-        return await h._loop.run_async(
-            h._op(h._held.next_message(), timeout or h.timeout, "receive")
-        )
+        return await h._loop.run_async(h._receive_op(timeout or h.timeout))
 
     async def close(self) -> None:
         """See :meth:`DeviceHandle.close`."""
         h = self._h
         if not h.closed:
-            h.closed = True
-            await h._loop.run_async(h._stack.aclose())
+            await h._loop.run_async(h._close_op())
 
 
 class DeviceFactory:

@@ -286,3 +286,16 @@ def test_bad_fleet_requests_name_the_problem(
         fleet(**kwargs)  # type: ignore[arg-type]
     assert message in str(caught.value)
     assert fleet.reports == []
+
+
+@pytest.mark.timeout(30)
+def test_device_handle_timeouts_and_close(device: DeviceFactory) -> None:
+    with device("dev-1", protocol="mqtt", timeout=5) as dev:
+        assert dev.subscribe("devices/dev-1/quiet").ok
+        with pytest.raises(OperationTimeout, match=r"device dev-1 \(mqtt\): receive did not"):
+            dev.receive(timeout=0.2)
+        assert dev.url.startswith("mqtts://127.0.0.1:")
+    assert dev.closed
+    with pytest.raises(UsageError, match="device dev-1: publish devices/dev-1/x after close"):
+        dev.publish("devices/dev-1/x", b"late")
+    dev.close()
