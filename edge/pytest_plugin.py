@@ -558,7 +558,10 @@ class EdgeOptions:
     ``policy``: ``"default"`` (a device publishes under ``devices/<id>/#``), ``"open"``,
     or a policy table; ``identity_rule``: how a device is named (``cn``, ``san-uri``...);
     ``https``/``admin``: start those listeners; ``tls_min``: ``"1.2"`` or ``"1.3"``;
-    ``propagation_delay``: seconds a trust change takes to reach the edge.
+    ``propagation_delay``: seconds a trust change takes to reach the edge;
+    ``capture_tls13_certificates``: name the certificate of a device refused over
+    TLS 1.3 in its ``tls.refused`` event (on by default here: tests want to know who
+    was refused; it costs a few microseconds per handshake).
     """
 
     policy: str | Mapping[str, Any] = "default"
@@ -567,6 +570,7 @@ class EdgeOptions:
     admin: bool = True
     tls_min: str = "1.2"
     propagation_delay: float = 0.0
+    capture_tls13_certificates: bool = True
 
     @classmethod
     def from_kwargs(cls, options: Mapping[str, Any], where: str) -> EdgeOptions:
@@ -784,19 +788,24 @@ class EdgeHandle:
 
     # -- running code on the edge's loop ------------------------------------------
 
+    def _edge_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self.thread.loop
+        if self._stopped or loop.is_closed():
+            raise UsageError("this edge is stopped")
+        return loop
+
     def run_on_edge(self, coro: Coroutine[Any, Any, T], timeout: float, what: str) -> T:
         """Run ``coro`` on the edge's loop and wait for its result."""
-        if self._stopped:
+        try:
+            loop = self._edge_loop()
+        except UsageError:
             coro.close()
-            raise UsageError("this edge is stopped")
-        fut = asyncio.run_coroutine_threadsafe(coro, self.thread.loop)
-        return _wait_future(fut, timeout, what)
+            raise
+        return _wait_future(asyncio.run_coroutine_threadsafe(coro, loop), timeout, what)
 
     def call_on_edge(self, fn: Callable[[], T], what: str, timeout: float = 10.0) -> T:
         """Call ``fn()`` on the edge's loop (where its state may be read) and return it."""
-        if self._stopped:
-            raise UsageError("this edge is stopped")
-        return _on_loop(self.thread.loop, fn, timeout, what)
+        return _on_loop(self._edge_loop(), fn, timeout, what)
 
     async def _wait_event(
         self, match: Callable[[Event], bool], since: int, timeout: float, wanted: str
@@ -850,10 +859,9 @@ class EdgeHandle:
         """:meth:`wait_for_event` for async tests (awaitable from any event loop)."""
         match = event_matcher(predicate, kind=kind, outcome=outcome, **fields)
         wanted = _describe_filters(predicate, kind, outcome, **fields)
-        if self._stopped:
-            raise UsageError("this edge is stopped")
+        loop = self._edge_loop()
         fut = asyncio.run_coroutine_threadsafe(
-            self._wait_event(match, since, timeout, wanted), self.thread.loop
+            self._wait_event(match, since, timeout, wanted), loop
         )
         return await asyncio.wrap_future(fut)
 
@@ -918,7 +926,10 @@ class EdgeFactory:
                 https=any_port if options.https else None,
                 admin=any_port if options.admin else None,
             ),
-            tls=TlsConfig(minimum_version=tls_min),
+            tls=TlsConfig(
+                minimum_version=tls_min,
+                capture_tls13_certificates=options.capture_tls13_certificates,
+            ),
             identity=IdentityConfig(rule=rule),
             # A fresh store is seeded from pki_dir's ca-chain.pem: set `default` bound to `*`.
             trust=TrustConfig(
@@ -1388,7 +1399,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "edgesim(**options): options of the `edge` fixture's edge "
-        "(policy, identity_rule, https, admin, tls_min, propagation_delay)",
+        "(policy, identity_rule, https, admin, tls_min, propagation_delay, "
+        "capture_tls13_certificates)",
     )
 
 

@@ -162,7 +162,7 @@ def test_fleet_devices_are_issued_once(fixed_pki: Pki) -> None:
 
 
 def test_unknown_edge_option_is_named() -> None:
-    with pytest.raises(UsageError, match=r"unknown option\(s\) polcy; known: admin, https"):
+    with pytest.raises(UsageError, match=r"unknown option\(s\) polcy; known: admin, capture"):
         EdgeOptions.from_kwargs({"polcy": "open"}, "edge_factory()")
 
 
