@@ -250,11 +250,12 @@ class LoopThread:
         # The stdlib loop: devices.tlsclient requires asyncio.Transport, which uvloop's
         # transports are not.
         self.loop = asyncio.new_event_loop()
+        self._closed = False
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()
-        self._ready.wait()
-        self._closed = False
+        if not self._ready.wait(30.0):
+            raise EdgesimPluginError(f"the {name} loop thread did not start within 30 s")
 
     def _main(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -650,11 +651,13 @@ class EdgeTrust:
         timeout = self._timeout
 
         async def change() -> T:
-            from edge.trust.errors import TrustError
+            from edge.trust.errors import PropagationTimeout, TrustError
 
             try:
                 result = await make()
                 await service.wait_active(timeout=timeout)
+            except PropagationTimeout as exc:
+                raise OperationTimeout(f"{what}: {exc}") from exc
             except TrustError as exc:
                 raise TrustOperationError(f"{what}: {exc}") from exc
             return result
@@ -935,6 +938,7 @@ class EdgeFactory:
             trust=TrustConfig(
                 store=folder / "trust.db",
                 propagation_delay=options.propagation_delay,
+                # Changes go through this edge's own trust service: nothing to poll for.
                 watch_interval=None,
             ),
             pki_dir=self.pki.dir,

@@ -22,6 +22,7 @@ from edge.pytest_plugin import (
     EdgeFactory,
     EdgeHandle,
     EdgeOptions,
+    EdgeStartError,
     EventTimeout,
     FleetRunner,
     LoopThread,
@@ -299,3 +300,10 @@ def test_device_handle_timeouts_and_close(device: DeviceFactory) -> None:
     with pytest.raises(UsageError, match="device dev-1: publish devices/dev-1/x after close"):
         dev.publish("devices/dev-1/x", b"late")
     dev.close()
+
+
+@pytest.mark.timeout(30)
+def test_edge_that_cannot_start_says_why(edge_factory: EdgeFactory) -> None:
+    with pytest.raises(EdgeStartError, match=r"the edge did not start: \[policy\]"):
+        edge_factory(policy={"rules": "not a list"})
+    assert edge_factory.edges == []
