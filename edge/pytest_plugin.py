@@ -39,7 +39,8 @@ Errors (foreign exceptions are translated at this boundary)::
     EdgesimPluginError           root: every error this plugin raises
     ├── UsageError               a fixture was called with a bad argument or option
     │                            (names the argument and what is allowed);
-    │                            certs.IssueError, devices' FaultError become it
+    │                            certs' IssueError, devices' FaultError and the fleet
+    │                            planner's FleetError become it
     ├── EdgeStartError           the edge did not start (EdgeServerError,
     │                            EdgeConfigError translated)
     ├── TrustOperationError      the edge refused a trust change (edge.trust's TrustError)
@@ -47,7 +48,8 @@ Errors (foreign exceptions are translated at this boundary)::
     │   │                        ``reason`` is the device's short reason word
     │   └── DeviceRefused        the edge did not accept a device's connection
     ├── FleetFailure             the fleet engine failed (FleetError)
-    └── OperationTimeout         an operation did not finish in time (also a TimeoutError)
+    └── OperationTimeout         an operation did not finish in time (also a TimeoutError;
+        │                        edge.trust's PropagationTimeout becomes it)
         └── EventTimeout         no edge event matched in time; lists the last events
 """
 
