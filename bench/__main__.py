@@ -14,7 +14,17 @@ from pathlib import Path
 from typing import Any
 
 #: Benchmark modules in the order they run; each has ``run(quick) -> dict``.
-MODULES = ("issuance", "pkicheck", "trust", "broker", "http_ws", "device", "fleet")
+MODULES = (
+    "issuance",
+    "pkicheck",
+    "trust",
+    "broker",
+    "mqtt_core",
+    "http_ws",
+    "device",
+    "fleet",
+    "plugin",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
