@@ -7,6 +7,7 @@ device offer only TLS 1.2 to see the cleartext handshake.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import sys
@@ -259,6 +260,26 @@ async def test_nothing_listening_is_connection_refused(pki: Any) -> None:
     port = support.free_port()
     result = await run_device(spec_for(pki.device), target(pki, port))
     assert (result.outcome, result.reason) == ("error", "connection-refused")
+
+
+async def test_silent_server_is_a_timeout(pki: Any) -> None:
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # never answers the ClientHello
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        result = await run_device(spec_for(pki.device), target(pki, port), timeout=0.5)
+    finally:
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    assert (result.outcome, result.reason) == ("error", "timeout")
+    assert [s.name for s in result.steps] == ["tcp_connect", "client_hello", "timeout"]
+    assert "no answer within 0.5 s" in result.message
 
 
 async def test_bad_url_is_a_clear_error(pki: Any) -> None:

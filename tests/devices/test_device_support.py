@@ -164,6 +164,8 @@ def mosquitto(
         f"certfile {pki.server.cert}",
         f"keyfile {pki.server.key}",
         "require_certificate true",
+        # Without it CONNACK waits behind the session tickets for a delayed ACK (40 ms).
+        "set_tcp_nodelay true",
     ]
     if crl:
         lines.append(f"crlfile {pki.crl}")

@@ -349,3 +349,15 @@ def test_bad_ca_text_is_a_clear_error() -> None:
     with pytest.raises(TlsFailure, match="CA bundle") as info:
         make_device_context(ca_pem="not a certificate")
     assert info.value.reason == "bad-ca"
+
+
+def test_sslkeylogfile_is_honoured(
+    pki: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A lean context ignores SSLKEYLOGFILE unless told; the device tells it.
+    monkeypatch.setenv("SSLKEYLOGFILE", str(tmp_path / "wireshark.keys"))
+    server = MemoryServer(_server_context(pki, version=ssl.TLSVersion.TLSv1_3))
+    client = _client(pki, cert=pki.device)  # type: ignore[attr-defined]
+    converse(client, server)
+    lines = (tmp_path / "wireshark.keys").read_text().splitlines()
+    assert any(line.startswith("CLIENT_HANDSHAKE_TRAFFIC_SECRET ") for line in lines)
