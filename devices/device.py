@@ -539,16 +539,22 @@ async def _open_stream(
         if rec is not None:
             rec.tcp(t0, t1, f"{host}:{port}")
 
-    stream = await open_tls(
-        host,
-        port,
-        context,
-        server_hostname=target.server_name,
-        clock=clock,
-        sink=rec.on_tls if rec is not None else None,
-        inspect=inspect,
-        on_tcp=on_tcp,
-    )
+    t0 = clock()
+    try:
+        stream = await open_tls(
+            host,
+            port,
+            context,
+            server_hostname=target.server_name,
+            clock=clock,
+            sink=rec.on_tls if rec is not None else None,
+            inspect=inspect,
+            on_tcp=on_tcp,
+        )
+    except ConnectFailed as exc:
+        if rec is not None:
+            rec.add("tcp_connect", t0, clock(), False, peer=f"{host}:{port}", error=str(exc))
+        raise
     await stream.wait_handshake()
     if settle > 0 and stream.tls.ssl_object.version() == "TLSv1.3":
         t0 = clock()
@@ -622,6 +628,7 @@ async def run_device(
                 target=target,
                 clock=clock,
                 reconnect=reconnect,
+                # One run never outlives its timeout: no ping is due before it ends.
                 keepalive=max(1, int(timeout) * 2),
             )
             ack_started = clock()
@@ -644,7 +651,9 @@ async def run_device(
     except ServerCertificateRejected as exc:
         result.outcome, result.reason, result.message = "refused", exc.reason, str(exc)
     except AlertReceived as exc:
-        result.outcome, result.reason, result.message = "refused", exc.alert, str(exc)
+        # An alert once connected ends a session the edge had accepted: an error.
+        outcome: Outcome = "error" if result.outcome == "connected" else "refused"
+        result.outcome, result.reason, result.message = outcome, exc.alert, str(exc)
         _close_ack(rec, ack_started, scheme, exc.alert)
     except ConnectionLost as exc:
         # Before the acknowledgement the edge dropping us is its verdict; after it,

@@ -260,6 +260,9 @@ async def test_nothing_listening_is_connection_refused(pki: Any) -> None:
     port = support.free_port()
     result = await run_device(spec_for(pki.device), target(pki, port))
     assert (result.outcome, result.reason) == ("error", "connection-refused")
+    (tcp,) = result.steps
+    assert (tcp.name, tcp.ok) == ("tcp_connect", False)
+    assert "refused" in tcp.detail["error"]
 
 
 async def test_silent_server_is_a_timeout(pki: Any) -> None:
