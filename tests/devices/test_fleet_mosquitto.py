@@ -335,3 +335,26 @@ def test_bad_inputs_exit_1_naming_the_file(
     bad.write_text("{}")
     assert main(["fleet", "merge", str(bad)]) == 1
     assert f"{bad}: missing field 'schema'" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(90)
+def test_scenario_file_with_flags_overriding_it(
+    pki: Pki, broker: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scenario = tmp_path / "fleet.toml"
+    scenario.write_text(
+        "[fleet]\n"
+        f'pki = "{pki.dir}"\n'
+        f'url = ["mqtts://127.0.0.1:{broker}"]\n'
+        f'faults = "{FAULTS}"\n'
+        "seed = 11\n"
+        "devices = 10\n"
+        f'work-dir = "{pki.work}"\n'
+        'ramp = "200/s"\n'
+        'loop = "asyncio"\n'
+        'tls-max = "1.2"\n'
+    )
+    argv = ["fleet", "run", "--scenario", str(scenario), "--devices", str(DEVICES)]
+    code, doc = _run_json(argv, capsys)
+    assert code == 0
+    _assert_matches_plan(doc)
