@@ -51,7 +51,7 @@ import queue
 import ssl
 import struct
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -644,11 +644,11 @@ def run_processes(
                 failures.append(f"worker {part + 1}: {payload}")
     finally:
         for w in workers:
-            if w.is_alive() and (failures or w.exitcode is None):
-                w.join(timeout=5.0)
+            # Workers that reported are exiting; a failed run's others are stopped.
+            w.join(timeout=0.5 if failures else 10.0)
             if w.is_alive():
                 w.terminate()
-            w.join(timeout=5.0)
+                w.join(timeout=10.0)
             w.close()
         results.close()
         results.join_thread()
@@ -659,14 +659,6 @@ def run_processes(
         merged.merge(reports[i])
     merged.shards = [str(job.shard)]
     return merged
-
-
-def iter_kinds(devices: Sequence[FleetDevice]) -> Iterator[tuple[str, int]]:
-    """``(fault kind, count)`` over planned devices, healthy ones as ``none``."""
-    counts: dict[str, int] = {}
-    for d in devices:
-        counts[d.fault or "none"] = counts.get(d.fault or "none", 0) + 1
-    yield from sorted(counts.items())
 
 
 # -- the real runner: devices.device -------------------------------------------------

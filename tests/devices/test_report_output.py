@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -11,11 +12,50 @@ from devices.html import render_html
 from devices.progress import Counters, ProgressDisplay, add_snapshots
 from devices.report import FleetReport
 from devices.scenario import ScenarioError, load_scenario
-from tests.devices.test_report import build
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    t_start: float
+    duration: float
+    ok: bool = True
+
+
+@dataclass
+class Result:
+    outcome: str
+    reason: str
+    protocol: str = "mqtt"
+    steps: list[Step] = field(default_factory=list)
+    messages_sent: int = 0
+    messages_received: int = 0
+    delivery_latencies: list[float] = field(default_factory=list)
+
+
+def build(n: int) -> FleetReport:
+    """A report of ``n`` devices over ``n / 50`` seconds; every 10th refused (wrong CA)."""
+    report = FleetReport(shards=["1/1"])
+    for i in range(n):
+        if i % 10 == 3:
+            fault, expected, result = "wrong-ca", ("unknown_ca",), Result("refused", "unknown_ca")
+        else:
+            ack = 0.002 + (i % 7) * 0.001
+            steps = [Step("tcp", 0.0, 0.001), Step("tls", 0.001, 0.003), Step("ack", 0.004, ack)]
+            fault, expected, result = None, ("connected",), Result("connected", "", steps=steps)
+        report.add(
+            device_id=f"d{i}",
+            fault=fault,
+            expected=expected,
+            offset=i / 50,
+            start_lag=0.0,
+            result=result,
+        )
+    return report
 
 
 def test_html_is_self_contained_with_plots() -> None:
-    report = build(range(120), "1/1")
+    report = build(120)
     report.note("CRL <not> installed")
     page = render_html(report.to_json())
     assert page.startswith("<!DOCTYPE html>")
