@@ -58,7 +58,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -977,8 +977,8 @@ class _Pump(asyncio.Protocol):
         self.stream = stream
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.stream._transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.stream._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.stream._receive(data)
