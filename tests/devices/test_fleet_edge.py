@@ -64,8 +64,6 @@ def test_every_fault_refused_with_its_alert_by_the_edge(
         FAULTS,
         "--work-dir",
         str(tmp_path / "work"),
-        "--loop",
-        "asyncio",
     ]
     events = handle.server.events
     since = events.last_id
