@@ -199,6 +199,15 @@ class EdgeServer:
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 5)
+        for endpoint in self.endpoints.values():
+            # Sockets close in connection_lost; let those callbacks run. A device
+            # that reads nothing never drains its close_notify: drop it then.
+            try:
+                await endpoint.wait_idle(5)
+            except TimeoutError:
+                endpoint.abort_all()
+                with contextlib.suppress(TimeoutError):
+                    await endpoint.wait_idle(5)
         self._servers.clear()
         while self._cleanups:
             cleanup = self._cleanups.pop()

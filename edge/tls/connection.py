@@ -139,10 +139,12 @@ class TlsEndpoint:
         self.handshakes = 0
         self.open_protocols: set[EdgeTlsProtocol] = set()
         self._idle_waiters: list[asyncio.Future[None]] = []
+        #: Connections refused by a limit, until their socket is closed.
+        self.refused_early: set[EdgeTlsProtocol] = set()
 
     async def wait_idle(self, timeout: float = 10.0) -> None:
         """Wait until no connection is open (raises ``TimeoutError`` after ``timeout``)."""
-        if self.connections == 0:
+        if self._idle():
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._idle_waiters.append(waiter)
@@ -152,8 +154,11 @@ class TlsEndpoint:
             if waiter in self._idle_waiters:
                 self._idle_waiters.remove(waiter)
 
+    def _idle(self) -> bool:
+        return self.connections == 0 and not self.refused_early
+
     def _released(self) -> None:
-        if self.connections == 0:
+        if self._idle():
             for waiter in self._idle_waiters:
                 if not waiter.done():
                     waiter.set_result(None)
@@ -167,6 +172,12 @@ class TlsEndpoint:
         """Close every open connection (close_notify after the handshake)."""
         for proto in list(self.open_protocols):
             proto.shutdown(reason)
+
+    def abort_all(self) -> None:
+        """Drop every open connection at once (when close_all's close_notify is not drained)."""
+        for proto in list(self.open_protocols):
+            if proto.raw is not None:
+                proto.raw.abort()
 
 
 _PHASE_HELLO = 0
@@ -289,6 +300,9 @@ class EdgeTlsProtocol(asyncio.Protocol):
         if self._counted:
             ep.connections -= 1
             self._counted = False
+            ep._released()
+        elif self in ep.refused_early:
+            ep.refused_early.discard(self)
             ep._released()
         ep.open_protocols.discard(self)
         if ep.keylog is not None and self.hello is not None:
@@ -550,6 +564,7 @@ class EdgeTlsProtocol(asyncio.Protocol):
     def _refuse_early(self, reason: str) -> None:
         self._phase = _PHASE_CLOSED
         self._emit_refused(reason, "raise the edge's limits or spread devices' arrivals", None)
+        self.endpoint.refused_early.add(self)
         assert self.raw is not None
         # abort, not close: a limit exists to free resources now.
         self.raw.abort()

@@ -35,8 +35,21 @@ class MqttDouble(asyncio.Protocol):
     def __init__(self, session: SessionInfo) -> None:
         self.session = session
         self.transport: asyncio.Transport | None = None
-        self.lost = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.lost = loop.create_future()
+        self.paused = loop.create_future()
+        self.resumed = loop.create_future()
+        self.read_paused = False
+        self.buffered = 0
         MqttDouble.instances.append(self)
+
+    def pause_writing(self) -> None:
+        if not self.paused.done():
+            self.paused.set_result(None)
+
+    def resume_writing(self) -> None:
+        if not self.resumed.done():
+            self.resumed.set_result(None)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -46,6 +59,14 @@ class MqttDouble(asyncio.Protocol):
         assert self.transport is not None
         if data.startswith(b"\x10"):
             self.transport.write(CONNACK)
+        elif data == b"flood":
+            self.transport.set_write_buffer_limits(high=64 * 1024)
+            self.transport.pause_reading()
+            self.read_paused = not self.transport.is_reading()
+            chunk = b"z" * 65536
+            for _ in range(128):  # 8 MiB the device does not read yet
+                self.transport.write(chunk)
+            self.buffered = self.transport.get_write_buffer_size()
         elif data == b"bye":
             self.transport.close()
         else:
@@ -117,6 +138,13 @@ async def running_edge(
         server.close()
         endpoint.close_all()
         await server.wait_closed()
+        # Python 3.11's wait_closed does not wait for connections: their sockets
+        # close in connection_lost, which must run before the loop ends.
+        try:
+            await endpoint.wait_idle(2)
+        except TimeoutError:
+            endpoint.abort_all()
+            await endpoint.wait_idle(5)
         assert len(tap) == 0, "the key log tap kept secrets of finished handshakes"
         tap.close()
 
@@ -419,3 +447,32 @@ async def test_identity_rule_san_dns(pki: Any) -> None:
         assert event["certificate"]["subject"] == "CN=dev-no-dns"
         await close(writer)
         await edge.endpoint.wait_idle(5)
+
+
+@pytest.mark.timeout(30)
+async def test_flow_control_reaches_the_application_both_ways(pki: Any) -> None:
+    async with running_edge(pki) as edge:
+        reader, writer = await open_tls(edge, pki.client_context(pki.device("dev-slow")))
+        writer.write(b"flood")
+        app = await _app_for(edge, "dev-slow")
+        # The device reads nothing yet: the socket buffer fills, the app is paused.
+        await asyncio.wait_for(app.paused, 10)
+        assert app.read_paused
+        assert app.buffered > 64 * 1024
+        received = 0
+        while received < 128 * 65536:
+            chunk = await asyncio.wait_for(reader.read(1 << 20), 10)
+            assert chunk, "the edge closed before sending everything"
+            received += len(chunk)
+        await asyncio.wait_for(app.resumed, 10)
+        assert app.transport is not None
+        app.transport.resume_reading()
+        assert app.transport.is_reading()
+        await close(writer)
+
+
+async def _app_for(edge: Edge, name: str) -> MqttDouble:
+    await edge.events.wait_for(
+        lambda e: e["kind"] == "tls.accepted" and e["identity"] == f"default/{name}"
+    )
+    return next(a for a in reversed(MqttDouble.instances) if a.session.identity.name == name)

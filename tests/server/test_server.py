@@ -73,8 +73,13 @@ async def mqtt_connect(
     reader, writer = await asyncio.open_connection(
         "127.0.0.1", port, ssl=ctx, server_hostname="localhost"
     )
-    writer.write(CONNECT)
-    assert await asyncio.wait_for(reader.readexactly(4), 5) == CONNACK
+    try:
+        writer.write(CONNECT)
+        assert await asyncio.wait_for(reader.readexactly(4), 5) == CONNACK
+    except BaseException:
+        # A TLS 1.3 refusal shows only after the handshake: close what was opened.
+        await close(writer)
+        raise
     return reader, writer
 
 
@@ -186,3 +191,54 @@ def test_run_in_thread_reports_ports_and_stops(tmp_path: Path, qs: QuickstartRes
         socket.create_connection(("127.0.0.1", port), timeout=5),
     ):
         pass
+
+
+async def http_request(port: int, ctx: ssl.SSLContext, request: bytes) -> tuple[bytes, bytes]:
+    """Send one HTTP/1.1 request (Connection: close); return (status line, body)."""
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=ctx, server_hostname="localhost"
+    )
+    writer.write(request)
+    response = await asyncio.wait_for(reader.read(), 10)
+    await close(writer)
+    head, _, body = response.partition(b"\r\n\r\n")
+    return head.split(b"\r\n")[0], body
+
+
+@pytest.mark.timeout(30)
+async def test_real_broker_and_device_api_share_one_core(
+    tmp_path: Path, qs: QuickstartResult
+) -> None:
+    listeners = ListenersConfig(
+        mqtt=HostPort(host="127.0.0.1", port=0),
+        multi=HostPort(host="127.0.0.1", port=0),
+        admin=None,
+    )
+    async with EdgeServer(config(tmp_path, qs, listeners=listeners, policy="open")) as edge:
+        assert set(edge.ports) == {"mqtt", "multi"}
+        ctx = device_context(qs)
+        # HTTPS on the multi port (no ALPN: the first bytes say HTTP), retained publish.
+        status, body = await http_request(
+            edge.ports["multi"],
+            ctx,
+            b"POST /topics/plant/line1?retain=true HTTP/1.1\r\nHost: localhost\r\n"
+            b"Content-Length: 5\r\nConnection: close\r\n\r\nhello",
+        )
+        assert status == b"HTTP/1.1 200 OK", body
+        assert json.loads(body)["retain"] is True
+        # The real MQTT broker on the MQTT port sees the retained message.
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", edge.ports["mqtt"], ssl=ctx, server_hostname="localhost"
+        )
+        writer.write(bytes.fromhex("101500044d5154540402003c0009646576") + b"-00000")
+        assert await asyncio.wait_for(reader.readexactly(4), 5) == CONNACK
+        topic = b"plant/line1"
+        subscribe = b"\x00\x01" + len(topic).to_bytes(2, "big") + topic + b"\x00"
+        writer.write(b"\x82" + bytes([len(subscribe)]) + subscribe)
+        assert await asyncio.wait_for(reader.readexactly(5), 5) == b"\x90\x03\x00\x01\x00"
+        publish = await asyncio.wait_for(reader.readexactly(2 + 2 + len(topic) + 5), 5)
+        assert publish[0] & 0xF0 == 0x30
+        assert publish.endswith(topic + b"hello")
+        await close(writer)
+        accepted = edge.events.query(kind="tls.accepted")
+        assert {e["identity"] for e in accepted} == {"default/dev-00000"}
