@@ -23,7 +23,10 @@ What can be seen in which version:
   context whose ``keylog_filename`` is set (:func:`make_device_context` does that when
   asked), the server's handshake flight is decrypted from the key log
   (HKDF-Expand-Label + AEAD, RFC 8446 section 7), which reveals the CertificateRequest
-  and the server's chain. Without it the trace says ``unknown (TLS 1.3, encrypted)``.
+  and the server's chain. Without it the request is inferred from the shape of the
+  device's own encrypted flight (one record per handshake message: 1 record is
+  Finished alone, 3 are Certificate, CertificateVerify, Finished; see
+  :meth:`TlsClient._infer_tls13_request`), and reported as inferred.
   The server's leaf certificate is always available after the handshake
   (``getpeercert``). With TLS 1.3 the edge's verdict on the device's certificate comes
   *after* the device's handshake has finished, as an alert on the first read; callers
@@ -734,11 +737,7 @@ class TlsClient:
         if self._version == 0x0304:
             self._inspect_tls13()
             if not self._cert_request_seen:
-                self._events.append(
-                    CertificateRequest(None, "unknown (TLS 1.3, encrypted; use --trace)")
-                )
-            if not self._client_cert_seen:
-                self._events.append(ClientCertificateSent(None, "encrypted"))
+                self._infer_tls13_request()
         elif not self._cert_request_seen:
             self._events.append(CertificateRequest(False, "cleartext"))
         cipher = self._ssl.cipher()
@@ -756,6 +755,34 @@ class TlsClient:
         self._client_records = None
         self._pending_server.clear()
         self._pending_client.clear()
+
+    def _infer_tls13_request(self) -> None:
+        """Tell from the device's own encrypted flight whether a certificate was asked for.
+
+        The device's last flight is encrypted, but its shape is not: OpenSSL (the only
+        TLS stack a device here runs) writes one record per handshake message, so the
+        flight is Finished alone (1 record: not requested), an empty Certificate and
+        Finished (2: requested, the device had none), or Certificate,
+        CertificateVerify and Finished (3: requested and sent).
+        """
+        flight = [fragment for _header, fragment in self._pending_client]
+        how = f"inferred from the device's encrypted flight ({len(flight)} record(s))"
+        if len(flight) == 1:
+            self._events.append(CertificateRequest(False, how))
+        elif len(flight) == 2:
+            self._events.append(CertificateRequest(True, how))
+            self._events.append(ClientCertificateSent(0, how))
+        elif len(flight) == 3:
+            self._events.append(CertificateRequest(True, how))
+            size = len(flight[0])
+            self._events.append(
+                ClientCertificateSent(None, f"encrypted, {size}-byte Certificate record")
+            )
+        else:
+            self._events.append(
+                CertificateRequest(None, "unknown (TLS 1.3, encrypted; use --trace)")
+            )
+            self._events.append(ClientCertificateSent(None, "encrypted"))
 
     def _observe_client(self, data: bytes) -> None:
         assert self._client_records is not None

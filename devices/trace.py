@@ -130,8 +130,12 @@ def describe(step: Step) -> str:
         count = d.get("certificates")
         subject = d.get("subject", "")
         if count is None:
-            sent = f"{subject} (sent if requested; encrypted in TLS 1.3)" if subject else "none"
-            return sent if subject else "no certificate configured"
+            if not subject:
+                return "no certificate configured"
+            how = d.get("how", "encrypted")
+            if how == "encrypted":
+                return f"{subject} (sent if requested; encrypted in TLS 1.3)"
+            return f"{subject} (sent; {how})"
         if count == 0:
             return "none sent (empty Certificate message)"
         return f"{subject} ({count} certificate(s), {d.get('how')})"

@@ -260,18 +260,45 @@ def test_tls12_unknown_ca_alert_arrives_during_the_handshake(pki: object) -> Non
 # --------------------------------------------------------------------------- TLS 1.3
 
 
-def test_tls13_request_is_unknown_without_the_key_log(pki: object) -> None:
+def test_tls13_without_the_key_log_sees_only_the_leaf(pki: object) -> None:
     server = MemoryServer(_server_context(pki, version=ssl.TLSVersion.TLSv1_3))
     client = _client(pki, cert=pki.device)  # type: ignore[attr-defined]
     events = converse(client, server)
-    (request,) = of(events, CertificateRequest)
-    assert request.requested is None
-    assert "TLS 1.3" in request.how
     assert not of(events, ServerCertificateSeen)
     (done,) = of(events, HandshakeComplete)
     assert done.version == "TLSv1.3"
     assert done.alpn is None  # the server offers no ALPN
     assert done.peer_certificate["subject"] == ((("commonName", "127.0.0.1"),),)
+
+
+@pytest.mark.parametrize(
+    ("verify", "has_cert", "requested", "sent", "records"),
+    [
+        (True, True, True, None, 3),  # Certificate, CertificateVerify, Finished
+        (True, False, True, 0, 2),  # empty Certificate, Finished
+        (False, True, False, None, 1),  # Finished alone
+    ],
+)
+def test_tls13_request_is_inferred_from_the_devices_flight(
+    pki: object,
+    verify: bool,
+    has_cert: bool,
+    requested: bool,
+    sent: int | None,
+    records: int,
+) -> None:
+    server = MemoryServer(_server_context(pki, version=ssl.TLSVersion.TLSv1_3, verify=verify))
+    client = _client(pki, cert=pki.device if has_cert else None)  # type: ignore[attr-defined]
+    events = converse(client, server)
+    (request,) = of(events, CertificateRequest)
+    assert request.requested is requested
+    assert request.how == f"inferred from the device's encrypted flight ({records} record(s))"
+    certs = of(events, ClientCertificateSent)
+    if requested:
+        (cert,) = certs
+        assert cert.count == sent
+    else:
+        assert not certs
 
 
 def test_tls13_handshake_is_decrypted_from_the_key_log(pki: object, tmp_path: Path) -> None:

@@ -89,6 +89,14 @@ def test_hints_for_families_of_reasons() -> None:
 def test_describe_client_certificate_variants() -> None:
     encrypted = Step("client_certificate", 0, 0, True, {"certificates": None, "subject": "CN=d"})
     assert describe(encrypted) == "CN=d (sent if requested; encrypted in TLS 1.3)"
+    inferred = Step(
+        "client_certificate",
+        0,
+        0,
+        True,
+        {"certificates": None, "subject": "CN=d", "how": "encrypted, 918-byte Certificate record"},
+    )
+    assert describe(inferred) == "CN=d (sent; encrypted, 918-byte Certificate record)"
     empty = Step("client_certificate", 0, 0, True, {"certificates": 0})
     assert describe(empty) == "none sent (empty Certificate message)"
     sent = Step(
