@@ -52,6 +52,11 @@ def register_device(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     p.add_argument("--chain", help="intermediate certificates to send after the device's")
     p.add_argument("--ca", required=True, help="CA certificate(s) the device trusts (PEM)")
     p.add_argument("--sni", help="server name to send and check (default: the URL's host)")
+    p.add_argument(
+        "--tls-max",
+        choices=("1.2", "1.3"),
+        help="highest TLS version to offer (1.2 shows the handshake in cleartext)",
+    )
     p.add_argument("--client-id", help="MQTT client id (default: --id)")
     p.add_argument("--id", help="device name in the trace (default: the certificate's common name)")
     p.add_argument(
@@ -163,7 +168,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
         chain_path=args.chain,
         client_id=args.client_id,
     )
-    target = Target(url=args.url, ca_pem=ca_pem, sni=args.sni)
+    target = Target(url=args.url, ca_pem=ca_pem, sni=args.sni, tls_max=args.tls_max)
     try:
         target.parts()
     except Exception as exc:

@@ -371,6 +371,32 @@ def test_cli_connect_json(pki: Any, broker: Any, capsys: pytest.CaptureFixture[s
     assert data["messages_received"] == 1
 
 
+def test_cli_tls12_shows_the_cleartext_handshake(
+    pki: Any, broker: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "device",
+            "connect",
+            "--url",
+            f"mqtts://127.0.0.1:{broker.port}",
+            "--cert",
+            str(pki.device.cert),
+            "--key",
+            str(pki.device.key),
+            "--ca",
+            str(pki.ca_pem),
+            "--tls-max",
+            "1.2",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "TLSv1.2" in out
+    assert "✓ certificate requested        yes (cleartext)" in out
+    assert "result: connected" in out
+
+
 def test_cli_refused_prints_alert_and_hint(
     pki: Any, broker: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
