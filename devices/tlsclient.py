@@ -621,11 +621,23 @@ class TlsClient:
             self._events.append(ConnectionClosed(clean=False))
 
     def send(self, data: bytes) -> None:
-        """Encrypt application bytes (after the handshake); buffered until it completes."""
+        """Encrypt application bytes (after the handshake); buffered until it completes.
+
+        Ignored once the session has failed or closed: that was already reported.
+        """
+        if self.closed:
+            return
         if not self.handshake_done:
             self._app_out += data
             return
-        self._ssl.write(data)
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        try:
+            self._ssl.write(data)
+        except ssl.SSLError as exc:
+            # Reported as an event like every other failure, never as a foreign error.
+            self._fail(exc)
 
     def close(self) -> None:
         """Send close_notify (best effort)."""
@@ -673,8 +685,9 @@ class TlsClient:
                 self._observe_client(flight)
         self._on_handshake_done()
         if self._app_out:
-            self._ssl.write(bytes(self._app_out))
+            data = bytes(self._app_out)
             self._app_out.clear()
+            self._write(data)
 
     def _read_application_data(self) -> None:
         while True:
@@ -1201,6 +1214,8 @@ class TlsStream:
             raise self._error
         self.tls.send(data)
         self._flush()
+        if self._error is not None:
+            raise self._error
 
     def close(self) -> None:
         """Send close_notify and close the TCP connection."""

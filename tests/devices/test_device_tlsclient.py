@@ -336,6 +336,16 @@ def test_tls13_refusal_arrives_after_the_device_handshake(pki: object) -> None:
     assert server.error is not None
 
 
+def test_sending_after_a_refusal_is_quiet(pki: object) -> None:
+    server = MemoryServer(_server_context(pki, version=ssl.TLSVersion.TLSv1_3))
+    client = _client(pki, cert=None)
+    converse(client, server)
+    assert client.closed
+    client.send(b"CONNECT")  # no foreign exception, no second report
+    assert client.events_received() == []
+    assert client.data_to_send() == b""
+
+
 def test_application_data_flows_both_ways(pki: object) -> None:
     server = MemoryServer(_server_context(pki, version=ssl.TLSVersion.TLSv1_3))
     client = _client(pki, cert=pki.device)  # type: ignore[attr-defined]
