@@ -21,7 +21,16 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from certs.cliutil import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, CliError, emit
-from devices.device import Action, DeviceSpec, Publish, Receive, Subscribe, Target, run_device
+from devices.device import (
+    Action,
+    DeviceError,
+    DeviceSpec,
+    Publish,
+    Receive,
+    Subscribe,
+    Target,
+    run_device,
+)
 from devices.trace import render, to_json
 
 __all__ = ["cmd_connect", "register_device", "register_fleet"]
@@ -171,7 +180,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
     target = Target(url=args.url, ca_pem=ca_pem, sni=args.sni, tls_max=args.tls_max)
     try:
         target.parts()
-    except Exception as exc:
+    except DeviceError as exc:
         raise CliError(f"--url: {exc}", EXIT_USAGE) from exc
     actions = _actions(args)
 

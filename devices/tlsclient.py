@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from cryptography import x509
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
@@ -882,7 +883,7 @@ class TlsClient:
             for header, fragment in records:
                 try:
                     ctype, plain = decryptor.decrypt(header, fragment)
-                except Exception:
+                except (InvalidTag, ValueError):
                     # Past the handshake flight the keys change: stop there.
                     break
                 if ctype != _CT_HANDSHAKE:

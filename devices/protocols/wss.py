@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
 from collections.abc import Callable
 from typing import Any
 
 from websockets.client import ClientProtocol
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import InvalidState, InvalidStatus
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.typing import Subprotocol
@@ -215,11 +216,11 @@ class WssSession:
 
     def _close_ws(self) -> None:
         if self.error is None:
-            try:
+            # The protocol may already be closing (InvalidState), or the TLS stream
+            # gone (DeviceError): either way there is nobody left to tell.
+            with contextlib.suppress(InvalidState, DeviceError):
                 self._proto.send_close(1000)
                 self._flush()
-            except Exception:  # the protocol may already be closing: nothing to say
-                pass
         self._fail(ProtocolError("the session was closed by the device", reason="closed"))
         self._stream.close()
 
