@@ -780,7 +780,7 @@ class TlsClient:
         CertificateVerify and Finished (3: requested and sent).
         """
         flight = [fragment for _header, fragment in self._pending_client]
-        how = f"inferred from the device's encrypted flight ({len(flight)} record(s))"
+        how = f"inferred: the device's encrypted flight has {len(flight)} record(s)"
         if len(flight) == 1:
             self._events.append(CertificateRequest(False, how))
         elif len(flight) == 2:

@@ -340,7 +340,7 @@ class HttpsSession:
         response = await done
         return Ack(
             True,
-            f"HTTP {response.status} {response.reason}".rstrip(),
+            f"HTTP {response.status} {response.reason} to HEAD / (any status: TLS accepted)",
             {"status": response.status, "request": "HEAD /"},
         )
 

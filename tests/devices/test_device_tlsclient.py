@@ -292,7 +292,7 @@ def test_tls13_request_is_inferred_from_the_devices_flight(
     events = converse(client, server)
     (request,) = of(events, CertificateRequest)
     assert request.requested is requested
-    assert request.how == f"inferred from the device's encrypted flight ({records} record(s))"
+    assert request.how == f"inferred: the device's encrypted flight has {records} record(s)"
     certs = of(events, ClientCertificateSent)
     if requested:
         (cert,) = certs
