@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import shutil
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -63,8 +64,14 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Any:
     return support.make_pki(tmp_path_factory.mktemp("pki"), datetime.now(UTC))
 
 
+def _need_mosquitto() -> None:
+    if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
+        pytest.skip("mosquitto is not installed")
+
+
 @pytest.fixture(scope="module")
 def broker(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    _need_mosquitto()
     with support.mosquitto(pki, tmp_path_factory.mktemp("mosquitto")) as running:
         yield running
 
@@ -72,6 +79,7 @@ def broker(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def strict_broker(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A Mosquitto that accepts the certificate but no anonymous MQTT session."""
+    _need_mosquitto()
     folder = tmp_path_factory.mktemp("mosquitto-strict")
     with support.mosquitto(pki, folder, allow_anonymous=False) as running:
         yield running
