@@ -377,6 +377,16 @@ def _run(args: argparse.Namespace) -> int:
             f"{revoked.got['connected']} revoked device(s) were accepted: the edge has not "
             f"loaded the CRL ({crl_path})"
         )
+    unexplained = sum(
+        f.got.get("closed-by-edge", 0) for kind, f in report.fidelity.items() if kind != "none"
+    )
+    if unexplained and opts.get("tls_max") != "1.2":
+        report.note(
+            f"{unexplained} faulty device(s) saw the connection closed without an alert. "
+            "With TLS 1.3 the verdict comes after the device has sent its first bytes; a "
+            "server that closes with them unread (Mosquitto) makes the kernel send a RST "
+            "that can destroy the alert. --tls-max 1.2 puts the verdict inside the handshake."
+        )
     doc = report.to_json()
     _write_outputs(doc, opts.get("report"), opts.get("html"))
     emit(doc, as_json=bool(args.json), human=summary_table)
