@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n== 2. an edge on free loopback ports", flush=True)
     edge_cmd = [
         *EDGESIM, "edge", "serve", "--pki", str(pki), "--state-dir", str(state),
-        "--store", str(state / "store.db"), "--mqtt", "127.0.0.1:0", "--https", "127.0.0.1:0",
+        "--mqtt", "127.0.0.1:0", "--https", "127.0.0.1:0",
         "--admin", "127.0.0.1:0", "--json",
     ]  # fmt: skip
     _show(edge_cmd)
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         except RuntimeError as exc:
             print(f"demo: {exc}", file=sys.stderr)
             return 1
-        token = (state / "store.db.token").read_text().strip()
+        token = (state / "trust.db.token").read_text().strip()
         mqtt, https, admin = ports["mqtt"], ports["https"], ports["admin"]
         print(f"edge listening: mqtts :{mqtt}, https/wss :{https}, admin :{admin}", flush=True)
 

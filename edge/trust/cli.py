@@ -3,7 +3,7 @@
 Every verb works against a running edge through its admin API (``--admin URL``
 with ``--token`` or ``EDGESIM_ADMIN_TOKEN``; for ``https`` also
 ``--admin-cacert`` and an optional ``--admin-cert``/``--admin-key``), or directly on a store file
-(``--store PATH``, default ``./.edgesim/store.db``) when no edge runs. Both
+(``--store PATH``, default ``./.edgesim/trust.db``, where ``edgesim edge serve`` keeps it) when no edge runs. Both
 paths print the same output; ``--json`` prints one JSON document instead.
 
 Exit status: 0 done (``check``: the device would be accepted), 1 refused or
@@ -42,7 +42,7 @@ from edge.trust.sqlite import SqliteTrustStore
 __all__ = ["DEFAULT_STORE", "register"]
 
 #: Where the store lives when neither ``--store`` nor ``--admin`` is given.
-DEFAULT_STORE = Path(".edgesim") / "store.db"
+DEFAULT_STORE = Path(".edgesim") / "trust.db"
 TOKEN_ENV = "EDGESIM_ADMIN_TOKEN"
 
 
