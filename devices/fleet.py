@@ -444,6 +444,9 @@ class RunnerSettings:
     probe_message: bool = False
     #: Highest TLS version devices offer ("1.2" or "1.3"; None: the library's highest).
     tls_max: str | None = None
+    #: Each device's own topic (``{id}``: its id); the edge's default policy grants
+    #: a device ``devices/<its identity>/#``.
+    topic: str = "devices/{id}/fleet"
 
 
 #: A runner factory: ``factory(settings) -> DeviceRunner``, named "module:attr" for workers.
@@ -723,7 +726,7 @@ class DeviceModuleRunner:
     tcp, tls, ack) and, with ``probe_message``, subscribes to its own topic,
     publishes one message and waits for it (``first_message``). With a hold time it
     connects with ``connected_device`` (no per-step trace, to stay small: only the
-    connect latency), subscribes to its own topic ``edgesim/fleet/<id>`` and publishes
+    connect latency), subscribes to its own topic (``devices/<id>/fleet``) and publishes
     every ``publish_interval`` seconds on a fixed schedule until ``hold_until``. Each
     payload carries its *intended* send time, so delivery latency includes any delay
     in sending (no coordinated omission on messages either).
@@ -780,7 +783,7 @@ class DeviceModuleRunner:
         run: DeviceRun,
     ) -> RunResult:
         loop = asyncio.get_running_loop()
-        topic = f"edgesim/fleet/{device.id}"
+        topic = self.settings.topic.replace("{id}", device.id)
         qos = self.settings.qos
         actions: list[Action] = []
         if self.settings.probe_message:
@@ -856,7 +859,7 @@ class DeviceModuleRunner:
             if remaining > 0:
                 await asyncio.sleep(remaining)
             return
-        topic = f"edgesim/fleet/{device.id}"
+        topic = self.settings.topic.replace("{id}", device.id)
         qos = self.settings.qos
         first: list[float] = []
         first_intended: list[float] = []

@@ -72,6 +72,7 @@ DEFAULTS: dict[str, Any] = {
     "work_dir": ".edgesim/fleet",
     "crl_set": "default",
     "loop": "uvloop",
+    "topic": "devices/{id}/fleet",
 }
 
 
@@ -118,6 +119,7 @@ def add_fleet_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="without --duration: each device echoes one message (first_message step)",
     )
     load.add_argument("--timeout", type=float, help="seconds per device connect (default 10)")
+    load.add_argument("--topic", help="each device's topic, {id} its id (devices/{id}/fleet)")
     flt = run.add_argument_group("faults")
     flt.add_argument("--faults", help="expired=1%%,wrong-ca=1%%,no-cert=0.5%%,revoked=2,...")
     flt.add_argument("--seed", type=int, help="picks the faulty devices (default 1)")
@@ -359,6 +361,7 @@ def _run(args: argparse.Namespace) -> int:
             device_timeout=float(opts["timeout"]),
             probe_message=bool(opts["probe_message"]),
             tls_max=opts.get("tls_max"),
+            topic=str(opts["topic"]),
         ),
         hold=hold,
         msg_rate=msg_rate,

@@ -63,6 +63,7 @@ OPTIONS: Mapping[str, tuple[tuple[type, ...], bool]] = {
     "shard": ((str,), False),
     "loop": ((str,), False),
     "tls_max": ((str,), False),
+    "topic": ((str,), False),
     "timeout": ((int, float), False),
     "probe_message": ((bool,), False),
     "report": ((str,), True),

@@ -1,4 +1,4 @@
-"""A fleet with every fault kind against the real edge, over TLS 1.3.
+"""Fleets against the real edge, over TLS 1.3: every fault kind, and every protocol.
 
 The edge drives its handshakes itself and reads what the device sent before closing,
 so each refused device reads the real alert even with TLS 1.3 (no RST race as with
@@ -37,7 +37,10 @@ def edge(tmp_path: Path) -> Iterator[tuple[ServerThread, QuickstartResult]]:
     config = EdgeConfig(
         state_dir=tmp_path / "state",
         listeners=ListenersConfig(
-            mqtt=HostPort(host="127.0.0.1", port=0), admin=HostPort(host="127.0.0.1", port=0)
+            mqtt=HostPort(host="127.0.0.1", port=0),
+            # One port for every protocol, told apart by ALPN and first bytes.
+            multi=HostPort(host="127.0.0.1", port=0),
+            admin=HostPort(host="127.0.0.1", port=0),
         ),
         trust=TrustConfig(store=tmp_path / "trust.db", watch_interval=None),
         pki_dir=qs.out,
@@ -89,3 +92,39 @@ def test_every_fault_refused_with_its_alert_by_the_edge(
     for kind, alert in ALERTS.items():
         assert doc["fidelity"][kind]["got"] == {alert: 2}, kind
     assert doc["fidelity"]["none"]["got"] == {"connected": healthy}
+
+
+@pytest.mark.timeout(90)
+def test_mixed_protocols_held_and_publishing(
+    edge: tuple[ServerThread, QuickstartResult], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    handle, qs = edge
+    port = handle.ports["multi"]
+    urls = [
+        f"mqtts://127.0.0.1:{port}",
+        f"https://127.0.0.1:{port}",
+        f"wss://127.0.0.1:{port}/mqtt",
+        f"wss://127.0.0.1:{port}/ws",
+    ]
+    argv = ["fleet", "run", "--pki", str(qs.out), "--protocol", "mix"]
+    argv += [arg for url in urls for arg in ("--url", url)]
+    argv += ["--faults", "wrong-ca=2,no-cert=2", "--work-dir", str(tmp_path / "work")]
+    argv += ["--duration", "2s", "--msg-rate", "60/s", "--json"]
+    code = main(argv)
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 0, doc["fidelity"]
+    healthy = DEVICES - 4
+    assert doc["fidelity"]["none"]["got"] == {"connected": healthy}
+    assert doc["fidelity"]["wrong-ca"]["got"] == {"unknown_ca": 2}
+    assert doc["fidelity"]["no-cert"]["got"] == {"certificate_required": 2}
+    # Device i uses URL i % 4: 8 mqtts, 8 https, and 7 + 7 over wss (/mqtt and /ws).
+    assert {p: v["devices"] for p, v in doc["protocols"].items()} == {
+        "mqtt": 8,
+        "https": 8,
+        "wss": 14,
+    }
+    messages = doc["messages"]
+    # One message per device every 0.5 s; the first within 0.5 s of connecting.
+    assert messages["sent"] >= healthy
+    assert messages["received"] == messages["sent"]
+    assert doc["latency"]["steps"]["first_message"]["count"] == healthy
