@@ -490,7 +490,11 @@ class FleetJob:
     def part(self, shard: Shard) -> FleetJob:
         """The sub-job of the devices that ``shard`` owns (keeping the whole schedule)."""
         return replace(
-            self, devices=tuple(d for d in self.devices if shard.owns(d.index)), shard=shard
+            self,
+            devices=tuple(d for d in self.devices if shard.owns(d.index)),
+            shard=shard,
+            # Frozen before splitting: every part holds until the same moment.
+            schedule_end=self.last_offset,
         )
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from devices.faults import EXPECTED
-from devices.fleet import DeviceRun, Fleet, FleetDevice, FleetError, Shard
+from devices.fleet import DeviceRun, Fleet, FleetDevice, FleetError, FleetJob, Shard, run_processes
 from devices.progress import Counters
 
 
@@ -259,3 +259,22 @@ def test_shards_partition_the_fleet() -> None:
 def test_bad_shard_is_named(text: str) -> None:
     with pytest.raises(FleetError, match="--shard"):
         Shard.parse(text)
+
+
+@pytest.mark.timeout(60)
+def test_a_failing_worker_process_fails_the_run_by_name() -> None:
+    job = FleetJob(
+        devices=tuple(device(i, ramp=1000.0) for i in range(4)),
+        fleet_size=4,
+        runner="devices.fleet:no_such_factory",
+    )
+    with pytest.raises(FleetError, match=r"worker \d: FleetError: runner 'devices.fleet:no_such"):
+        run_processes(job, 2)
+
+
+def test_a_job_splits_over_processes_without_losing_devices() -> None:
+    job = FleetJob(devices=tuple(device(i, ramp=10.0) for i in range(10)), fleet_size=10)
+    parts = [job.part(s) for s in Shard().split(3)]
+    assert sorted(d.index for p in parts for d in p.devices) == list(range(10))
+    # Every part keeps the whole fleet's schedule and hold deadline.
+    assert {p.last_offset for p in parts} == {0.9}
