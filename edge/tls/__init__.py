@@ -1,1 +1,30 @@
-"""edge.tls."""
+"""The edge's TLS termination: the edge drives TLS itself over ``ssl.MemoryBIO``.
+
+Why: asyncio's ``create_server(ssl=...)`` drops a failed handshake without telling
+the server why and without sending the alert. Here every byte passes through
+code the edge owns, so refusals carry their reason and the device sees the alert.
+
+Modules, from bytes up:
+
+=================  ==============================================================
+``clienthello``    sans-I/O reader of the client's cleartext flight (SNI, ALPN,
+                   versions, suites; the TLS 1.2 client certificate; non-TLS
+                   first bytes classified in plain words)
+``session``        ``TlsServerSession``: sans-I/O handshake + records over MemoryBIO
+``verdict``        ``ssl.SSLError`` -> alert, verify code, reason and hint
+``contexts``       one cached ``ssl.SSLContext`` per certificate set version
+``keylog``         optional: decrypt a refused TLS 1.3 device's certificate
+``connection``     the asyncio layer: ``TlsEndpoint`` (one per listener),
+                   ``EdgeTlsProtocol`` (one per TCP connection), ``TlsTransport``
+                   (what MQTT/HTTP adapters write to), limits, deadlines, events
+=================  ==============================================================
+
+Errors (see :mod:`edge.tls.errors`)::
+
+    TlsError
+    ├── ClientHelloError
+    ├── TlsConfigError
+    └── IdentityError
+
+A refused device is not an exception: it is a ``tls.refused`` event.
+"""

@@ -23,6 +23,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from edge.tls.errors import ClientHelloError
+
 __all__ = [
     "VERSION_NAMES",
     "ClientFlightReader",
@@ -157,7 +159,7 @@ class _Short(Exception):
 def parse_client_hello(body: bytes, record_version: int) -> ClientHello:
     """Parse a ClientHello handshake message body (without its 4-byte header).
 
-    Raises ``ValueError`` naming the field that is malformed.
+    Raises :class:`~edge.tls.errors.ClientHelloError` naming the malformed field.
     """
     r = _Reader(body)
     field = "legacy_version"
@@ -205,7 +207,7 @@ def parse_client_hello(body: bytes, record_version: int) -> ClientHello:
                             versions.append(offered)
                 field = "extensions"
     except _Short:
-        raise ValueError(f"ClientHello {field} is truncated or has a bad length") from None
+        raise ClientHelloError(f"ClientHello {field} is truncated or has a bad length") from None
     if not versions:
         versions = [version_name(legacy_version)]
     return ClientHello(
@@ -229,7 +231,7 @@ def parse_certificate_message(body: bytes) -> tuple[bytes, ...]:
         while not certs.at_end():
             out.append(certs.vec(3).data)
     except _Short:
-        raise ValueError("Certificate message is truncated or has a bad length") from None
+        raise ClientHelloError("Certificate message is truncated or has a bad length") from None
     return tuple(out)
 
 
@@ -349,13 +351,13 @@ class ClientFlightReader:
                     return
                 try:
                     self.client_hello = parse_client_hello(body, record_version)
-                except ValueError as exc:
+                except ClientHelloError as exc:
                     self._fail(FlightProblem.MALFORMED, str(exc))
                     return
             elif msg_type == _HS_CERTIFICATE:
                 try:
                     self.client_certificates = parse_certificate_message(body)
-                except ValueError as exc:
+                except ClientHelloError as exc:
                     self._fail(FlightProblem.MALFORMED, str(exc))
                     return
                 # Nothing after the Certificate message is of interest.

@@ -3,7 +3,8 @@
 ::
 
     TlsError                      root of every error raised by edge.tls
-    ├── ClientHelloError          the first bytes are not a well-formed ClientHello
+    ├── ClientHelloError          a ClientHello or Certificate message is malformed
+    │                             (the reader records it as a problem; parse_* raise it)
     ├── TlsConfigError            a server certificate, key or CA/CRL PEM cannot be loaded
     └── IdentityError             no identity can be derived from a verified certificate
 
