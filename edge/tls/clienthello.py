@@ -21,6 +21,7 @@ on bad input: it records a :attr:`~ClientFlightReader.problem` (``not_tls`` or
 from __future__ import annotations
 
 import enum
+import struct
 from dataclasses import dataclass
 
 from edge.tls.errors import ClientHelloError
@@ -161,33 +162,59 @@ def parse_client_hello(body: bytes, record_version: int) -> ClientHello:
 
     Raises :class:`~edge.tls.errors.ClientHelloError` naming the malformed field.
     """
-    r = _Reader(body)
+    # Plain index arithmetic on the fixed part and the extension list: this runs
+    # once per connection, and a cursor object per field cost several times more.
+    n = len(body)
     field = "legacy_version"
     try:
-        legacy_version = r.u16()
-        field = "random"
-        client_random = r.take(32)
+        if n < 35:
+            field = "random" if n >= 2 else field
+            raise _Short
+        legacy_version = (body[0] << 8) | body[1]
+        client_random = body[2:34]
         field = "session_id"
-        r.vec(1)
+        p = 35 + body[34]
+        if p > n:
+            raise _Short
         field = "cipher_suites"
-        suites_r = r.vec(2)
-        suites = tuple(suites_r.u16() for _ in range(len(suites_r.data) // 2))
+        if p + 2 > n:
+            raise _Short
+        suites_len = (body[p] << 8) | body[p + 1]
+        p += 2
+        if p + suites_len > n:
+            raise _Short
+        suites = struct.unpack_from(f">{suites_len // 2}H", body, p)
+        p += suites_len
         field = "compression_methods"
-        r.vec(1)
+        if p >= n:
+            raise _Short
+        p += 1 + body[p]
+        if p > n:
+            raise _Short
         sni: str | None = None
         alpn: list[str] = []
         versions: list[str] = []
         ext_types: list[int] = []
-        if not r.at_end():
+        if p < n:
             field = "extensions"
-            exts = r.vec(2)
-            while not exts.at_end():
-                ext_type = exts.u16()
-                ext = exts.vec(2)
+            if p + 2 > n:
+                raise _Short
+            end = p + 2 + ((body[p] << 8) | body[p + 1])
+            if end > n:
+                raise _Short
+            p += 2
+            while p < end:
+                if p + 4 > end:
+                    raise _Short
+                ext_type = (body[p] << 8) | body[p + 1]
+                ext_len = (body[p + 2] << 8) | body[p + 3]
+                p += 4
+                if p + ext_len > end:
+                    raise _Short
                 ext_types.append(ext_type)
                 if ext_type == _EXT_SERVER_NAME:
                     field = "server_name extension"
-                    names = ext.vec(2)
+                    names = _Reader(body[p : p + ext_len]).vec(2)
                     while not names.at_end():
                         name_type = names.u8()
                         name = names.vec(2).data
@@ -195,17 +222,18 @@ def parse_client_hello(body: bytes, record_version: int) -> ClientHello:
                             sni = name.decode("ascii", errors="replace")
                 elif ext_type == _EXT_ALPN:
                     field = "ALPN extension"
-                    protos = ext.vec(2)
+                    protos = _Reader(body[p : p + ext_len]).vec(2)
                     while not protos.at_end():
                         alpn.append(protos.vec(1).data.decode("ascii", errors="replace"))
                 elif ext_type == _EXT_SUPPORTED_VERSIONS:
                     field = "supported_versions extension"
-                    vers = ext.vec(1)
+                    vers = _Reader(body[p : p + ext_len]).vec(1)
                     while not vers.at_end():
                         offered = version_name(vers.u16())
                         if offered != "GREASE":
                             versions.append(offered)
                 field = "extensions"
+                p += ext_len
     except _Short:
         raise ClientHelloError(f"ClientHello {field} is truncated or has a bad length") from None
     if not versions:

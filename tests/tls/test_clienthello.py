@@ -13,6 +13,7 @@ from edge.tls.clienthello import (
     parse_client_hello,
     version_name,
 )
+from edge.tls.errors import ClientHelloError
 
 
 def client_hello_bytes(
@@ -178,3 +179,25 @@ def test_version_names() -> None:
 
 def test_empty_first_read() -> None:
     assert "closed without sending" in classify_plaintext(b"")
+
+
+@pytest.mark.parametrize(
+    ("cut", "field"),
+    [(1, "legacy_version"), (20, "random"), (36, "session_id")],
+)
+def test_truncation_names_the_field(cut: int, field: str) -> None:
+    body = b"\x03\x03" + b"r" * 32 + b"\x20" + b"s" * 32 + b"\x00\x02\x13\x01\x01\x00"
+    with pytest.raises(ClientHelloError, match=f"ClientHello {field} is truncated"):
+        parse_client_hello(body[:cut], 0x0301)
+
+
+def test_extension_length_past_the_end() -> None:
+    body = (
+        b"\x03\x03"
+        + b"r" * 32
+        + b"\x00"
+        + b"\x00\x02\x13\x01\x01\x00"
+        + b"\x00\x08\x00\x00\x00\x09"
+    )
+    with pytest.raises(ClientHelloError, match="extensions"):
+        parse_client_hello(body, 0x0301)
