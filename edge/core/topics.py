@@ -10,9 +10,10 @@ wildcard (MQTT 3.1.1 section 4.7.2).
 this topic" with one walk of the tree; answers are cached per topic until the tree
 changes, because the same few topics are published over and over.
 
-This module raises nothing of its own: invalid filters are the caller's business
-(see :func:`edge.mqtt.codec.valid_topic_filter`); :func:`valid_filter` is here
-too so that ``edge.core`` needs no protocol package.
+This module raises nothing of its own: invalid filters are the caller's business.
+:func:`valid_filter` and :func:`valid_name` are the one home of the wildcard rules;
+:func:`edge.mqtt.codec.valid_topic_filter` builds on them and adds the wire's limits
+(65535 bytes, no control characters), so ``edge.core`` needs no protocol package.
 """
 
 from __future__ import annotations

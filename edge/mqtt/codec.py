@@ -16,7 +16,9 @@ and what it forbids with :class:`ProtocolViolation`::
 
 Strings follow Mosquitto's validation (MQTT 3.1.1 section 1.5.3): well-formed UTF-8
 without U+0000, control characters (U+0001-U+001F, U+007F-U+009F) or
-non-characters; passwords are binary and not checked.
+non-characters; passwords are binary and not checked. Where wildcards may stand in a
+topic is the rule of :mod:`edge.core.topics` (pure, shared by every protocol); the
+codec adds the wire's limits on top.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Final
 
+from edge.core.topics import valid_filter, valid_name
 from edge.mqtt.errors import MalformedPacket, MqttError, PacketTooLarge, ProtocolViolation
 
 __all__ = [
@@ -306,9 +309,7 @@ def validate_string(raw: bytes, what: str) -> str:
 def valid_topic_name(topic: str) -> bool:
     """True if ``topic`` may be published to: non-empty, no wildcards, at most 65535 bytes."""
     return (
-        bool(topic)
-        and "+" not in topic
-        and "#" not in topic
+        valid_name(topic)
         and len(topic.encode("utf-8")) <= 0xFFFF
         and _BAD_CHARS.search(topic) is None
     )
@@ -319,21 +320,13 @@ def valid_topic_filter(topic_filter: str) -> bool:
 
     ``+`` must fill a whole level; ``#`` must fill the last level.
     """
-    if not topic_filter or len(topic_filter.encode("utf-8")) > 0xFFFF:
-        return False
-    if _BAD_CHARS.search(topic_filter) is not None:
-        return False
-    if "+" not in topic_filter and "#" not in topic_filter:
-        return True
-    levels = topic_filter.split("/")
-    last = len(levels) - 1
-    for i, level in enumerate(levels):
-        if level == "#":
-            if i != last:
-                return False
-        elif level != "+" and ("+" in level or "#" in level):
-            return False
-    return True
+    # The wildcard rules belong to edge.core (every protocol shares them); the codec
+    # adds only what the wire imposes: the 16-bit length and the forbidden characters.
+    return (
+        len(topic_filter.encode("utf-8")) <= 0xFFFF
+        and _BAD_CHARS.search(topic_filter) is None
+        and valid_filter(topic_filter)
+    )
 
 
 # --- encoding --------------------------------------------------------------------------
