@@ -491,16 +491,25 @@ def _peer_summary(peer: dict[str, Any]) -> dict[str, Any]:
 
 
 def _make_session(
-    scheme: str,
-    path: str,
     stream: TlsStream,
     *,
     spec: DeviceSpec,
     target: Target,
+    context: ssl.SSLContext,
     clock: Clock,
-    reconnect: Callable[[], Any],
+    settle: float,
     keepalive: int,
 ) -> ProtocolSession:
+    """The protocol session for ``target``'s scheme over ``stream``, already handshaken.
+
+    A session that needs a fresh connection later (HTTPS after the edge closes one)
+    reconnects with the same context, silently: only the first connection is traced.
+    """
+    scheme, _host, _port, path = target.parts()
+
+    async def reconnect() -> TlsStream:
+        return await _open_stream(target, context, clock, None, False, settle)
+
     client_id = spec.client_id or spec.id
     if scheme == "mqtts":
         return MqttSession(stream, client_id=client_id, clock=clock, keepalive=keepalive)
@@ -599,7 +608,7 @@ async def run_device(
     """
     start = clock() if start is None else start
     try:
-        scheme, _host, _port, path = target.parts()
+        scheme = target.parts()[0]
         cert, _key = spec.material()
         if context is None:
             context = context_for(spec, target, keylog_filename=keylog_filename)
@@ -616,18 +625,13 @@ async def run_device(
     try:
         async with asyncio.timeout(timeout):
             stream = await _open_stream(target, context, clock, rec, inspect, settle)
-
-            async def reconnect() -> TlsStream:
-                return await _open_stream(target, context, clock, None, False, settle)
-
             session = _make_session(
-                scheme,
-                path,
                 stream,
                 spec=spec,
                 target=target,
+                context=context,
                 clock=clock,
-                reconnect=reconnect,
+                settle=settle,
                 # One run never outlives its timeout: no ping is due before it ends.
                 keepalive=max(1, int(timeout) * 2),
             )
@@ -820,27 +824,21 @@ async def connected_device(
     Raises :class:`DeviceError` subclasses when the connection is refused; its
     ``reason`` is the same word :func:`run_device` would report.
     """
-    scheme, _host, _port, path = target.parts()
+    target.parts()  # a bad URL is reported before anything is opened
     if context is None:
         context = context_for(spec, target)
-    ctx = context
     session: ProtocolSession | None = None
     stream: TlsStream | None = None
     try:
         async with asyncio.timeout(timeout):
-            stream = await _open_stream(target, ctx, clock, None, False, settle)
-
-            async def reconnect() -> TlsStream:
-                return await _open_stream(target, ctx, clock, None, False, settle)
-
+            stream = await _open_stream(target, context, clock, None, False, settle)
             session = _make_session(
-                scheme,
-                path,
                 stream,
                 spec=spec,
                 target=target,
+                context=context,
                 clock=clock,
-                reconnect=reconnect,
+                settle=settle,
                 keepalive=keepalive,
             )
             ack = await session.open()
