@@ -357,13 +357,7 @@ class TrustService:
                 source=source,
             )
         except RefusedError as exc:
-            self.events.emit(
-                "trust.refused",
-                "refused",
-                set=name,
-                reason=exc.message,
-                findings=[f.to_dict() for f in exc.findings],
-            )
+            self._emit_refused(name, exc)
             raise
         self.events.emit(
             "trust.uploaded",
@@ -415,19 +409,23 @@ class TrustService:
         try:
             info = await asyncio.to_thread(self.store.add_crl, name, data)
         except RefusedError as exc:
-            self.events.emit(
-                "trust.refused",
-                "refused",
-                set=name,
-                reason=exc.message,
-                findings=[f.to_dict() for f in exc.findings],
-            )
+            self._emit_refused(name, exc)
             raise
         self.events.emit(
             "trust.crl_added", "info", set=name, issuer=info.issuer, revoked=info.revoked_count
         )
         await self._schedule()
         return info
+
+    def _emit_refused(self, name: str, exc: RefusedError) -> None:
+        """Log a refused upload (certificates or CRL) with the linter's findings."""
+        self.events.emit(
+            "trust.refused",
+            "refused",
+            set=name,
+            reason=exc.message,
+            findings=[f.to_dict() for f in exc.findings],
+        )
 
     # -- reads ----------------------------------------------------------------
 
