@@ -69,6 +69,16 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
+from edge.tls.wire import (
+    ALERT_NAMES,
+    CT_ALERT,
+    CT_APPLICATION_DATA,
+    CT_CHANGE_CIPHER_SPEC,
+    CT_HANDSHAKE,
+    Cursor,
+    record_header,
+)
+
 __all__ = [
     "ALERT_NAMES",
     "AlertReceived",
@@ -150,37 +160,6 @@ class DeviceTimeout(DeviceError):
 
 
 # --------------------------------------------------------------------------- alerts
-
-#: TLS alert descriptions (RFC 8446 section 6, plus TLS 1.2's) by code.
-ALERT_NAMES: dict[int, str] = {
-    0: "close_notify",
-    10: "unexpected_message",
-    20: "bad_record_mac",
-    22: "record_overflow",
-    40: "handshake_failure",
-    42: "bad_certificate",
-    43: "unsupported_certificate",
-    44: "certificate_revoked",
-    45: "certificate_expired",
-    46: "certificate_unknown",
-    47: "illegal_parameter",
-    48: "unknown_ca",
-    49: "access_denied",
-    50: "decode_error",
-    51: "decrypt_error",
-    70: "protocol_version",
-    71: "insufficient_security",
-    80: "internal_error",
-    86: "inappropriate_fallback",
-    90: "user_canceled",
-    109: "missing_extension",
-    110: "unsupported_extension",
-    112: "unrecognized_name",
-    113: "bad_certificate_status_response",
-    115: "unknown_psk_identity",
-    116: "certificate_required",
-    120: "no_application_protocol",
-}
 
 # OpenSSL names the alert it received in the error reason, with a version prefix
 # that says nothing useful to a device developer ("SSLV3_ALERT_", "TLSV13_ALERT_").
@@ -306,7 +285,6 @@ TlsEvent = (
 
 # --------------------------------------------------------------------------- records
 
-_CT_CCS, _CT_ALERT, _CT_HANDSHAKE, _CT_APPDATA = 20, 21, 22, 23
 _HS_CLIENT_HELLO, _HS_SERVER_HELLO = 1, 2
 _HS_ENCRYPTED_EXTENSIONS, _HS_CERTIFICATE, _HS_CERTIFICATE_REQUEST = 8, 11, 13
 _HS_SERVER_HELLO_DONE, _HS_FINISHED = 14, 20
@@ -328,44 +306,11 @@ def _version_name(code: int) -> str:
     return _VERSION_NAMES.get(code, f"0x{code:04x}")
 
 
-class _Cursor:
-    """Bounds-checked reads over a handshake message; raises ValueError when short."""
-
-    __slots__ = ("data", "pos")
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def take(self, n: int) -> bytes:
-        if self.pos + n > len(self.data):
-            raise ValueError("truncated handshake message")
-        out = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return out
-
-    def u8(self) -> int:
-        return self.take(1)[0]
-
-    def u16(self) -> int:
-        return int.from_bytes(self.take(2), "big")
-
-    def u24(self) -> int:
-        return int.from_bytes(self.take(3), "big")
-
-    def vec(self, length_bytes: int) -> bytes:
-        return self.take(int.from_bytes(self.take(length_bytes), "big"))
-
-    @property
-    def remaining(self) -> int:
-        return len(self.data) - self.pos
-
-
-def _extensions(cur: _Cursor) -> dict[int, bytes]:
+def _extensions(cur: Cursor) -> dict[int, bytes]:
     out: dict[int, bytes] = {}
     if cur.remaining == 0:
         return out
-    ext = _Cursor(cur.vec(2))
+    ext = Cursor(cur.vec(2))
     while ext.remaining:
         kind = ext.u16()
         out[kind] = ext.vec(2)
@@ -374,7 +319,7 @@ def _extensions(cur: _Cursor) -> dict[int, bytes]:
 
 def parse_client_hello(body: bytes) -> tuple[bytes, ClientHelloSent]:
     """Parse a ClientHello body; return (client_random, what it offered)."""
-    cur = _Cursor(body)
+    cur = Cursor(body)
     legacy = cur.u16()
     random = cur.take(32)
     cur.vec(1)  # session id
@@ -383,8 +328,8 @@ def parse_client_hello(body: bytes) -> tuple[bytes, ClientHelloSent]:
     exts = _extensions(cur)
     sni = None
     if _EXT_SNI in exts:
-        names = _Cursor(exts[_EXT_SNI])
-        lst = _Cursor(names.vec(2))
+        names = Cursor(exts[_EXT_SNI])
+        lst = Cursor(names.vec(2))
         while lst.remaining:
             kind = lst.u8()
             value = lst.vec(2)
@@ -392,11 +337,11 @@ def parse_client_hello(body: bytes) -> tuple[bytes, ClientHelloSent]:
                 sni = value.decode("ascii", "replace")
     alpn: list[str] = []
     if _EXT_ALPN in exts:
-        lst = _Cursor(_Cursor(exts[_EXT_ALPN]).vec(2))
+        lst = Cursor(Cursor(exts[_EXT_ALPN]).vec(2))
         while lst.remaining:
             alpn.append(lst.vec(1).decode("ascii", "replace"))
     if _EXT_SUPPORTED_VERSIONS in exts:
-        vers = _Cursor(_Cursor(exts[_EXT_SUPPORTED_VERSIONS]).vec(1))
+        vers = Cursor(Cursor(exts[_EXT_SUPPORTED_VERSIONS]).vec(1))
         versions = []
         while vers.remaining:
             code = vers.u16()
@@ -410,7 +355,7 @@ def parse_client_hello(body: bytes) -> tuple[bytes, ClientHelloSent]:
 
 def parse_server_hello(body: bytes) -> tuple[int, int, bool]:
     """Parse a ServerHello body; return (version code, cipher suite code, is HelloRetryRequest)."""
-    cur = _Cursor(body)
+    cur = Cursor(body)
     legacy = cur.u16()
     random = cur.take(32)
     cur.vec(1)
@@ -425,10 +370,10 @@ def parse_server_hello(body: bytes) -> tuple[int, int, bool]:
 
 def parse_certificate(body: bytes, *, tls13: bool) -> tuple[bytes, ...]:
     """Parse a Certificate message body into DER certificates, leaf first."""
-    cur = _Cursor(body)
+    cur = Cursor(body)
     if tls13:
         cur.vec(1)  # certificate_request_context
-    lst = _Cursor(cur.vec(3))
+    lst = Cursor(cur.vec(3))
     out = []
     while lst.remaining:
         out.append(lst.vec(3))
@@ -439,10 +384,10 @@ def parse_certificate(body: bytes, *, tls13: bool) -> tuple[bytes, ...]:
 
 def parse_certificate_request_12(body: bytes) -> int:
     """Parse a TLS 1.2 CertificateRequest; return the number of acceptable CA names."""
-    cur = _Cursor(body)
+    cur = Cursor(body)
     cur.vec(1)  # certificate types
     cur.vec(2)  # signature algorithms
-    names = _Cursor(cur.vec(2))
+    names = Cursor(cur.vec(2))
     count = 0
     while names.remaining:
         names.vec(2)
@@ -473,21 +418,20 @@ class RecordReader:
         """Consume bytes; return the parsed items (see the class docstring)."""
         self._buf += data
         out: list[tuple[str, Any]] = []
-        while len(self._buf) >= 5:
-            ctype = self._buf[0]
-            length = int.from_bytes(self._buf[3:5], "big")
+        while (fields := record_header(self._buf)) is not None:
+            ctype, _, length = fields
             if len(self._buf) < 5 + length:
                 break
             header = bytes(self._buf[:5])
             fragment = bytes(self._buf[5 : 5 + length])
             del self._buf[: 5 + length]
-            if ctype == _CT_CCS:
+            if ctype == CT_CHANGE_CIPHER_SPEC:
                 out.append(("ccs", None))
-            elif self.encrypted or ctype == _CT_APPDATA:
+            elif self.encrypted or ctype == CT_APPLICATION_DATA:
                 out.append(("encrypted", (header, fragment)))
-            elif ctype == _CT_ALERT and len(fragment) >= 2:
+            elif ctype == CT_ALERT and len(fragment) >= 2:
                 out.append(("alert", (fragment[0], fragment[1])))
-            elif ctype == _CT_HANDSHAKE:
+            elif ctype == CT_HANDSHAKE:
                 self._hs += fragment
                 out.extend(("handshake", msg) for msg in _split_handshake(self._hs))
         return out
@@ -886,7 +830,7 @@ class TlsClient:
                 except (InvalidTag, ValueError):
                     # Past the handshake flight the keys change: stop there.
                     break
-                if ctype != _CT_HANDSHAKE:
+                if ctype != CT_HANDSHAKE:
                     break
                 buf += plain
                 for mtype, body in _split_handshake(buf):

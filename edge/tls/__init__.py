@@ -7,6 +7,8 @@ code the edge owns, so refusals carry their reason and the device sees the alert
 Modules, from bytes up:
 
 =================  ==============================================================
+``wire``           ssl-free wire formats shared with ``devices``: alert names,
+                   record headers, a bounds-checked cursor
 ``clienthello``    sans-I/O reader of the client's cleartext flight (SNI, ALPN,
                    versions, suites; the TLS 1.2 client certificate; non-TLS
                    first bytes classified in plain words)
@@ -24,6 +26,7 @@ Errors (see :mod:`edge.tls.errors`)::
     TlsError
     ├── ClientHelloError
     ├── TlsConfigError
+    ├── WireFormatError (also a ValueError)
     └── IdentityError
 
 A refused device is not an exception: it is a ``tls.refused`` event.

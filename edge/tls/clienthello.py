@@ -24,7 +24,15 @@ import enum
 import struct
 from dataclasses import dataclass
 
-from edge.tls.errors import ClientHelloError
+from edge.tls.errors import ClientHelloError, WireFormatError
+from edge.tls.wire import (
+    CT_ALERT,
+    CT_APPLICATION_DATA,
+    CT_CHANGE_CIPHER_SPEC,
+    CT_HANDSHAKE,
+    Cursor,
+    record_header,
+)
 
 __all__ = [
     "VERSION_NAMES",
@@ -35,11 +43,7 @@ __all__ = [
     "version_name",
 ]
 
-#: TLS record and handshake constants used here (RFC 8446, RFC 5246).
-_CT_CHANGE_CIPHER_SPEC = 20
-_CT_ALERT = 21
-_CT_HANDSHAKE = 22
-_CT_APPLICATION_DATA = 23
+#: Handshake constants used here (RFC 8446, RFC 5246).
 _HS_CLIENT_HELLO = 1
 _HS_CERTIFICATE = 11
 _EXT_SERVER_NAME = 0
@@ -115,46 +119,9 @@ def classify_plaintext(data: bytes) -> str:
         return "not TLS: looks like a PROXY protocol header, which this listener does not accept"
     if first == 0x80 or (first & 0x80 and len(data) > 2 and data[2] == 0x01):
         return "not TLS: an SSLv2-style ClientHello, which no supported version accepts"
-    if first in (_CT_ALERT, _CT_APPLICATION_DATA, _CT_CHANGE_CIPHER_SPEC):
+    if first in (CT_ALERT, CT_APPLICATION_DATA, CT_CHANGE_CIPHER_SPEC):
         return f"not a ClientHello: the first TLS record has content type {first}"
     return f"not TLS: the first bytes are {data[:8].hex(' ')}"
-
-
-class _Reader:
-    """A bounds-checked cursor over a bytes object; raises ``_Short`` past the end."""
-
-    __slots__ = ("data", "pos")
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def take(self, n: int) -> bytes:
-        if self.pos + n > len(self.data):
-            raise _Short
-        out = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return out
-
-    def u8(self) -> int:
-        return self.take(1)[0]
-
-    def u16(self) -> int:
-        return int.from_bytes(self.take(2), "big")
-
-    def u24(self) -> int:
-        return int.from_bytes(self.take(3), "big")
-
-    def vec(self, length_bytes: int) -> _Reader:
-        n = int.from_bytes(self.take(length_bytes), "big")
-        return _Reader(self.take(n))
-
-    def at_end(self) -> bool:
-        return self.pos >= len(self.data)
-
-
-class _Short(Exception):
-    """A length field points past the end of its enclosing structure."""
 
 
 def parse_client_hello(body: bytes, record_version: int) -> ClientHello:
@@ -169,28 +136,28 @@ def parse_client_hello(body: bytes, record_version: int) -> ClientHello:
     try:
         if n < 35:
             field = "random" if n >= 2 else field
-            raise _Short
+            raise WireFormatError(field)
         legacy_version = (body[0] << 8) | body[1]
         client_random = body[2:34]
         field = "session_id"
         p = 35 + body[34]
         if p > n:
-            raise _Short
+            raise WireFormatError(field)
         field = "cipher_suites"
         if p + 2 > n:
-            raise _Short
+            raise WireFormatError(field)
         suites_len = (body[p] << 8) | body[p + 1]
         p += 2
         if p + suites_len > n:
-            raise _Short
+            raise WireFormatError(field)
         suites = struct.unpack_from(f">{suites_len // 2}H", body, p)
         p += suites_len
         field = "compression_methods"
         if p >= n:
-            raise _Short
+            raise WireFormatError(field)
         p += 1 + body[p]
         if p > n:
-            raise _Short
+            raise WireFormatError(field)
         sni: str | None = None
         alpn: list[str] = []
         versions: list[str] = []
@@ -198,43 +165,43 @@ def parse_client_hello(body: bytes, record_version: int) -> ClientHello:
         if p < n:
             field = "extensions"
             if p + 2 > n:
-                raise _Short
+                raise WireFormatError(field)
             end = p + 2 + ((body[p] << 8) | body[p + 1])
             if end > n:
-                raise _Short
+                raise WireFormatError(field)
             p += 2
             while p < end:
                 if p + 4 > end:
-                    raise _Short
+                    raise WireFormatError(field)
                 ext_type = (body[p] << 8) | body[p + 1]
                 ext_len = (body[p + 2] << 8) | body[p + 3]
                 p += 4
                 if p + ext_len > end:
-                    raise _Short
+                    raise WireFormatError(field)
                 ext_types.append(ext_type)
                 if ext_type == _EXT_SERVER_NAME:
                     field = "server_name extension"
-                    names = _Reader(body[p : p + ext_len]).vec(2)
+                    names = Cursor(body[p : p + ext_len]).sub(2)
                     while not names.at_end():
                         name_type = names.u8()
-                        name = names.vec(2).data
+                        name = names.vec(2)
                         if name_type == 0 and sni is None:
                             sni = name.decode("ascii", errors="replace")
                 elif ext_type == _EXT_ALPN:
                     field = "ALPN extension"
-                    protos = _Reader(body[p : p + ext_len]).vec(2)
+                    protos = Cursor(body[p : p + ext_len]).sub(2)
                     while not protos.at_end():
-                        alpn.append(protos.vec(1).data.decode("ascii", errors="replace"))
+                        alpn.append(protos.vec(1).decode("ascii", errors="replace"))
                 elif ext_type == _EXT_SUPPORTED_VERSIONS:
                     field = "supported_versions extension"
-                    vers = _Reader(body[p : p + ext_len]).vec(1)
+                    vers = Cursor(body[p : p + ext_len]).sub(1)
                     while not vers.at_end():
                         offered = version_name(vers.u16())
                         if offered != "GREASE":
                             versions.append(offered)
                 field = "extensions"
                 p += ext_len
-    except _Short:
+    except WireFormatError:
         raise ClientHelloError(f"ClientHello {field} is truncated or has a bad length") from None
     if not versions:
         versions = [version_name(legacy_version)]
@@ -252,13 +219,12 @@ def parse_client_hello(body: bytes, record_version: int) -> ClientHello:
 
 def parse_certificate_message(body: bytes) -> tuple[bytes, ...]:
     """Parse a TLS 1.2 ``Certificate`` message body into DER certificates (leaf first)."""
-    r = _Reader(body)
     try:
-        certs = r.vec(3)
+        certs = Cursor(body).sub(3)
         out: list[bytes] = []
         while not certs.at_end():
-            out.append(certs.vec(3).data)
-    except _Short:
+            out.append(certs.vec(3))
+    except WireFormatError:
         raise ClientHelloError("Certificate message is truncated or has a bad length") from None
     return tuple(out)
 
@@ -312,15 +278,14 @@ class ClientFlightReader:
         while not self.done:
             # The very first bytes decide whether this is TLS at all.
             if (not self._records and buf) and (
-                buf[0] != _CT_HANDSHAKE or (len(buf) >= 2 and buf[1] != 3)
+                buf[0] != CT_HANDSHAKE or (len(buf) >= 2 and buf[1] != 3)
             ):
                 self._fail(FlightProblem.NOT_TLS, classify_plaintext(bytes(buf)))
                 return
-            if len(buf) < 5:
+            header = record_header(buf)
+            if header is None:
                 return
-            ctype = buf[0]
-            version = int.from_bytes(buf[1:3], "big")
-            length = int.from_bytes(buf[3:5], "big")
+            ctype, version, length = header
             if buf[1] != 3:
                 self._fail(FlightProblem.MALFORMED, f"TLS record with version 0x{version:04x}")
                 return
@@ -331,16 +296,16 @@ class ClientFlightReader:
                 return
             if len(buf) < 5 + length:
                 return
-            if self._after_ccs and ctype == _CT_HANDSHAKE:
+            if self._after_ccs and ctype == CT_HANDSHAKE:
                 # TLS 1.2: the Finished after ChangeCipherSpec is encrypted.
                 self.done = True
                 self._buf.clear()
                 return
-            if ctype in (_CT_CHANGE_CIPHER_SPEC, _CT_APPLICATION_DATA):
+            if ctype in (CT_CHANGE_CIPHER_SPEC, CT_APPLICATION_DATA):
                 # From here on the client's records are encrypted (TLS 1.3: a
                 # middlebox-compatibility CCS, then the encrypted flight).
-                self._after_ccs = self._after_ccs or ctype == _CT_CHANGE_CIPHER_SPEC
-                if ctype == _CT_APPLICATION_DATA:
+                self._after_ccs = self._after_ccs or ctype == CT_CHANGE_CIPHER_SPEC
+                if ctype == CT_APPLICATION_DATA:
                     self._encrypted_bytes += 5 + length
                     if self._encrypted_bytes > _MAX_ENCRYPTED:
                         self.done = True
@@ -352,10 +317,10 @@ class ClientFlightReader:
             payload = bytes(buf[5 : 5 + length])
             del buf[: 5 + length]
             self._records += 1
-            if ctype == _CT_ALERT:
+            if ctype == CT_ALERT:
                 self.done = True
                 return
-            if ctype != _CT_HANDSHAKE:
+            if ctype != CT_HANDSHAKE:
                 self._fail(FlightProblem.MALFORMED, f"unexpected TLS record content type {ctype}")
                 return
             self._hs += payload
@@ -404,26 +369,26 @@ def server_hello_version(data: bytes) -> str | None:
 
 def parse_server_hello(data: bytes) -> tuple[str, int] | None:
     """Return ``(version name, cipher suite)`` from a server's first flight, if readable."""
-    if len(data) < 5 or data[0] != _CT_HANDSHAKE:
+    header = record_header(data)
+    if header is None or header[0] != CT_HANDSHAKE:
         return None
-    length = int.from_bytes(data[3:5], "big")
-    r = _Reader(data[5 : 5 + length])
+    r = Cursor(data[5 : 5 + header[2]])
     try:
         if r.u8() != 2:  # ServerHello
             return None
-        body = _Reader(r.take(r.u24()))
+        body = Cursor(r.take(r.u24()))
         legacy = body.u16()
         body.take(32)
         body.vec(1)
         suite = body.u16()
         body.take(1)  # compression method
         if not body.at_end():
-            exts = body.vec(2)
+            exts = body.sub(2)
             while not exts.at_end():
                 ext_type = exts.u16()
-                ext = exts.vec(2)
+                ext = exts.sub(2)
                 if ext_type == _EXT_SUPPORTED_VERSIONS:
                     return version_name(ext.u16()), suite
         return version_name(legacy), suite
-    except _Short:
+    except WireFormatError:
         return None

@@ -6,6 +6,8 @@
     ├── ClientHelloError          a ClientHello or Certificate message is malformed
     │                             (the reader records it as a problem; parse_* raise it)
     ├── TlsConfigError            a server certificate, key or CA/CRL PEM cannot be loaded
+    ├── WireFormatError           a length field points past the end of its structure
+    │                             (edge.tls.wire.Cursor; also a ValueError; callers translate it)
     └── IdentityError             no identity can be derived from a verified certificate
 
 ``ssl.SSLError`` and ``cryptography`` exceptions never escape this package: the
@@ -23,6 +25,10 @@ class TlsError(Exception):
 
 class ClientHelloError(TlsError):
     """The bytes received are not a well-formed TLS ClientHello."""
+
+
+class WireFormatError(TlsError, ValueError):
+    """A TLS structure is shorter than one of its length fields says."""
 
 
 class TlsConfigError(TlsError):

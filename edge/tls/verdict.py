@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from edge.core.session import PeerCertificate
+from edge.tls.wire import ALERT_CODES, ALERT_NAMES, CT_ALERT, record_header
 
 __all__ = [
     "ALERT_CODES",
@@ -30,37 +31,6 @@ __all__ = [
     "failure_from_ssl_error",
 ]
 
-#: TLS alert descriptions (RFC 8446 section 6, RFC 5246 section 7.2).
-ALERT_NAMES: dict[int, str] = {
-    0: "close_notify",
-    10: "unexpected_message",
-    20: "bad_record_mac",
-    22: "record_overflow",
-    40: "handshake_failure",
-    42: "bad_certificate",
-    43: "unsupported_certificate",
-    44: "certificate_revoked",
-    45: "certificate_expired",
-    46: "certificate_unknown",
-    47: "illegal_parameter",
-    48: "unknown_ca",
-    49: "access_denied",
-    50: "decode_error",
-    51: "decrypt_error",
-    70: "protocol_version",
-    71: "insufficient_security",
-    80: "internal_error",
-    86: "inappropriate_fallback",
-    90: "user_canceled",
-    109: "missing_extension",
-    110: "unsupported_extension",
-    112: "unrecognized_name",
-    113: "bad_certificate_status_response",
-    115: "unknown_psk_identity",
-    116: "certificate_required",
-    120: "no_application_protocol",
-}
-ALERT_CODES: dict[str, int] = {name: code for code, name in ALERT_NAMES.items()}
 
 # OpenSSL X509_V_ERR_* code -> the alert OpenSSL 3.0 sends for it.
 _VERIFY_ALERTS: dict[int, str] = {
@@ -162,17 +132,16 @@ class HandshakeVerdict:
 def alert_record(alert: str) -> bytes:
     """Return a cleartext fatal alert record (for refusals decided before OpenSSL runs)."""
     # Record version 0x0303 is what TLS 1.2 and 1.3 both put on alerts.
-    return bytes([21, 3, 3, 0, 2, 2, ALERT_CODES[alert]])
+    return bytes([CT_ALERT, 3, 3, 0, 2, 2, ALERT_CODES[alert]])
 
 
 def cleartext_alert(outgoing: bytes) -> str | None:
     """Return the alert name of the last cleartext alert record in ``outgoing``, if any."""
     pos = 0
     found: str | None = None
-    while pos + 5 <= len(outgoing):
-        ctype = outgoing[pos]
-        length = int.from_bytes(outgoing[pos + 3 : pos + 5], "big")
-        if ctype == 21 and length == 2 and pos + 7 <= len(outgoing):
+    while (header := record_header(outgoing, pos)) is not None:
+        ctype, _, length = header
+        if ctype == CT_ALERT and length == 2 and pos + 7 <= len(outgoing):
             found = ALERT_NAMES.get(outgoing[pos + 6], f"alert {outgoing[pos + 6]}")
         pos += 5 + length
     return found
