@@ -6,7 +6,7 @@ An ``edge.toml`` (every key optional; relative paths are relative to the file)::
 
     [listeners]                     # "HOST:PORT"; port 0 picks a free port; "" disables
     mqtt  = "127.0.0.1:8883"
-    https = ""                      # device HTTP + WebSocket, off by default
+    https = "127.0.0.1:8443"        # device HTTPS + WebSocket (/mqtt, /ws)
     multi = ""                      # MQTT + HTTP on one port (ALPN / first bytes)
     admin = "127.0.0.1:8081"
 
@@ -17,7 +17,7 @@ An ``edge.toml`` (every key optional; relative paths are relative to the file)::
     num_tickets = 0
     alpn = ["mqtt", "x-amzn-mqtt-ca", "http/1.1"]
     keylog_file = ""                # SSLKEYLOGFILE-style, for Wireshark
-    capture_tls13_certificates = false # name the certificate of refused TLS 1.3 devices
+    capture_tls13_certificates = true  # name the certificate of refused TLS 1.3 devices
     handshake_timeout = 10.0
     max_handshakes = 2000
     max_connections = 50000
@@ -32,6 +32,10 @@ An ``edge.toml`` (every key optional; relative paths are relative to the file)::
 
     [pki]
     dir = ""                        # a folder made by `edgesim pki quickstart`
+
+    [mqtt]                          # edge.mqtt.broker.MqttConfig's fields
+    max_packet_size = 268435460
+    connect_timeout = 10.0
 
     [policy]                        # preset "open" or "default", or the policy table itself
     preset = "default"
@@ -52,6 +56,8 @@ from pathlib import Path
 from typing import Any
 
 from edge.identity import IdentityRule, parse_rule
+from edge.mqtt.broker import MqttConfig
+from edge.mqtt.errors import MqttConfigError
 from edge.tls.contexts import DEFAULT_ALPN, parse_tls_version
 
 __all__ = [
@@ -107,7 +113,7 @@ class ListenersConfig:
     """Which listeners run, and where (``None``: off)."""
 
     mqtt: HostPort | None = HostPort(host="127.0.0.1", port=8883)
-    https: HostPort | None = None
+    https: HostPort | None = HostPort(host="127.0.0.1", port=8443)
     multi: HostPort | None = None
     admin: HostPort | None = HostPort(host="127.0.0.1", port=8081)
 
@@ -124,9 +130,11 @@ class TlsConfig:
     alpn: tuple[str, ...] = DEFAULT_ALPN
     keylog_file: Path | None = None
     #: Read OpenSSL's key log to decrypt a refused TLS 1.3 device's certificate
-    #: (edge.tls.keylog). Off by default: measured at +0.2 to +0.6 ms of CPU per
-    #: connect (10-20 %), mostly OpenSSL's key log callback.
-    capture_tls13_certificates: bool = False
+    #: (edge.tls.keylog). On by default, because explaining every refusal down to
+    #: the certificate presented is what the edge is for; it costs CPU on every
+    #: connect (OpenSSL's key log callback), so load tests that do not need it turn
+    #: it off. TLS 1.2 refusals always name the certificate (it is cleartext).
+    capture_tls13_certificates: bool = True
     handshake_timeout: float = 10.0
     max_handshakes: int = 2000
     max_connections: int = 50_000
@@ -165,6 +173,8 @@ class EdgeConfig:
     policy: str | Mapping[str, Any] = "default"
     #: Written atomically with the bound ports once listening.
     ready_file: Path | None = None
+    #: The MQTT broker's limits and timers (the ``[mqtt]`` table).
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
     use_uvloop: bool = True
 
     def with_overrides(self, **changes: Any) -> EdgeConfig:
@@ -178,7 +188,17 @@ class EdgeConfig:
 
 
 _KNOWN = {
-    "": {"state_dir", "listeners", "tls", "identity", "trust", "pki", "policy", "ready_file"},
+    "": {
+        "state_dir",
+        "listeners",
+        "tls",
+        "identity",
+        "trust",
+        "pki",
+        "policy",
+        "ready_file",
+        "mqtt",
+    },
     "listeners": {"mqtt", "https", "multi", "admin"},
     "tls": {
         "cert",
@@ -302,6 +322,14 @@ def config_from_dict(data: Mapping[str, Any], *, base: Path, source: str) -> Edg
     if pki:
         _check_keys(pki, "pki", source)
         changes["pki_dir"] = _path(base, _get(pki, "dir", str, f"{source} [pki]"))
+    mqtt = data.get("mqtt")
+    if mqtt is not None:
+        if not isinstance(mqtt, Mapping):
+            raise EdgeConfigError(f"{source} [mqtt]: expected a table")
+        try:
+            changes["mqtt"] = MqttConfig.from_dict(mqtt, where=f"{source} [mqtt]")
+        except MqttConfigError as exc:
+            raise EdgeConfigError(str(exc)) from None
     policy = data.get("policy")
     if policy is not None:
         if not isinstance(policy, Mapping):

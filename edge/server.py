@@ -38,6 +38,7 @@ from typing import Any
 
 from edge.config import EdgeConfig, HostPort
 from edge.core.events import EventLog
+from edge.core.handlers import HandlerRegistry
 from edge.core.hub import EdgeCore
 from edge.core.policy import Policy
 from edge.core.session import SessionInfo
@@ -81,6 +82,7 @@ class EdgeServer:
         *,
         factories: Mapping[str, AppProtocolFactory] | None = None,
         events: EventLog | None = None,
+        handlers: HandlerRegistry | None = None,
     ) -> None:
         self.config = config or EdgeConfig()
         # Formatting every event for a log nobody reads costs CPU on every connect.
@@ -90,6 +92,9 @@ class EdgeServer:
             else EventLog(log_events=logging.getLogger("edgesim.events").isEnabledFor(logging.INFO))
         )
         self._extra_factories = dict(factories or {})
+        #: Topic handlers (services such as an OTA responder) the core calls for
+        #: every matching publish, on any protocol.
+        self.handlers = handlers if handlers is not None else HandlerRegistry()
         self.ports: dict[str, int] = {}
         self.endpoints: dict[str, TlsEndpoint] = {}
         self.core: EdgeCore | None = None
@@ -150,7 +155,7 @@ class EdgeServer:
             await self._start_trust(pki)
         except (TlsError, CertsError, TrustError, OSError) as exc:
             raise EdgeServerError(str(exc)) from None
-        self.core = EdgeCore(self.events, self._policy())
+        self.core = EdgeCore(self.events, self._policy(), handlers=self.handlers)
         factories = await self._start_apps()
         options = cfg.tls
         listeners: list[tuple[ListenerKind, HostPort]] = []
@@ -299,9 +304,9 @@ class EdgeServer:
         wants_mqtt = listeners.mqtt is not None or listeners.multi is not None
         wants_http = listeners.https is not None or listeners.multi is not None
         if wants_mqtt and "mqtt" not in self._extra_factories:
-            from edge.mqtt.broker import MqttBroker, MqttConfig
+            from edge.mqtt.broker import MqttBroker
 
-            self.broker = MqttBroker(core, MqttConfig())
+            self.broker = MqttBroker(core, self.config.mqtt)
             factories["mqtt"] = _mqtt_factory(self.broker)
             closer = getattr(self.broker, "close", None)
             if closer is not None:

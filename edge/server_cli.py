@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import signal
 from dataclasses import replace
@@ -23,9 +24,10 @@ from typing import Any
 
 from certs.cliutil import EXIT_OK, EXIT_USAGE, CliError, emit, say
 from edge.config import EdgeConfig, EdgeConfigError, load_config, parse_host_port
+from edge.core.handlers import HandlerRegistry
 from edge.server import EdgeServer, EdgeServerError, new_event_loop
 
-__all__ = ["build_config", "register"]
+__all__ = ["build_config", "load_handlers", "register"]
 
 
 def register(subparsers: Any) -> None:
@@ -53,6 +55,14 @@ def register(subparsers: Any) -> None:
     serve.add_argument("--ready-file", type=Path, metavar="PATH", help="write bound ports here")
     serve.add_argument("--json", action="store_true", help="print the bound ports as JSON")
     serve.add_argument("--no-uvloop", action="store_true", help="use the stdlib event loop")
+    serve.add_argument(
+        "--handlers",
+        action="append",
+        default=[],
+        metavar="MODULE:ATTR",
+        help="topic handlers to run: a function taking a HandlerRegistry, or a HandlerRegistry "
+        "(repeatable; e.g. edge.services.ota:setup)",
+    )
     serve.add_argument("-v", "--verbose", action="store_true", help="log every event")
     serve.set_defaults(func=_serve)
 
@@ -86,25 +96,66 @@ def build_config(args: argparse.Namespace) -> EdgeConfig:
     return cfg.with_overrides(**changes)
 
 
+def load_handlers(specs: list[str]) -> HandlerRegistry:
+    """Build the handler registry from ``MODULE:ATTR`` specs (``--handlers``).
+
+    ATTR names a function called with the registry (to register its handlers) or a
+    :class:`HandlerRegistry` (at most one: it becomes the registry the others add to).
+    """
+    registry: HandlerRegistry | None = None
+    setups = []
+    for spec in specs:
+        module_name, sep, attr = spec.partition(":")
+        if not sep or not module_name or not attr:
+            raise CliError(f"--handlers {spec!r}: expected MODULE:ATTR", EXIT_USAGE)
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise CliError(f"--handlers {spec!r}: cannot import {module_name}: {exc}") from None
+        try:
+            target = getattr(module, attr)
+        except AttributeError:
+            raise CliError(f"--handlers {spec!r}: {module_name} has no {attr!r}") from None
+        if isinstance(target, HandlerRegistry):
+            if registry is not None:
+                raise CliError(
+                    f"--handlers {spec!r}: only one HandlerRegistry may be given; "
+                    "name a setup function for the others"
+                )
+            registry = target
+        elif callable(target):
+            setups.append((spec, target))
+        else:
+            raise CliError(f"--handlers {spec!r}: neither a function nor a HandlerRegistry")
+    registry = registry if registry is not None else HandlerRegistry()
+    for spec, setup in setups:
+        try:
+            setup(registry)
+        except Exception as exc:
+            raise CliError(f"--handlers {spec!r}: setup failed: {exc}") from None
+    return registry
+
+
 def _replace(obj: Any, name: str, value: Any) -> Any:
     return replace(obj, **{name: value})
 
 
 def _serve(args: argparse.Namespace) -> int:
     cfg = build_config(args)
+    handlers = load_handlers(args.handlers)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     loop = new_event_loop(cfg.use_uvloop)
     try:
-        return loop.run_until_complete(_run(cfg, as_json=args.json))
+        return loop.run_until_complete(_run(cfg, handlers, as_json=args.json))
     finally:
         loop.close()
 
 
-async def _run(cfg: EdgeConfig, *, as_json: bool) -> int:
-    server = EdgeServer(cfg)
+async def _run(cfg: EdgeConfig, handlers: HandlerRegistry, *, as_json: bool) -> int:
+    server = EdgeServer(cfg, handlers=handlers)
     try:
         await server.start()
     except EdgeServerError as exc:

@@ -40,6 +40,7 @@ def edge(tmp_path: Path) -> Iterator[tuple[ServerThread, QuickstartResult]]:
             mqtt=HostPort(host="127.0.0.1", port=0),
             # One port for every protocol, told apart by ALPN and first bytes.
             multi=HostPort(host="127.0.0.1", port=0),
+            https=None,
             admin=HostPort(host="127.0.0.1", port=0),
         ),
         trust=TrustConfig(store=tmp_path / "trust.db", watch_interval=None),

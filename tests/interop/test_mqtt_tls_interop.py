@@ -101,7 +101,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     revoked = _write(extra, "dev-revoked", revoked_issued)
     config = EdgeConfig(
         state_dir=base / "state",
-        listeners=ListenersConfig(mqtt=HostPort(host="127.0.0.1", port=0), admin=None),
+        listeners=ListenersConfig(mqtt=HostPort(host="127.0.0.1", port=0), https=None, admin=None),
         trust=TrustConfig(store=base / "trust.db", watch_interval=None),
         pki_dir=qs.out,
         policy="open",
@@ -222,7 +222,13 @@ def _s_client(setup: Setup, device: Device | None, *extra: str) -> str:
 @pytest.mark.parametrize(
     ("which", "tls", "client_sees", "alert", "reason"),
     [
-        ("stranger", "-tls1_3", "alert unknown ca", "unknown_ca", "not trusted by set `default`"),
+        (
+            "stranger",
+            "-tls1_3",
+            "alert unknown ca",
+            "unknown_ca",
+            "issued by `CN=Stranger Root`, which is not in set `default`",
+        ),
         ("stranger", "-tls1_2", "alert unknown ca", "unknown_ca", "issued by `CN=Stranger Root`"),
         ("expired", "-tls1_3", "certificate expired", "certificate_expired", "expired"),
         ("revoked", "-tls1_3", "certificate revoked", "certificate_revoked", "revoked"),

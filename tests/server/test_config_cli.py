@@ -159,6 +159,8 @@ async def test_serve_runs_until_sigterm(tmp_path: Path) -> None:
         str(pki.out),
         "--mqtt",
         "127.0.0.1:0",
+        "--https",
+        "off",
         "--admin",
         "off",
         "--state-dir",

@@ -49,7 +49,7 @@ def qs(tmp_path_factory: pytest.TempPathFactory) -> QuickstartResult:
 def config(tmp_path: Path, qs: QuickstartResult, **changes: object) -> EdgeConfig:
     base = EdgeConfig(
         state_dir=tmp_path / "state",
-        listeners=ListenersConfig(mqtt=HostPort(host="127.0.0.1", port=0), admin=None),
+        listeners=ListenersConfig(mqtt=HostPort(host="127.0.0.1", port=0), https=None, admin=None),
         trust=TrustConfig(store=tmp_path / "trust.db", watch_interval=None),
         pki_dir=qs.out,
         ready_file=tmp_path / "ready.json",
@@ -158,7 +158,9 @@ async def test_port_in_use_is_a_clear_error(tmp_path: Path, qs: QuickstartResult
         cfg = config(
             tmp_path,
             qs,
-            listeners=ListenersConfig(mqtt=HostPort(host="127.0.0.1", port=taken), admin=None),
+            listeners=ListenersConfig(
+                mqtt=HostPort(host="127.0.0.1", port=taken), https=None, admin=None
+            ),
         )
         edge = EdgeServer(cfg, factories={"mqtt": Echo})
         with pytest.raises(EdgeServerError, match=f"cannot listen for mqtt on 127.0.0.1:{taken}"):
@@ -212,6 +214,7 @@ async def test_real_broker_and_device_api_share_one_core(
     listeners = ListenersConfig(
         mqtt=HostPort(host="127.0.0.1", port=0),
         multi=HostPort(host="127.0.0.1", port=0),
+        https=None,
         admin=None,
     )
     async with EdgeServer(config(tmp_path, qs, listeners=listeners, policy="open")) as edge:

@@ -1,0 +1,1 @@
+"""Topic handlers that ship with the edge, for ``edgesim edge serve --handlers``."""
