@@ -12,18 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import json
 import ssl
-import sys
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 from aiohttp import WSMsgType, web
+from testmodules import load_device_support
 
 from devices.device import DeviceResult, DeviceSpec, Publish, Receive, Subscribe, Target, run_device
 from devices.protocols import ProtocolError
@@ -32,23 +29,7 @@ from devices.trace import render
 from edge.cli import main
 from edge.mqtt import codec
 
-
-def _load_support() -> ModuleType:
-    """Import ``test_device_support.py`` next to this file (tests are not a package)."""
-    name = "edgesim_tests_devices_test_device_support"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).with_name("test_device_support.py")
-        )
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-support = _load_support()
+support = load_device_support()
 
 
 # --------------------------------------------------------------------------- parsers, bytes only

@@ -8,17 +8,15 @@ device offer only TLS 1.2 to see the cleartext handshake.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import shutil
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from testmodules import load_device_support
 
 from devices.device import (
     DeviceResult,
@@ -35,23 +33,7 @@ from devices.tlsclient import AlertReceived, ServerCertificateRejected
 from devices.trace import render
 from edge.cli import main
 
-
-def _load_support() -> ModuleType:
-    """Import ``test_device_support.py`` next to this file (tests are not a package)."""
-    name = "edgesim_tests_devices_test_device_support"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).with_name("test_device_support.py")
-        )
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-support = _load_support()
+support = load_device_support()
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(30)]
 
 #: Mosquitto sends session tickets at once; waiting for them (or the alert) before

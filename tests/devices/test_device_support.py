@@ -1,7 +1,7 @@
 """Shared helpers for the device tests: a PKI, a Mosquitto broker, a TLS test server.
 
-Loaded by the device test modules with :func:`load` (tests are not a package).
-Holds no tests itself.
+Loaded by the device test modules with ``testmodules.load_device_support()`` (tests
+are not a package). Holds no tests itself.
 
 OpenSSL checks validity against the system clock in a real handshake, so the PKI is
 built around ``now`` given by the caller; expired certificates end a day before it.
@@ -11,37 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import getpass
-import importlib.util
 import queue
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from types import ModuleType
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from certs.authority import CertificateAuthority, IssuedCert
-
-
-def load(name: str = "test_device_support") -> ModuleType:
-    """Import a sibling helper module by file name (cached in ``sys.modules``)."""
-    key = f"edgesim_tests_devices_{name}"
-    if key in sys.modules:
-        return sys.modules[key]
-    spec = importlib.util.spec_from_file_location(key, Path(__file__).with_name(f"{name}.py"))
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[key] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @dataclass

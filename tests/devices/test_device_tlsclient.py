@@ -6,15 +6,13 @@ No sockets: the bytes the client produces are fed to an in-memory server
 
 from __future__ import annotations
 
-import importlib.util
 import ssl
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
+from testmodules import load_device_support
 
 from devices.tlsclient import (
     ApplicationData,
@@ -34,23 +32,7 @@ from devices.tlsclient import (
     parse_client_hello,
 )
 
-
-def _load_support() -> ModuleType:
-    """Import ``test_device_support.py`` next to this file (tests are not a package)."""
-    name = "edgesim_tests_devices_test_device_support"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).with_name("test_device_support.py")
-        )
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-support = _load_support()
+support = load_device_support()
 
 
 @pytest.fixture(scope="module")

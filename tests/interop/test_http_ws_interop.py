@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import json
 import shutil
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from testmodules import load_harness
 from websockets.asyncio.client import connect
 
 from certs.quickstart import QuickstartResult, quickstart
@@ -30,21 +28,7 @@ from edge.server import EdgeServer
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
 
 
-def _load_harness() -> ModuleType:
-    name = "edgesim_tests_edgeharness"
-    if name in sys.modules:
-        return sys.modules[name]
-    path = Path(__file__).parent.parent / "http" / "edgeharness.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-harness = _load_harness()
+harness = load_harness()
 CURL = shutil.which("curl")
 
 
