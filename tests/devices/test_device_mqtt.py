@@ -328,29 +328,29 @@ async def test_held_device_connack_refusal(pki: Any, strict_broker: Any) -> None
 # --------------------------------------------------------------------------- CLI
 
 
+def _cli_connect(broker: Any, *argv: str) -> int:
+    """``edgesim device connect --url mqtts://<broker> ARGV...``; returns the exit code."""
+    return main(["device", "connect", "--url", f"mqtts://127.0.0.1:{broker.port}", *argv])
+
+
+def _credentials(pki: Any, files: Any) -> list[str]:
+    """The ``--cert``, ``--key`` and ``--ca`` options for ``files`` (a device's pair)."""
+    return ["--cert", str(files.cert), "--key", str(files.key), "--ca", str(pki.ca_pem)]
+
+
 def test_cli_connect_json(pki: Any, broker: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(
-        [
-            "device",
-            "connect",
-            "--url",
-            f"mqtts://127.0.0.1:{broker.port}",
-            "--cert",
-            str(pki.device.cert),
-            "--key",
-            str(pki.device.key),
-            "--ca",
-            str(pki.ca_pem),
-            "--subscribe",
-            "cli/#",
-            "--publish",
-            "cli/t",
-            "from the cli",
-            "--qos",
-            "1",
-            "--trace",
-            "--json",
-        ]
+    code = _cli_connect(
+        broker,
+        *_credentials(pki, pki.device),
+        "--subscribe",
+        "cli/#",
+        "--publish",
+        "cli/t",
+        "from the cli",
+        "--qos",
+        "1",
+        "--trace",
+        "--json",
     )
     data = json.loads(capsys.readouterr().out)
     assert code == 0
@@ -364,22 +364,7 @@ def test_cli_connect_json(pki: Any, broker: Any, capsys: pytest.CaptureFixture[s
 def test_cli_tls12_shows_the_cleartext_handshake(
     pki: Any, broker: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(
-        [
-            "device",
-            "connect",
-            "--url",
-            f"mqtts://127.0.0.1:{broker.port}",
-            "--cert",
-            str(pki.device.cert),
-            "--key",
-            str(pki.device.key),
-            "--ca",
-            str(pki.ca_pem),
-            "--tls-max",
-            "1.2",
-        ]
-    )
+    code = _cli_connect(broker, *_credentials(pki, pki.device), "--tls-max", "1.2")
     out = capsys.readouterr().out
     assert code == 0
     assert "TLSv1.2" in out
@@ -390,20 +375,7 @@ def test_cli_tls12_shows_the_cleartext_handshake(
 def test_cli_refused_prints_alert_and_hint(
     pki: Any, broker: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(
-        [
-            "device",
-            "connect",
-            "--url",
-            f"mqtts://127.0.0.1:{broker.port}",
-            "--cert",
-            str(pki.foreign.cert),
-            "--key",
-            str(pki.foreign.key),
-            "--ca",
-            str(pki.ca_pem),
-        ]
-    )
+    code = _cli_connect(broker, *_credentials(pki, pki.foreign))
     out = capsys.readouterr().out
     assert code == 1
     assert "✗ edge verdict" in out
@@ -414,17 +386,7 @@ def test_cli_refused_prints_alert_and_hint(
 def test_cli_json_refusal_has_reason(
     pki: Any, broker: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(
-        [
-            "device",
-            "connect",
-            "--url",
-            f"mqtts://127.0.0.1:{broker.port}",
-            "--ca",
-            str(pki.ca_pem),
-            "--json",
-        ]
-    )
+    code = _cli_connect(broker, "--ca", str(pki.ca_pem), "--json")
     data = json.loads(capsys.readouterr().out)
     assert code == 1
     assert (data["outcome"], data["reason"]) == ("refused", "certificate_required")
