@@ -26,6 +26,7 @@ from .chainfactory import (
     resign_weak,
     unknown_curve,
 )
+from .seedconf import SEED_ROOT_CONF
 
 
 def codes(findings: list[Finding]) -> list[str]:
@@ -500,34 +501,6 @@ def test_openssl_verify_agrees_with_lint_errors(tmp_path: Path) -> None:
         else:
             assert expected in codes(findings), (expected, findings)
         assert openssl_accepts(tmp_path, chain) is (not has_errors(findings)), expected
-
-
-SEED_ROOT_CONF = """\
-[req]
-default_bits = 2048
-prompt = no
-default_md = sha256
-req_extensions = req_ext
-x509_extensions= v3_ca
-distinguished_name = dn
-[dn]
-C = US
-ST = Massachusetts
-L = Cambridge
-O = Organization
-OU = IoT
-emailAddress = test@email.com
-CN = www.organization.test.com
-[req_ext]
-subjectAltName = @alt_names
-nsComment = "This is netscape comment"
-[ v3_ca ]
-subjectKeyIdentifier=hash
-authorityKeyIdentifier=keyid:always,issuer:always
-basicConstraints = CA:true
-[alt_names]
-DNS.1 = test.example.com
-"""
 
 
 @pytest.mark.interop

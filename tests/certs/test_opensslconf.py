@@ -22,36 +22,11 @@ from certs.opensslconf import (
     subject_from_config,
 )
 
+from .seedconf import SEED_ROOT_CONF
+
 OpenSSL = Callable[..., subprocess.CompletedProcess[str]]
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 SEED = Path("/work/shared/seed/root.conf")
-SEED_TEXT = """\
-[req]
-default_bits = 2048
-prompt = no
-default_md = sha256
-req_extensions = req_ext
-x509_extensions= v3_ca
-# subject distinguished name
-distinguished_name = dn
-[dn]
-C = US
-ST = Massachusetts
-L = Cambridge
-O = Organization
-OU = IoT
-emailAddress = test@email.com
-CN = www.organization.test.com
-[req_ext]
-subjectAltName = @alt_names
-nsComment = "This is netscape comment"
-[ v3_ca ]
-subjectKeyIdentifier=hash
-authorityKeyIdentifier=keyid:always,issuer:always
-basicConstraints = CA:true
-[alt_names]
-DNS.1 = test.example.com
-"""
 
 # A prompt-style DN with defaults, repeated fields, key usages and IP/URI SANs.
 PROMPT_CONF = """\
@@ -269,7 +244,7 @@ def test_extension_errors_name_the_line(ext: str, message: str) -> None:
 def test_seed_without_openssl() -> None:
     key = generate_key("rsa2048")
     cert = create_root_from_config(
-        parse_config(SEED_TEXT, file="root.conf"), key=key, days=1024, now=NOW
+        parse_config(SEED_ROOT_CONF, file="root.conf"), key=key, days=1024, now=NOW
     )
     assert [a.oid for a in cert.subject] == [
         NameOID.COUNTRY_NAME,
@@ -293,7 +268,7 @@ def test_seed_without_openssl() -> None:
 
 
 def test_unsupported_digest_names_default_md_line() -> None:
-    text = SEED_TEXT.replace("default_md = sha256", "default_md = md5")
+    text = SEED_ROOT_CONF.replace("default_md = sha256", "default_md = md5")
     with pytest.raises(ConfigError, match="unsupported digest 'md5'") as info:
         create_root_from_config(parse_config(text, file="r.conf"), key=generate_key(), now=NOW)
     assert info.value.line == 4
