@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -13,24 +12,7 @@ from devices.faults import EXPECTED
 from devices.fleet import DeviceRun, Fleet, FleetDevice, FleetError, FleetJob, Shard, run_processes
 from devices.progress import Counters
 
-
-@dataclass(frozen=True)
-class FakeStep:
-    name: str
-    t_start: float
-    duration: float
-    ok: bool = True
-
-
-@dataclass
-class FakeResult:
-    outcome: str
-    reason: str
-    protocol: str = "mqtt"
-    steps: list[FakeStep] = field(default_factory=list)
-    messages_sent: int = 0
-    messages_received: int = 0
-    delivery_latencies: list[float] = field(default_factory=list)
+from .fakeresults import FakeResult, FakeStep
 
 
 def device(i: int, *, ramp: float, fault: str | None = None) -> FleetDevice:

@@ -4,48 +4,32 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from devices.report import FleetReport, Latency, ReportError, load_report, summary_table
 
-
-@dataclass(frozen=True)
-class Step:
-    name: str
-    t_start: float
-    duration: float
-    ok: bool = True
+from .fakeresults import FakeResult, FakeStep
 
 
-@dataclass
-class Result:
-    outcome: str
-    reason: str
-    protocol: str
-    steps: list[Step] = field(default_factory=list)
-    messages_sent: int = 0
-    messages_received: int = 0
-    delivery_latencies: list[float] = field(default_factory=list)
-
-
-def fake_device(rng: random.Random, i: int) -> tuple[str | None, tuple[str, ...], Result, float]:
+def fake_device(
+    rng: random.Random, i: int
+) -> tuple[str | None, tuple[str, ...], FakeResult, float]:
     """A reproducible device result: every 10th is a refused wrong-ca device."""
     proto = ("mqtt", "https", "wss")[i % 3]
     if i % 10 == 3:
-        return "wrong-ca", ("unknown_ca",), Result("refused", "unknown_ca", proto), 0.0
+        return "wrong-ca", ("unknown_ca",), FakeResult("refused", "unknown_ca", proto), 0.0
     tcp, tls, ack = (rng.uniform(0.0001, 0.05) for _ in range(3))
     start = rng.uniform(0.0, 0.002)
     steps = [
-        Step("tcp", start, tcp),
-        Step("tls", start + tcp, tls),
-        Step("ack", start + tcp + tls, ack),
-        Step("first_message", start + tcp + tls + ack, rng.uniform(0.001, 0.01)),
+        FakeStep("tcp", start, tcp),
+        FakeStep("tls", start + tcp, tls),
+        FakeStep("ack", start + tcp + tls, ack),
+        FakeStep("first_message", start + tcp + tls + ack, rng.uniform(0.001, 0.01)),
     ]
     delivery = [rng.uniform(0.0005, 0.02) for _ in range(3)]
-    return None, ("connected",), Result("connected", "", proto, steps, 3, 3, delivery), start
+    return None, ("connected",), FakeResult("connected", "", proto, steps, 3, 3, delivery), start
 
 
 def build(indexes: range | list[int], shard: str) -> FleetReport:

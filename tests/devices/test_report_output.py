@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -13,24 +12,7 @@ from devices.progress import Counters, ProgressDisplay, add_snapshots
 from devices.report import FleetReport
 from devices.scenario import ScenarioError, load_scenario
 
-
-@dataclass(frozen=True)
-class Step:
-    name: str
-    t_start: float
-    duration: float
-    ok: bool = True
-
-
-@dataclass
-class Result:
-    outcome: str
-    reason: str
-    protocol: str = "mqtt"
-    steps: list[Step] = field(default_factory=list)
-    messages_sent: int = 0
-    messages_received: int = 0
-    delivery_latencies: list[float] = field(default_factory=list)
+from .fakeresults import FakeResult, FakeStep
 
 
 def build(n: int) -> FleetReport:
@@ -38,11 +20,19 @@ def build(n: int) -> FleetReport:
     report = FleetReport(shards=["1/1"])
     for i in range(n):
         if i % 10 == 3:
-            fault, expected, result = "wrong-ca", ("unknown_ca",), Result("refused", "unknown_ca")
+            fault, expected, result = (
+                "wrong-ca",
+                ("unknown_ca",),
+                FakeResult("refused", "unknown_ca"),
+            )
         else:
             ack = 0.002 + (i % 7) * 0.001
-            steps = [Step("tcp", 0.0, 0.001), Step("tls", 0.001, 0.003), Step("ack", 0.004, ack)]
-            fault, expected, result = None, ("connected",), Result("connected", "", steps=steps)
+            steps = [
+                FakeStep("tcp", 0.0, 0.001),
+                FakeStep("tls", 0.001, 0.003),
+                FakeStep("ack", 0.004, ack),
+            ]
+            fault, expected, result = None, ("connected",), FakeResult("connected", "", steps=steps)
         report.add(
             device_id=f"d{i}",
             fault=fault,
