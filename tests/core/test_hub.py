@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 
 import pytest
 
@@ -13,20 +14,12 @@ from edge.core.policy import Policy
 from edge.core.router import Message
 from edge.core.session import DeviceIdentity, SessionInfo
 
+from .coresinks import Sink, message
+
 SESSION = SessionInfo(identity=DeviceIdentity(namespace="fleet", name="dev-1"), peer="127.0.0.1:1")
 
 
-class Sink:
-    def __init__(self, name: str) -> None:
-        self.subscriber_id = name
-        self.got: list[tuple[str, bytes, int, bool]] = []
-
-    def deliver(self, message: Message, qos: int, retained: bool) -> None:
-        self.got.append((message.topic, message.payload, qos, retained))
-
-
-def msg(topic: str, payload: bytes = b"x", qos: int = 0, retain: bool = False) -> Message:
-    return Message(topic, payload, qos, retain, "fleet/dev-1", "test", 0.0)
+msg = partial(message, origin="fleet/dev-1")
 
 
 def test_denials_are_results_and_events() -> None:

@@ -6,20 +6,7 @@ import pytest
 
 from edge.core.router import Message, Router
 
-
-class Sink:
-    """A subscriber that records what it receives."""
-
-    def __init__(self, name: str) -> None:
-        self.subscriber_id = name
-        self.got: list[tuple[str, bytes, int, bool]] = []
-
-    def deliver(self, message: Message, qos: int, retained: bool) -> None:
-        self.got.append((message.topic, message.payload, qos, retained))
-
-
-def msg(topic: str, payload: bytes = b"x", qos: int = 0, retain: bool = False) -> Message:
-    return Message(topic, payload, qos, retain, "s/dev", "test", 0.0)
+from .coresinks import Sink, message
 
 
 def test_fanout_downgrades_qos_and_dedupes_overlaps() -> None:
@@ -28,7 +15,7 @@ def test_fanout_downgrades_qos_and_dedupes_overlaps() -> None:
     router.subscribe(a, "t/+", 0)
     router.subscribe(a, "t/#", 2)
     router.subscribe(b, "t/x", 1)
-    assert router.publish(msg("t/x", qos=2)) == 2
+    assert router.publish(message("t/x", qos=2)) == 2
     assert a.got == [("t/x", b"x", 2, False)]
     assert b.got == [("t/x", b"x", 1, False)]
     assert router.subscription_count == 3
@@ -42,17 +29,17 @@ def test_unsubscribe_and_unsubscribe_all() -> None:
     router.subscribe(a, "t/2", 0)
     assert router.unsubscribe(a, "t/1")
     assert not router.unsubscribe(a, "t/1")
-    assert router.publish(msg("t/1")) == 0
+    assert router.publish(message("t/1")) == 0
     assert router.unsubscribe_all(a) == 1
-    assert router.publish(msg("t/2")) == 0
+    assert router.publish(message("t/2")) == 0
     assert a.got == []
 
 
 def test_retained_store_clear_and_delivery_on_subscribe() -> None:
     router = Router()
-    router.publish(msg("r/1", b"one", qos=1, retain=True))
-    router.publish(msg("r/2", b"two", qos=0, retain=True))
-    router.publish(msg("$SYS/r", b"sys", retain=True))
+    router.publish(message("r/1", b"one", qos=1, retain=True))
+    router.publish(message("r/2", b"two", qos=0, retain=True))
+    router.publish(message("$SYS/r", b"sys", retain=True))
     assert router.retained_count == 3
     a = Sink("a")
     router.subscribe(a, "r/#", 2)
@@ -61,7 +48,7 @@ def test_retained_store_clear_and_delivery_on_subscribe() -> None:
     b = Sink("b")
     assert router.deliver_retained(b, "#", 2) == 2  # "$SYS/r" is not matched by "#"
     # An empty retained payload clears the topic and is still delivered live.
-    assert router.publish(msg("r/1", b"", retain=True)) == 1
+    assert router.publish(message("r/1", b"", retain=True)) == 1
     assert router.retained("r/1") is None
     assert router.deliver_retained(Sink("c"), "r/1", 0) == 0
 
@@ -78,6 +65,6 @@ def test_a_failing_subscriber_does_not_stop_the_others(caplog: pytest.LogCapture
     good = Sink("good")
     router.subscribe(Broken(), "t", 0)
     router.subscribe(good, "t", 0)
-    assert router.publish(msg("t")) == 1
+    assert router.publish(message("t")) == 1
     assert good.got == [("t", b"x", 0, False)]
     assert "subscriber broken failed" in caplog.text
