@@ -70,6 +70,7 @@ from edge.mqtt.codec import (
     Unsubscribe,
     Will,
     encode_publish,
+    encode_varint_prefix,
 )
 from edge.mqtt.errors import MqttConfigError, MqttError, ProtocolViolation
 
@@ -500,7 +501,7 @@ class MqttConnection:
             remaining = 4 + len(topic) + len(message.payload)
             first = 0x30 | (qos << 1) | (1 if retain else 0)
             head = cache[key] = (
-                _fixed_header(first, remaining) + len(topic).to_bytes(2, "big") + topic
+                encode_varint_prefix(first, remaining) + len(topic).to_bytes(2, "big") + topic
             )
         self.write(b"".join((head, pid.to_bytes(2, "big"), message.payload)))
 
@@ -738,7 +739,7 @@ class MqttConnection:
             )
             codes.append(SUBACK_FAILURE if granted is None else granted)
         body = p.packet_id.to_bytes(2, "big") + bytes(codes)
-        self.write(_fixed_header(0x90, len(body)) + body)
+        self.write(encode_varint_prefix(0x90, len(body)) + body)
         # Retained messages follow the SUBACK (MQTT 3.1.1 section 3.8.4).
         for (topic_filter, _), code in zip(p.topics, codes, strict=True):
             if code != SUBACK_FAILURE:
@@ -788,15 +789,3 @@ class MqttConnection:
                 self.info,
                 client_id=self.client_id,
             )
-
-
-def _fixed_header(first: int, remaining: int) -> bytes:
-    out = bytearray((first,))
-    while True:
-        digit = remaining & 0x7F
-        remaining >>= 7
-        if remaining:
-            out.append(digit | 0x80)
-        else:
-            out.append(digit)
-            return bytes(out)
