@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import pytest
@@ -42,31 +42,44 @@ class Edge:
     names: list[str]
 
 
+@contextlib.asynccontextmanager
+async def serving(broker: MqttBroker, session_for: Callable[[], SessionInfo]) -> AsyncIterator[int]:
+    """Serve ``broker`` on 127.0.0.1:<free port> and yield the port.
+
+    Each connection gets its session from ``session_for``; on exit the server stops
+    listening and every connection is waited for until it has closed.
+    """
+    protocols: list[MqttServerProtocol] = []
+
+    def factory() -> MqttServerProtocol:
+        protocols.append(MqttServerProtocol(broker, session_for()))
+        return protocols[-1]
+
+    server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+        async with asyncio.timeout(5):
+            await asyncio.gather(*(p.closed for p in protocols if p.closed is not None))
+
+
 @pytest.fixture
 async def edge() -> AsyncIterator[Edge]:
     """A broker with the default policy on 127.0.0.1:<free port>; every device is 'fleet/<n>'."""
     events = EventLog(log_events=False)
     broker = MqttBroker(EdgeCore(events, Policy.default()), MqttConfig(connect_timeout=2.0))
-    protocols: list[MqttServerProtocol] = []
     counter = iter(range(1, 1000))
     names: list[str] = []
 
-    def factory() -> MqttServerProtocol:
+    def session_for() -> SessionInfo:
         # Stands in for the TLS layer, which names the device from its certificate.
         name = names.pop(0) if names else f"dev-{next(counter)}"
-        session = SessionInfo(
-            identity=DeviceIdentity(namespace="fleet", name=name), peer="127.0.0.1"
-        )
-        protocol = MqttServerProtocol(broker, session)
-        protocols.append(protocol)
-        return protocol
+        return SessionInfo(identity=DeviceIdentity(namespace="fleet", name=name), peer="127.0.0.1")
 
-    server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
-    yield Edge(broker, events, server.sockets[0].getsockname()[1], names)
-    server.close()
-    await server.wait_closed()
-    async with asyncio.timeout(5):
-        await asyncio.gather(*(p.closed for p in protocols if p.closed is not None))
+    async with serving(broker, session_for) as port:
+        yield Edge(broker, events, port, names)
 
 
 class Device:
@@ -256,24 +269,14 @@ def test_works_on_uvloop_transports() -> None:
     async def scenario() -> None:
         broker = MqttBroker(EdgeCore(EventLog(log_events=False), Policy.open()))
         session = SessionInfo(identity=DeviceIdentity(namespace="s", name="d"), peer="uv")
-        protocols: list[MqttServerProtocol] = []
-
-        def factory() -> MqttServerProtocol:
-            protocols.append(MqttServerProtocol(broker, session))
-            return protocols[-1]
-
-        server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
-        dev = await Device.open(server.sockets[0].getsockname()[1])
-        await dev.send(Connect(client_id="uv"), Subscribe(1, [("t", 0)]), Publish("t", b"x"))
-        got = [await dev.next(), await dev.next(), await dev.next()]
-        assert got == [Connack(False, 0), Suback(1, [0]), Publish("t", b"x")]
-        await dev.send(Disconnect())
-        assert await dev.eof()
-        await dev.close()
-        server.close()
-        await server.wait_closed()
-        async with asyncio.timeout(5):
-            await asyncio.gather(*(p.closed for p in protocols if p.closed is not None))
+        async with serving(broker, lambda: session) as port:
+            dev = await Device.open(port)
+            await dev.send(Connect(client_id="uv"), Subscribe(1, [("t", 0)]), Publish("t", b"x"))
+            got = [await dev.next(), await dev.next(), await dev.next()]
+            assert got == [Connack(False, 0), Suback(1, [0]), Publish("t", b"x")]
+            await dev.send(Disconnect())
+            assert await dev.eof()
+            await dev.close()
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(scenario())
@@ -284,31 +287,23 @@ async def test_retry_timer_resends_to_a_client_without_keepalive() -> None:
     broker = MqttBroker(
         EdgeCore(EventLog(log_events=False), Policy.open()), MqttConfig(retry_interval=0.3)
     )
-    protocols: list[MqttServerProtocol] = []
     names = iter(["sub", "pub"])
 
-    def factory() -> MqttServerProtocol:
-        identity = DeviceIdentity(namespace="s", name=next(names))
-        protocols.append(MqttServerProtocol(broker, SessionInfo(identity=identity, peer="lo")))
-        return protocols[-1]
+    def session_for() -> SessionInfo:
+        return SessionInfo(identity=DeviceIdentity(namespace="s", name=next(names)), peer="lo")
 
-    server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    sub = await Device.open(port)
-    await sub.send(Connect(client_id="sub", keepalive=0), Subscribe(1, [("t", 1)]))
-    assert [await sub.next(), await sub.next()] == [Connack(False, 0), Suback(1, [1])]
-    pub = await Device.open(port)
-    await pub.send(Connect(client_id="pub"), Publish("t", b"x", qos=1, packet_id=1))
-    assert [await pub.next(), await pub.next()] == [Connack(False, 0), Puback(1)]
-    assert await sub.next() == Publish("t", b"x", qos=1, packet_id=1)
-    # Not acknowledged: re-sent with DUP once the retry interval has passed.
-    assert await sub.next() == Publish("t", b"x", qos=1, dup=True, packet_id=1)
-    await sub.send(Puback(1))
-    for dev in (sub, pub):
-        await dev.send(Disconnect())
-        assert await dev.eof()
-        await dev.close()
-    server.close()
-    await server.wait_closed()
-    async with asyncio.timeout(5):
-        await asyncio.gather(*(p.closed for p in protocols if p.closed is not None))
+    async with serving(broker, session_for) as port:
+        sub = await Device.open(port)
+        await sub.send(Connect(client_id="sub", keepalive=0), Subscribe(1, [("t", 1)]))
+        assert [await sub.next(), await sub.next()] == [Connack(False, 0), Suback(1, [1])]
+        pub = await Device.open(port)
+        await pub.send(Connect(client_id="pub"), Publish("t", b"x", qos=1, packet_id=1))
+        assert [await pub.next(), await pub.next()] == [Connack(False, 0), Puback(1)]
+        assert await sub.next() == Publish("t", b"x", qos=1, packet_id=1)
+        # Not acknowledged: re-sent with DUP once the retry interval has passed.
+        assert await sub.next() == Publish("t", b"x", qos=1, dup=True, packet_id=1)
+        await sub.send(Puback(1))
+        for dev in (sub, pub):
+            await dev.send(Disconnect())
+            assert await dev.eof()
+            await dev.close()
