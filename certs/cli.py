@@ -17,13 +17,21 @@ import functools
 import importlib
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from certs.authority import CertificateAuthority, IssuedCert
 from certs.bundle import read_certificates
-from certs.cliutil import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, CliError, emit, say
+from certs.cliutil import (
+    EXIT_CHECK_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliError,
+    emit,
+    int_at_least,
+    iso_time,
+    say,
+)
 from certs.errors import CertsError, PassphraseError
 from certs.keys import (
     KEY_TYPES,
@@ -58,25 +66,7 @@ def _translate(func: Handler) -> Handler:
     return wrapper
 
 
-def _iso_time(text: str) -> datetime:
-    """argparse type: an ISO 8601 time; naive means UTC."""
-    try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"invalid ISO 8601 time {text!r} (e.g. 2026-01-31T12:00:00Z)"
-        ) from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
-    return value
+_NON_NEGATIVE = int_at_least(0)
 
 
 def load_key_for_cli(path: Path, passphrase_file: Path | None) -> PrivateKey:
@@ -104,10 +94,10 @@ def _load_ca(args: argparse.Namespace) -> CertificateAuthority:
 
 def _validity_args(parser: argparse.ArgumentParser, days: int) -> None:
     parser.add_argument(
-        "--days", type=_non_negative, default=days, help=f"validity (default {days})"
+        "--days", type=_NON_NEGATIVE, default=days, help=f"validity (default {days})"
     )
-    parser.add_argument("--not-before", type=_iso_time, help="ISO 8601 start (default: now)")
-    parser.add_argument("--not-after", type=_iso_time, help="ISO 8601 end (overrides --days)")
+    parser.add_argument("--not-before", type=iso_time, help="ISO 8601 start (default: now)")
+    parser.add_argument("--not-after", type=iso_time, help="ISO 8601 end (overrides --days)")
 
 
 def _ca_args(parser: argparse.ArgumentParser) -> None:
@@ -309,9 +299,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     device = kinds.add_parser("device", help="device certificates in bulk, with manifest.jsonl")
     _ca_args(device)
-    device.add_argument("--count", type=_non_negative, default=1)
+    device.add_argument("--count", type=_NON_NEGATIVE, default=1)
     device.add_argument("--id-template", default="dev-{i:05d}", help="e.g. dev-{i:05d}")
-    device.add_argument("--start", type=_non_negative, default=0, help="first index")
+    device.add_argument("--start", type=_NON_NEGATIVE, default=0, help="first index")
     device.add_argument("--san-uri", help="URI SAN template, e.g. spiffe://edge/{id}")
     device.add_argument("--san-dns", help="DNS SAN template, e.g. {id}.devices.test")
     device.add_argument("--no-client-auth", action="store_true", help="fault: serverAuth-only EKU")
@@ -324,7 +314,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     quick = verbs.add_parser("quickstart", help="one command to a working PKI")
     quick.add_argument("--out", type=Path, required=True)
-    quick.add_argument("--devices", type=_non_negative, default=10)
+    quick.add_argument("--devices", type=_NON_NEGATIVE, default=10)
     quick.add_argument("--host", action="append", default=[], help="extra server host")
     quick.add_argument("--key-type", choices=KEY_TYPES, default="ec256")
     quick.add_argument("--jobs", type=int, default=1)
@@ -400,7 +390,7 @@ def _register_init_root(verbs: argparse._SubParsersAction[argparse.ArgumentParse
         "--passphrase-file", type=Path, help="passphrase of --key, or to encrypt a generated key"
     )
     init.add_argument(
-        "--days", type=_non_negative, default=30, help="validity (default 30, as openssl)"
+        "--days", type=_NON_NEGATIVE, default=30, help="validity (default 30, as openssl)"
     )
     init.add_argument("--digest", help="signature digest, e.g. sha256 (default: default_md)")
     init.add_argument("--cert-name", default="rootCA.crt", help="certificate file name")
@@ -511,7 +501,7 @@ def _register_tools(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) 
     rev.add_argument("--crl", type=Path, required=True, help="CRL file (PEM), updated in place")
     rev.add_argument("certs", type=Path, nargs="+", metavar="CERT")
     rev.add_argument("--reason", choices=sorted(REASONS), help="revocation reason")
-    rev.add_argument("--days", type=_non_negative, default=7, help="next update in N days")
+    rev.add_argument("--days", type=_NON_NEGATIVE, default=7, help="next update in N days")
     _json_flag(rev)
     rev.set_defaults(func=_cmd_revoke)
 
@@ -522,6 +512,6 @@ def _register_tools(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     crl.add_argument("--reason", choices=sorted(REASONS), help="reason for the added serials")
     crl.add_argument("--out", type=Path, required=True, help="CRL file; renewed if it exists")
-    crl.add_argument("--days", type=_non_negative, default=7, help="next update in N days")
+    crl.add_argument("--days", type=_NON_NEGATIVE, default=7, help="next update in N days")
     _json_flag(crl)
     crl.set_defaults(func=_cmd_crl)

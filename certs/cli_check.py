@@ -18,29 +18,25 @@ values are usage errors (exit 2).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 from pathlib import Path
 
 from cryptography import x509
 
 from certs.bundle import load_any_certificates, pem_blocks
-from certs.cliutil import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, CliError, emit
+from certs.cliutil import (
+    EXIT_CHECK_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliError,
+    emit,
+    int_at_least,
+    iso_time,
+)
 from certs.errors import CertsError
 from certs.lint import Finding, describe_certificate, has_errors, lint_chain
 from certs.verify import verify_path
 
-__all__ = ["parse_time", "register_check_verbs"]
-
-
-def parse_time(text: str) -> dt.datetime:
-    """argparse type for ``--at``: ISO 8601 (``2026-03-01T12:00:00Z``); naive means UTC."""
-    try:
-        value = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not an ISO 8601 time (example: 2026-03-01T12:00:00Z)"
-        ) from None
-    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+__all__ = ["register_check_verbs"]
 
 
 def _read(path: Path) -> bytes:
@@ -170,14 +166,14 @@ def register_check_verbs(pki_verbs: argparse._SubParsersAction[argparse.Argument
         default="chain",
         help="chain: one chain, leaf first (default); ca-set: CA certificates for upload",
     )
-    lint.add_argument("--at", type=parse_time, help="check validity at this ISO 8601 time")
+    lint.add_argument("--at", type=iso_time, help="check validity at this ISO 8601 time")
     lint.add_argument(
         "--allow-sha1", action="store_true", help="SHA-1 signatures are warnings, not errors"
     )
     lint.add_argument(
         "--max",
         dest="max_certificates",
-        type=_positive,
+        type=int_at_least(1),
         help="fail when the file holds more certificates than this",
     )
     lint.add_argument("--json", action="store_true", help="print one JSON document")
@@ -200,7 +196,7 @@ def register_check_verbs(pki_verbs: argparse._SubParsersAction[argparse.Argument
         default=[],
         help="intermediates the peer would send (repeatable)",
     )
-    verify.add_argument("--at", type=parse_time, help="validation time (ISO 8601; default now)")
+    verify.add_argument("--at", type=iso_time, help="validation time (ISO 8601; default now)")
     verify.add_argument("--purpose", choices=("client", "server", "any"), default="client")
     verify.add_argument("--server-name", help="with --purpose server: the hostname to match")
     verify.add_argument(
@@ -214,13 +210,3 @@ def register_check_verbs(pki_verbs: argparse._SubParsersAction[argparse.Argument
     )
     verify.add_argument("--json", action="store_true", help="print one JSON document")
     verify.set_defaults(func=_cmd_verify)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value

@@ -14,9 +14,11 @@ traceback and exits with its code.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 EXIT_OK = 0
@@ -52,3 +54,32 @@ def say(message: str) -> None:
     """Write a message for the person at the terminal to stderr."""
     sys.stderr.write(message + "\n")
     sys.stderr.flush()
+
+
+# --- argparse types: a bad value becomes argparse's usage error (exit 2) naming the flag
+
+
+def iso_time(text: str) -> datetime:
+    """argparse type: an ISO 8601 time (``2026-03-01T12:00:00Z``); naive means UTC."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time (example: 2026-03-01T12:00:00Z)"
+        ) from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """argparse type: a whole number no smaller than ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a number >= {minimum}, got {value}")
+        return value
+
+    return parse
