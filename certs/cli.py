@@ -92,6 +92,13 @@ def _load_ca(args: argparse.Namespace) -> CertificateAuthority:
         raise CliError(f"{args.ca_cert} / {args.ca_key}: {exc}") from exc
 
 
+def _issued_files_args(parser: argparse.ArgumentParser, stem: str) -> None:
+    """Where an issued certificate and its new key go: ``--out``/NAME.pem and NAME.key."""
+    parser.add_argument("--name", default=stem, help="file stem (NAME.pem/.key)")
+    parser.add_argument("--key-type", choices=KEY_TYPES, default="ec256")
+    parser.add_argument("--out", type=Path, required=True)
+
+
 def _validity_args(parser: argparse.ArgumentParser, days: int) -> None:
     parser.add_argument(
         "--days", type=_NON_NEGATIVE, default=days, help=f"validity (default {days})"
@@ -279,9 +286,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _ca_args(inter)
     inter.add_argument("--cn", required=True, help="common name")
     inter.add_argument("--path-len", type=int, default=0, help="path length (-1: no limit)")
-    inter.add_argument("--name", default="intermediate-ca", help="file stem (NAME.pem/.key)")
-    inter.add_argument("--key-type", choices=KEY_TYPES, default="ec256")
-    inter.add_argument("--out", type=Path, required=True)
+    _issued_files_args(inter, "intermediate-ca")
     _validity_args(inter, 1825)
     _json_flag(inter)
     inter.set_defaults(func=_cmd_issue_intermediate)
@@ -290,9 +295,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _ca_args(server)
     server.add_argument("--san", action="append", default=[], help="DNS name or IP (repeatable)")
     server.add_argument("--cn", help="common name (default: the first --san)")
-    server.add_argument("--name", default="server", help="file stem (NAME.pem/.key)")
-    server.add_argument("--key-type", choices=KEY_TYPES, default="ec256")
-    server.add_argument("--out", type=Path, required=True)
+    _issued_files_args(server, "server")
     _validity_args(server, 398)
     _json_flag(server)
     server.set_defaults(func=_cmd_issue_server)
