@@ -24,9 +24,7 @@ import asyncio
 import contextlib
 import getpass
 import json
-import os
 import shutil
-import socket
 import ssl
 import statistics
 import subprocess
@@ -39,24 +37,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from bench.procstat import cpu_seconds, free_port, rss_bytes
 from certs.quickstart import QuickstartResult, quickstart
 from devices.device import DeviceSpec, Target, connected_device, context_for, run_device
 from devices.tlsclient import make_device_context
-
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _rss_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of process ``pid`` (from /proc), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
 
 
 def _drain(stream: IO[str]) -> None:
@@ -64,17 +48,11 @@ def _drain(stream: IO[str]) -> None:
     threading.Thread(target=lambda: [None for _ in stream], daemon=True).start()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def _mosquitto(qs: QuickstartResult, folder: Path) -> Iterator[tuple[int, int]]:
     """Mosquitto with mTLS on a free port; yields (port, pid) once it says it runs."""
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    port = _free_port()
+    port = free_port()
     conf = folder / "mosquitto.conf"
     conf.write_text(
         "\n".join(
@@ -193,12 +171,12 @@ def _context_cost(qs: QuickstartResult, n: int) -> dict[str, Any]:
     for name, make, count in (("lean", lean, n), ("default", default, max(5, n // 10))):
         make()  # warm up: first use loads OpenSSL's tables
         held = []
-        rss0 = _rss_kib()
+        rss0 = rss_bytes() // 1024
         t0 = time.perf_counter()
         for _ in range(count):
             held.append(make())
         elapsed = time.perf_counter() - t0
-        rss = (_rss_kib() - rss0) / count
+        rss = (rss_bytes() // 1024 - rss0) / count
         out[name] = {"ms": round(elapsed / count * 1000, 3), "kib": round(rss, 1)}
         del held
     out["time_ratio"] = round(out["default"]["ms"] / out["lean"]["ms"], 1)
@@ -207,14 +185,14 @@ def _context_cost(qs: QuickstartResult, n: int) -> dict[str, Any]:
 
 async def _connect_round(target: Target, specs: list[DeviceSpec], pid: int) -> dict[str, float]:
     contexts = [context_for(s, target, cache=False) for s in specs]
-    cpu0, srv0, t0 = time.process_time(), _cpu_seconds(pid), time.perf_counter()
+    cpu0, srv0, t0 = time.process_time(), cpu_seconds(pid), time.perf_counter()
     failures = 0
     for spec, ctx in zip(specs, contexts, strict=True):
         result = await run_device(spec, target, context=ctx, timeout=10)
         failures += result.outcome != "connected"
     wall = time.perf_counter() - t0
     client = time.process_time() - cpu0
-    server = _cpu_seconds(pid) - srv0
+    server = cpu_seconds(pid) - srv0
     n = len(specs)
     return {
         "connects_per_s_wall": n / wall,
@@ -275,13 +253,13 @@ async def _held_memory(qs: QuickstartResult, port: int, n: int) -> dict[str, Any
 
     tracemalloc.start()
     snap0 = tracemalloc.take_snapshot()
-    rss0 = _rss_kib()
+    rss0 = rss_bytes() // 1024
     t0 = time.perf_counter()
     tasks = [asyncio.create_task(hold(s)) for s in specs]
     for _ in specs:
         await ready.acquire()
     elapsed = time.perf_counter() - t0
-    rss = _rss_kib() - rss0
+    rss = rss_bytes() // 1024 - rss0
     snap1 = tracemalloc.take_snapshot()
     traced = sum(s.size_diff for s in snap1.compare_to(snap0, "filename"))
     tracemalloc.stop()

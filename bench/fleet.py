@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import getpass
-import os
 import resource
 import shutil
 import socket
@@ -34,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.procstat import cpu_seconds, rss_bytes
 from certs.quickstart import quickstart
 from devices.fleet import (
     FleetJob,
@@ -46,20 +46,6 @@ from devices.fleet import (
 )
 from devices.progress import Snapshot
 from devices.report import FleetReport
-
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _rss(pid: int | str = "self") -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
-def _cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
 def _raise_nofile() -> int:
@@ -178,14 +164,14 @@ def _pick_loop(pki: Path, port: int) -> str:
 def _held(pki: Path, broker: _Broker, n: int, ramp: float, loop: str) -> dict[str, Any]:
     # Held long enough after the last scheduled arrival for late connects to land too.
     job = _job(pki, broker.port, n, ramp=ramp, hold=8.0, loop=loop)
-    baseline = _rss()
-    peak = {"held": 0, "rss": baseline, "broker_rss": _rss(broker.proc.pid)}
+    baseline = rss_bytes()
+    peak = {"held": 0, "rss": baseline, "broker_rss": rss_bytes(broker.proc.pid)}
 
     def on_tick(snap: Snapshot, elapsed: float) -> None:
         if snap["connected_now"] >= peak["held"]:
             peak["held"] = snap["connected_now"]
-            peak["rss"] = max(peak["rss"], _rss())
-            peak["broker_rss"] = max(peak["broker_rss"], _rss(broker.proc.pid))
+            peak["rss"] = max(peak["rss"], rss_bytes())
+            peak["broker_rss"] = max(peak["broker_rss"], rss_bytes(broker.proc.pid))
 
     report = _run(job, on_tick)
     doc = report.to_json()
@@ -207,10 +193,10 @@ def _held(pki: Path, broker: _Broker, n: int, ramp: float, loop: str) -> dict[st
 def _rate(pki: Path, broker: _Broker, n: int, loop: str) -> dict[str, Any]:
     # Arrivals faster than a core can serve: the measured rate is the capacity.
     job = _job(pki, broker.port, n, ramp=5000.0, hold=None, loop=loop)
-    cpu0, broker0, wall0 = time.process_time(), _cpu(broker.proc.pid), time.monotonic()
+    cpu0, broker0, wall0 = time.process_time(), cpu_seconds(broker.proc.pid), time.monotonic()
     report = _run(job)
     cpu = time.process_time() - cpu0
-    broker_cpu = _cpu(broker.proc.pid) - broker0
+    broker_cpu = cpu_seconds(broker.proc.pid) - broker0
     wall = time.monotonic() - wall0
     ok = report.count("connected")
     return {

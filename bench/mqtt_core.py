@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,6 +28,7 @@ import threading
 import time
 from pathlib import Path
 
+from bench.procstat import cpu_seconds, free_port
 from edge.core.events import EventLog
 from edge.core.hub import EdgeCore
 from edge.core.policy import Policy
@@ -39,7 +38,6 @@ from edge.mqtt.codec import Connect, Publish, Subscribe, encode
 
 TOPIC = "devices/pub/telemetry"  # under the publisher "pub"s own subtree
 PAYLOAD = b"x" * 64
-_TICK = os.sysconf("SC_CLK_TCK")
 
 
 def _session(name: str) -> SessionInfo:
@@ -80,11 +78,6 @@ def sansio_us_per_message(
 
 
 # --- loopback ----------------------------------------------------------------------------
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
 
 
 def _serve() -> None:
@@ -157,16 +150,9 @@ async def _load(port: int, messages: int, window: int, chunk: int) -> None:
 
 
 def _measure(pid: int, port: int, messages: int, chunk: int) -> float:
-    before = _cpu_seconds(pid)
+    before = cpu_seconds(pid)
     asyncio.run(_load(port, messages, window=2000, chunk=chunk))
-    return (_cpu_seconds(pid) - before) / messages * 1e6
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return (cpu_seconds(pid) - before) / messages * 1e6
 
 
 def _start_edge() -> tuple[subprocess.Popen[str], int]:
@@ -185,7 +171,7 @@ def _start_mosquitto(workdir: Path) -> tuple[subprocess.Popen[str], int] | None:
     binary = shutil.which("mosquitto", path="/usr/sbin:/usr/bin:/usr/local/sbin")
     if binary is None:
         return None
-    port = _free_port()
+    port = free_port()
     conf = workdir / "mosquitto.conf"
     conf.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"

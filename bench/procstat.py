@@ -1,0 +1,39 @@
+"""What the benchmarks read about processes: CPU time and resident memory, from /proc.
+
+A child such as a broker is measured from outside by its pid, so that its CPU is
+counted whichever language it is written in; ``"self"`` is the benchmark itself.
+Linux only, like the benchmarks.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+__all__ = ["cpu_seconds", "free_port", "rss_bytes"]
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int | str) -> float:
+    """User + system CPU time of process ``pid`` so far, in seconds."""
+    # The command name in field 2 may hold spaces; everything after its ")" splits cleanly.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def rss_bytes(pid: int | str = "self") -> int:
+    """Resident memory of process ``pid`` now, in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago, for a child to listen on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
