@@ -12,8 +12,10 @@ goes to ``loop.create_server``. Each connection is an :class:`EdgeTlsProtocol`:
    and becomes a ``tls.refused`` event with the reason and a hint;
 3. on success: the device identity (:mod:`edge.identity`), a
    :class:`~edge.core.session.SessionInfo`, a ``tls.accepted`` event; then the
-   application protocol chosen by listener kind, ALPN or first bytes, created with
-   ``factory(session_info)`` and handed a :class:`TlsTransport`;
+   application protocol chosen by :func:`edge.mux.select_protocol` (listener
+   kind, ALPN, first bytes), created with ``factory(session_info)`` and handed a
+   :class:`TlsTransport`; bytes that are neither MQTT nor HTTP, or nothing within
+   the handshake timeout, are refused with a ``mux.refused`` event;
 4. when it ends, a ``connection.closed`` event says why.
 
 Handshakes have a deadline, and both concurrent handshakes and connections are
@@ -28,11 +30,12 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, cast
+from typing import Any, Protocol, cast
 
 from edge.core.events import EventLog
 from edge.core.session import PeerCertificate, SessionInfo
 from edge.identity import IdentityRule, describe_certificate, inspect_certificate
+from edge.mux import ListenerKind, MuxError, Selected, select_protocol
 from edge.tls.clienthello import ClientFlightReader, ClientHello, FlightProblem
 from edge.tls.contexts import ContextCache
 from edge.tls.errors import IdentityError, TlsConfigError
@@ -48,15 +51,12 @@ __all__ = [
     "SnapshotLike",
     "TlsEndpoint",
     "TlsTransport",
-    "select_protocol",
 ]
 
 log = logging.getLogger("edgesim.tls")
 
 #: Builds the application protocol of an accepted connection.
 AppProtocolFactory = Callable[[SessionInfo], asyncio.Protocol]
-#: ``mqtt`` and ``https`` listeners serve one protocol; ``multi`` picks by ALPN or first bytes.
-ListenerKind = Literal["mqtt", "https", "multi"]
 
 
 class ActiveSetLike(Protocol):
@@ -95,23 +95,6 @@ class EndpointOptions:
     identity_rule: IdentityRule = IdentityRule.CN
     #: Seconds a refused connection stays half-open after the alert (see _linger_close).
     refusal_linger: float = 2.0
-
-
-def select_protocol(kind: ListenerKind, alpn: str | None, first_bytes: bytes) -> str:
-    """Return ``"mqtt"`` or ``"http"`` for a connection (pure; ``first_bytes`` may be empty).
-
-    The listener kind decides, then ALPN, then the first application byte:
-    an MQTT session starts with CONNECT (``0x10``), anything else is HTTP.
-    """
-    if kind == "mqtt":
-        return "mqtt"
-    if kind == "https":
-        return "http"
-    if alpn in ("mqtt", "x-amzn-mqtt-ca"):
-        return "mqtt"
-    if alpn == "http/1.1":
-        return "http"
-    return "mqtt" if first_bytes[:1] == b"\x10" else "http"
 
 
 class TlsEndpoint:
@@ -491,13 +474,56 @@ class EdgeTlsProtocol(asyncio.Protocol):
         )
         self.transport = TlsTransport(self)
         self._phase = _PHASE_SELECT
-        opts = self.endpoint.options
-        if opts.kind != "multi" or self.info.alpn:
-            self._start_app(select_protocol(opts.kind, self.info.alpn, b""), b"")
-        # Data that arrived with the client's Finished (a pipelined CONNECT).
+        # The listener kind or ALPN decides at once; otherwise the first bytes
+        # (maybe already here with the client's Finished: a pipelined CONNECT).
         self._after_app_input()
 
-    def _start_app(self, name: str, first: bytes) -> None:
+    def _select(self, plain: bytes) -> None:
+        """Choose the application protocol with :func:`edge.mux.select_protocol`."""
+        info = self.info
+        assert info is not None
+        if plain:
+            self._pending += plain
+        first = bytes(self._pending)
+        try:
+            chosen = select_protocol(info.alpn, first, self.endpoint.options.kind)
+        except MuxError as exc:
+            self._refuse_protocol(exc.reason)
+            return
+        if chosen is None:
+            if self._timer is None:
+                # Until the first bytes decide, the handshake deadline applies again.
+                loop = asyncio.get_running_loop()
+                self._timer = loop.call_later(
+                    self.endpoint.options.handshake_timeout, self._on_timeout
+                )
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._pending = bytearray()
+        self._start_app(chosen, first)
+
+    def _refuse_protocol(self, reason: str) -> None:
+        info = self.info
+        assert info is not None
+        self._close_reason = reason
+        self._pending = bytearray()
+        self.endpoint.events.emit(
+            "mux.refused",
+            "refused",
+            identity=str(info.identity),
+            peer=self.peer,
+            sni=info.sni,
+            alpn=info.alpn,
+            reason=reason,
+        )
+        if self.transport is not None:
+            self.transport.close()
+        # Whatever still arrives is discarded until the socket closes.
+        self._phase = _PHASE_DRAIN
+
+    def _start_app(self, name: Selected, first: bytes) -> None:
         info = self.info
         transport = self.transport
         assert info is not None
@@ -535,8 +561,8 @@ class EdgeTlsProtocol(asyncio.Protocol):
         session = self.session
         assert session is not None
         plain = session.application_data()
-        if self._phase == _PHASE_SELECT and plain:
-            self._start_app(select_protocol(self.endpoint.options.kind, None, plain), plain)
+        if self._phase == _PHASE_SELECT:
+            self._select(plain)
             plain = b""
         if plain and self.app is not None and self._phase == _PHASE_APP:
             try:
@@ -580,6 +606,10 @@ class EdgeTlsProtocol(asyncio.Protocol):
 
     def _on_timeout(self) -> None:
         self._timer = None
+        if self._phase == _PHASE_SELECT:
+            timeout = self.endpoint.options.handshake_timeout
+            self._refuse_protocol(f"no protocol bytes within {timeout:g} s")
+            return
         if self._phase == _PHASE_HELLO:
             reason = f"no ClientHello within {self.endpoint.options.handshake_timeout:g} s"
         else:

@@ -18,7 +18,7 @@ import pytest
 
 from edge.core.events import Event, EventLog
 from edge.core.session import SessionInfo
-from edge.tls.connection import EndpointOptions, TlsEndpoint
+from edge.tls.connection import AppProtocolFactory, EndpointOptions, TlsEndpoint
 from edge.tls.contexts import ContextCache, TlsSettings
 from edge.tls.keylog import KeyLogTap
 from edge.trust.model import ActiveSet, TrustSnapshot
@@ -77,6 +77,28 @@ class MqttDouble(asyncio.Protocol):
             self.lost.set_result(exc)
 
 
+class HttpDouble(asyncio.Protocol):
+    """Answers the first HTTP request it sees (all of it in one read or several) with 200."""
+
+    def __init__(self, session: SessionInfo) -> None:
+        self.session = session
+        self.transport: asyncio.Transport | None = None
+        self.received = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.received += data
+        if self.received.endswith(b"\r\n\r\n"):
+            first_line = self.received.split(b"\r\n", 1)[0]
+            body = b"saw " + first_line
+            head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            self.transport.write(head + body)
+
+
 def make_set(pki: Any, *, version: int = 1, crl_pem: bytes = b"") -> ActiveSet:
     s = pki.chain_set(version=version, crl_pem=crl_pem)
     return ActiveSet(
@@ -111,6 +133,7 @@ async def running_edge(
     bindings: dict[str, str] | None = None,
     crl_pem: bytes = b"",
     options: EndpointOptions | None = None,
+    factories: dict[str, AppProtocolFactory] | None = None,
 ) -> AsyncIterator[Edge]:
     events = EventLog(log_events=False)
     active = make_set(pki, crl_pem=crl_pem)
@@ -124,7 +147,7 @@ async def running_edge(
     endpoint = TlsEndpoint(
         contexts=contexts,
         snapshot=lambda: holder["snap"],
-        factories={"mqtt": MqttDouble},
+        factories=factories or {"mqtt": MqttDouble},
         events=events,
         options=options,
         keylog=tap,
@@ -476,3 +499,78 @@ async def _app_for(edge: Edge, name: str) -> MqttDouble:
         lambda e: e["kind"] == "tls.accepted" and e["identity"] == f"default/{name}"
     )
     return next(a for a in reversed(MqttDouble.instances) if a.session.identity.name == name)
+
+
+# -- the protocol of an accepted connection (edge.mux.select_protocol) ---------------------
+
+BOTH: dict[str, AppProtocolFactory] = {"mqtt": MqttDouble, "http": HttpDouble}
+
+
+async def _refused_by_mux(edge: Edge) -> Event:
+    return await edge.events.wait_for(lambda e: e["kind"] == "mux.refused")
+
+
+@pytest.mark.timeout(20)
+async def test_multi_listener_chooses_by_first_bytes(pki: Any) -> None:
+    options = EndpointOptions(kind="multi")
+    async with running_edge(pki, options=options, factories=BOTH) as edge:
+        ctx = pki.client_context(pki.device("dev-multi"))
+        # HTTP, with a first read too short to decide ("PO" could be POST or not).
+        reader, writer = await open_tls(edge, ctx)
+        writer.write(b"PO")
+        await writer.drain()
+        writer.write(b"ST /topics/a HTTP/1.1\r\nHost: edge\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200 OK")
+        body = await asyncio.wait_for(reader.readexactly(27), 5)
+        assert body == b"saw POST /topics/a HTTP/1.1"
+        await close(writer)
+        # MQTT on the same port: CONNECT's first byte decides.
+        reader, writer = await open_tls(edge, ctx)
+        writer.write(CONNECT)
+        assert await asyncio.wait_for(reader.readexactly(4), 5) == CONNACK
+        await close(writer)
+        assert not edge.events.query(kind="mux.refused")
+
+
+@pytest.mark.timeout(20)
+async def test_multi_listener_refuses_garbage_with_an_event(pki: Any) -> None:
+    options = EndpointOptions(kind="multi")
+    async with running_edge(pki, options=options, factories=BOTH) as edge:
+        reader, writer = await open_tls(edge, pki.client_context(pki.device("dev-garbage")))
+        writer.write(b"\x00\x01garbage")
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # close_notify, then EOF
+        refused = await _refused_by_mux(edge)
+        assert "neither an MQTT CONNECT nor an HTTP request" in refused["reason"]
+        assert refused["identity"] == "default/dev-garbage"
+        assert refused["sni"] == "localhost"
+        closed = await edge.events.wait_for(lambda e: e["kind"] == "connection.closed")
+        assert closed["reason"] == refused["reason"]
+        await close(writer)
+
+
+@pytest.mark.timeout(20)
+async def test_multi_listener_refuses_a_silent_device_after_the_timeout(pki: Any) -> None:
+    options = EndpointOptions(kind="multi", handshake_timeout=0.3)
+    async with running_edge(pki, options=options, factories=BOTH) as edge:
+        reader, writer = await open_tls(edge, pki.client_context(pki.device("dev-silent")))
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        refused = await _refused_by_mux(edge)
+        assert refused["reason"] == "no protocol bytes within 0.3 s"
+        await close(writer)
+
+
+@pytest.mark.timeout(20)
+async def test_alpn_of_the_other_protocol_is_refused_on_a_single_protocol_listener(
+    pki: Any,
+) -> None:
+    async with running_edge(pki) as edge:
+        ctx = pki.client_context(pki.device("dev-alpn"), alpn=["http/1.1"])
+        reader, writer = await open_tls(edge, ctx)
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        refused = await _refused_by_mux(edge)
+        assert refused["reason"] == "ALPN protocol 'http/1.1' is not served on the mqtt listener"
+        assert refused["alpn"] == "http/1.1"
+        # No application protocol was started for it.
+        assert all(a.session.identity.name != "dev-alpn" for a in MqttDouble.instances)
+        await close(writer)
