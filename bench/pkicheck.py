@@ -21,7 +21,8 @@ from datetime import UTC, datetime, timedelta
 from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store
 
-from certs.authority import CertificateAuthority, signing_hash
+from certs.authority import CertificateAuthority
+from certs.crl import build_crl
 from certs.lint import lint_chain
 from certs.verify import verify_path
 
@@ -40,13 +41,7 @@ def _median_us(func: Callable[[], object], rounds: int, calls: int) -> float:
 
 
 def _crl(ca: CertificateAuthority) -> x509.CertificateRevocationList:
-    return (
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(ca.cert.subject)
-        .last_update(NOW - timedelta(hours=1))
-        .next_update(NOW + timedelta(days=7))
-        .sign(ca.key, signing_hash(ca.key))
-    )
+    return build_crl(ca, [], crl_number=1, last_update=NOW - timedelta(hours=1))
 
 
 def _one(key_type: str, rounds: int, calls: int) -> dict[str, float]:

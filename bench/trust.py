@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from certs.authority import CertificateAuthority
+from certs.crl import build_crl
 from edge.trust.check import check_in_store
 from edge.trust.model import TrustSnapshot
 from edge.trust.propagation import TrustService
@@ -126,13 +127,7 @@ def run(quick: bool = False) -> dict[str, object]:
 
             ca = CertificateAuthority.create_root("bench check root", now=NOW)
             store.upload("check", ca.cert_pem)
-            crl = (
-                x509.CertificateRevocationListBuilder()
-                .issuer_name(ca.cert.subject)
-                .last_update(NOW - timedelta(hours=1))
-                .next_update(NOW + timedelta(days=1))
-                .sign(ca.key, hashes.SHA256())
-            )
+            crl = build_crl(ca, [], crl_number=1, last_update=NOW - timedelta(hours=1), days=1)
             store.add_crl("check", crl.public_bytes(serialization.Encoding.PEM))
             device = ca.issue_device("bench-device", now=NOW).cert_pem
             checks = [

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 
 from certs.authority import CertificateAuthority, IssuedCert
+from certs.crl import build_crl
 
 
 @dataclass
@@ -79,18 +79,13 @@ def make_pki(folder: Path, now: datetime) -> Pki:
     )
     revoked = _write(folder, "revoked", ca.issue_device("device-stolen", now=now))
     foreign = _write(folder, "foreign", other.issue_device("device-foreign", now=now))
-    crl_obj = (
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(ca.cert.subject)
-        .last_update(now - timedelta(hours=1))
-        .next_update(now + timedelta(days=1))
-        .add_revoked_certificate(
-            x509.RevokedCertificateBuilder()
-            .serial_number(revoked.issued.cert.serial_number)
-            .revocation_date(now - timedelta(hours=1))
-            .build()
-        )
-        .sign(ca.key, hashes.SHA256())
+    an_hour_ago = now - timedelta(hours=1)
+    crl_obj = build_crl(
+        ca,
+        [(revoked.issued.cert.serial_number, an_hour_ago, None)],
+        crl_number=1,
+        last_update=an_hour_ago,
+        next_update=now + timedelta(days=1),
     )
     crl = folder / "crl.pem"
     crl.write_bytes(crl_obj.public_bytes(serialization.Encoding.PEM))

@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from certs.authority import CertificateAuthority
+from certs.crl import build_crl
 from certs.quickstart import QuickstartResult, quickstart
 from edge.config import EdgeConfig, HostPort, ListenersConfig, TrustConfig
 from edge.core.events import Event
@@ -127,23 +129,10 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
 
 
 def _crl(ca: CertificateAuthority, serials: list[int], now: datetime) -> bytes:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-
-    builder = (
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(ca.cert.subject)
-        .last_update(now - timedelta(hours=1))
-        .next_update(now + timedelta(days=7))
-    )
-    for serial in serials:
-        builder = builder.add_revoked_certificate(
-            x509.RevokedCertificateBuilder()
-            .serial_number(serial)
-            .revocation_date(now - timedelta(hours=1))
-            .build()
-        )
-    return builder.sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+    an_hour_ago = now - timedelta(hours=1)
+    revoked = [(serial, an_hour_ago, None) for serial in serials]
+    crl = build_crl(ca, revoked, crl_number=1, last_update=an_hour_ago)
+    return crl.public_bytes(serialization.Encoding.PEM)
 
 
 def _needs(tool: str) -> None:
