@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from certs.authority import CertificateAuthority
+from certs.crl import build_crl
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -126,19 +127,8 @@ def sha1_signed(cert: x509.Certificate, signer: rsa.RSAPrivateKey) -> x509.Certi
 
 def crl_pem(ca: CertificateAuthority, *serials: int, encoding: str = "pem") -> bytes:
     """A CRL signed by ``ca`` revoking ``serials``."""
-    builder = (
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(ca.cert.subject)
-        .last_update(NOW - timedelta(hours=1))
-        .next_update(NOW + timedelta(days=7))
-    )
-    for serial in serials:
-        builder = builder.add_revoked_certificate(
-            x509.RevokedCertificateBuilder()
-            .serial_number(serial)
-            .revocation_date(NOW - timedelta(hours=1))
-            .build()
-        )
-    crl = builder.sign(ca.key, hashes.SHA256())
+    an_hour_ago = NOW - timedelta(hours=1)
+    revoked = [(serial, an_hour_ago, None) for serial in serials]
+    crl = build_crl(ca, revoked, crl_number=1, last_update=an_hour_ago)
     enc = serialization.Encoding.PEM if encoding == "pem" else serialization.Encoding.DER
     return crl.public_bytes(enc)
