@@ -40,6 +40,7 @@ from edge.tls.clienthello import ClientFlightReader, ClientHello, FlightProblem
 from edge.tls.contexts import ContextCache
 from edge.tls.errors import IdentityError, TlsConfigError
 from edge.tls.keylog import KeyLogTap, decrypt_client_certificates
+from edge.tls.peer import fast_inspect
 from edge.tls.session import TlsServerSession, TlsState
 from edge.tls.verdict import HandshakeVerdict, alert_record, explain
 
@@ -384,7 +385,7 @@ class EdgeTlsProtocol(asyncio.Protocol):
         assert session is not None
         session.receive_data(data)
         if self.endpoint.keylog is not None:
-            self.endpoint.keylog.drain()
+            self.endpoint.keylog.handshake_step()
         self._flush()
         if session.failure is not None:
             self._handshake_failed()
@@ -422,9 +423,13 @@ class EdgeTlsProtocol(asyncio.Protocol):
         try:
             if der is None:
                 raise IdentityError("no peer certificate after a verified handshake")
-            identity, cert = inspect_certificate(
-                der, namespace=active.name, rule=self.endpoint.options.identity_rule
-            )
+            rule = self.endpoint.options.identity_rule
+            # What OpenSSL already decoded is enough in the common case; the same
+            # answer from the DER otherwise (edge.tls.peer).
+            found = fast_inspect(obj.getpeercert(), der, namespace=active.name, rule=rule)
+            if found is None:
+                found = inspect_certificate(der, namespace=active.name, rule=rule)
+            identity, cert = found
         except IdentityError as exc:
             cert = describe_certificate(der) if der else None
             session.close(str(exc))

@@ -30,6 +30,7 @@ import collections
 import contextlib
 import fcntl
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -42,14 +43,31 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 __all__ = ["KeyLogTap", "decrypt_client_certificates", "hkdf_expand_label"]
 
-_LABEL = b"CLIENT_HANDSHAKE_TRAFFIC_SECRET"
-# F_SETPIPE_SZ (Linux): a larger pipe gives more slack between two drains.
+# The only key log lines the tap needs: "<label> <client random hex> <secret hex>".
+_CLIENT_HANDSHAKE_LINE = re.compile(
+    rb"^CLIENT_HANDSHAKE_TRAFFIC_SECRET ([0-9a-fA-F]+) ([0-9a-fA-F]+)$", re.MULTILINE
+)
+# F_SETPIPE_SZ / F_GETPIPE_SZ (Linux): a larger pipe gives more slack between two reads.
 _F_SETPIPE_SZ = 1031
+_F_GETPIPE_SZ = 1032
 _PIPE_SIZE = 1 << 20
+_DEFAULT_PIPE_SIZE = 1 << 16
+_READ_SIZE = 1 << 16
+# One do_handshake call logs at most the five TLS 1.3 lines (label, 64 hex digits
+# of client random, up to 96 of secret): under 1 KiB.
+_MAX_BYTES_PER_STEP = 1024
 
 
 class KeyLogTap:
-    """A FIFO that OpenSSL writes its key log to, and the secrets of handshakes in progress."""
+    """A FIFO that OpenSSL writes its key log to, and the secrets of handshakes in progress.
+
+    Reading is lazy: the edge calls :meth:`handshake_step` after every handshake
+    step, which only counts; the FIFO is read when a refusal needs a secret
+    (:meth:`pop`) or when what OpenSSL may have written since the last read
+    approaches half the pipe's capacity (OpenSSL's write must never block the
+    event loop that reads the pipe). A read keeps only the
+    ``CLIENT_HANDSHAKE_TRAFFIC_SECRET`` lines, of handshakes not yet forgotten.
+    """
 
     def __init__(self, *, tee: Path | None = None, capacity: int = 20_000) -> None:
         self._dir = Path(tempfile.mkdtemp(prefix="edgesim-keylog-"))
@@ -60,43 +78,61 @@ class KeyLogTap:
         self._fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
         with contextlib.suppress(OSError):
             fcntl.fcntl(self._fd, _F_SETPIPE_SZ, _PIPE_SIZE)
+        try:
+            pipe_size = fcntl.fcntl(self._fd, _F_GETPIPE_SZ)
+        except OSError:
+            pipe_size = _DEFAULT_PIPE_SIZE
+        #: Handshake steps between two reads: half the pipe, at the most a step writes.
+        self.steps_per_read = max(1, pipe_size // 2 // _MAX_BYTES_PER_STEP)
+        self._steps = 0
         self._partial = b""
         self._secrets: collections.OrderedDict[bytes, bytes] = collections.OrderedDict()
+        # Handshakes forgotten since the last read: their line may still be in the pipe.
+        self._forgotten: set[bytes] = set()
         self._capacity = capacity
         self._tee: IO[bytes] | None = tee.open("ab") if tee is not None else None
 
-    def drain(self) -> None:
-        """Read whatever OpenSSL wrote; keep client handshake secrets.
+    def handshake_step(self) -> None:
+        """Count one handshake step (``do_handshake`` call); read the FIFO when it is time."""
+        self._steps += 1
+        if self._steps >= self.steps_per_read:
+            self.drain()
 
-        Must run often (the edge calls it at every handshake step): OpenSSL's
-        write would block the event loop if the pipe filled up.
-        """
+    def drain(self) -> None:
+        """Read whatever OpenSSL wrote; keep client handshake secrets of live handshakes."""
+        self._steps = 0
         chunks = []
         while True:
             try:
-                chunk = os.read(self._fd, 1 << 16)
+                chunk = os.read(self._fd, _READ_SIZE)
             except BlockingIOError:
                 break
             if not chunk:
                 break
             chunks.append(chunk)
+            if len(chunk) < _READ_SIZE:
+                break  # the pipe is empty: no need for a read that says so
+        forgotten = self._forgotten
         if not chunks:
+            forgotten.clear()
             return
         data = self._partial + b"".join(chunks)
         if self._tee is not None:
             self._tee.write(data[len(self._partial) :])
             self._tee.flush()
-        lines = data.split(b"\n")
-        self._partial = lines.pop()
+        cut = data.rfind(b"\n") + 1
+        self._partial = data[cut:]
         secrets = self._secrets
-        for line in lines:
-            if line.startswith(_LABEL):
-                parts = line.split()
-                if len(parts) == 3:
-                    try:
-                        secrets[bytes.fromhex(parts[1].decode())] = bytes.fromhex(parts[2].decode())
-                    except ValueError:
-                        continue
+        for match in _CLIENT_HANDSHAKE_LINE.finditer(data, 0, cut):
+            try:
+                random = bytes.fromhex(match[1].decode())
+                secret = bytes.fromhex(match[2].decode())
+            except ValueError:
+                continue
+            if random not in forgotten:
+                secrets[random] = secret
+        # Every line written before those handshakes ended has been read now.
+        forgotten.clear()
         while len(secrets) > self._capacity:
             secrets.popitem(last=False)
 
@@ -107,7 +143,8 @@ class KeyLogTap:
 
     def forget(self, client_random: bytes) -> None:
         """Forget a handshake that ended (successfully or not)."""
-        self._secrets.pop(client_random, None)
+        if self._secrets.pop(client_random, None) is None:
+            self._forgotten.add(client_random)
 
     def __len__(self) -> int:
         return len(self._secrets)

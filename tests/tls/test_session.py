@@ -347,3 +347,37 @@ def test_key_log_tap_keeps_only_client_handshake_secrets(tmp_path: Any) -> None:
         assert tee.read_bytes().count(b"\n") == 3
     finally:
         tap.close()
+
+
+def test_key_log_tap_reads_the_fifo_only_every_so_many_handshake_steps() -> None:
+    tap = KeyLogTap()
+    try:
+        assert tap.steps_per_read >= 16  # a 64 KiB pipe at the least
+        with open(tap.path, "ab") as writer:
+            writer.write(b"CLIENT_HANDSHAKE_TRAFFIC_SECRET 0102 0a0b\n")
+            writer.flush()
+            for _ in range(tap.steps_per_read - 1):
+                tap.handshake_step()
+            assert len(tap) == 0  # not read yet
+            tap.handshake_step()
+            assert len(tap) == 1
+    finally:
+        tap.close()
+
+
+def test_key_log_tap_drops_lines_of_handshakes_forgotten_before_they_were_read() -> None:
+    tap = KeyLogTap()
+    try:
+        with open(tap.path, "ab") as writer:
+            writer.write(b"CLIENT_HANDSHAKE_TRAFFIC_SECRET 0102 0a0b\n")
+            writer.write(b"CLIENT_HANDSHAKE_TRAFFIC_SECRET 0304 0c0d\n")
+            writer.flush()
+            tap.forget(b"\x01\x02")  # that handshake ended before the FIFO was read
+            assert tap.pop(b"\x03\x04") == b"\x0c\x0d"
+            assert len(tap) == 0
+            # The same random in a later line belongs to a handshake still running.
+            writer.write(b"CLIENT_HANDSHAKE_TRAFFIC_SECRET 0102 0e0f\n")
+            writer.flush()
+            assert tap.pop(b"\x01\x02") == b"\x0e\x0f"
+    finally:
+        tap.close()
