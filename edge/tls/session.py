@@ -46,11 +46,11 @@ class TlsServerSession:
     __slots__ = (
         "_app",
         "_close_sent",
+        "_flight",
+        "_held",
         "_in",
         "_out",
         "_ssl",
-        "_version_seen",
-        "cipher_suite",
         "close_reason",
         "failure",
         "peer_closed",
@@ -69,15 +69,30 @@ class TlsServerSession:
         self.peer_closed = False
         #: Why the session closed after the handshake ("" while open).
         self.close_reason = ""
-        self._version_seen: str | None = None
         self._close_sent = False
-        #: The cipher suite our ServerHello selected (0 until it is sent).
-        self.cipher_suite = 0
+        # Our first flight (ServerHello...), kept until the handshake ends: the
+        # version and suite it selects are read from it only when a failure needs them.
+        self._flight: bytes | None = None
+        # Bytes read from the outgoing BIO that data_to_send() has not returned yet.
+        self._held = b""
 
     @property
     def handshake_done(self) -> bool:
         """True once the handshake succeeded (even if the session closed since)."""
         return self.failure is None and self.state is not TlsState.HANDSHAKING
+
+    @property
+    def cipher_suite(self) -> int:
+        """The cipher suite our ServerHello selected: 0 before it is sent and once the handshake succeeded."""
+        found = parse_server_hello(self._flight) if self._flight else None
+        return found[1] if found else 0
+
+    def _version_seen(self) -> str | None:
+        # Python's ssl reports the version only after a successful handshake, but
+        # the alert of a failure depends on it (TLS 1.3 has certificate_required,
+        # TLS 1.2 does not): read it from our own ServerHello.
+        found = parse_server_hello(self._flight) if self._flight else None
+        return found[0] if found else None
 
     @property
     def ssl_object(self) -> ssl.SSLObject:
@@ -101,32 +116,27 @@ class TlsServerSession:
         try:
             self._ssl.do_handshake()
         except ssl.SSLWantReadError:
-            if self._version_seen is None and self._out.pending:
-                # Python's ssl reports the version only after a successful
-                # handshake, but the alert of a failure depends on it (TLS 1.3
-                # has certificate_required, TLS 1.2 does not): read it from our
-                # own ServerHello.
-                out = self._out.read()
-                found = parse_server_hello(out)
-                if found is not None:
-                    self._version_seen, self.cipher_suite = found
-                self._out.write(out)
+            if self._flight is None and self._out.pending:
+                # Taken out of the BIO now (data_to_send() hands it over) rather
+                # than parsed now: most handshakes never need its contents.
+                self._flight = self._held = self._out.read()
             if self._in.eof:
                 self._fail_eof()
             return
         except ssl.SSLError as exc:
-            outgoing = self._out.read()
+            outgoing = self._out.read() if self._out.pending else b""
             self.failure = failure_from_ssl_error(
-                exc, tls_version=self._version() or self._version_seen, outgoing=outgoing
+                exc, tls_version=self._version() or self._version_seen(), outgoing=outgoing
             )
-            self._out.write(outgoing)
+            self._held += outgoing
             self.state = TlsState.CLOSED
             return
+        self._flight = None
         self.state = TlsState.ESTABLISHED
 
     def _fail_eof(self) -> None:
         self.failure = HandshakeFailure(
-            alert="", library_reason="EOF", tls_version=self._version_seen
+            alert="", library_reason="EOF", tls_version=self._version_seen()
         )
         self.state = TlsState.CLOSED
 
@@ -209,6 +219,10 @@ class TlsServerSession:
 
     def data_to_send(self) -> bytes:
         """Return (and forget) the bytes to write to the socket."""
+        held = self._held
+        if held:
+            self._held = b""
+            return held + self._out.read() if self._out.pending else held
         if not self._out.pending:
             return b""
         return self._out.read()
