@@ -867,6 +867,9 @@ class DeviceModuleRunner:
         qos = self.settings.qos
         first: list[float] = []
         first_intended: list[float] = []
+        # Set once publishing is over and every message sent has come back.
+        drained = asyncio.Event()
+        publishing_over = False
 
         async def receive() -> None:
             async for message in held.messages():
@@ -879,6 +882,8 @@ class DeviceModuleRunner:
                 if not first:
                     first.append(latency)
                     first_intended.append(intended)
+                if publishing_over and out.messages_received >= out.messages_sent:
+                    drained.set()
 
         async def publish() -> None:
             interval = run.publish_interval
@@ -890,22 +895,32 @@ class DeviceModuleRunner:
                 delay = intended - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                await held.publish(topic, self._payload(intended), qos)
+                # Counted when handed to the connection: the deadline may cancel the
+                # wait for its PUBACK after the message left, and it still comes back.
                 out.messages_sent += 1
+                await held.publish(topic, self._payload(intended), qos)
                 intended += interval
 
         receiver: asyncio.Task[None] | None = None
         try:
-            # Everything, the subscription included, ends at the hold deadline.
-            async with asyncio.timeout(max(remaining, 0.0)):
-                ack = await held.subscribe(topic, qos)
-                if ack.ok:
-                    receiver = loop.create_task(receive())
-                await publish()
-                # Publishing is over; keep receiving until the hold ends.
-                await loop.create_future()
-        except TimeoutError:
-            pass
+            try:
+                # Everything, the subscription included, ends at the hold deadline.
+                async with asyncio.timeout(max(remaining, 0.0)):
+                    ack = await held.subscribe(topic, qos)
+                    if ack.ok:
+                        receiver = loop.create_task(receive())
+                    await publish()
+                    # Publishing is over; keep receiving until the hold ends.
+                    await loop.create_future()
+            except TimeoutError:
+                pass
+            # Messages published just before the deadline are still on their way
+            # back: wait for them (bounded), or they would count as lost.
+            publishing_over = True
+            if receiver is not None and out.messages_received < out.messages_sent:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(self.settings.device_timeout, DRAIN_SECONDS)):
+                        await drained.wait()
         finally:
             if receiver is not None:
                 receiver.cancel()
@@ -915,6 +930,10 @@ class DeviceModuleRunner:
             out.steps.append(
                 RunStep("first_message", first_intended[0] - run.scheduled, first[0], True)
             )
+
+
+#: The longest a held device waits, after its hold ends, for its own messages to return.
+DRAIN_SECONDS = 5.0
 
 
 def make_runner(settings: RunnerSettings) -> DeviceRunner:
