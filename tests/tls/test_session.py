@@ -260,6 +260,15 @@ def test_context_cache_builds_once_and_drops_inactive_versions(pki: Any) -> None
     assert len(cache) == 1
 
 
+def test_server_contexts_issue_no_tickets_and_refuse_renegotiation(pki: Any) -> None:
+    cache = ContextCache(TlsSettings(cert_file=pki.server_cert, key_file=pki.server_key))
+    ctx = cache.context_for(pki.chain_set())
+    assert ctx.num_tickets == 0
+    assert ctx.options & ssl.OP_NO_RENEGOTIATION
+    assert ctx.verify_mode is ssl.CERT_REQUIRED
+    assert not ctx.verify_flags & ssl.VERIFY_X509_STRICT
+
+
 def test_adding_a_crl_to_the_same_version_builds_a_new_context(pki: Any) -> None:
     cache = ContextCache(TlsSettings(cert_file=pki.server_cert, key_file=pki.server_key))
     device = pki.device("dev-late-revoked")
