@@ -50,7 +50,8 @@ class EventLog:
         event.update(fields)
         self._next_id += 1
         self._events.append(event)
-        if self._log_events:
+        # The message is built only when it is logged: every connect emits several events.
+        if self._log_events and log.isEnabledFor(logging.INFO):
             log.info(
                 "%s %s %s",
                 kind,
