@@ -37,7 +37,7 @@ from edge.core.session import PeerCertificate, SessionInfo
 from edge.identity import IdentityRule, describe_certificate, inspect_certificate
 from edge.mux import ListenerKind, MuxError, Selected, select_protocol
 from edge.tls.clienthello import ClientFlightReader, ClientHello, FlightProblem
-from edge.tls.contexts import ContextCache
+from edge.tls.contexts import ContextCache, TrustSetLike
 from edge.tls.errors import IdentityError, TlsConfigError
 from edge.tls.keylog import KeyLogTap, decrypt_client_certificates
 from edge.tls.peer import fast_inspect
@@ -60,17 +60,9 @@ log = logging.getLogger("edgesim.tls")
 AppProtocolFactory = Callable[[SessionInfo], asyncio.Protocol]
 
 
-class ActiveSetLike(Protocol):
-    """What the edge reads from a certificate set's active version."""
+class ActiveSetLike(TrustSetLike, Protocol):
+    """What the edge reads from a certificate set's active version (contexts need less)."""
 
-    @property
-    def name(self) -> str: ...
-    @property
-    def version(self) -> int: ...
-    @property
-    def ca_pem(self) -> bytes: ...
-    @property
-    def crl_pem(self) -> bytes: ...
     @property
     def ca_certs(self) -> tuple[Any, ...]: ...
 
@@ -509,13 +501,13 @@ class EdgeTlsProtocol(asyncio.Protocol):
         self._pending = bytearray()
         self._start_app(chosen, first)
 
-    def _refuse_protocol(self, reason: str) -> None:
+    def _refuse_protocol(self, reason: str, kind: str = "mux.refused") -> None:
         info = self.info
         assert info is not None
         self._close_reason = reason
         self._pending = bytearray()
         self.endpoint.events.emit(
-            "mux.refused",
+            kind,
             "refused",
             identity=str(info.identity),
             peer=self.peer,
@@ -535,15 +527,7 @@ class EdgeTlsProtocol(asyncio.Protocol):
         assert transport is not None
         factory = self.endpoint.factories.get(name)
         if factory is None:
-            self._close_reason = f"no {name} service on this listener"
-            self.endpoint.events.emit(
-                "connection.refused",
-                "refused",
-                identity=str(info.identity),
-                peer=self.peer,
-                reason=self._close_reason,
-            )
-            transport.close()
+            self._refuse_protocol(f"no {name} service on this listener", "connection.refused")
             return
         self._phase = _PHASE_APP
         try:

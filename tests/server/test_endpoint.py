@@ -574,3 +574,16 @@ async def test_alpn_of_the_other_protocol_is_refused_on_a_single_protocol_listen
         # No application protocol was started for it.
         assert all(a.session.identity.name != "dev-alpn" for a in MqttDouble.instances)
         await close(writer)
+
+
+@pytest.mark.timeout(20)
+async def test_multi_listener_without_the_chosen_service_refuses_with_an_event(pki: Any) -> None:
+    options = EndpointOptions(kind="multi")
+    async with running_edge(pki, options=options) as edge:  # MQTT only
+        reader, writer = await open_tls(edge, pki.client_context(pki.device("dev-http")))
+        writer.write(b"GET / HTTP/1.1\r\n\r\n")
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        refused = await edge.events.wait_for(lambda e: e["kind"] == "connection.refused")
+        assert refused["reason"] == "no http service on this listener"
+        assert refused["identity"] == "default/dev-http"
+        await close(writer)
