@@ -15,10 +15,14 @@ Modules, from bytes up:
 ``session``        ``TlsServerSession``: sans-I/O handshake + records over MemoryBIO
 ``verdict``        ``ssl.SSLError`` -> alert, verify code, reason and hint
 ``contexts``       one cached ``ssl.SSLContext`` per certificate set version
-``keylog``         optional: decrypt a refused TLS 1.3 device's certificate
+``keylog``         decrypt a refused TLS 1.3 device's certificate (a key log FIFO,
+                   read lazily)
+``peer``           an accepted device's identity and event facts from what OpenSSL
+                   already decoded (``getpeercert()``), exact or not at all
 ``connection``     the asyncio layer: ``TlsEndpoint`` (one per listener),
                    ``EdgeTlsProtocol`` (one per TCP connection), ``TlsTransport``
-                   (what MQTT/HTTP adapters write to), limits, deadlines, events
+                   (what MQTT/HTTP adapters write to), limits, deadlines, events;
+                   the application protocol chosen by ``edge.mux.select_protocol``
 =================  ==============================================================
 
 Errors (see :mod:`edge.tls.errors`)::
