@@ -275,7 +275,7 @@ def test_held_devices_publish_and_receive(
         "--ramp",
         "200/s",
         "--duration",
-        "2s",
+        "4s",
         "--msg-rate",
         "60/s",
         "--qos",
@@ -287,8 +287,8 @@ def test_held_devices_publish_and_receive(
     messages = doc["messages"]
     assert isinstance(messages, dict)
     # 60/s across 40 devices: one message per device every 0.67 s, the first within
-    # 0.67 s of connecting; the 2 s hold after the last arrival leaves room for it
-    # even when connecting is slow on a busy machine.
+    # 0.67 s of connecting; the 4 s hold after the last arrival leaves room for it
+    # even when connecting takes seconds on a busy machine.
     assert messages["sent"] >= DEVICES
     assert messages["received"] == messages["sent"]
     assert messages["delivery"]["count"] == messages["received"]
