@@ -541,12 +541,18 @@ async def _open_stream(
     rec: _Recorder | None,
     inspect: bool,
     settle: float,
+    marks: dict[str, float] | None = None,
 ) -> TlsStream:
+    """Open TCP + TLS to ``target``; ``rec`` traces every step, ``marks`` only gets the
+    clock times ``tcp_start``, ``tcp_end`` and ``tls_end`` (cheap, for held devices)."""
     _scheme, host, port, _path = target.parts()
 
     def on_tcp(t0: float, t1: float) -> None:
         if rec is not None:
             rec.tcp(t0, t1, f"{host}:{port}")
+        if marks is not None:
+            marks["tcp_start"] = t0
+            marks["tcp_end"] = t1
 
     t0 = clock()
     try:
@@ -565,6 +571,8 @@ async def _open_stream(
             rec.add("tcp_connect", t0, clock(), False, peer=f"{host}:{port}", error=str(exc))
         raise
     await stream.wait_handshake()
+    if marks is not None:
+        marks["tls_end"] = clock()
     if settle > 0 and stream.tls.ssl_object.version() == "TLSv1.3":
         t0 = clock()
         heard = await stream.wait_edge_after_handshake(settle)
@@ -776,14 +784,22 @@ def _show(payload: bytes) -> str:
 
 
 class ConnectedDevice:
-    """A device that stays connected: publish, subscribe, read messages."""
+    """A device that stays connected: publish, subscribe, read messages.
 
-    __slots__ = ("_session", "id", "messages_sent")
+    ``timings`` holds the clock times at which its connection passed each step:
+    ``tcp_start``, ``tcp_end``, ``tls_end`` (handshake done on the device's side) and
+    ``ack_end`` (the protocol's acknowledgement), for per-step latencies.
+    """
 
-    def __init__(self, device_id: str, session: ProtocolSession) -> None:
+    __slots__ = ("_session", "id", "messages_sent", "timings")
+
+    def __init__(
+        self, device_id: str, session: ProtocolSession, timings: dict[str, float] | None = None
+    ) -> None:
         self.id = device_id
         self._session = session
         self.messages_sent = 0
+        self.timings = timings if timings is not None else {}
 
     async def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Ack:
         """Publish and wait for the QoS flow to complete."""
@@ -829,9 +845,10 @@ async def connected_device(
         context = context_for(spec, target)
     session: ProtocolSession | None = None
     stream: TlsStream | None = None
+    marks: dict[str, float] = {}
     try:
         async with asyncio.timeout(timeout):
-            stream = await _open_stream(target, context, clock, None, False, settle)
+            stream = await _open_stream(target, context, clock, None, False, settle, marks)
             session = _make_session(
                 stream,
                 spec=spec,
@@ -842,6 +859,7 @@ async def connected_device(
                 keepalive=keepalive,
             )
             ack = await session.open()
+            marks["ack_end"] = clock()
             if not ack.ok:
                 raise ProtocolError(f"refused: {ack.summary}", reason=ack.reason)
     except TimeoutError as exc:
@@ -857,6 +875,6 @@ async def connected_device(
             stream.close()
         raise
     try:
-        yield ConnectedDevice(spec.id, session)
+        yield ConnectedDevice(spec.id, session, marks)
     finally:
         session.close()

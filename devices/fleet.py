@@ -729,8 +729,8 @@ class DeviceModuleRunner:
     Without a hold time a device connects with ``run_device`` (the full timed trace:
     tcp, tls, ack) and, with ``probe_message``, subscribes to its own topic,
     publishes one message and waits for it (``first_message``). With a hold time it
-    connects with ``connected_device`` (no per-step trace, to stay small: only the
-    connect latency), subscribes to its own topic (``devices/<id>/fleet``) and publishes
+    connects with ``connected_device`` (no full trace, to stay small: only the times
+    of the tcp, tls and ack steps), subscribes to its own topic (``devices/<id>/fleet``) and publishes
     every ``publish_interval`` seconds on a fixed schedule until ``hold_until``. Each
     payload carries its *intended* send time, so delivery latency includes any delay
     in sending (no coordinated omission on messages either).
@@ -845,6 +845,7 @@ class DeviceModuleRunner:
             ) as held:
                 acknowledged = True
                 out.steps.append(RunStep(CONNECTED_MARK, clock() - run.scheduled, 0.0, True))
+                out.steps.extend(_connect_steps(held.timings, run.scheduled))
                 run.notify_connected()
                 await self._hold(device, held, run, out)
                 out.outcome = "connected"
@@ -930,6 +931,18 @@ class DeviceModuleRunner:
             out.steps.append(
                 RunStep("first_message", first_intended[0] - run.scheduled, first[0], True)
             )
+
+
+def _connect_steps(marks: Mapping[str, float], scheduled: float) -> list[RunStep]:
+    """The tcp, tls and ack steps of a held device from its connection's clock marks."""
+    points = ("tcp_start", "tcp_end", "tls_end", "ack_end")
+    if not all(p in marks for p in points):
+        return []
+    t = [marks[p] for p in points]
+    return [
+        RunStep(name, t[i] - scheduled, max(0.0, t[i + 1] - t[i]), True)
+        for i, name in enumerate(("tcp", "tls", "ack"))
+    ]
 
 
 #: The longest a held device waits, after its hold ends, for its own messages to return.

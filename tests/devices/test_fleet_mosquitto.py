@@ -293,6 +293,9 @@ def test_held_devices_publish_and_receive(
     assert messages["received"] == messages["sent"]
     assert messages["delivery"]["count"] == messages["received"]
     assert doc["latency"]["steps"]["first_message"]["count"] == DEVICES  # type: ignore[index]
+    # Held devices report their connection's steps too, one sample per device.
+    for step in ("tcp", "tls", "ack"):
+        assert doc["latency"]["steps"][step]["count"] == DEVICES, step  # type: ignore[index]
 
 
 @pytest.mark.timeout(90)
