@@ -554,6 +554,27 @@ def _candidate_path(
     return path, "too-deep"
 
 
+def _key_ids_differ(cert: x509.Certificate, candidates: Sequence[x509.Certificate]) -> bool:
+    """True when every CA named as ``cert``'s issuer has a key id other than its AKI's."""
+    try:
+        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return False
+    if aki.key_identifier is None:
+        return False
+    named = [c for c in candidates if c.subject == cert.issuer]
+    if not named:
+        return False
+    for ca in named:
+        try:
+            ski = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        except x509.ExtensionNotFound:
+            return False  # OpenSSL then compares signatures: a bad-signature case
+        if ski.digest == aki.key_identifier:
+            return False
+    return True
+
+
 _CODE_PATTERNS: tuple[tuple[str, str], ...] = (
     ("not valid at validation time", "validity"),
     ("signature does not match", "bad-signature"),
@@ -592,6 +613,11 @@ def _diagnose(
     if kind == "unknown-ca" or (kind == "invalid" and ending == "no-issuer"):
         return _unknown_ca(path, ending, untrusted, detail)
     if kind == "bad-signature":
+        if ending == "bad-signature" and _key_ids_differ(path[-1], [*untrusted, *roots]):
+            # OpenSSL does not even try a same-name CA whose subject key identifier
+            # differs from the certificate's authority key identifier: for it (and so
+            # for the edge) there is no issuer at all, X509_V_ERR 20, alert unknown_ca.
+            return _unknown_ca(path, ending, untrusted, detail)
         signer = next(
             (
                 c

@@ -112,9 +112,23 @@ def test_root_with_the_right_name_but_another_key() -> None:
     impostor = make_cert("Root")
     leaf = make_cert("dev", issuer=root, ca=False)
     result = verify_path(leaf.cert, roots=[impostor.cert], at=T0)
-    assert result.code == "bad-signature"
-    assert "'CN=dev,O=edgesim test' does not verify with the key of 'CN=Root" in result.reason
+    # As OpenSSL (and so the edge) sees it: the impostor's key id differs from the leaf's
+    # authority key id, so it is no issuer at all (test_openssl_verify_agrees checks this).
+    assert (result.code, result.alert, result.openssl_code) == ("unknown-ca", "unknown_ca", 20)
+    assert "another CA with the same name" in result.reason
+    assert "'CN=dev,O=edgesim test'" in result.reason
     assert "subjectKeyIdentifier" in result.hint
+
+
+def test_same_name_ca_without_key_ids_is_a_bad_signature() -> None:
+    # Without an authority key id OpenSSL tries the same-name CA and the signature fails.
+    root = make_cert("Root")
+    leaf = make_cert("dev", issuer=root, ca=False)
+    leaf_without_aki = make_cert("dev", issuer=root, ca=False, aki=False)
+    impostor = make_cert("Root")
+    assert leaf.cert != leaf_without_aki.cert
+    result = verify_path(leaf_without_aki.cert, roots=[impostor.cert], at=T0)
+    assert (result.code, result.alert, result.openssl_code) == ("bad-signature", "decrypt_error", 7)
 
 
 @pytest.mark.parametrize("ca", [False, None])
@@ -401,12 +415,20 @@ def scenarios() -> list[Scenario]:
     revoked_crls = [revoke(inter, [leaf.cert.serial_number]), revoke(root, [])]
     ca_revoked = [revoke(inter, []), revoke(root, [inter.cert.serial_number])]
     good = ([root.cert], [inter.cert])
+    real_root, impostor = make_cert("Root"), make_cert("Root")
+    leaf_of_root = make_cert("dev", issuer=real_root, ca=False)
+    leaf_without_aki = make_cert("dev", issuer=real_root, ca=False, aki=False)
     return [
         Scenario("ok", leaf.cert, *good),
         Scenario("unknown-ca", leaf.cert, [root.cert], []),
         Scenario("expired", leaf.cert, *good, at=T0 + dt.timedelta(days=400)),
         Scenario("not-yet-valid", leaf.cert, *good, at=T0 - dt.timedelta(days=3)),
         Scenario("bad-signature", forged.cert, *good),
+        # A root with the issuer's name but another key: OpenSSL skips it (its subject key
+        # id differs from the leaf's authority key id) and finds no issuer at all.
+        Scenario("unknown-ca", leaf_of_root.cert, [impostor.cert], []),
+        # Without an authority key id OpenSSL tries that CA, and its signature check fails.
+        Scenario("bad-signature", leaf_without_aki.cert, [impostor.cert], []),
         Scenario("path-length", l0.cert, [r0.cert], [i0.cert]),
         Scenario("purpose", s_leaf.cert, [s_root.cert], [s_inter.cert]),
         Scenario("revoked", leaf.cert, *good, crls=revoked_crls),
