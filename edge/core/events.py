@@ -75,14 +75,17 @@ class EventLog:
                 outcome,
                 " ".join(f"{k}={v!r}" for k, v in fields.items() if k in _LOGGED_KEYS),
             )
-        for listener in list(self._listeners):
-            try:
-                listener(event)
-            except Exception:  # a broken listener must not stop the edge
-                log.exception("event listener failed")
-        for waiter in list(self._waiters):
-            if not waiter.done():
-                waiter.get_loop().call_soon_threadsafe(_set_done, waiter)
+        # Usually no one listens or waits: no copies, no loops then.
+        if self._listeners:
+            for listener in tuple(self._listeners):
+                try:
+                    listener(event)
+                except Exception:  # a broken listener must not stop the edge
+                    log.exception("event listener failed")
+        if self._waiters:
+            for waiter in tuple(self._waiters):
+                if not waiter.done():
+                    waiter.get_loop().call_soon_threadsafe(_set_done, waiter)
         return event
 
     def add_listener(self, listener: Callable[[Event], None]) -> Callable[[], None]:
