@@ -18,8 +18,7 @@ Modules, from bytes up:
 ``keylog``         decrypt a refused TLS 1.3 device's certificate (a key log FIFO,
                    read lazily)
 ``peer``           an accepted device's identity and event facts from what OpenSSL
-                   already decoded (``getpeercert()``), exact or not at all;
-                   remembered per certificate for reconnecting devices
+                   already decoded (``getpeercert()``), exact or not at all
 ``connection``     the asyncio layer: ``TlsEndpoint`` (one per listener),
                    ``EdgeTlsProtocol`` (one per TCP connection), ``TlsTransport``
                    (what MQTT/HTTP adapters write to), limits, deadlines, events;
