@@ -34,13 +34,13 @@ from typing import Any, Protocol, cast
 
 from edge.core.events import EventLog
 from edge.core.session import PeerCertificate, SessionInfo
-from edge.identity import IdentityRule, describe_certificate
+from edge.identity import IdentityRule, describe_certificate, inspect_certificate
 from edge.mux import ListenerKind, MuxError, Selected, select_protocol
 from edge.tls.clienthello import ClientFlightReader, ClientHello, FlightProblem
 from edge.tls.contexts import ContextCache, TrustSetLike
 from edge.tls.errors import IdentityError, TlsConfigError
 from edge.tls.keylog import KeyLogTap, decrypt_client_certificates
-from edge.tls.peer import PeerFactsCache
+from edge.tls.peer import fast_inspect
 from edge.tls.session import TlsServerSession, TlsState
 from edge.tls.verdict import HandshakeVerdict, alert_record, explain
 
@@ -117,8 +117,6 @@ class TlsEndpoint:
         self._idle_waiters: list[asyncio.Future[None]] = []
         #: Connections refused by a limit, until their socket is closed.
         self.refused_early: set[EdgeTlsProtocol] = set()
-        #: Identity and facts of the certificates verified last (reconnecting devices).
-        self.peer_facts = PeerFactsCache()
 
     async def wait_idle(self, timeout: float = 10.0) -> None:
         """Wait until no connection is open (raises ``TimeoutError`` after ``timeout``)."""
@@ -417,15 +415,13 @@ class EdgeTlsProtocol(asyncio.Protocol):
         try:
             if der is None:
                 raise IdentityError("no peer certificate after a verified handshake")
-            # A reconnecting device's answer is remembered; otherwise what OpenSSL
-            # already decoded is enough in the common case, and the DER is parsed
-            # again only when it is not (edge.tls.peer).
-            identity, cert = self.endpoint.peer_facts.inspect(
-                der,
-                obj.getpeercert,
-                namespace=active.name,
-                rule=self.endpoint.options.identity_rule,
-            )
+            rule = self.endpoint.options.identity_rule
+            # What OpenSSL already decoded is enough in the common case; the same
+            # answer from the DER otherwise (edge.tls.peer).
+            found = fast_inspect(obj.getpeercert(), der, namespace=active.name, rule=rule)
+            if found is None:
+                found = inspect_certificate(der, namespace=active.name, rule=rule)
+            identity, cert = found
         except IdentityError as exc:
             cert = describe_certificate(der) if der else None
             session.close(str(exc))

@@ -13,27 +13,19 @@ identity rules. Anything else returns ``None``, and the caller uses
 :func:`~edge.identity.inspect_certificate` on the DER: the output never differs,
 only the cost.
 
-:class:`PeerFactsCache` remembers both answers for the certificates seen last:
-a device that reconnects presents the same DER, and the answer is a pure
-function of the DER, the set's name and the identity rule, so a hit skips
-``getpeercert()``, the string work and the SHA-256 (about 20 us per connect
-on the broker bench).
-
-Pure: no ``ssl`` import, no I/O; only :meth:`PeerFactsCache.inspect` raises
-(:class:`~edge.tls.errors.IdentityError`, from
-:func:`~edge.identity.inspect_certificate`).
+Pure: no ``ssl`` import, no I/O, nothing raised.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from edge.core.session import DeviceIdentity, PeerCertificate
-from edge.identity import IdentityRule, inspect_certificate
+from edge.identity import IdentityRule
 
-__all__ = ["PeerFactsCache", "fast_inspect"]
+__all__ = ["fast_inspect"]
 
 # OpenSSL's long attribute names -> the short names cryptography's RFC 4514 output
 # uses (cryptography.x509.name._NAMEOID_TO_NAME); other attributes fall back.
@@ -144,50 +136,3 @@ def _iso_date(text: str) -> str | None:
     day = int(fields[1])
     year = int(fields[3])
     return f"{year:04d}-{month:02d}-{day:02d}T{fields[2]}+00:00"
-
-
-class PeerFactsCache:
-    """The identity and facts of the certificates verified last, keyed by DER, set and rule.
-
-    Bounded: past ``capacity`` entries the oldest is dropped (about 2 KiB each).
-    Only successful answers are kept; a certificate the rule cannot name raises
-    every time.
-    """
-
-    __slots__ = ("_entries", "capacity")
-
-    def __init__(self, capacity: int = 1024) -> None:
-        self.capacity = capacity
-        self._entries: dict[
-            tuple[bytes, str, IdentityRule], tuple[DeviceIdentity, PeerCertificate]
-        ] = {}
-
-    def inspect(
-        self,
-        der: bytes,
-        decoded: Callable[[], Mapping[str, Any] | None],
-        *,
-        namespace: str,
-        rule: IdentityRule,
-    ) -> tuple[DeviceIdentity, PeerCertificate]:
-        """Return what ``inspect_certificate(der, ...)`` would; ``decoded()`` is called on a miss.
-
-        ``decoded`` gives ``getpeercert()``'s dict for :func:`fast_inspect`.
-        Raises :class:`~edge.tls.errors.IdentityError` as ``inspect_certificate`` does.
-        """
-        key = (der, namespace, rule)
-        entries = self._entries
-        found = entries.get(key)
-        if found is not None:
-            return found
-        found = fast_inspect(decoded(), der, namespace=namespace, rule=rule)
-        if found is None:
-            found = inspect_certificate(der, namespace=namespace, rule=rule)
-        if len(entries) >= self.capacity and entries:
-            # Insertion order: the first key is the oldest.
-            del entries[next(iter(entries))]
-        entries[key] = found
-        return found
-
-    def __len__(self) -> int:
-        return len(self._entries)

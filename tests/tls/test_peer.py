@@ -14,8 +14,7 @@ from cryptography.x509.oid import NameOID
 
 from certs.authority import CertificateAuthority
 from edge.identity import IdentityRule, inspect_certificate
-from edge.tls.errors import IdentityError
-from edge.tls.peer import PeerFactsCache, fast_inspect
+from edge.tls.peer import fast_inspect
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 A = x509.NameAttribute
@@ -148,57 +147,3 @@ def test_san_rules_and_odd_dicts_fall_back(plain_ca: CertificateAuthority, tmp_p
     assert fast_inspect(odd, der, namespace="s", rule=IdentityRule.CN) is None
     odd = dict(decoded, serialNumber="-01")
     assert fast_inspect(odd, der, namespace="s", rule=IdentityRule.CN) is None
-
-
-def test_the_cache_answers_as_inspect_certificate_and_decodes_once_per_certificate(
-    plain_ca: CertificateAuthority, tmp_path: Path
-) -> None:
-    der, decoded = issue(plain_ca, tmp_path, [rdn(A(NameOID.COMMON_NAME, "dev-7"))])
-    calls: list[str] = []
-
-    def decode() -> dict[str, Any]:
-        calls.append("decode")
-        return decoded
-
-    cache = PeerFactsCache()
-    first = cache.inspect(der, decode, namespace="fleet", rule=IdentityRule.CN)
-    again = cache.inspect(bytes(der), decode, namespace="fleet", rule=IdentityRule.CN)
-    assert first == again == inspect_certificate(der, namespace="fleet", rule=IdentityRule.CN)
-    assert calls == ["decode"]
-    # The set's name and the rule are part of the key: another answer, decoded again.
-    other = cache.inspect(der, decode, namespace="other", rule=IdentityRule.SHA256)
-    assert other == inspect_certificate(der, namespace="other", rule=IdentityRule.SHA256)
-    assert calls == ["decode", "decode"]
-    assert len(cache) == 2
-
-
-def test_the_cache_falls_back_to_the_der_and_drops_the_oldest_past_capacity(
-    plain_ca: CertificateAuthority, tmp_path: Path
-) -> None:
-    ders = [
-        issue(plain_ca, tmp_path, [rdn(A(NameOID.COMMON_NAME, f"dev-{i}"))])[0] for i in range(3)
-    ]
-    cache = PeerFactsCache(capacity=2)
-    for der in ders:
-        # No decoded dict (getpeercert() gave nothing usable): the DER is parsed.
-        found = cache.inspect(der, lambda: None, namespace="fleet", rule=IdentityRule.CN)
-        assert found == inspect_certificate(der, namespace="fleet", rule=IdentityRule.CN)
-    assert len(cache) == 2
-    calls: list[str] = []
-
-    def decode() -> None:
-        calls.append("decode")
-
-    cache.inspect(ders[2], decode, namespace="fleet", rule=IdentityRule.CN)
-    assert calls == []  # kept
-    cache.inspect(ders[0], decode, namespace="fleet", rule=IdentityRule.CN)
-    assert calls == ["decode"]  # the oldest was dropped
-
-
-def test_the_cache_keeps_no_refusal(plain_ca: CertificateAuthority, tmp_path: Path) -> None:
-    der, decoded = issue(plain_ca, tmp_path, [rdn(A(NameOID.ORGANIZATION_NAME, "No CN"))])
-    cache = PeerFactsCache()
-    for _ in range(2):
-        with pytest.raises(IdentityError, match="identity rule `cn`"):
-            cache.inspect(der, lambda: decoded, namespace="fleet", rule=IdentityRule.CN)
-    assert len(cache) == 0
