@@ -38,7 +38,6 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
-import getpass
 import json
 import multiprocessing
 import resource
@@ -56,7 +55,9 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from bench.procstat import cpu_seconds, free_port, rss_bytes
+from bench import mosquitto
+from bench.mosquitto import TlsFiles
+from bench.procstat import cpu_seconds, rss_bytes
 
 __all__ = ["run"]
 
@@ -163,37 +164,12 @@ def start_edge(pki: Path, work: Path, *, capture: bool | None = None) -> Server:
 
 def start_mosquitto(pki: Path, work: Path) -> Server:
     """Start Mosquitto with a mutual TLS listener equivalent to the edge's."""
-    port = free_port()
-    conf = work / "mosquitto.conf"
-    conf.write_text(
-        "\n".join(
-            [
-                # Started as root, mosquitto would switch to user "mosquitto", who
-                # cannot read the private temporary folder holding the PKI.
-                f"user {getpass.getuser()}",
-                "per_listener_settings false",
-                "allow_anonymous true",
-                "log_dest stderr",
-                "log_type error",
-                "log_type warning",
-                "log_type notice",
-                "log_type information",
-                f"listener {port} 127.0.0.1",
-                f"cafile {pki / 'ca-chain.pem'}",
-                f"certfile {pki / 'server.pem'}",
-                f"keyfile {pki / 'server.key'}",
-                "require_certificate true",
-                "use_identity_as_username true",
-                "max_queued_messages 100000",
-                "",
-            ]
-        )
+    started = mosquitto.start_mosquitto(
+        work,
+        tls=TlsFiles(pki / "ca-chain.pem", pki / "server.pem", pki / "server.key"),
+        extra=["log_type warning", "use_identity_as_username true", "max_queued_messages 100000"],
     )
-    proc = subprocess.Popen(
-        ["mosquitto", "-c", str(conf)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
-    )
-    _wait_line(proc, b"running", "mosquitto")
-    return Server("mosquitto", proc, port)
+    return Server("mosquitto", started.proc, started.port)
 
 
 # -- a minimal MQTT 3.1.1 client ----------------------------------------------------

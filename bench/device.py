@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import getpass
 import json
 import shutil
 import ssl
@@ -37,7 +36,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from bench.procstat import cpu_seconds, free_port, rss_bytes
+from bench.mosquitto import TlsFiles, start_mosquitto
+from bench.procstat import cpu_seconds, rss_bytes
 from certs.quickstart import QuickstartResult, quickstart
 from devices.device import DeviceSpec, Target, connected_device, context_for, run_device
 from devices.tlsclient import make_device_context
@@ -51,49 +51,20 @@ def _drain(stream: IO[str]) -> None:
 @contextlib.contextmanager
 def _mosquitto(qs: QuickstartResult, folder: Path) -> Iterator[tuple[int, int]]:
     """Mosquitto with mTLS on a free port; yields (port, pid) once it says it runs."""
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    port = free_port()
-    conf = folder / "mosquitto.conf"
-    conf.write_text(
-        "\n".join(
-            [
-                f"user {getpass.getuser()}",
-                "persistence false",
-                "log_dest stderr",
-                "log_type error",
-                "log_type notice",
-                "log_type information",
-                "allow_anonymous true",
-                f"listener {port} 127.0.0.1",
-                f"cafile {qs.ca_chain}",
-                f"certfile {qs.server_cert}",
-                f"keyfile {qs.server_key}",
-                "require_certificate true",
-                "max_connections -1",
-                # Without it CONNACK waits behind the session tickets for a delayed ACK.
-                "set_tcp_nodelay true",
-            ]
-        )
-        + "\n"
-    )
-    proc = subprocess.Popen(
-        [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    started = start_mosquitto(
+        folder,
+        tls=TlsFiles(qs.ca_chain, qs.server_cert, qs.server_key),
+        extra=[
+            "persistence false",
+            "max_connections -1",
+            # Without it CONNACK waits behind the session tickets for a delayed ACK.
+            "set_tcp_nodelay true",
+        ],
     )
     try:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if line.rstrip().endswith(" running"):
-                break
-        else:
-            raise RuntimeError("mosquitto did not start")
-        # Mosquitto logs every connection: keep reading, or it blocks on a full pipe.
-        _drain(proc.stderr)
-        yield port, proc.pid
+        yield started.port, started.pid
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        if proc.stderr is not None:
-            proc.stderr.close()
+        started.stop()
 
 
 @contextlib.contextmanager

@@ -21,18 +21,14 @@ The event loop is uvloop when the device's TLS pump runs on it, else the stdlib 
 from __future__ import annotations
 
 import asyncio
-import getpass
 import resource
 import shutil
-import socket
-import subprocess
 import tempfile
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.mosquitto import Mosquitto, TlsFiles, start_mosquitto
 from bench.procstat import cpu_seconds, rss_bytes
 from certs.quickstart import quickstart
 from devices.fleet import (
@@ -55,70 +51,12 @@ def _raise_nofile() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-@dataclass
-class _Broker:
-    proc: subprocess.Popen[bytes]
-    port: int
-    drain: threading.Thread
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.drain.join(10)
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
-
-
-def _start_mosquitto(pki: Path, work: Path) -> _Broker:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    conf = work / "mosquitto.conf"
-    conf.write_text(
-        "\n".join(
-            [
-                # Started as root, mosquitto would switch to a user who cannot read the PKI.
-                f"user {getpass.getuser()}",
-                "per_listener_settings false",
-                "allow_anonymous true",
-                "log_dest stderr",
-                "log_type error",
-                "log_type notice",
-                # "running" is logged at the information level; the pipe is drained.
-                "log_type information",
-                f"listener {port} 127.0.0.1",
-                f"cafile {pki / 'ca-chain.pem'}",
-                f"certfile {pki / 'server.pem'}",
-                f"keyfile {pki / 'server.key'}",
-                "require_certificate true",
-                "max_connections -1",
-                "",
-            ]
-        )
+def _start_mosquitto(pki: Path, work: Path) -> Mosquitto:
+    return start_mosquitto(
+        work,
+        tls=TlsFiles(pki / "ca-chain.pem", pki / "server.pem", pki / "server.key"),
+        extra=["max_connections -1"],
     )
-    proc = subprocess.Popen(
-        ["mosquitto", "-c", str(conf)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
-    )
-    assert proc.stderr is not None
-    seen = b""
-    while b" running" not in seen:
-        line = proc.stderr.readline()
-        if not line:
-            raise RuntimeError(f"mosquitto did not start: {seen.decode(errors='replace')}")
-        seen += line
-
-    def drain() -> None:
-        assert proc.stderr is not None
-        while proc.stderr.read(65536):
-            pass
-
-    thread = threading.Thread(target=drain, daemon=True)
-    thread.start()
-    return _Broker(proc, port, thread)
 
 
 def _job(
@@ -161,7 +99,7 @@ def _pick_loop(pki: Path, port: int) -> str:
     return "uvloop" if report.count("connected") == 1 else "asyncio"
 
 
-def _held(pki: Path, broker: _Broker, n: int, ramp: float, loop: str) -> dict[str, Any]:
+def _held(pki: Path, broker: Mosquitto, n: int, ramp: float, loop: str) -> dict[str, Any]:
     # Held long enough after the last scheduled arrival for late connects to land too.
     job = _job(pki, broker.port, n, ramp=ramp, hold=8.0, loop=loop)
     baseline = rss_bytes()
@@ -190,7 +128,7 @@ def _held(pki: Path, broker: _Broker, n: int, ramp: float, loop: str) -> dict[st
     }
 
 
-def _rate(pki: Path, broker: _Broker, n: int, loop: str) -> dict[str, Any]:
+def _rate(pki: Path, broker: Mosquitto, n: int, loop: str) -> dict[str, Any]:
     # Arrivals faster than a core can serve: the measured rate is the capacity.
     job = _job(pki, broker.port, n, ramp=5000.0, hold=None, loop=loop)
     cpu0, broker0, wall0 = time.process_time(), cpu_seconds(broker.proc.pid), time.monotonic()

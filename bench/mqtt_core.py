@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-from bench.procstat import cpu_seconds, free_port
+from bench.mosquitto import Mosquitto, mosquitto_binary, start_mosquitto
+from bench.procstat import cpu_seconds
 from edge.core.events import EventLog
 from edge.core.hub import EdgeCore
 from edge.core.policy import Policy
@@ -167,27 +166,11 @@ def _start_edge() -> tuple[subprocess.Popen[str], int]:
     return proc, int(proc.stdout.readline())
 
 
-def _start_mosquitto(workdir: Path) -> tuple[subprocess.Popen[str], int] | None:
-    binary = shutil.which("mosquitto", path="/usr/sbin:/usr/bin:/usr/local/sbin")
-    if binary is None:
+def _start_mosquitto(workdir: Path) -> Mosquitto | None:
+    """Plain-TCP Mosquitto beside the edge, or None where it is not installed."""
+    if mosquitto_binary() is None:
         return None
-    port = free_port()
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        "log_dest stderr\nlog_type notice\nlog_type information\n"
-    )
-    proc = subprocess.Popen(
-        [binary, "-c", str(conf)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
-    )
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if "running" in line:
-            break
-    # Mosquitto logs each connection; drain stderr so it never blocks on a full pipe.
-    stream = proc.stderr
-    threading.Thread(target=stream.read, daemon=True).start()
-    return proc, port
+    return start_mosquitto(workdir, tls=None, extra=["persistence false"])
 
 
 def run(quick: bool = False) -> dict[str, object]:
@@ -220,7 +203,7 @@ def run(quick: bool = False) -> dict[str, object]:
                     # Alternate the brokers so that machine noise hits both alike.
                     edge_samples.append(_measure(edge_proc.pid, edge_port, count, chunk))
                     if mosq is not None:
-                        mosq_samples.append(_measure(mosq[0].pid, mosq[1], count, chunk))
+                        mosq_samples.append(_measure(mosq.pid, mosq.port, count, chunk))
                 edge_us = statistics.median(edge_samples)
                 figures[f"loopback_chunk{chunk}_edge_server_us_per_msg"] = round(edge_us, 2)
                 if mosq_samples:
@@ -232,12 +215,12 @@ def run(quick: bool = False) -> dict[str, object]:
                         edge_us / mosq_us, 2
                     )
         finally:
-            for proc in (edge_proc, mosq[0] if mosq else None):
-                if proc is not None:
-                    proc.terminate()
-                    proc.wait(timeout=10)
-                    if proc.stdout is not None:
-                        proc.stdout.close()
+            edge_proc.terminate()
+            edge_proc.wait(timeout=10)
+            if edge_proc.stdout is not None:
+                edge_proc.stdout.close()
+            if mosq is not None:
+                mosq.stop()
     figures["loopback_messages_per_round"] = n_loop
     figures["rounds"] = rounds
     for key, value in figures.items():
