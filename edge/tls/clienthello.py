@@ -181,24 +181,40 @@ def parse_client_hello(body: bytes, record_version: int) -> ClientHello:
                 ext_types.append(ext_type)
                 if ext_type == _EXT_SERVER_NAME:
                     field = "server_name extension"
-                    names = Cursor(body[p : p + ext_len]).sub(2)
-                    while not names.at_end():
-                        name_type = names.u8()
-                        name = names.vec(2)
-                        if name_type == 0 and sni is None:
-                            sni = name.decode("ascii", errors="replace")
+                    # server_name_list<1..2^16-1> of {name_type, HostName<1..2^16-1>}
+                    q, end_list = _vector(body, p, p + ext_len, 2)
+                    while q < end_list:
+                        if q + 3 > end_list:
+                            raise WireFormatError(field)
+                        name_len = (body[q + 1] << 8) | body[q + 2]
+                        if q + 3 + name_len > end_list:
+                            raise WireFormatError(field)
+                        if body[q] == 0 and sni is None:
+                            sni = body[q + 3 : q + 3 + name_len].decode("ascii", errors="replace")
+                        q += 3 + name_len
                 elif ext_type == _EXT_ALPN:
                     field = "ALPN extension"
-                    protos = Cursor(body[p : p + ext_len]).sub(2)
-                    while not protos.at_end():
-                        alpn.append(protos.vec(1).decode("ascii", errors="replace"))
+                    # ProtocolNameList: protocol_name_list<2..2^16-1> of opaque<1..2^8-1>
+                    q, end_list = _vector(body, p, p + ext_len, 2)
+                    while q < end_list:
+                        name_len = body[q]
+                        if q + 1 + name_len > end_list:
+                            raise WireFormatError(field)
+                        alpn.append(
+                            body[q + 1 : q + 1 + name_len].decode("ascii", errors="replace")
+                        )
+                        q += 1 + name_len
                 elif ext_type == _EXT_SUPPORTED_VERSIONS:
                     field = "supported_versions extension"
-                    vers = Cursor(body[p : p + ext_len]).sub(1)
-                    while not vers.at_end():
-                        offered = version_name(vers.u16())
+                    # versions<2..254> of 16-bit codes
+                    q, end_list = _vector(body, p, p + ext_len, 1)
+                    while q < end_list:
+                        if q + 2 > end_list:
+                            raise WireFormatError(field)
+                        offered = version_name((body[q] << 8) | body[q + 1])
                         if offered != "GREASE":
                             versions.append(offered)
+                        q += 2
                 field = "extensions"
                 p += ext_len
     except WireFormatError:
@@ -215,6 +231,21 @@ def parse_client_hello(body: bytes, record_version: int) -> ClientHello:
         extensions=tuple(ext_types),
         random=client_random,
     )
+
+
+def _vector(body: bytes, start: int, end: int, length_bytes: int) -> tuple[int, int]:
+    """Return ``(first, end)`` of the vector at ``start`` whose length prefix is ``length_bytes`` long.
+
+    Raises :class:`~edge.tls.errors.WireFormatError` when the prefix or the vector
+    does not fit before ``end`` (the end of the enclosing structure).
+    """
+    first = start + length_bytes
+    if first > end:
+        raise WireFormatError("truncated vector length")
+    size = (body[start] << 8) | body[start + 1] if length_bytes == 2 else body[start]
+    if first + size > end:
+        raise WireFormatError("vector longer than its container")
+    return first, first + size
 
 
 def parse_certificate_message(body: bytes) -> tuple[bytes, ...]:
@@ -235,6 +266,11 @@ class ClientFlightReader:
     After :attr:`client_hello` is set the caller can pick a context (SNI) and start
     the handshake while it keeps feeding the same bytes here, so that a TLS 1.2
     client ``Certificate`` message is captured too (:attr:`client_certificates`).
+
+    Bytes fed after the ClientHello are only kept (up to a limit), not parsed:
+    they matter only when the handshake is refused, and most handshakes are not.
+    Reading :attr:`client_certificates`, :attr:`encrypted_records` or :attr:`done`
+    parses them then.
     """
 
     def __init__(self) -> None:
@@ -243,39 +279,81 @@ class ClientFlightReader:
         self._seen = 0
         self._records = 0
         self.client_hello: ClientHello | None = None
-        self.client_certificates: tuple[bytes, ...] = ()
-        #: Encrypted client records (TLS 1.3 handshake flight), kept for
-        #: :mod:`edge.tls.keylog` to decrypt the Certificate of a refused device.
-        self.encrypted_records: list[bytes] = []
+        self._certificates: tuple[bytes, ...] = ()
+        self._encrypted: list[bytes] = []
         self._encrypted_bytes = 0
         self._after_ccs = False
+        # Bytes received after the ClientHello, not parsed yet (None before it).
+        self._later: list[bytes] | None = None
         self.problem: FlightProblem | None = None
         self.reason = ""
-        #: True once nothing more can be learnt from cleartext (encryption started,
-        #: a problem was found, or the capture limit was reached).
-        self.done = False
+        self._done = False
+
+    @property
+    def done(self) -> bool:
+        """True once nothing more can be learnt from cleartext (encryption started,
+        a problem was found, or the capture limit was reached)."""
+        self._catch_up()
+        return self._done
+
+    @property
+    def client_certificates(self) -> tuple[bytes, ...]:
+        """The DER certificates of a cleartext (TLS 1.2) client ``Certificate`` message."""
+        self._catch_up()
+        return self._certificates
+
+    @property
+    def encrypted_records(self) -> list[bytes]:
+        """Encrypted client records (TLS 1.3 handshake flight), whole, in order.
+
+        Kept for :mod:`edge.tls.keylog` to decrypt the Certificate of a refused device.
+        """
+        self._catch_up()
+        return self._encrypted
 
     def receive_data(self, data: bytes) -> None:
         """Feed bytes received from the client."""
-        if self.done or not data:
+        if not data:
+            return
+        later = self._later
+        if later is not None:
+            # After the ClientHello: keep, parse only if a refusal asks (see _catch_up).
+            if self._seen <= _MAX_CAPTURE:
+                self._seen += len(data)
+                if self._seen <= _MAX_CAPTURE:
+                    later.append(data)
+            return
+        if self._done:
             return
         self._seen += len(data)
         if self._seen > _MAX_CAPTURE:
-            self.done = True
+            self._done = True
             return
         self._buf += data
         self._parse_records()
+        if self.client_hello is not None:
+            self._later = []
+
+    def _catch_up(self) -> None:
+        later = self._later
+        if later:
+            self._later = []
+            if not self._done:
+                self._buf += b"".join(later)
+                self._parse_records()
+        if self._seen > _MAX_CAPTURE:
+            self._done = True
 
     def _fail(self, problem: FlightProblem, reason: str) -> None:
         self.problem = problem
         self.reason = reason
-        self.done = True
+        self._done = True
         self._buf.clear()
         self._hs.clear()
 
     def _parse_records(self) -> None:
         buf = self._buf
-        while not self.done:
+        while not self._done:
             # The very first bytes decide whether this is TLS at all.
             if (not self._records and buf) and (
                 buf[0] != CT_HANDSHAKE or (len(buf) >= 2 and buf[1] != 3)
@@ -298,7 +376,7 @@ class ClientFlightReader:
                 return
             if self._after_ccs and ctype == CT_HANDSHAKE:
                 # TLS 1.2: the Finished after ChangeCipherSpec is encrypted.
-                self.done = True
+                self._done = True
                 self._buf.clear()
                 return
             if ctype in (CT_CHANGE_CIPHER_SPEC, CT_APPLICATION_DATA):
@@ -308,9 +386,9 @@ class ClientFlightReader:
                 if ctype == CT_APPLICATION_DATA:
                     self._encrypted_bytes += 5 + length
                     if self._encrypted_bytes > _MAX_ENCRYPTED:
-                        self.done = True
+                        self._done = True
                         return
-                    self.encrypted_records.append(bytes(buf[: 5 + length]))
+                    self._encrypted.append(bytes(buf[: 5 + length]))
                 del buf[: 5 + length]
                 self._records += 1
                 continue
@@ -318,7 +396,7 @@ class ClientFlightReader:
             del buf[: 5 + length]
             self._records += 1
             if ctype == CT_ALERT:
-                self.done = True
+                self._done = True
                 return
             if ctype != CT_HANDSHAKE:
                 self._fail(FlightProblem.MALFORMED, f"unexpected TLS record content type {ctype}")
@@ -328,7 +406,7 @@ class ClientFlightReader:
 
     def _parse_handshake(self, record_version: int) -> None:
         hs = self._hs
-        while len(hs) >= 4 and not self.done:
+        while len(hs) >= 4 and not self._done:
             msg_type = hs[0]
             msg_len = int.from_bytes(hs[1:4], "big")
             if len(hs) < 4 + msg_len:
@@ -349,12 +427,12 @@ class ClientFlightReader:
                     return
             elif msg_type == _HS_CERTIFICATE:
                 try:
-                    self.client_certificates = parse_certificate_message(body)
+                    self._certificates = parse_certificate_message(body)
                 except ClientHelloError as exc:
                     self._fail(FlightProblem.MALFORMED, str(exc))
                     return
                 # Nothing after the Certificate message is of interest.
-                self.done = True
+                self._done = True
 
 
 def server_hello_version(data: bytes) -> str | None:

@@ -322,7 +322,6 @@ class EdgeTlsProtocol(asyncio.Protocol):
     # -- phases ---------------------------------------------------------------
 
     def _hello_data(self, data: bytes) -> None:
-        self._pending += data
         reader = self.reader
         assert reader is not None
         reader.receive_data(data)
@@ -342,6 +341,7 @@ class EdgeTlsProtocol(asyncio.Protocol):
             return
         hello = reader.client_hello
         if hello is None:
+            self._pending += data
             return
         self.hello = hello
         snapshot = self.endpoint.snapshot()
@@ -362,14 +362,17 @@ class EdgeTlsProtocol(asyncio.Protocol):
         self._active = active
         self.session = TlsServerSession(context)
         self._phase = _PHASE_HANDSHAKE
-        pending = bytes(self._pending)
-        self._pending.clear()
-        self._feed_handshake(pending)
+        if self._pending:
+            # The ClientHello came in pieces: OpenSSL gets them all at once.
+            self._pending += data
+            data = bytes(self._pending)
+            self._pending.clear()
+        self._feed_handshake(data)
 
     def _handshake_data(self, data: bytes) -> None:
         reader = self.reader
-        if reader is not None and not reader.done:
-            reader.receive_data(data)
+        if reader is not None:
+            reader.receive_data(data)  # kept, parsed only if the handshake is refused
         self._feed_handshake(data)
 
     def _feed_handshake(self, data: bytes) -> None:

@@ -18,12 +18,11 @@ Pure: no ``ssl`` import, no I/O, nothing raised.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from typing import Any
 
 from edge.core.session import DeviceIdentity, PeerCertificate
-from edge.identity import IdentityRule
+from edge.identity import IdentityRule, sha256_hex
 
 __all__ = ["fast_inspect"]
 
@@ -74,7 +73,7 @@ def fast_inspect(
         return None
     if not_before is None or not_after is None:
         return None
-    sha256 = hashlib.sha256(der).hexdigest()
+    sha256 = sha256_hex(der)
     if rule is IdentityRule.CN:
         name = next((v for ((k, v),) in subject_rdns if k == "commonName"), "")
     elif rule is IdentityRule.SUBJECT:

@@ -201,3 +201,55 @@ def test_extension_length_past_the_end() -> None:
     )
     with pytest.raises(ClientHelloError, match="extensions"):
         parse_client_hello(body, 0x0301)
+
+
+def test_bytes_after_the_hello_are_read_when_asked_in_any_pieces() -> None:
+    # A TLS 1.2 client flight: ClientHello, then (next read) the cleartext
+    # Certificate message, fed byte by byte; reading it is deferred until asked.
+    certs = (b"leaf-der", b"ca-der")
+    body = b"".join(len(c).to_bytes(3, "big") + c for c in certs)
+    message = b"\x0b" + (3 + len(body)).to_bytes(3, "big") + len(body).to_bytes(3, "big") + body
+    record = b"\x16\x03\x03" + len(message).to_bytes(2, "big") + message
+    reader = ClientFlightReader()
+    reader.receive_data(client_hello_bytes(maximum=ssl.TLSVersion.TLSv1_2))
+    for i in range(len(record)):
+        reader.receive_data(record[i : i + 1])
+    assert reader.client_certificates == certs
+    assert reader.done  # nothing after the Certificate message is of interest
+
+
+def test_the_capture_stops_at_its_limit_after_the_hello() -> None:
+    reader = ClientFlightReader()
+    reader.receive_data(client_hello_bytes())
+    record = b"\x17\x03\x03\x40\x00" + bytes(0x4000)  # 16 KiB encrypted records
+    for _ in range(12):  # 192 KiB: past the 128 KiB capture limit
+        reader.receive_data(record)
+    assert reader.done
+    # What fitted before the limit (and within the 64 KiB kept encrypted) is there.
+    assert 1 <= len(reader.encrypted_records) <= 4
+    assert all(r == record for r in reader.encrypted_records)
+
+
+@pytest.mark.parametrize(
+    ("extension", "field"),
+    [
+        # server_name: list length past the extension; a name past the list.
+        (b"\x00\x00\x00\x02\x00\x09", "server_name extension"),
+        (b"\x00\x00\x00\x06\x00\x04\x00\x00\x09ab", "server_name extension"),
+        # ALPN: a protocol name past the list.
+        (b"\x00\x10\x00\x04\x00\x02\x05m", "ALPN extension"),
+        # supported_versions: an odd byte at the end of the list.
+        (b"\x00\x2b\x00\x04\x03\x03\x04\x03", "supported_versions extension"),
+    ],
+)
+def test_bad_lengths_inside_an_extension_name_it(extension: bytes, field: str) -> None:
+    body = (
+        b"\x03\x03"
+        + b"r" * 32
+        + b"\x00"
+        + b"\x00\x02\x13\x01\x01\x00"
+        + len(extension).to_bytes(2, "big")
+        + extension
+    )
+    with pytest.raises(ClientHelloError, match=f"ClientHello {field} is truncated"):
+        parse_client_hello(body, 0x0301)
