@@ -1,7 +1,8 @@
 """The edge's event log: every handshake outcome, connection and policy decision.
 
 Events are plain dicts of JSON-safe values so that the log, the admin API's
-``/v1/events`` feed and the tests all see the same thing. The log keeps the last
+``/v1/events`` feed and the tests all see the same thing (the log stores them
+more compactly, and hands out dicts whenever they are read). The log keeps the last
 ``capacity`` events in memory (a ring), numbers them with an increasing ``id`` so
 that feeds can resume (``since``), and wakes waiters when an event arrives, so
 tests wait on events instead of sleeping.
@@ -23,6 +24,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
+
+from edge.core.session import PeerCertificate
 
 Event = dict[str, Any]
 
@@ -49,24 +52,64 @@ def _now_iso() -> str:
 _second_cache: tuple[int, str] = (-1, "")
 
 
+class _Shape:
+    """The keys of events emitted with the same fields, shared by all of them."""
+
+    __slots__ = ("index", "keys")
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.keys = ("id", "time", "kind", "outcome", *names)
+        self.index = {key: i for i, key in enumerate(self.keys)}
+
+
+# A stored event: (shape, id, time, kind, outcome, *field values). Stored as a tuple
+# rather than a dict: the log keeps up to `capacity` events, two for every
+# connected device, and a dict of a dozen keys is 464 bytes where the tuple is
+# half that (events are dicts again whenever they are read).
+_Record = tuple[Any, ...]
+# Shapes are per call site (a few dozen); a caller building fields dynamically
+# must not grow the cache without bound.
+_MAX_SHAPES = 1024
+
+
+def _materialize(record: _Record) -> Event:
+    shape: _Shape = record[0]
+    event = dict(zip(shape.keys, record[1:], strict=True))
+    cert = event.get("certificate")
+    if isinstance(cert, PeerCertificate):
+        event["certificate"] = cert.as_dict()
+    return event
+
+
 class EventLog:
     """An in-memory, bounded, numbered event log with async waiters and listeners."""
 
     def __init__(self, capacity: int = 10_000, *, log_events: bool = True) -> None:
-        self._events: collections.deque[Event] = collections.deque(maxlen=capacity)
+        self._events: collections.deque[_Record] = collections.deque(maxlen=capacity)
         self._next_id = 1
+        self._shapes: dict[tuple[str, ...], _Shape] = {}
         self._listeners: list[Callable[[Event], None]] = []
         self._waiters: set[asyncio.Future[None]] = set()
         self._log_events = log_events
 
-    def emit(self, kind: str, outcome: str, **fields: Any) -> Event:
-        """Record an event and return it (with ``id`` and ``time`` filled in)."""
-        event: Event = {"id": self._next_id, "time": fields.pop("time", None) or _now_iso()}
-        event["kind"] = kind
-        event["outcome"] = outcome
-        event.update(fields)
-        self._next_id += 1
-        self._events.append(event)
+    def emit(self, kind: str, outcome: str, **fields: Any) -> int:
+        """Record an event; return its ``id`` (``time`` is filled in unless given).
+
+        A ``certificate`` field may be a :class:`~edge.core.session.PeerCertificate`:
+        readers get it as a dict (it is kept as the object, which the connection
+        holds anyway).
+        """
+        when = fields.pop("time", None) or _now_iso()
+        names = tuple(fields)
+        shape = self._shapes.get(names)
+        if shape is None:
+            shape = _Shape(names)
+            if len(self._shapes) < _MAX_SHAPES:
+                self._shapes[names] = shape
+        event_id = self._next_id
+        self._next_id = event_id + 1
+        record = (shape, event_id, when, kind, outcome, *fields.values())
+        self._events.append(record)
         # The message is built only when it is logged: every connect emits several events.
         if self._log_events and log.isEnabledFor(logging.INFO):
             log.info(
@@ -77,6 +120,7 @@ class EventLog:
             )
         # Usually no one listens or waits: no copies, no loops then.
         if self._listeners:
+            event = _materialize(record)
             for listener in tuple(self._listeners):
                 try:
                     listener(event)
@@ -86,7 +130,7 @@ class EventLog:
             for waiter in tuple(self._waiters):
                 if not waiter.done():
                     waiter.get_loop().call_soon_threadsafe(_set_done, waiter)
-        return event
+        return event_id
 
     def add_listener(self, listener: Callable[[Event], None]) -> Callable[[], None]:
         """Call ``listener(event)`` for every new event; returns a function that removes it."""
@@ -99,7 +143,7 @@ class EventLog:
         return self._next_id - 1
 
     def __iter__(self) -> Iterator[Event]:
-        return iter(list(self._events))
+        return iter([_materialize(r) for r in self._events])
 
     def query(
         self,
@@ -117,26 +161,29 @@ class EventLog:
         ``kind`` matches exactly or as a prefix ending in ``.`` (``"tls."``);
         times compare as ISO-8601 strings (all events are UTC).
         """
-        out: list[Event] = []
-        for event in self._events:
-            if event["id"] <= since:
+        out: list[_Record] = []
+        prefix = kind is not None and kind.endswith(".")
+        for record in self._events:
+            if record[1] <= since:
                 continue
             if kind is not None and not (
-                event["kind"] == kind or (kind.endswith(".") and event["kind"].startswith(kind))
+                record[3] == kind or (prefix and record[3].startswith(kind))
             ):
                 continue
-            if outcome is not None and event.get("outcome") != outcome:
+            if outcome is not None and record[4] != outcome:
                 continue
-            if identity is not None and event.get("identity") != identity:
+            if identity is not None:
+                at = record[0].index.get("identity")
+                if at is None or record[at + 1] != identity:
+                    continue
+            if after_time is not None and record[2] < after_time:
                 continue
-            if after_time is not None and event["time"] < after_time:
+            if before_time is not None and record[2] > before_time:
                 continue
-            if before_time is not None and event["time"] > before_time:
-                continue
-            out.append(event)
+            out.append(record)
         if limit is not None:
             out = out[-limit:]
-        return out
+        return [_materialize(r) for r in out]
 
     async def wait_for(
         self,
@@ -154,9 +201,10 @@ class EventLog:
         deadline = loop.time() + timeout
         seen = since
         while True:
-            for event in self._events:
-                if event["id"] > seen:
-                    seen = event["id"]
+            for record in list(self._events):
+                if record[1] > seen:
+                    seen = record[1]
+                    event = _materialize(record)
                     if predicate(event):
                         return event
             remaining = deadline - loop.time()

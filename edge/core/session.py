@@ -29,9 +29,15 @@ class DeviceIdentity:
 
     namespace: str
     name: str
+    # "namespace/name", made once: events, sessions and routes all hold this text,
+    # and one shared string per connected device is less memory than one each.
+    _text: str = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_text", f"{self.namespace}/{self.name}")
 
     def __str__(self) -> str:
-        return f"{self.namespace}/{self.name}"
+        return self._text
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -44,6 +50,17 @@ class PeerCertificate:
     sha256: str
     not_before: str
     not_after: str
+
+    def as_dict(self) -> dict[str, str]:
+        """The facts as a JSON-ready dict (what events carry)."""
+        return {
+            "subject": self.subject,
+            "issuer": self.issuer,
+            "serial": self.serial,
+            "sha256": self.sha256,
+            "not_before": self.not_before,
+            "not_after": self.not_after,
+        }
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -33,6 +33,21 @@ __all__ = ["MqttServerProtocol"]
 class MqttServerProtocol(asyncio.Protocol):
     """One MQTT connection over an asyncio transport."""
 
+    __slots__ = (
+        "_awaiting_connect",
+        "_closed",
+        "_closing",
+        "_flush_scheduled",
+        "_gone",
+        "_loop",
+        "_paused",
+        "_timer",
+        "_transport",
+        "broker",
+        "connection",
+        "session",
+    )
+
     def __init__(self, broker: MqttBroker, session: SessionInfo) -> None:
         self.broker = broker
         self.session = session
@@ -44,8 +59,19 @@ class MqttServerProtocol(asyncio.Protocol):
         self._paused = False
         self._flush_scheduled = False
         self._closing = False
-        #: Resolved when the transport has gone (tests and the server await it).
-        self.closed: asyncio.Future[None] | None = None
+        # Made only when someone awaits the end of the connection (see closed):
+        # a future per connected device is memory nobody reads.
+        self._closed: asyncio.Future[None] | None = None
+        self._gone = False
+
+    @property
+    def closed(self) -> asyncio.Future[None] | None:
+        """Resolved when the transport has gone; ``None`` before ``connection_made``."""
+        if self._closed is None and self._loop is not None:
+            self._closed = self._loop.create_future()
+            if self._gone:
+                self._closed.set_result(None)
+        return self._closed
 
     # --- asyncio.Protocol --------------------------------------------------------------
 
@@ -54,7 +80,6 @@ class MqttServerProtocol(asyncio.Protocol):
         # uvloop's transports (and the TLS layer's) are duck-typed, not subclasses.
         self._transport = cast(asyncio.Transport, transport)
         self._loop = asyncio.get_running_loop()
-        self.closed = self._loop.create_future()
         conn = self.connection = self.broker.connection(self.session)
         conn.wakeup = self._wakeup
         self._schedule(conn.tick(self.broker.clock()))
@@ -99,8 +124,9 @@ class MqttServerProtocol(asyncio.Protocol):
             conn.wakeup = None
             conn.connection_lost(reason)
         self._transport = None
-        if self.closed is not None and not self.closed.done():
-            self.closed.set_result(None)
+        self._gone = True
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
 
     # --- internals ---------------------------------------------------------------------
 

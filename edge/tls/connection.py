@@ -199,7 +199,8 @@ class EdgeTlsProtocol(asyncio.Protocol):
         self.app: asyncio.Protocol | None = None
         self.transport: TlsTransport | None = None
         self._phase = _PHASE_HELLO
-        self._pending = bytearray()
+        # Bytes waiting for a decision (a ClientHello in pieces, the first application bytes).
+        self._pending: bytes | bytearray = b""
         self._timer: asyncio.TimerHandle | None = None
         self._counted = False
         self._in_handshake_slot = False
@@ -366,7 +367,7 @@ class EdgeTlsProtocol(asyncio.Protocol):
             # The ClientHello came in pieces: OpenSSL gets them all at once.
             self._pending += data
             data = bytes(self._pending)
-            self._pending.clear()
+            self._pending = b""
         self._feed_handshake(data)
 
     def _handshake_data(self, data: bytes) -> None:
@@ -443,7 +444,7 @@ class EdgeTlsProtocol(asyncio.Protocol):
         # as long as it stays connected (the offered suites alone are ~2 KiB).
         self.reader = None
         self.hello = None
-        self._pending = bytearray()
+        self._pending = b""
         if self.endpoint.keylog is not None and hello is not None:
             self.endpoint.keylog.forget(hello.random)
         self.info = SessionInfo(
@@ -468,7 +469,7 @@ class EdgeTlsProtocol(asyncio.Protocol):
             cipher=self.info.cipher,
             set=active.name,
             version=active.version,
-            certificate=_cert_dict(cert),
+            certificate=cert,
             connection_id=self.info.connection_id,
             handshake_ms=round((time.monotonic() - self._started) * 1000, 2),
         )
@@ -501,14 +502,14 @@ class EdgeTlsProtocol(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._pending = bytearray()
+        self._pending = b""
         self._start_app(chosen, first)
 
     def _refuse_protocol(self, reason: str, kind: str = "mux.refused") -> None:
         info = self.info
         assert info is not None
         self._close_reason = reason
-        self._pending = bytearray()
+        self._pending = b""
         self.endpoint.events.emit(
             kind,
             "refused",
@@ -629,7 +630,7 @@ class EdgeTlsProtocol(asyncio.Protocol):
             sni=hello.sni if hello else None,
             alpn_offered=list(hello.alpn) if hello else [],
             versions_offered=list(hello.versions) if hello else [],
-            certificate=_cert_dict(certificate),
+            certificate=certificate,
             set=active.name if active else None,
             version=active.version if active else None,
             tls_version=verdict.tls_version if verdict else None,
@@ -736,19 +737,6 @@ def _subjects(active: ActiveSetLike | None) -> tuple[str, ...]:
         if subject is not None:
             out.append(subject.rfc4514_string())
     return tuple(out)
-
-
-def _cert_dict(cert: PeerCertificate | None) -> dict[str, str] | None:
-    if cert is None:
-        return None
-    return {
-        "subject": cert.subject,
-        "issuer": cert.issuer,
-        "serial": cert.serial,
-        "sha256": cert.sha256,
-        "not_before": cert.not_before,
-        "not_after": cert.not_after,
-    }
 
 
 class TlsTransport(asyncio.Transport):
