@@ -14,12 +14,13 @@ kept, then parses the ``Certificate`` message.
 Cost: OpenSSL's key log callback writes five lines per TLS 1.3 handshake to
 the FIFO (five small ``write`` calls, no reader woken). The edge reads the FIFO
 only every few hundred handshake steps or when a refusal needs a secret, and
-keeps only the lines it needs; the decryption runs only on refusals. In
-process, over memory BIOs, CPU per connect with and without the tap differs by
-less than the noise (under 0.02 ms of about 1.3 ms); through real sockets,
-``python -m bench --only broker`` measures the two configurations side by side
-(one run on a loaded 2-core machine: +0.19 ms median of 2.6 ms, 0.0 to 0.35 ms
-per round). Hence on by default (``tls.capture_tls13_certificates``); without it
+keeps only the lines it needs; the decryption runs only on refusals. Counted
+with callgrind, the tap costs about 320,000 instructions per handshake, four
+fifths of them in OpenSSL formatting each line byte by byte (``sprintf``)
+before Python's callback writes it; nothing on the edge's side can avoid
+those while the key log is on. ``python -m bench --only broker`` measures the
+two configurations side by side (2026-11-27: +0.16 ms of 2.36 ms per connect).
+Hence on by default (``tls.capture_tls13_certificates``); without it
 a TLS 1.3 refusal names no certificate while a TLS 1.2 one does (its
 Certificate message is cleartext).
 When ``tls.keylog_file`` is configured too, every line read is also appended
