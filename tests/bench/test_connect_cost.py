@@ -1,0 +1,26 @@
+"""The connect-cost driver runs the edge's real connect path end to end (without callgrind)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import connect_cost
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("server", "capture"), [("edge", True), ("edge", False), ("bare", True)])
+async def test_the_driver_completes_connects_against_each_server(
+    server: str, capture: bool
+) -> None:
+    # Each connect checks its CONNACK and closes: a driver that no longer matches
+    # the edge raises here instead of counting the wrong work under callgrind.
+    await connect_cost._drive(connects=3, warmup=1, server=server, capture=capture)
+
+
+def test_counting_needs_valgrind_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("EDGESIM_CONNECT_COST_CHILD", raising=False)
+    monkeypatch.setattr(connect_cost.shutil, "which", lambda name: None)
+    assert connect_cost.main(["--connects", "1"]) == 2
+    assert "valgrind is not installed" in capsys.readouterr().err
