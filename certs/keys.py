@@ -118,6 +118,14 @@ def load_private_key(
         text = str(exc).lower()
         if passphrase is not None and ("password" in text or "decrypt" in text):
             raise PassphraseError(f"{source}: wrong passphrase for encrypted private key") from exc
+        if passphrase is not None and is_pem and b"ENCRYPTED" in stripped:
+            # A CBC-encrypted key (DES3, AES) checks the passphrase only through its
+            # padding: about one wrong passphrase in 256 passes that check and
+            # decrypts to bytes that are not a key.
+            raise PassphraseError(
+                f"{source}: wrong passphrase for encrypted private key "
+                "(or the key is damaged: it decrypted to something that is not a key)"
+            ) from exc
         what = "a malformed PEM private key" if is_pem else _what_instead(data)
         raise KeyLoadError(f"{source}: cannot load private key: it is {what}") from exc
     except UnsupportedAlgorithm as exc:

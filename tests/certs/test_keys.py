@@ -157,3 +157,20 @@ def test_openssl_reads_our_encrypted_key(tmp_path: Path, openssl: OpenSSL) -> No
     assert "NIST CURVE: P-256" in out.stdout
     bad = openssl("pkey", "-in", path, "-passin", "pass:bad", "-noout", check=False)
     assert bad.returncode != 0
+
+
+@pytest.mark.interop
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("args", [["-des3", "-traditional"], ["-des3"], ["-aes256"]])
+def test_every_wrong_passphrase_is_named_as_such(
+    tmp_path: Path, openssl: OpenSSL, args: list[str]
+) -> None:
+    # CBC padding lets about one wrong passphrase in 256 "decrypt" to garbage; the
+    # error must still say wrong passphrase, not "malformed key". 1,500 tries meet
+    # such a passphrase with a probability above 99.7 %.
+    path = tmp_path / "device.key"
+    openssl("genrsa", *args, "-passout", "pass:right", "-out", path, "2048")
+    data = path.read_bytes()
+    for i in range(1500):
+        with pytest.raises(PassphraseError, match="wrong passphrase"):
+            load_private_key(data, passphrase=f"wrong-{i}".encode(), source="device.key")
