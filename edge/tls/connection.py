@@ -342,6 +342,10 @@ class EdgeTlsProtocol(asyncio.Protocol):
             return
         hello = reader.client_hello
         if hello is None:
+            if not self._pending:
+                self._pending = (
+                    bytearray()
+                )  # appended in place: a hello in 1-byte pieces stays linear
             self._pending += data
             return
         self.hello = hello
@@ -484,6 +488,8 @@ class EdgeTlsProtocol(asyncio.Protocol):
         info = self.info
         assert info is not None
         if plain:
+            if not self._pending:
+                self._pending = bytearray()
             self._pending += plain
         first = bytes(self._pending)
         try:
