@@ -8,10 +8,11 @@ repeated for several rounds with the servers taking turns, medians reported:
 
 1. **connect**: N mTLS handshakes + MQTT CONNECT/CONNACK + DISCONNECT, a few at a
    time, in batches of 100 that alternate between the servers; server CPU per
-   connect. Measured for the edge twice, side by side: with
-   its default configuration (``[tls] capture_tls13_certificates`` on: a refused
-   TLS 1.3 device's certificate is named through a key log) and with the capture
-   off, so the cost of the capture is a figure of its own.
+   connect. The edge runs its default configuration: a refused TLS 1.3
+   device's certificate is named (``[tls] capture_tls13_certificates``), read
+   from OpenSSL's verified chain after the refusal, so accepted devices pay
+   nothing for it (``python -m bench.connect_cost --capture tap`` counts what
+   the key log fallback would cost).
 2. **route**: P publishers send QoS 0 messages to one topic that S subscribers
    hold; a publisher sends its next window only once the subscribers have
    received the previous one (so neither server drops); server CPU per routed
@@ -142,20 +143,12 @@ def _drain(stream: Any) -> None:
             pass
 
 
-def start_edge(pki: Path, work: Path, *, capture: bool | None = None) -> Server:
-    """Start ``edgesim edge serve`` on a free port with the PKI in ``pki``.
-
-    ``capture`` sets ``[tls] capture_tls13_certificates`` through a config file;
-    ``None`` keeps the edge's default configuration.
-    """
-    name = "edge" if capture is None else f"edge-capture-{'on' if capture else 'off'}"
+def start_edge(pki: Path, work: Path) -> Server:
+    """Start ``edgesim edge serve``, default configuration, on a free port with ``pki``."""
+    name = "edge"
     cmd = [sys.executable, "-m", "edge.cli", "edge", "serve", "--pki", str(pki)]
     cmd += ["--mqtt", "127.0.0.1:0", "--https", "off", "--multi", "off", "--admin", "off"]
     cmd += ["--policy", "open", "--state-dir", str(work / f"{name}-state")]
-    if capture is not None:
-        conf = work / f"{name}.toml"
-        conf.write_text(f"[tls]\ncapture_tls13_certificates = {str(capture).lower()}\n")
-        cmd += ["--config", str(conf)]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
     line = _wait_line(proc, b"listening", "the edge")
     port = int(line.split(b"mqtt=127.0.0.1:")[1].split()[0])
@@ -520,8 +513,6 @@ def server_key_type(pki: Path) -> str:
 # -- driver -------------------------------------------------------------------------------
 
 
-#: The edge with ``[tls] capture_tls13_certificates = false``.
-_CAPTURE_OFF = "edge-capture-off"
 #: Connects per turn in the connect phase (a round is several turns per server).
 _CONNECT_BATCH = 100
 
@@ -545,7 +536,6 @@ def _servers(pki: Path, work: Path) -> Iterator[dict[str, Server]]:
     started: dict[str, Server] = {}
     try:
         started["edge"] = start_edge(pki, work)
-        started[_CAPTURE_OFF] = start_edge(pki, work, capture=False)
         started["mosquitto"] = start_mosquitto(pki, work)
         yield started
     finally:
@@ -571,8 +561,7 @@ def run(quick: bool = False) -> dict[str, object]:
         pki = quickstart(work / "pki", devices=1).out
         ctx = client_context(pki)
         samples: dict[str, dict[str, list[float]]] = {
-            name: {"connect": [], "route": [], "idle": []}
-            for name in ("edge", _CAPTURE_OFF, "mosquitto")
+            name: {"connect": [], "route": [], "idle": []} for name in ("edge", "mosquitto")
         }
         hold: dict[str, object] | None = None
         key_type = server_key_type(pki)
@@ -585,7 +574,7 @@ def run(quick: bool = False) -> dict[str, object]:
                     # batches: the neighbours' load drifts during a run, and every
                     # server should see the same drift.
                     names = list(servers)
-                    order = names[r % 3 :] + names[: r % 3]
+                    order = names[r % len(names) :] + names[: r % len(names)]
                     spent = dict.fromkeys(order, 0.0)
                     for _ in range(connects // _CONNECT_BATCH):
                         for name in order:
@@ -595,7 +584,6 @@ def run(quick: bool = False) -> dict[str, object]:
                             spent[name] += per_connect * _CONNECT_BATCH
                     for name in order:
                         samples[name]["connect"].append(spent[name] / connects)
-                        # Both edges route too, so that the capture is their only difference.
                         samples[name]["route"].append(
                             loop.run_until_complete(
                                 phase_route(servers[name], ctx, pubs, subs, messages)
@@ -621,7 +609,7 @@ def run(quick: bool = False) -> dict[str, object]:
         name: {phase: statistics.median(v) if v else 0.0 for phase, v in per.items()}
         for name, per in samples.items()
     }
-    e, off, m = med["edge"], med[_CAPTURE_OFF], med["mosquitto"]
+    e, m = med["edge"], med["mosquitto"]
     figures: dict[str, object] = {
         "rounds": rounds,
         "connects_per_round": connects,
@@ -632,11 +620,8 @@ def run(quick: bool = False) -> dict[str, object]:
         "negotiated": facts,
         "capture_tls13_certificates_by_default": TlsConfig().capture_tls13_certificates,
         "edge_cpu_ms_per_connect": round(e["connect"] * 1000, 3),
-        "edge_capture_off_cpu_ms_per_connect": round(off["connect"] * 1000, 3),
         "mosquitto_cpu_ms_per_connect": round(m["connect"] * 1000, 3),
         "ratio_cpu_per_connect": round(e["connect"] / m["connect"], 2),
-        "ratio_cpu_per_connect_capture_off": round(off["connect"] / m["connect"], 2),
-        "capture_cpu_ms_per_connect": round((e["connect"] - off["connect"]) * 1000, 3),
         "edge_cpu_us_per_routed_message": round(e["route"] * 1e6, 2),
         "mosquitto_cpu_us_per_routed_message": round(m["route"] * 1e6, 2),
         "ratio_cpu_per_routed_message": round(e["route"] / m["route"], 2),
@@ -667,12 +652,6 @@ def _print_summary(f: dict[str, Any]) -> None:
         f"  mTLS connect + CONNACK, edge default config (TLS 1.3 certificate capture {default}): "
         f"edge {f['edge_cpu_ms_per_connect']} ms CPU, mosquitto {f['mosquitto_cpu_ms_per_connect']} ms"
         f" -> ratio {f['ratio_cpu_per_connect']} (target <= 0.8)"
-    )
-    print(
-        f"  mTLS connect + CONNACK, edge with capture_tls13_certificates = false: "
-        f"edge {f['edge_capture_off_cpu_ms_per_connect']} ms CPU"
-        f" -> ratio {f['ratio_cpu_per_connect_capture_off']}"
-        f" (the capture costs {f['capture_cpu_ms_per_connect']} ms per connect)"
     )
     print(
         f"  routed QoS 0 message:  edge {f['edge_cpu_us_per_routed_message']} us CPU, "

@@ -1,6 +1,6 @@
 """Instructions the edge spends per mTLS connect, counted by callgrind: repeatable where timings are not.
 
-``python -m bench.connect_cost [--connects N] [--server edge|bare] [--capture on|off]``
+``python -m bench.connect_cost [--connects N] [--server edge|bare] [--capture chain|tap|off]``
 re-runs itself under ``valgrind --tool=callgrind`` and prints the instructions
 executed on the server side per connect (TLS handshake, CONNECT/CONNACK,
 DISCONNECT, close), averaged over N connects after a warm-up.
@@ -145,12 +145,12 @@ class _BareServer(asyncio.Protocol):
         pass
 
 
-async def _drive(connects: int, warmup: int, server: str, capture: bool) -> None:
+async def _drive(connects: int, warmup: int, server: str, capture: str) -> None:
     with tempfile.TemporaryDirectory(prefix="edgesim-cost-") as tmp:
         await _drive_in(Path(tmp), connects, warmup, server, capture)
 
 
-async def _drive_in(work: Path, connects: int, warmup: int, server: str, capture: bool) -> None:
+async def _drive_in(work: Path, connects: int, warmup: int, server: str, capture: str) -> None:
     from dataclasses import replace
 
     from certs.quickstart import quickstart
@@ -169,7 +169,11 @@ async def _drive_in(work: Path, connects: int, warmup: int, server: str, capture
     serve += ["--multi", "off", "--admin", "off", "--policy", "open"]
     serve += ["--state-dir", str(work / "state")]
     config = build_config(build_parser().parse_args(serve))
-    config = replace(config, tls=replace(config.tls, capture_tls13_certificates=capture))
+    config = replace(config, tls=replace(config.tls, capture_tls13_certificates=capture != "off"))
+    if capture == "tap":
+        from edge.tls import verifiedchain
+
+        verifiedchain.disable()
     edge = EdgeServer(config)
     await edge.start()
     loop = asyncio.get_running_loop()
@@ -290,11 +294,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=20, help="connects before counting (20)")
     parser.add_argument("--server", choices=("edge", "bare"), default="edge")
     parser.add_argument(
-        "--capture", choices=("on", "off"), default="on", help="tls.capture_tls13_certificates"
+        "--capture",
+        choices=("chain", "tap", "off"),
+        default="chain",
+        help="how a refused TLS 1.3 device is named: OpenSSL's verified chain (the default), "
+        "the key log tap (the fallback where that chain cannot be read), or not at all",
     )
     args = parser.parse_args(argv)
     if os.environ.get(_MARK):
-        asyncio.run(_drive(args.connects, args.warmup, args.server, args.capture == "on"))
+        asyncio.run(_drive(args.connects, args.warmup, args.server, args.capture))
         return 0
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("error: valgrind is not installed (apt-get install valgrind)", file=sys.stderr)

@@ -129,11 +129,12 @@ class TlsConfig:
     num_tickets: int = 0
     alpn: tuple[str, ...] = DEFAULT_ALPN
     keylog_file: Path | None = None
-    #: Read OpenSSL's key log to decrypt a refused TLS 1.3 device's certificate
-    #: (edge.tls.keylog). On by default, because explaining every refusal down to
-    #: the certificate presented is what the edge is for; it costs CPU on every
-    #: connect (OpenSSL's key log callback), so load tests that do not need it turn
-    #: it off. TLS 1.2 refusals always name the certificate (it is cleartext).
+    #: Name the certificate of a device refused over TLS 1.3 (where it is encrypted).
+    #: Read from the chain OpenSSL built to verify it (edge.tls.verifiedchain), which
+    #: costs nothing until a handshake fails. On a Python where that chain cannot be
+    #: read, this turns on the key log tap instead (edge.tls.keylog), which costs CPU
+    #: on every TLS 1.3 connect; false turns the tap off. TLS 1.2 refusals always name
+    #: the certificate (it is cleartext).
     capture_tls13_certificates: bool = True
     handshake_timeout: float = 10.0
     max_handshakes: int = 2000

@@ -42,6 +42,7 @@ from edge.core.handlers import HandlerRegistry
 from edge.core.hub import EdgeCore
 from edge.core.policy import Policy
 from edge.core.session import SessionInfo
+from edge.tls import verifiedchain
 from edge.tls.connection import AppProtocolFactory, EndpointOptions, ListenerKind, TlsEndpoint
 from edge.tls.contexts import ContextCache, TlsSettings
 from edge.tls.errors import TlsError
@@ -137,8 +138,9 @@ class EdgeServer:
         try:
             pki = await asyncio.to_thread(self._prepare_pki)
             keylog_file = cfg.tls.keylog_file
-            if cfg.tls.capture_tls13_certificates:
-                # The tap reads OpenSSL's key log and copies it to keylog_file, if any.
+            if cfg.tls.capture_tls13_certificates and not verifiedchain.available():
+                # OpenSSL's verified chain cannot be read on this Python: the tap
+                # reads OpenSSL's key log instead and copies it to keylog_file, if any.
                 self.keylog = KeyLogTap(tee=keylog_file)
                 self._cleanups.append(self.keylog.close)
                 keylog_file = self.keylog.path

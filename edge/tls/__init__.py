@@ -15,8 +15,10 @@ Modules, from bytes up:
 ``session``        ``TlsServerSession``: sans-I/O handshake + records over MemoryBIO
 ``verdict``        ``ssl.SSLError`` -> alert, verify code, reason and hint
 ``contexts``       one cached ``ssl.SSLContext`` per certificate set version
-``keylog``         decrypt a refused TLS 1.3 device's certificate (a key log FIFO,
-                   read lazily)
+``verifiedchain``  a refused device's certificate from the chain OpenSSL built
+                   to verify it (ctypes, read only after a failed handshake)
+``keylog``         the fallback where that chain cannot be read: decrypt the
+                   TLS 1.3 flight with secrets from a key log FIFO, read lazily
 ``peer``           an accepted device's identity and event facts from what OpenSSL
                    already decoded (``getpeercert()``), exact or not at all
 ``connection``     the asyncio layer: ``TlsEndpoint`` (one per listener),

@@ -36,6 +36,7 @@ from edge.core.events import EventLog
 from edge.core.session import PeerCertificate, SessionInfo
 from edge.identity import IdentityRule, describe_certificate, inspect_certificate
 from edge.mux import ListenerKind, MuxError, Selected, select_protocol
+from edge.tls import verifiedchain
 from edge.tls.clienthello import ClientFlightReader, ClientHello, FlightProblem
 from edge.tls.contexts import ContextCache, TrustSetLike
 from edge.tls.errors import IdentityError, TlsConfigError
@@ -652,15 +653,21 @@ class EdgeTlsProtocol(asyncio.Protocol):
     def _presented_certificate(self) -> PeerCertificate | None:
         # TLS 1.2 carries the client Certificate message in cleartext. TLS 1.3
         # encrypts it, and Python's ssl exposes no peer certificate after a failed
-        # verification: decrypt the client's flight with the handshake secret
-        # from the key log tap (edge.tls.keylog), when there is one.
+        # verification: ask OpenSSL for the chain it tried to verify
+        # (edge.tls.verifiedchain), or else decrypt the client's flight with the
+        # handshake secret from the key log tap (edge.tls.keylog), if there is one.
         reader = self.reader
         if reader is None:
             return None
         certs = reader.client_certificates
-        tap = self.endpoint.keylog
         session = self.session
-        if not certs and tap is not None and self.hello is not None and session is not None:
+        if certs or session is None:
+            return describe_certificate(certs[0]) if certs else None
+        der = verifiedchain.presented_certificate(session.ssl_object)
+        if der is not None:
+            return describe_certificate(der)
+        tap = self.endpoint.keylog
+        if tap is not None and self.hello is not None:
             secret = tap.pop(self.hello.random)
             if secret is not None and reader.encrypted_records:
                 certs = decrypt_client_certificates(

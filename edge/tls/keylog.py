@@ -1,5 +1,9 @@
 """The certificate a refused TLS 1.3 device presented, read from its encrypted flight.
 
+The fallback of :mod:`edge.tls.verifiedchain`: the edge runs this tap only on a
+Python where OpenSSL's verified chain cannot be read, because the tap costs CPU on
+every TLS 1.3 connect where the chain costs nothing until a refusal.
+
 Python's ``ssl`` hands out no peer certificate after a failed verification, and
 TLS 1.3 encrypts the client's ``Certificate`` message. But OpenSSL can log every
 handshake's secrets (``SSLContext.keylog_filename``, the ``SSLKEYLOGFILE``
@@ -20,9 +24,9 @@ fifths of them in OpenSSL formatting each line byte by byte (``sprintf``)
 before Python's callback writes it; nothing on the edge's side can avoid
 those while the key log is on. ``python -m bench --only broker`` measures the
 two configurations side by side (2026-11-27: +0.16 ms of 2.36 ms per connect).
-Hence on by default (``tls.capture_tls13_certificates``); without it
-a TLS 1.3 refusal names no certificate while a TLS 1.2 one does (its
-Certificate message is cleartext).
+``tls.capture_tls13_certificates = false`` turns the tap off; without it (and
+without the verified chain) a TLS 1.3 refusal names no certificate while a TLS 1.2
+one does (its Certificate message is cleartext).
 When ``tls.keylog_file`` is configured too, every line read is also appended
 there (for Wireshark).
 

@@ -5,16 +5,25 @@ from __future__ import annotations
 import pytest
 
 from bench import connect_cost
+from edge.tls import verifiedchain
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize(("server", "capture"), [("edge", True), ("edge", False), ("bare", True)])
+@pytest.mark.parametrize(
+    ("server", "capture"),
+    [("edge", "chain"), ("edge", "tap"), ("edge", "off"), ("bare", "chain")],
+)
 async def test_the_driver_completes_connects_against_each_server(
-    server: str, capture: bool
+    server: str, capture: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # "tap" turns the verified-chain reader off for the process: restore it after.
+    verifiedchain.available()
+    monkeypatch.setattr(verifiedchain, "_LIB", verifiedchain._LIB)
+    monkeypatch.setattr(verifiedchain, "_LOADED", verifiedchain._LOADED)
     # Each connect checks its CONNACK and closes: a driver that no longer matches
     # the edge raises here instead of counting the wrong work under callgrind.
     await connect_cost._drive(connects=3, warmup=1, server=server, capture=capture)
+    assert verifiedchain.available() is (capture != "tap")
 
 
 def test_counting_needs_valgrind_and_says_so(

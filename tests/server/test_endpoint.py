@@ -18,6 +18,7 @@ import pytest
 
 from edge.core.events import Event, EventLog
 from edge.core.session import SessionInfo
+from edge.tls import verifiedchain
 from edge.tls.connection import AppProtocolFactory, EndpointOptions, TlsEndpoint
 from edge.tls.contexts import ContextCache, TlsSettings
 from edge.tls.keylog import KeyLogTap
@@ -134,15 +135,21 @@ async def running_edge(
     crl_pem: bytes = b"",
     options: EndpointOptions | None = None,
     factories: dict[str, AppProtocolFactory] | None = None,
+    tap: bool = False,
 ) -> AsyncIterator[Edge]:
+    """An endpoint as the edge runs it; ``tap=True`` adds the key log tap (edge.tls.keylog)."""
     events = EventLog(log_events=False)
     active = make_set(pki, crl_pem=crl_pem)
     holder: dict[str, TrustSnapshot] = {
         "snap": TrustSnapshot(1, {"default": active}, bindings or {"*": "default"})
     }
-    tap = KeyLogTap()
+    keylog = KeyLogTap() if tap else None
     contexts = ContextCache(
-        TlsSettings(cert_file=pki.server_cert, key_file=pki.server_key, keylog_file=tap.path)
+        TlsSettings(
+            cert_file=pki.server_cert,
+            key_file=pki.server_key,
+            keylog_file=keylog.path if keylog is not None else None,
+        )
     )
     endpoint = TlsEndpoint(
         contexts=contexts,
@@ -150,7 +157,7 @@ async def running_edge(
         factories=factories or {"mqtt": MqttDouble},
         events=events,
         options=options,
-        keylog=tap,
+        keylog=keylog,
     )
     loop = asyncio.get_running_loop()
     server = await loop.create_server(endpoint.protocol_factory, "127.0.0.1", 0)
@@ -168,8 +175,9 @@ async def running_edge(
         except TimeoutError:
             endpoint.abort_all()
             await endpoint.wait_idle(5)
-        assert len(tap) == 0, "the key log tap kept secrets of finished handshakes"
-        tap.close()
+        if keylog is not None:
+            assert len(keylog) == 0, "the key log tap kept secrets of finished handshakes"
+            keylog.close()
 
 
 async def open_tls(
@@ -272,8 +280,14 @@ async def test_unknown_ca_tls12_names_the_presented_certificate(pki: Any) -> Non
 
 
 @pytest.mark.timeout(20)
-async def test_unknown_ca_tls13_names_the_certificate_from_the_encrypted_flight(pki: Any) -> None:
-    async with running_edge(pki) as edge:
+@pytest.mark.parametrize("source", ["verified-chain", "key-log-tap"])
+async def test_unknown_ca_tls13_names_the_certificate_inside_the_encrypted_flight(
+    pki: Any, source: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if source == "key-log-tap":
+        # As on a Python where OpenSSL's chain cannot be read: the tap decrypts.
+        monkeypatch.setattr(verifiedchain, "_lib", lambda: None)
+    async with running_edge(pki, tap=source == "key-log-tap") as edge:
         device = pki.device("dev-stranger-13", ca=pki.other)
         ctx = pki.client_context(device, version=ssl.TLSVersion.TLSv1_3)
         reader, writer = await open_tls(edge, ctx)
@@ -287,6 +301,47 @@ async def test_unknown_ca_tls13_names_the_certificate_from_the_encrypted_flight(
         assert event["reason"] == "issued by `CN=Unknown Root`, which is not in set `default` v1"
         await close(writer)
         await edge.endpoint.wait_idle(5)
+
+
+@pytest.mark.timeout(20)
+async def test_tls13_refusal_without_either_source_still_gives_the_reason(
+    pki: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(verifiedchain, "_lib", lambda: None)
+    async with running_edge(pki) as edge:
+        ctx = pki.client_context(
+            pki.device("dev-unnamed", ca=pki.other), version=ssl.TLSVersion.TLSv1_3
+        )
+        reader, writer = await open_tls(edge, ctx)
+        with pytest.raises((ssl.SSLError, ConnectionError, asyncio.IncompleteReadError)):
+            await asyncio.wait_for(reader.readexactly(1), 5)
+        event = await edge.refused()
+        assert event["alert"] == "unknown_ca"
+        assert event["certificate"] is None
+        assert event["verify_code"] == 20
+        await close(writer)
+
+
+@pytest.mark.timeout(20)
+async def test_tls13_expired_and_revoked_devices_are_named(pki: Any) -> None:
+    revoked = pki.device("dev-revoked-13")
+    expired = pki.device("dev-expired-13", expired=True)
+    async with running_edge(pki, crl_pem=pki.crl(pki.inter, [revoked.issued])) as edge:
+        cases = (
+            (expired, "dev-expired-13", "certificate_expired"),
+            (revoked, "dev-revoked-13", "certificate_revoked"),
+        )
+        for device, name, alert in cases:
+            since = edge.events.last_id
+            ctx = pki.client_context(device, version=ssl.TLSVersion.TLSv1_3)
+            reader, writer = await open_tls(edge, ctx)
+            with pytest.raises((ssl.SSLError, ConnectionError, asyncio.IncompleteReadError)):
+                await asyncio.wait_for(reader.readexactly(1), 5)
+            event = await edge.refused(since=since)
+            assert event["alert"] == alert
+            assert event["certificate"]["serial"] == device.issued.serial_hex
+            assert event["certificate"]["subject"] == f"CN={name}"
+            await close(writer)
 
 
 @pytest.mark.timeout(20)

@@ -14,11 +14,13 @@ import ssl
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from certs.quickstart import QuickstartResult, quickstart
 from edge.config import EdgeConfig, HostPort, ListenersConfig, TrustConfig
 from edge.core.session import SessionInfo
 from edge.server import EdgeServer, EdgeServerError
+from edge.tls import verifiedchain
 
 CONNECT = bytes.fromhex("101000044d5154540402003c000464657631")
 CONNACK = b"\x20\x02\x00\x00"
@@ -129,6 +131,36 @@ async def test_a_trust_change_applies_to_new_handshakes_only(
         writer.write(b"still-here")
         assert await asyncio.wait_for(reader.readexactly(15), 5) == b"echo:still-here"
         await close(writer)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("chain_readable", [True, False])
+async def test_refused_tls13_device_is_named_with_or_without_the_verified_chain(
+    tmp_path: Path, qs: QuickstartResult, chain_readable: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Where OpenSSL's verified chain can be read the edge needs no key log tap (no
+    # cost per connect); where it cannot, the tap is the way to the certificate.
+    if not chain_readable:
+        monkeypatch.setattr(verifiedchain, "_lib", lambda: None)
+    other = quickstart(tmp_path / "other", devices=1)
+    async with EdgeServer(config(tmp_path, qs), factories={"mqtt": Echo}) as edge:
+        assert (edge.keylog is None) is chain_readable
+        ctx = device_context(qs, None)  # trusts the edge, presents a stranger's device:
+        ctx.load_cert_chain(
+            other.devices_dir / "dev-00000.pem", other.devices_dir / "dev-00000.key"
+        )
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_3
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        with pytest.raises((ssl.SSLError, ConnectionError, asyncio.IncompleteReadError)):
+            await mqtt_connect(edge.ports["mqtt"], ctx)
+        refused = await edge.events.wait_for(lambda e: e["kind"] == "tls.refused")
+        assert refused["alert"] == "unknown_ca"
+        assert refused["tls_version"] == "TLSv1.3"
+        assert refused["certificate"]["subject"] == "CN=dev-00000"
+        presented = x509.load_pem_x509_certificate(
+            (other.devices_dir / "dev-00000.pem").read_bytes()
+        )
+        assert refused["certificate"]["serial"] == format(presented.serial_number, "x")
 
 
 @pytest.mark.timeout(30)
