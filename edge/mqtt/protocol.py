@@ -89,7 +89,13 @@ class MqttServerProtocol(asyncio.Protocol):
         conn = self.connection
         assert conn is not None
         self.broker.core.metrics.bytes_in += len(data)
-        conn.receive_data(data)
+        # The _flush() below sends whatever this writes: no wake-up callback for it.
+        self._flush_scheduled = True
+        try:
+            conn.receive_data(data)
+        except BaseException:
+            self._flush_scheduled = False
+            raise
         if self._awaiting_connect and conn.connected:
             # The connect timeout is over; the keepalive deadline takes its place.
             self._awaiting_connect = False

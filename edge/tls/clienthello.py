@@ -49,6 +49,10 @@ _HS_CERTIFICATE = 11
 _EXT_SERVER_NAME = 0
 _EXT_ALPN = 16
 _EXT_SUPPORTED_VERSIONS = 43
+# The extensions read beyond their type; the others are only listed.
+_EXT_READ = frozenset((_EXT_SERVER_NAME, _EXT_ALPN, _EXT_SUPPORTED_VERSIONS))
+# An extension's header: type and length, two big-endian 16-bit numbers.
+_TYPE_AND_LENGTH = struct.Struct(">HH")
 #: The largest record a peer may send (2^14 plus the expansion RFC 5246 allows).
 _MAX_RECORD = 16384 + 2048
 #: Stop buffering handshake bytes past this; a client certificate chain is far smaller.
@@ -170,19 +174,23 @@ def parse_client_hello(body: bytes, record_version: int) -> ClientHello:
             if end > n:
                 raise WireFormatError(field)
             p += 2
+            unpack = _TYPE_AND_LENGTH.unpack_from
             while p < end:
                 if p + 4 > end:
                     raise WireFormatError(field)
-                ext_type = (body[p] << 8) | body[p + 1]
-                ext_len = (body[p + 2] << 8) | body[p + 3]
+                ext_type, ext_len = unpack(body, p)
                 p += 4
-                if p + ext_len > end:
+                ext_end = p + ext_len
+                if ext_end > end:
                     raise WireFormatError(field)
                 ext_types.append(ext_type)
+                if ext_type not in _EXT_READ:
+                    p = ext_end
+                    continue
                 if ext_type == _EXT_SERVER_NAME:
                     field = "server_name extension"
                     # server_name_list<1..2^16-1> of {name_type, HostName<1..2^16-1>}
-                    q, end_list = _vector(body, p, p + ext_len, 2)
+                    q, end_list = _vector(body, p, ext_end, 2)
                     while q < end_list:
                         if q + 3 > end_list:
                             raise WireFormatError(field)
@@ -195,7 +203,7 @@ def parse_client_hello(body: bytes, record_version: int) -> ClientHello:
                 elif ext_type == _EXT_ALPN:
                     field = "ALPN extension"
                     # ProtocolNameList: protocol_name_list<2..2^16-1> of opaque<1..2^8-1>
-                    q, end_list = _vector(body, p, p + ext_len, 2)
+                    q, end_list = _vector(body, p, ext_end, 2)
                     while q < end_list:
                         name_len = body[q]
                         if q + 1 + name_len > end_list:
@@ -204,10 +212,10 @@ def parse_client_hello(body: bytes, record_version: int) -> ClientHello:
                             body[q + 1 : q + 1 + name_len].decode("ascii", errors="replace")
                         )
                         q += 1 + name_len
-                elif ext_type == _EXT_SUPPORTED_VERSIONS:
+                else:
                     field = "supported_versions extension"
                     # versions<2..254> of 16-bit codes
-                    q, end_list = _vector(body, p, p + ext_len, 1)
+                    q, end_list = _vector(body, p, ext_end, 1)
                     while q < end_list:
                         if q + 2 > end_list:
                             raise WireFormatError(field)
@@ -216,7 +224,7 @@ def parse_client_hello(body: bytes, record_version: int) -> ClientHello:
                             versions.append(offered)
                         q += 2
                 field = "extensions"
-                p += ext_len
+                p = ext_end
     except WireFormatError:
         raise ClientHelloError(f"ClientHello {field} is truncated or has a bad length") from None
     if not versions:

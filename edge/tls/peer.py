@@ -42,7 +42,7 @@ _SHORT_NAMES = {
 # Characters RFC 4514 escapes anywhere in a value; such values fall back.
 _SPECIAL = frozenset('\\"+,;<>\0')
 _MONTHS = {
-    m: i + 1
+    m: f"{i + 1:02d}"
     for i, m in enumerate(
         ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
     )
@@ -126,12 +126,13 @@ def _serial(text: str) -> str | None:
 
 def _iso_date(text: str) -> str | None:
     # ASN1_TIME_print: "Nov  7 14:06:19 2026 GMT" -> "2026-11-07T14:06:19+00:00".
-    fields = text.split()
-    if len(fields) != 5 or fields[4] != "GMT" or len(fields[2]) != 8:
+    # Fixed width for four-digit years without fractions of a second; anything
+    # else falls back to the full parse.
+    if len(text) != 24 or text[20:] != " GMT" or text[3] != " " or text[6] != " ":
         return None
-    month = _MONTHS.get(fields[0])
-    if month is None:
+    month = _MONTHS.get(text[:3])
+    day = text[4:6].replace(" ", "0")
+    year = text[16:20]
+    if month is None or not day.isdigit() or not year.isdigit() or text[15] != " ":
         return None
-    day = int(fields[1])
-    year = int(fields[3])
-    return f"{year:04d}-{month:02d}-{day:02d}T{fields[2]}+00:00"
+    return f"{year}-{month}-{day}T{text[7:15]}+00:00"

@@ -38,6 +38,7 @@ def issue(
     *,
     serial: int | None = None,
     start: datetime = T0 - timedelta(days=1),
+    end: datetime = T0 + timedelta(days=30),
 ) -> tuple[bytes, dict[str, Any]]:
     """Return the DER of a new leaf and the dict ``getpeercert()`` gives for it."""
     issued = ca.issue_leaf(
@@ -46,7 +47,7 @@ def issue(
         key=ca.key,
         eku=("clientAuth",),
         start=start,
-        end=T0 + timedelta(days=30),
+        end=end,
         serial=serial,
     )
     pem = tmp_path / "leaf.pem"
@@ -123,6 +124,27 @@ def test_a_plain_certificate_takes_the_fast_path_with_openssl_formats_rewritten(
     assert facts.serial == "f1"
     assert facts.not_before == "2026-02-03T04:05:06+00:00"
     assert facts.issuer == "CN=Peer Test Root"
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [
+        (datetime(2026, 2, 3, 4, 5, 6), datetime(2026, 12, 25, 23, 59, 59)),
+        (datetime(1999, 7, 9, 0, 0, 0), datetime(2049, 12, 31, 23, 59, 59)),
+        # From 2050 on a certificate carries GeneralizedTime instead of UTCTime.
+        (datetime(2026, 10, 10, 10, 10, 10), datetime(2051, 1, 1, 0, 0, 0)),
+        (datetime(2026, 10, 10, 10, 10, 10), datetime(9999, 12, 31, 23, 59, 59)),
+    ],
+)
+def test_validity_dates_match_the_der_parse(
+    plain_ca: CertificateAuthority, tmp_path: Path, start: datetime, end: datetime
+) -> None:
+    der, decoded = issue(plain_ca, tmp_path, COMMON[0], start=start, end=end)
+    fast = fast_inspect(decoded, der, namespace="set-a", rule=IdentityRule.CN)
+    assert fast is not None
+    assert fast == inspect_certificate(der, namespace="set-a", rule=IdentityRule.CN)
+    assert fast[1].not_before == start.strftime("%Y-%m-%dT%H:%M:%S+00:00")
+    assert fast[1].not_after == end.strftime("%Y-%m-%dT%H:%M:%S+00:00")
 
 
 @pytest.mark.parametrize("rdns", UNCOMMON)
