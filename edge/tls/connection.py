@@ -310,6 +310,13 @@ class EdgeTlsProtocol(asyncio.Protocol):
                 reason=reason,
                 duration=round(time.monotonic() - self._started, 3),
             )
+        # The application and its transport point back here, and so may the
+        # socket's transport: dropping all three ends the cycles, so reference
+        # counting frees the connection (its SSL object, buffers, MQTT session)
+        # now instead of the cycle collector later, which every connect fed.
+        self.app = None
+        self.transport = None
+        self.raw = None
 
     def pause_writing(self) -> None:
         """The socket's buffer is full: tell the application."""

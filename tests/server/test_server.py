@@ -7,7 +7,9 @@ broker itself has its own tests, and the interop tests run the real one.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import gc
 import json
 import socket
 import ssl
@@ -19,8 +21,12 @@ from cryptography import x509
 from certs.quickstart import QuickstartResult, quickstart
 from edge.config import EdgeConfig, HostPort, ListenersConfig, TrustConfig
 from edge.core.session import SessionInfo
+from edge.mqtt.broker import MqttConnection
+from edge.mqtt.protocol import MqttServerProtocol
 from edge.server import EdgeServer, EdgeServerError
 from edge.tls import verifiedchain
+from edge.tls.connection import EdgeTlsProtocol
+from edge.tls.session import TlsServerSession
 
 CONNECT = bytes.fromhex("101000044d5154540402003c000464657631")
 CONNACK = b"\x20\x02\x00\x00"
@@ -161,6 +167,44 @@ async def test_refused_tls13_device_is_named_with_or_without_the_verified_chain(
             (other.devices_dir / "dev-00000.pem").read_bytes()
         )
         assert refused["certificate"]["serial"] == format(presented.serial_number, "x")
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("app", ["echo", "broker"])
+async def test_a_closed_connection_is_freed_by_reference_counting(
+    tmp_path: Path, qs: QuickstartResult, app: str
+) -> None:
+    # With the cycle collector off, a connection's objects must go as soon as the
+    # connection does: every connect leaving a cycle behind made the collector run
+    # (and walk whole connections) every few connects.
+    if app == "echo":
+        edge = EdgeServer(config(tmp_path, qs), factories={"mqtt": Echo})
+    else:  # the real MQTT broker, any client id
+        edge = EdgeServer(config(tmp_path, qs, policy="open"))
+    async with edge:
+        endpoint = edge.endpoints["mqtt"]
+        # Server-side types only: the device's own asyncio SSL objects live here too.
+        kinds = (EdgeTlsProtocol, TlsServerSession, MqttServerProtocol, MqttConnection, Echo)
+
+        def alive() -> collections.Counter[str]:
+            return collections.Counter(
+                type(o).__name__ for o in gc.get_objects() if isinstance(o, kinds)
+            )
+
+        gc.collect()
+        gc.disable()
+        try:
+            before = alive()
+            _reader, writer = await mqtt_connect(edge.ports["mqtt"], device_context(qs))
+            during = alive()
+            assert during["EdgeTlsProtocol"] == before["EdgeTlsProtocol"] + 1
+            assert during["TlsServerSession"] == before["TlsServerSession"] + 1
+            await close(writer)
+            await edge.events.wait_for(lambda e: e["kind"] == "connection.closed")
+            await endpoint.wait_idle(5)
+            assert alive() == before
+        finally:
+            gc.enable()
 
 
 @pytest.mark.timeout(30)
