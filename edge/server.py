@@ -359,10 +359,13 @@ class EdgeServer:
 
 
 def _mqtt_factory(broker: Any) -> AppProtocolFactory:
+    from edge.core.deadlines import Deadlines
     from edge.mqtt.protocol import MqttServerProtocol
 
+    connect_deadlines = Deadlines(broker.config.connect_timeout)
+
     def factory(session: SessionInfo) -> asyncio.Protocol:
-        return MqttServerProtocol(broker, session)
+        return MqttServerProtocol(broker, session, connect_deadlines=connect_deadlines)
 
     return factory
 

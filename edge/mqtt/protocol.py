@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 from typing import cast
 
+from edge.core.deadlines import Deadline, Deadlines
 from edge.core.session import SessionInfo
 from edge.mqtt.broker import MqttBroker, MqttConnection
 
@@ -37,6 +38,7 @@ class MqttServerProtocol(asyncio.Protocol):
         "_awaiting_connect",
         "_closed",
         "_closing",
+        "_connect_deadlines",
         "_flush_scheduled",
         "_gone",
         "_loop",
@@ -48,13 +50,22 @@ class MqttServerProtocol(asyncio.Protocol):
         "session",
     )
 
-    def __init__(self, broker: MqttBroker, session: SessionInfo) -> None:
+    def __init__(
+        self,
+        broker: MqttBroker,
+        session: SessionInfo,
+        *,
+        connect_deadlines: Deadlines | None = None,
+    ) -> None:
         self.broker = broker
         self.session = session
+        # Shared by a listener's connections (broker.config.connect_timeout from
+        # now): one loop timer for all their connect timeouts instead of one each.
+        self._connect_deadlines = connect_deadlines
         self.connection: MqttConnection | None = None
         self._transport: asyncio.Transport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | Deadline | None = None
         self._awaiting_connect = True
         self._paused = False
         self._flush_scheduled = False
@@ -82,7 +93,11 @@ class MqttServerProtocol(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         conn = self.connection = self.broker.connection(self.session)
         conn.wakeup = self._wakeup
-        self._schedule(conn.tick(self.broker.clock()))
+        deadline = conn.tick(self.broker.clock())
+        if self._connect_deadlines is not None and deadline is not None:
+            self._timer = self._connect_deadlines.add(self._on_timer)
+        else:
+            self._schedule(deadline)
 
     def data_received(self, data: bytes) -> None:
         """Feed the bytes, write the replies, close if the connection asks."""

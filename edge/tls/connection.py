@@ -26,13 +26,13 @@ Nothing a peer sends raises out of here.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
+from edge.core.deadlines import Deadline, Deadlines
 from edge.core.events import EventLog
 from edge.core.session import PeerCertificate, SessionInfo
 from edge.identity import IdentityRule, describe_certificate, inspect_certificate
@@ -48,8 +48,6 @@ from edge.tls.verdict import HandshakeVerdict, alert_record, explain
 
 __all__ = [
     "AppProtocolFactory",
-    "Deadline",
-    "Deadlines",
     "EdgeTlsProtocol",
     "EndpointOptions",
     "ListenerKind",
@@ -160,66 +158,6 @@ class TlsEndpoint:
         for proto in list(self.open_protocols):
             if proto.raw is not None:
                 proto.raw.abort()
-
-
-class Deadline:
-    """One pending deadline of a :class:`Deadlines` queue; ``cancel()`` as on a timer handle."""
-
-    __slots__ = ("callback", "when")
-
-    def __init__(self, when: float, callback: Callable[[], object]) -> None:
-        self.when = when
-        self.callback: Callable[[], object] | None = callback
-
-    def cancel(self) -> None:
-        """Do not call the callback (the queue drops the deadline when its time comes)."""
-        self.callback = None
-
-
-class Deadlines:
-    """Deadlines that all lie ``delay`` seconds after they were added, behind one loop timer.
-
-    Every connection of a listener gets the same handshake timeout, so deadlines
-    come in the order they were added: a FIFO that a single timer walks. A loop
-    timer per connection, made on every connect and cancelled a few
-    milliseconds later, cost more than the rest of what a deadline needs. A
-    deadline may fire up to ``delay / 20`` (at most 0.5 s) late, so that a busy
-    listener wakes its timer a few times per second, not once per connection;
-    a cancelled one is dropped when its time comes.
-    """
-
-    def __init__(self, delay: float) -> None:
-        self.delay = delay
-        self._slack = min(delay / 20, 0.5)
-        self._queue: collections.deque[Deadline] = collections.deque()
-        self._timer: asyncio.TimerHandle | None = None
-
-    def add(self, callback: Callable[[], object]) -> Deadline:
-        """Call ``callback`` after ``delay`` seconds, unless the returned deadline is cancelled."""
-        loop = asyncio.get_running_loop()
-        entry = Deadline(loop.time() + self.delay, callback)
-        self._queue.append(entry)
-        if self._timer is None:
-            self._timer = loop.call_at(entry.when, self._fire)
-        return entry
-
-    def __len__(self) -> int:
-        return len(self._queue)
-
-    def _fire(self) -> None:
-        self._timer = None
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        queue = self._queue
-        while queue and queue[0].when <= now:
-            callback = queue.popleft().callback
-            if callback is not None:
-                try:
-                    callback()
-                except Exception:  # one connection's bug must not stop the others' deadlines
-                    log.exception("handshake deadline callback failed")
-        if queue:
-            self._timer = loop.call_at(max(queue[0].when, now + self._slack), self._fire)
 
 
 _PHASE_HELLO = 0

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from edge.core.deadlines import Deadlines
 from edge.core.events import EventLog
 from edge.core.hub import EdgeCore
 from edge.core.policy import Policy
@@ -43,7 +44,11 @@ class Edge:
 
 
 @contextlib.asynccontextmanager
-async def serving(broker: MqttBroker, session_for: Callable[[], SessionInfo]) -> AsyncIterator[int]:
+async def serving(
+    broker: MqttBroker,
+    session_for: Callable[[], SessionInfo],
+    connect_deadlines: Deadlines | None = None,
+) -> AsyncIterator[int]:
     """Serve ``broker`` on 127.0.0.1:<free port> and yield the port.
 
     Each connection gets its session from ``session_for``; on exit the server stops
@@ -52,7 +57,9 @@ async def serving(broker: MqttBroker, session_for: Callable[[], SessionInfo]) ->
     protocols: list[MqttServerProtocol] = []
 
     def factory() -> MqttServerProtocol:
-        protocols.append(MqttServerProtocol(broker, session_for()))
+        protocols.append(
+            MqttServerProtocol(broker, session_for(), connect_deadlines=connect_deadlines)
+        )
         return protocols[-1]
 
     server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
@@ -65,9 +72,13 @@ async def serving(broker: MqttBroker, session_for: Callable[[], SessionInfo]) ->
             await asyncio.gather(*(p.closed for p in protocols if p.closed is not None))
 
 
-@pytest.fixture
-async def edge() -> AsyncIterator[Edge]:
-    """A broker with the default policy on 127.0.0.1:<free port>; every device is 'fleet/<n>'."""
+@pytest.fixture(params=["own-timer", "shared-deadlines"])
+async def edge(request: pytest.FixtureRequest) -> AsyncIterator[Edge]:
+    """A broker with the default policy on 127.0.0.1:<free port>; every device is 'fleet/<n>'.
+
+    Twice: with a loop timer per connection for the connect timeout, and with the
+    listener-wide deadlines the edge server uses.
+    """
     events = EventLog(log_events=False)
     broker = MqttBroker(EdgeCore(events, Policy.default()), MqttConfig(connect_timeout=2.0))
     counter = iter(range(1, 1000))
@@ -78,7 +89,8 @@ async def edge() -> AsyncIterator[Edge]:
         name = names.pop(0) if names else f"dev-{next(counter)}"
         return SessionInfo(identity=DeviceIdentity(namespace="fleet", name=name), peer="127.0.0.1")
 
-    async with serving(broker, session_for) as port:
+    shared = Deadlines(2.0) if request.param == "shared-deadlines" else None
+    async with serving(broker, session_for, shared) as port:
         yield Edge(broker, events, port, names)
 
 
@@ -198,6 +210,19 @@ async def test_connect_timeout(edge: Edge) -> None:
     dev = await Device.open(edge.port)
     assert await dev.eof()  # no CONNECT within 2 s
     await dev.close()
+
+
+@pytest.mark.timeout(15)
+async def test_connect_timeout_spares_a_device_that_connected(edge: Edge) -> None:
+    connected = await Device.open(edge.port)
+    await connected.send(Connect(client_id="dev-1"))
+    assert await connected.next() == Connack(False, 0)
+    silent = await Device.open(edge.port)
+    assert await silent.eof()  # its connect timeout came after the first device's
+    await connected.send(Pingreq())
+    assert await connected.next() == Pingresp()
+    await connected.close()
+    await silent.close()
 
 
 class RecordingTransport(asyncio.Transport):

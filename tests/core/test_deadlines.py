@@ -1,4 +1,4 @@
-"""The listener's handshake deadlines: one loop timer for every connection's deadline."""
+"""Deadlines sharing one loop timer (handshake and MQTT connect timeouts)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from edge.tls.connection import Deadlines
+from edge.core.deadlines import Deadlines
 
 pytestmark = pytest.mark.timeout(10)
 
