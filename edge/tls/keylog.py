@@ -22,8 +22,9 @@ keeps only the lines it needs; the decryption runs only on refusals. Counted
 with callgrind, the tap costs about 320,000 instructions per handshake, four
 fifths of them in OpenSSL formatting each line byte by byte (``sprintf``)
 before Python's callback writes it; nothing on the edge's side can avoid
-those while the key log is on. ``python -m bench --only broker`` measures the
-two configurations side by side (2026-11-27: +0.16 ms of 2.36 ms per connect).
+those while the key log is on. Measured side by side with the broker benchmark
+(2026-11-27, when the tap was the edge's default): +0.16 ms of 2.36 ms per connect;
+``python -m bench.connect_cost --capture tap`` counts it against ``chain``.
 ``tls.capture_tls13_certificates = false`` turns the tap off; without it (and
 without the verified chain) a TLS 1.3 refusal names no certificate while a TLS 1.2
 one does (its Certificate message is cleartext).
