@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -75,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     pki = out / "pki"
     state = out / "state"
+    # The PKI is made anew on every run, and an edge seeds an empty store only: a
+    # store left by an earlier run would still trust that run's CA and refuse
+    # every device of this one.
+    shutil.rmtree(state, ignore_errors=True)
 
     print("== 1. a PKI: root CA, intermediate, server certificate, devices", flush=True)
     _run(
@@ -136,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         except subprocess.TimeoutExpired:
             edge.kill()
             edge.wait()
+        if edge.stdout is not None:
+            edge.stdout.close()
 
 
 if __name__ == "__main__":
