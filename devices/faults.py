@@ -43,6 +43,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from certs.authority import CertificateAuthority, IssuedCert, signing_hash
@@ -92,6 +93,8 @@ class FaultShare:
         return f"{self.kind}={float(self.fraction * 100):g}%"
 
 
+# Faults whose certificate the devices' own CA issues (wrong-ca uses a rogue root).
+_ISSUED_BY_THE_CA = frozenset({"expired", "revoked", "wrong-eku"})
 _ITEM = re.compile(r"^\s*([a-z-]+)\s*=\s*([0-9]+(?:\.[0-9]+)?)\s*(%?)\s*$")
 
 
@@ -217,13 +220,28 @@ class FaultMaker:
         cert, key, chain = self._paths(kind, device_id)
         if not (cert.is_file() and key.is_file()):
             return None
-        if kind == "revoked":
+        if kind in _ISSUED_BY_THE_CA:
             try:
-                serial = x509.load_pem_x509_certificate(cert.read_bytes()).serial_number
+                found = x509.load_pem_x509_certificate(cert.read_bytes())
             except (OSError, ValueError) as exc:
-                raise FaultError(f"{cert}: cannot reuse this revoked certificate: {exc}") from exc
-            self._revoked.append(serial)
+                raise FaultError(f"{cert}: cannot reuse this {kind} certificate: {exc}") from exc
+            if not self._issued_by_current_ca(found):
+                # Left by a run against another PKI: the edge would refuse it as
+                # unknown_ca instead of for the fault it stands for. Issue anew.
+                return None
+            if kind == "revoked":
+                self._revoked.append(found.serial_number)
         return Material(cert, key, chain if chain.is_file() else None)
+
+    def _issued_by_current_ca(self, cert: x509.Certificate) -> bool:
+        issuer = self._authority().cert
+        if cert.issuer != issuer.subject:
+            return False
+        try:
+            cert.verify_directly_issued_by(issuer)
+        except (ValueError, TypeError, InvalidSignature):
+            return False
+        return True
 
     def make(self, kind: str, device_id: str) -> Material:
         """The faulty material of ``kind`` for ``device_id``: reused, or issued and written."""

@@ -15,7 +15,8 @@ Revoked devices: the fleet writes the CRL revoking them to
 ``crlfile``; the edge: ``--admin URL --token T`` uploads it with
 ``POST URL/v1/sets/SET/crls``). ``--prepare`` issues the faulty material and the CRL
 and stops, so that the edge can be started with the CRL; later runs with the same
-``--work-dir`` reuse that material (and so stay covered by that CRL). For a fleet
+``--work-dir`` reuse that material (and so stay covered by that CRL), unless the
+devices' CA has changed since (a new PKI): then it is issued anew. For a fleet
 spread over machines, prepare once without ``--shard`` and copy the work directory.
 
 Errors: :class:`~devices.fleet.FleetError`, :class:`~devices.faults.FaultError`,

@@ -124,6 +124,32 @@ def test_material_is_reused_so_the_crl_stays_right(
     assert again.revoked_serials == (serial,)
 
 
+@pytest.mark.parametrize("kind", ["expired", "revoked", "wrong-eku"])
+def test_material_of_another_pki_is_issued_anew(
+    issuing_ca: tuple[CertificateAuthority, Path, Path], tmp_path: Path, kind: str
+) -> None:
+    # A work directory kept from a run against another PKI (same CA name, other key):
+    # reusing its certificate would make the edge refuse it as unknown_ca.
+    old_root = CertificateAuthority.create_root("test root", now=NOW - timedelta(days=10))
+    old = old_root.issue_intermediate("test issuing", now=NOW - timedelta(days=10))
+    old_cert, old_key = tmp_path / "old-ca.pem", tmp_path / "old-ca.key"
+    old_cert.write_bytes(old.cert_pem + old.chain_pem)
+    old_key.write_bytes(old.key_pem())
+    work = tmp_path / "work"
+    stale = FaultMaker(ca_cert=old_cert, ca_key=old_key, out_dir=work, now=NOW)
+    stale_serial = _load(stale.make(kind, "dev-7").cert).serial_number
+    ca, cert, key = issuing_ca
+    maker = FaultMaker(ca_cert=cert, ca_key=key, out_dir=work, now=NOW)
+    fresh = _load(maker.make(kind, "dev-7").cert)
+    assert fresh.serial_number != stale_serial
+    fresh.verify_directly_issued_by(ca.cert)
+    if kind == "revoked":
+        assert maker.revoked_serials == (fresh.serial_number,)
+    # The fresh material is what the next run reuses.
+    again = FaultMaker(ca_cert=cert, ca_key=key, out_dir=work, now=NOW)
+    assert _load(again.make(kind, "dev-7").cert).serial_number == fresh.serial_number
+
+
 def test_missing_issuing_ca_is_explained(tmp_path: Path) -> None:
     maker = FaultMaker(ca_cert=None, ca_key=None, out_dir=tmp_path, now=NOW)
     with pytest.raises(FaultError, match="need the issuing CA: give --pki DIR or --ca-cert"):
