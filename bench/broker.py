@@ -58,7 +58,7 @@ from typing import Any
 
 from bench import mosquitto
 from bench.mosquitto import TlsFiles
-from bench.procstat import cpu_seconds, rss_bytes
+from bench.procstat import cpu_seconds, rss_bytes, stop_process
 
 __all__ = ["run"]
 
@@ -87,13 +87,7 @@ class Server:
 
     def stop(self) -> None:
         """Terminate and reap the process (the drain thread ends at EOF)."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 def process_cpu_seconds(pid: int) -> float:

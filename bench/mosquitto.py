@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from bench.procstat import free_port
+from bench.procstat import free_port, stop_process
 
 __all__ = ["Mosquitto", "TlsFiles", "mosquitto_binary", "start_mosquitto"]
 
@@ -46,12 +46,7 @@ class Mosquitto:
 
     def stop(self) -> None:
         """Terminate it and wait (kill it if it does not go within 20 s)."""
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
         # The drain thread ends at EOF once the process is gone; then the pipe can close.
         self.drain.join(10)
         if self.proc.stderr is not None:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 from pathlib import Path
 
-__all__ = ["cpu_seconds", "free_port", "rss_bytes"]
+__all__ = ["cpu_seconds", "free_port", "rss_bytes", "stop_process"]
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -37,3 +38,15 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:
+    """Terminate ``proc`` and reap it; kill it if it is still there after ``grace`` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
