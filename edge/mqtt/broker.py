@@ -45,7 +45,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from edge.core.hub import EdgeCore
@@ -127,14 +127,7 @@ class MqttConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, where: str = "mqtt") -> MqttConfig:
         """Build from the server's ``[mqtt]`` TOML table; errors name the key."""
-        kinds: dict[str, tuple[type, ...]] = {
-            f.name: (bool,)
-            if f.type == "bool"
-            else (int, float)
-            if "float" in str(f.type)
-            else (int,)
-            for f in fields(cls)
-        }
+        kinds = _CONFIG_KINDS
         values: dict[str, Any] = {}
         for key, value in data.items():
             expected = kinds.get(key)
@@ -154,6 +147,21 @@ class MqttConfig:
             return cls(**values)
         except MqttConfigError as exc:
             raise MqttConfigError(exc.reason.replace("mqtt.", f"{where}.", 1)) from None
+
+
+# The TOML types each MqttConfig field accepts, written out: the annotations are
+# not available as types at run time once the module is compiled (edge.compiled).
+_CONFIG_KINDS: dict[str, tuple[type, ...]] = {
+    "max_packet_size": (int,),
+    "connect_timeout": (int, float),
+    "max_inflight": (int,),
+    "max_queued": (int,),
+    "retry_interval": (int, float),
+    "allow_zero_length_client_id": (bool,),
+    "max_keepalive": (int,),
+    "max_write_buffer": (int,),
+    "session_expiry": (int, float),
+}
 
 
 class _Outgoing:

@@ -491,3 +491,12 @@ def test_random_packet_streams_never_escape_receive_data() -> None:
             client.conn.connection_lost("fuzz")
     assert closed > 0
     assert broker.core.metrics.messages_in > 100
+
+
+def test_config_kinds_cover_every_field() -> None:
+    # from_dict checks TOML types against a written-out table: a new field must be in it.
+    from dataclasses import fields
+
+    from edge.mqtt.broker import _CONFIG_KINDS
+
+    assert set(_CONFIG_KINDS) == {f.name for f in fields(MqttConfig)}
