@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from certs.cliutil import EXIT_OK, EXIT_USAGE, CliError, emit, say
+from edge._loader import status as compiled_status
 from edge.config import EdgeConfig, EdgeConfigError, load_config, parse_host_port
 from edge.core.handlers import HandlerRegistry
 from edge.server import EdgeServer, EdgeServerError, new_event_loop
@@ -177,6 +178,8 @@ async def _run(cfg: EdgeConfig, handlers: HandlerRegistry, *, as_json: bool) -> 
         }
         say("edgesim edge: listening " + " ".join(f"{k}={v}" for k, v in where.items()))
         say(f"edgesim edge: trust store {cfg.store_path}")
+        # Which connect path runs, and why not the compiled one: it changes the CPU per connect.
+        say(f"edgesim edge: connect path {compiled_status()}")
         if server.admin_token is not None:
             say(f"edgesim edge: admin token in {cfg.store_path}.token")
         if as_json:

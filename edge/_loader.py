@@ -1,0 +1,158 @@
+"""Loads the compiled connect path when it matches the sources (see :mod:`edge.compiled`).
+
+Imported by ``edge/__init__.py`` before anything else of the edge, so it stays
+small: standard library only, no build code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+__all__ = ["MODULES", "PURE_ENV", "activate", "build_dir", "is_compiled", "status"]
+
+#: The modules every connect runs through, compiled as one mypyc group.
+MODULES: tuple[str, ...] = (
+    "edge.core.deadlines",
+    "edge.core.events",
+    "edge.core.handlers",
+    "edge.core.hub",
+    "edge.core.metrics",
+    "edge.core.policy",
+    "edge.core.router",
+    "edge.core.session",
+    "edge.core.topics",
+    "edge.identity",
+    "edge.mqtt.broker",
+    "edge.mqtt.codec",
+    "edge.mqtt.protocol",
+    "edge.mux",
+    "edge.tls.clienthello",
+    "edge.tls.connection",
+    "edge.tls.peer",
+    "edge.tls.session",
+    "edge.tls.wire",
+)
+#: The group's shared library: a top-level module the compiled modules import.
+_GROUP = "edgesim_connect"
+_MANIFEST = "manifest.json"
+#: Set to 1 to run the sources even when a matching build exists.
+PURE_ENV = "EDGESIM_PURE_PYTHON"
+
+_ROOT = Path(__file__).resolve().parent.parent
+_state = "not activated"
+
+
+def build_dir(root: Path = _ROOT) -> Path:
+    """Where the compiled modules of this Python live (``.build/mypyc/<tag>``)."""
+    # ".cpython-311-x86_64-linux-gnu.so" -> "cpython-311-x86_64-linux-gnu"
+    tag = _ext_suffix().strip(".").rsplit(".", 1)[0]
+    return root / ".build" / "mypyc" / tag
+
+
+def _source(root: Path, module: str) -> Path:
+    return root.joinpath(*module.split(".")).with_suffix(".py")
+
+
+def _digests(root: Path) -> dict[str, str]:
+    return {m: hashlib.sha256(_source(root, m).read_bytes()).hexdigest() for m in MODULES}
+
+
+def _ext_suffix() -> str:
+    return importlib.machinery.EXTENSION_SUFFIXES[0]
+
+
+def _why_not(root: Path) -> tuple[str | None, dict[str, Path]]:
+    """``(reason the build cannot be used or None, module -> compiled file)``."""
+    where = build_dir(root)
+    try:
+        manifest = json.loads((where / _MANIFEST).read_text())
+    except FileNotFoundError:
+        return "no compiled build (run `make compile`)", {}
+    except (OSError, ValueError) as exc:
+        return f"unreadable compiled build manifest ({exc}); run `make compile`", {}
+    if manifest.get("python") != sys.version or manifest.get("modules") != list(MODULES):
+        return "the compiled build is for another Python or module list; run `make compile`", {}
+    try:
+        digests = _digests(root)
+    except OSError as exc:
+        return f"cannot read a compiled module's source ({exc})", {}
+    changed = [m for m in MODULES if manifest.get("sources", {}).get(m) != digests[m]]
+    if changed:
+        return (
+            f"the compiled build is older than {_source(root, changed[0]).relative_to(root)}"
+            f"{f' and {len(changed) - 1} more' if len(changed) > 1 else ''}; run `make compile`"
+        ), {}
+    suffix = _ext_suffix()
+    files = {
+        m: where.joinpath(*m.split(".")).with_name(m.rsplit(".", 1)[1] + suffix) for m in MODULES
+    }
+    files[f"{_GROUP}__mypyc"] = where / f"{_GROUP}__mypyc{suffix}"
+    missing = [str(f) for f in files.values() if not f.is_file()]
+    if missing:
+        return f"the compiled build is incomplete ({missing[0]} is missing); run `make compile`", {}
+    return None, files
+
+
+class _Finder(importlib.abc.MetaPathFinder):
+    """Serves the compiled modules (and their group library) from the build directory."""
+
+    def __init__(self, files: dict[str, Path]) -> None:
+        self._files = files
+
+    def find_spec(
+        self,
+        fullname: str,
+        path: Sequence[str] | None,
+        target: ModuleType | None = None,
+    ) -> importlib.machinery.ModuleSpec | None:
+        file = self._files.get(fullname)
+        if file is None:
+            return None
+        loader = importlib.machinery.ExtensionFileLoader(fullname, str(file))
+        return importlib.util.spec_from_file_location(fullname, file, loader=loader)
+
+
+def activate(root: Path = _ROOT) -> bool:
+    """Load the compiled modules from now on if the build matches the sources; say if so.
+
+    Must run before any of :data:`MODULES` is imported (``edge/__init__.py``
+    calls it). Never raises: anything amiss means the sources run.
+    """
+    global _state
+    if any(isinstance(f, _Finder) for f in sys.meta_path):
+        return _state == "compiled"
+    if os.environ.get(PURE_ENV, "") not in ("", "0"):
+        _state = f"pure Python ({PURE_ENV} is set)"
+        return False
+    already = [m for m in MODULES if m in sys.modules]
+    if already:
+        _state = f"pure Python ({already[0]} was imported before the compiled build was looked for)"
+        return False
+    reason, files = _why_not(root)
+    if reason is not None:
+        _state = f"pure Python: {reason}"
+        return False
+    sys.meta_path.insert(0, _Finder(files))
+    _state = "compiled"
+    return True
+
+
+def status() -> str:
+    """``compiled (mypyc, N modules)`` or ``pure Python: <why>``."""
+    if _state == "compiled":
+        return f"compiled (mypyc, {len(MODULES)} modules in {build_dir()})"
+    return _state
+
+
+def is_compiled(module: ModuleType) -> bool:
+    """True when ``module`` was loaded from a compiled extension."""
+    return str(getattr(module, "__file__", "")).endswith(_ext_suffix())
