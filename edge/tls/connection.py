@@ -427,8 +427,8 @@ class EdgeTlsProtocol(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        obj = session.ssl_object
-        der = obj.getpeercert(binary_form=True)
+        obj = session.native
+        der = obj.getpeercert(True)
         cert: PeerCertificate | None = None
         try:
             if der is None:

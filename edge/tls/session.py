@@ -23,13 +23,34 @@ from __future__ import annotations
 import contextlib
 import enum
 import ssl
+from typing import Any, Protocol, cast
 
 from edge.tls.clienthello import parse_server_hello
 from edge.tls.verdict import HandshakeFailure, failure_from_ssl_error
 
-__all__ = ["TlsServerSession", "TlsState"]
+__all__ = ["NativeSsl", "TlsServerSession", "TlsState"]
 
 _READ_SIZE = 64 * 1024
+
+
+class NativeSsl(Protocol):
+    """The C object (``_ssl._SSLSocket``) that ``ssl.SSLObject`` wraps: the methods used here.
+
+    ``ssl.SSLObject``'s methods are Python functions that call these one for one
+    (``unwrap`` is ``shutdown``); the edge calls them directly, a dozen times per
+    connect, and builds the ``ssl.SSLObject`` only for whoever asks for it
+    (:attr:`TlsServerSession.ssl_object`).
+    """
+
+    def do_handshake(self) -> None: ...
+    def read(self, size: int, /) -> bytes: ...
+    def write(self, data: bytes | memoryview, /) -> int: ...
+    def pending(self) -> int: ...
+    def shutdown(self) -> Any: ...
+    def version(self) -> str | None: ...
+    def cipher(self) -> tuple[str, str, int] | None: ...
+    def selected_alpn_protocol(self) -> str | None: ...
+    def getpeercert(self, binary_form: bool = False, /) -> Any: ...
 
 
 class TlsState(enum.Enum):
@@ -51,6 +72,7 @@ class TlsServerSession:
         "_in",
         "_out",
         "_ssl",
+        "_wrapper",
         "close_reason",
         "failure",
         "peer_closed",
@@ -60,7 +82,10 @@ class TlsServerSession:
     def __init__(self, context: ssl.SSLContext) -> None:
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
-        self._ssl: ssl.SSLObject = context.wrap_bio(self._in, self._out, server_side=True)
+        # What SSLContext.wrap_bio() wraps, without the wrapper (see NativeSsl).
+        wrap_bio = context._wrap_bio  # type: ignore[attr-defined]
+        self._ssl = cast(NativeSsl, wrap_bio(self._in, self._out, server_side=True))
+        self._wrapper: ssl.SSLObject | None = None
         self._app = bytearray()
         self.state = TlsState.HANDSHAKING
         #: Set when the handshake failed; the alert (if any) is in data_to_send().
@@ -96,7 +121,19 @@ class TlsServerSession:
 
     @property
     def ssl_object(self) -> ssl.SSLObject:
-        """The underlying ``ssl.SSLObject`` (peer certificate, cipher, ALPN, version)."""
+        """The ``ssl.SSLObject`` of this session (peer certificate, cipher, ALPN, version).
+
+        Built on first use around :attr:`native`, as ``SSLObject._create`` would.
+        """
+        wrapper = self._wrapper
+        if wrapper is None:
+            wrapper = self._wrapper = ssl.SSLObject.__new__(ssl.SSLObject)
+            wrapper._sslobj = self._ssl  # type: ignore[attr-defined]
+        return wrapper
+
+    @property
+    def native(self) -> NativeSsl:
+        """The C object under :attr:`ssl_object`, for the edge's own calls on the connect path."""
         return self._ssl
 
     def receive_data(self, data: bytes) -> None:
@@ -187,7 +224,7 @@ class TlsServerSession:
         self._close_sent = True
         # WantRead just means our close_notify is queued and we do not wait for the peer's.
         with contextlib.suppress(ssl.SSLError):
-            self._ssl.unwrap()
+            self._ssl.shutdown()
 
     def application_data(self) -> bytes:
         """Return (and forget) the plaintext received since the last call."""
