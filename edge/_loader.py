@@ -37,9 +37,11 @@ MODULES: tuple[str, ...] = (
     "edge.mux",
     "edge.tls.clienthello",
     "edge.tls.connection",
+    "edge.tls.contexts",
     "edge.tls.peer",
     "edge.tls.session",
     "edge.tls.wire",
+    "edge.trust.model",
 )
 #: The group's shared library: a top-level module the compiled modules import.
 _GROUP = "edgesim_connect"

@@ -41,7 +41,6 @@ from edge.core.events import EventLog
 from edge.core.handlers import HandlerRegistry
 from edge.core.hub import EdgeCore
 from edge.core.policy import Policy
-from edge.core.session import SessionInfo
 from edge.tls import verifiedchain
 from edge.tls.connection import AppProtocolFactory, EndpointOptions, ListenerKind, TlsEndpoint
 from edge.tls.contexts import ContextCache, TlsSettings
@@ -359,15 +358,9 @@ class EdgeServer:
 
 
 def _mqtt_factory(broker: Any) -> AppProtocolFactory:
-    from edge.core.deadlines import Deadlines
-    from edge.mqtt.protocol import MqttServerProtocol
+    from edge.mqtt.protocol import MqttProtocolFactory
 
-    connect_deadlines = Deadlines(broker.config.connect_timeout)
-
-    def factory(session: SessionInfo) -> asyncio.Protocol:
-        return MqttServerProtocol(broker, session, connect_deadlines=connect_deadlines)
-
-    return factory
+    return MqttProtocolFactory(broker)
 
 
 def new_event_loop(use_uvloop: bool = True) -> asyncio.AbstractEventLoop:

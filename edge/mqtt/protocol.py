@@ -28,7 +28,7 @@ from edge.core.deadlines import Deadline, Deadlines
 from edge.core.session import SessionInfo
 from edge.mqtt.broker import MqttBroker, MqttConnection
 
-__all__ = ["MqttServerProtocol"]
+__all__ = ["MqttProtocolFactory", "MqttServerProtocol"]
 
 
 class MqttServerProtocol(asyncio.Protocol):
@@ -198,3 +198,22 @@ class MqttServerProtocol(asyncio.Protocol):
         self._flush()
         if not conn.should_close:
             self._schedule(deadline)
+
+
+class MqttProtocolFactory:
+    """Makes the :class:`MqttServerProtocol` of each session a TLS listener accepts.
+
+    One per listener: its connections share one :class:`~edge.core.deadlines.Deadlines`
+    for their CONNECT timeouts. A class rather than a closure so that the call,
+    once per connect, stays in compiled code (:mod:`edge.compiled`).
+    """
+
+    __slots__ = ("broker", "connect_deadlines")
+
+    def __init__(self, broker: MqttBroker) -> None:
+        self.broker = broker
+        self.connect_deadlines = Deadlines(broker.config.connect_timeout)
+
+    def __call__(self, session: SessionInfo) -> asyncio.Protocol:
+        """The protocol for one accepted ``session``."""
+        return MqttServerProtocol(self.broker, session, connect_deadlines=self.connect_deadlines)

@@ -769,7 +769,8 @@ class TlsTransport(asyncio.Transport):
     __slots__ = ("_closing", "_conn")
 
     def __init__(self, conn: EdgeTlsProtocol) -> None:
-        super().__init__()
+        # No super().__init__(): BaseTransport's only sets _extra (an empty dict per
+        # connection), which nothing but its get_extra_info, overridden here, reads.
         self._conn = conn
         self._closing = False
 
