@@ -142,19 +142,42 @@ class Will:
     retain: bool = False
 
 
-@dataclass(slots=True)
+@dataclass(init=False, slots=True)
 class Connect:
     """CONNECT (client to server). ``protocol_level`` 3 is MQTT 3.1 (``MQIsdp``), 4 is 3.1.1."""
 
-    client_id: str = ""
-    clean_session: bool = True
-    keepalive: int = 60
-    will: Will | None = None
-    username: str | None = None
-    password: bytes | None = None
-    protocol_name: str = "MQTT"
-    protocol_level: int = 4
+    client_id: str
+    clean_session: bool
+    keepalive: int
+    will: Will | None
+    username: str | None
+    password: bytes | None
+    protocol_name: str
+    protocol_level: int
     type: int = field(default=CONNECT, init=False, repr=False)
+
+    # Written out, not generated: one per connect, and compiled (edge.compiled) a
+    # hand-written __init__ is native where the generated one stays interpreted.
+    def __init__(
+        self,
+        client_id: str = "",
+        clean_session: bool = True,
+        keepalive: int = 60,
+        will: Will | None = None,
+        username: str | None = None,
+        password: bytes | None = None,
+        protocol_name: str = "MQTT",
+        protocol_level: int = 4,
+    ) -> None:
+        self.client_id = client_id
+        self.clean_session = clean_session
+        self.keepalive = keepalive
+        self.will = will
+        self.username = username
+        self.password = password
+        self.protocol_name = protocol_name
+        self.protocol_level = protocol_level
+        self.type = CONNECT
 
 
 @dataclass(slots=True)
@@ -263,11 +286,14 @@ class Pingresp:
     type: int = field(default=PINGRESP, init=False, repr=False)
 
 
-@dataclass(slots=True)
+@dataclass(init=False, slots=True)
 class Disconnect:
     """DISCONNECT: the client's clean goodbye (its will is discarded)."""
 
     type: int = field(default=DISCONNECT, init=False, repr=False)
+
+    def __init__(self) -> None:  # native when compiled (see Connect)
+        self.type = DISCONNECT
 
 
 Packet = (

@@ -23,6 +23,7 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass
+from typing import Final
 
 from edge.tls.errors import ClientHelloError, WireFormatError
 from edge.tls.wire import (
@@ -85,21 +86,47 @@ class FlightProblem(enum.Enum):
     MALFORMED = "malformed"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(init=False, eq=True, unsafe_hash=True, slots=True)
 class ClientHello:
-    """What a client offered in its ClientHello."""
+    """What a client offered in its ClientHello. Immutable.
 
-    record_version: int
-    legacy_version: int
+    A dataclass with a hand-written ``__init__`` and ``Final`` fields rather than
+    ``frozen=True``: one is built per connect, and compiled (:mod:`edge.compiled`)
+    this ``__init__`` is native (see :mod:`edge.core.session`).
+    """
+
+    record_version: Final[int]
+    legacy_version: Final[int]
     #: Versions offered, newest first as sent: the supported_versions extension if
     #: present (GREASE values dropped), else the legacy version field alone.
-    versions: tuple[str, ...]
-    cipher_suites: tuple[int, ...]
-    sni: str | None
-    alpn: tuple[str, ...]
-    extensions: tuple[int, ...]
+    versions: Final[tuple[str, ...]]
+    cipher_suites: Final[tuple[int, ...]]
+    sni: Final[str | None]
+    alpn: Final[tuple[str, ...]]
+    extensions: Final[tuple[int, ...]]
     #: The 32-byte client random: the key of this handshake's lines in a key log.
-    random: bytes = b""
+    random: Final[bytes]
+
+    def __init__(
+        self,
+        *,
+        record_version: int,
+        legacy_version: int,
+        versions: tuple[str, ...],
+        cipher_suites: tuple[int, ...],
+        sni: str | None,
+        alpn: tuple[str, ...],
+        extensions: tuple[int, ...],
+        random: bytes = b"",
+    ) -> None:
+        self.record_version = record_version
+        self.legacy_version = legacy_version
+        self.versions = versions
+        self.cipher_suites = cipher_suites
+        self.sni = sni
+        self.alpn = alpn
+        self.extensions = extensions
+        self.random = random
 
 
 def classify_plaintext(data: bytes) -> str:
