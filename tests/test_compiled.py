@@ -100,13 +100,10 @@ def test_no_build_and_a_broken_manifest(tmp_path: Path) -> None:
     assert reason.startswith("unreadable compiled build manifest")
 
 
-def _probe(env: dict[str, str]) -> list[str]:
-    code = (
-        "import edge.tls.connection as c, edge.compiled as m;"
-        "print(m.is_compiled(c)); print(m.status())"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
+def _python(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run this Python in a fresh process at the project root."""
+    return subprocess.run(
+        [sys.executable, *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -114,7 +111,14 @@ def _probe(env: dict[str, str]) -> list[str]:
         timeout=60,
         check=True,
     )
-    return out.stdout.splitlines()
+
+
+def _probe(env: dict[str, str]) -> list[str]:
+    code = (
+        "import edge.tls.connection as c, edge.compiled as m;"
+        "print(m.is_compiled(c)); print(m.status())"
+    )
+    return _python(["-c", code], env).stdout.splitlines()
 
 
 def test_pure_python_switch() -> None:
@@ -142,15 +146,7 @@ def test_this_process_runs_what_the_tree_says() -> None:
 
 def test_build_status_cli() -> None:
     env = {k: v for k, v in os.environ.items() if k != compiled.PURE_ENV}
-    out = subprocess.run(
-        [sys.executable, "-m", "edge.compiled", "status"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    out = _python(["-m", "edge.compiled", "status"], env)
     reason, _ = _loader._why_not(ROOT)
     expected = (
         f"compiled (mypyc, {len(compiled.MODULES)} modules in {compiled.build_dir(ROOT)})"
