@@ -38,15 +38,22 @@ check the trust anchor's self-signature (OpenSSL skips it too), but auditors fla
 from __future__ import annotations
 
 import datetime as dt
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeGuard, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import ExtendedKeyUsageOID
+
+if TYPE_CHECKING:
+    # Annotations only: at run time the DSA class is read once, by _dsa_public_key_class.
+    from cryptography.hazmat.primitives.asymmetric import dsa
+    from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 __all__ = [
     "CODES",
@@ -56,6 +63,7 @@ __all__ = [
     "extension_value",
     "extensions_problem",
     "has_errors",
+    "is_dsa_key",
     "is_self_signed",
     "lint_chain",
     "signature_problem",
@@ -164,7 +172,29 @@ def signature_problem(cert: x509.Certificate, issuer: x509.Certificate) -> str |
     return None
 
 
-def _verify_with_key(cert: x509.Certificate, public: object) -> str | None:
+def is_dsa_key(public: CertificatePublicKeyTypes) -> TypeGuard[dsa.DSAPublicKey]:
+    """True for a DSA public key (which the linter and the verifier refuse by name)."""
+    return _DSA_PUBLIC_KEY is not None and isinstance(public, _DSA_PUBLIC_KEY)
+
+
+def _dsa_public_key_class() -> type | None:
+    # cryptography 51 deprecates DSA: reading `dsa.DSAPublicKey` warns, and a release
+    # may drop it. The class is still needed to recognise a DSA key and refuse it
+    # with its own finding, so it is read once here with that one warning silenced.
+    try:
+        from cryptography.hazmat.primitives.asymmetric import dsa as dsa_module
+    except ImportError:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        found = getattr(dsa_module, "DSAPublicKey", None)
+    return found if isinstance(found, type) else None
+
+
+_DSA_PUBLIC_KEY = _dsa_public_key_class()
+
+
+def _verify_with_key(cert: x509.Certificate, public: CertificatePublicKeyTypes) -> str | None:
     """The fallback of :func:`signature_problem`, one key type at a time."""
     signature, tbs = cert.signature, cert.tbs_certificate_bytes
     try:
@@ -180,7 +210,7 @@ def _verify_with_key(cert: x509.Certificate, public: object) -> str | None:
             public.verify(signature, tbs, params)
         elif isinstance(public, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
             public.verify(signature, tbs)
-        elif isinstance(public, dsa.DSAPublicKey) and digest is not None:
+        elif is_dsa_key(public) and digest is not None:
             public.verify(signature, tbs, digest)
         else:
             algorithm = cert.signature_algorithm_oid
@@ -402,7 +432,7 @@ class _Linter:
                 f"{public.curve.name} (at least {_MIN_EC_BITS} bits required)",
                 "issue a new certificate with a P-256 or P-384 key",
             )
-        elif isinstance(public, dsa.DSAPublicKey):
+        elif is_dsa_key(public):
             self.add(
                 "error",
                 "weak-dsa-key",
