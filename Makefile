@@ -1,18 +1,36 @@
 # edgesim: the README's commands. Each target sets up what it needs itself.
+#
+# Installs come from uv.lock (exact versions with hashes): `uv sync --locked` fails
+# when the lock no longer matches pyproject.toml, so a stale lock stops the build.
+# `make lock` refreshes it; `make test-latest` runs the suite on the newest releases
+# that pyproject.toml's ranges allow, in a venv of its own.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# uv itself, at the version the lock holds, in a venv of its own (.uv): the project's
+# venv is synced exactly to the lock, which would otherwise remove or replace it.
+UV_VERSION := $(shell awk '/^name = "uv"$$/ { getline; gsub(/"/, "", $$3); print $$3 }' uv.lock)
+UV_DIR := .uv
+UV := $(UV_DIR)/bin/uv
+LATEST := .venv-latest
 
-.PHONY: demo test lint typecheck unit bench clean venv compile
+.PHONY: demo test test-latest lint typecheck unit bench clean venv compile lock wheel
 
-$(STAMP): pyproject.toml
-	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+$(UV): uv.lock
+	$(PY) -m venv $(UV_DIR)
+	$(UV_DIR)/bin/pip install -q --disable-pip-version-check 'uv==$(UV_VERSION)'
+	touch $(UV)
+
+$(STAMP): pyproject.toml uv.lock $(UV)
+	$(UV) sync --locked --extra dev --python $(PY)
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# Refresh uv.lock after changing pyproject.toml (commit both together).
+lock: $(UV)
+	$(UV) lock
 
 # The connect path compiled with mypyc (edge/compiled.py); skipped when up to date.
 # Without a C compiler it says so and the edge runs its sources.
@@ -36,8 +54,26 @@ unit: compile
 
 test: lint typecheck unit
 
+# The same checks on the newest release of every dependency that the ranges allow,
+# resolved afresh each time (the lock plays no part). The compiled build is shared
+# with `make test` (it depends on the sources and the Python, not on the packages).
+test-latest: $(UV) compile
+	rm -rf $(LATEST)
+	$(UV) venv -q --python $(PY) $(LATEST)
+	$(UV) pip install -q --python $(LATEST)/bin/python --refresh --resolution highest -e '.[dev]'
+	$(UV) pip list --python $(LATEST)/bin/python
+	$(LATEST)/bin/ruff check .
+	$(LATEST)/bin/mypy
+	$(LATEST)/bin/pytest -q
+	EDGESIM_PURE_PYTHON=1 $(LATEST)/bin/pytest -q tests/tls tests/mqtt tests/core
+
+# The sdist and the wheel (connect path compiled when a C compiler is here) into dist/.
+wheel: $(STAMP)
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/twine check --strict dist/*
+
 bench: compile
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .edgesim .build build *.egg-info
+	rm -rf $(VENV) $(LATEST) $(UV_DIR) .edgesim .build build dist *.egg-info

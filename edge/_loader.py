@@ -2,6 +2,16 @@
 
 Imported by ``edge/__init__.py`` before anything else of the edge, so it stays
 small: standard library only, no build code.
+
+The compiled modules come from one of two places:
+
+- a source checkout: ``make compile`` builds them into ``.build/mypyc/`` with a
+  manifest of the sources' digests, and a finder serves them only while that
+  manifest matches the sources;
+- an installed wheel: ``setup.py`` compiles them at wheel-build time and they sit
+  beside their ``.py`` files, where Python's own import system prefers them. Here
+  the loader only checks that all of them are present (never half compiled, half
+  not) and, with ``EDGESIM_PURE_PYTHON=1``, serves the ``.py`` files instead.
 """
 
 from __future__ import annotations
@@ -104,6 +114,44 @@ def _why_not(root: Path) -> tuple[str | None, dict[str, Path]]:
     return None, files
 
 
+def _installed(root: Path) -> tuple[str | None, dict[str, Path]]:
+    """``(state, module -> source file)`` of compiled modules installed beside their sources.
+
+    ``state`` is None when no module is installed compiled (a source checkout, or a
+    wheel built without a compiler), ``"all"`` when every one is, and a reason
+    otherwise (some are: the sources must then serve every module).
+    """
+    suffix = _ext_suffix()
+    sources = {m: _source(root, m) for m in MODULES}
+    present = [m for m, src in sources.items() if src.with_name(src.stem + suffix).is_file()]
+    group = (root / f"{_GROUP}__mypyc{suffix}").is_file()
+    if not present and not group:
+        return None, sources
+    if len(present) == len(MODULES) and group:
+        return "all", sources
+    missing = sorted(set(MODULES) - set(present)) or [f"{_GROUP}__mypyc"]
+    return f"the installed compiled modules are incomplete ({missing[0]} is missing)", sources
+
+
+class _SourceFinder(importlib.abc.MetaPathFinder):
+    """Serves the ``.py`` files of modules that are also installed compiled."""
+
+    def __init__(self, files: dict[str, Path]) -> None:
+        self._files = files
+
+    def find_spec(
+        self,
+        fullname: str,
+        path: Sequence[str] | None,
+        target: ModuleType | None = None,
+    ) -> importlib.machinery.ModuleSpec | None:
+        file = self._files.get(fullname)
+        if file is None:
+            return None
+        loader = importlib.machinery.SourceFileLoader(fullname, str(file))
+        return importlib.util.spec_from_file_location(fullname, file, loader=loader)
+
+
 class _Finder(importlib.abc.MetaPathFinder):
     """Serves the compiled modules (and their group library) from the build directory."""
 
@@ -130,9 +178,19 @@ def activate(root: Path = _ROOT) -> bool:
     calls it). Never raises: anything amiss means the sources run.
     """
     global _state
-    if any(isinstance(f, _Finder) for f in sys.meta_path):
-        return _state == "compiled"
-    if os.environ.get(PURE_ENV, "") not in ("", "0"):
+    if any(isinstance(f, _Finder | _SourceFinder) for f in sys.meta_path):
+        return _state.startswith("compiled")
+    installed, sources = _installed(root)
+    pure = os.environ.get(PURE_ENV, "") not in ("", "0")
+    if installed is not None:
+        # A wheel's compiled modules load by themselves unless sources are put first.
+        if pure or installed != "all":
+            sys.meta_path.insert(0, _SourceFinder(sources))
+            _state = f"pure Python ({PURE_ENV} is set)" if pure else f"pure Python: {installed}"
+            return False
+        _state = "compiled, installed"
+        return True
+    if pure:
         _state = f"pure Python ({PURE_ENV} is set)"
         return False
     already = [m for m in MODULES if m in sys.modules]
@@ -149,9 +207,11 @@ def activate(root: Path = _ROOT) -> bool:
 
 
 def status() -> str:
-    """``compiled (mypyc, N modules)`` or ``pure Python: <why>``."""
+    """``compiled (mypyc, N modules ...)`` or ``pure Python: <why>``."""
     if _state == "compiled":
         return f"compiled (mypyc, {len(MODULES)} modules in {build_dir()})"
+    if _state == "compiled, installed":
+        return f"compiled (mypyc, {len(MODULES)} modules installed in {_ROOT})"
     return _state
 
 

@@ -34,11 +34,32 @@ GROUPS: tuple[tuple[str, str], ...] = (
 )
 
 
+def version_text() -> str:
+    """``edgesim X.Y.Z (connect path: compiled ...)``: what ``--version`` prints."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from edge._loader import status
+
+    try:
+        number = version("edgesim")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        number = "unknown (not installed)"
+    return f"edgesim {number} (connect path: {status()})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the full ``edgesim`` parser with every command group that is installed."""
     parser = argparse.ArgumentParser(
         prog="edgesim",
         description="A local IoT edge for mutual TLS, its PKI toolkit and a device-fleet simulator.",
+        # Raw: keeps the one-line --version text (with its build path) unwrapped.
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=version_text(),
+        help="print the version and whether the connect path is compiled, then exit",
     )
     sub = parser.add_subparsers(dest="group", metavar="GROUP")
     for module_name, attr in GROUPS:

@@ -3,7 +3,7 @@
 Two public packages hold what is needed, fetched with pip (the registry's ordinary
 client) only when missing:
 
-- the ``cryptography_vectors`` wheel of the installed ``cryptography`` version:
+- the ``cryptography_vectors`` wheel (:data:`VECTORS_VERSION`):
   ``cryptography_vectors/x509/PKITS_data/{certs,crls}`` (DER certificates and CRLs);
 - the ``pyhanko-certvalidator`` sdist: ``tests/fixtures/nist_pkits/pkits.json``, the
   test cases with their expected outcome (a case with an ``error`` key must fail).
@@ -28,11 +28,14 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import cryptography
 from cryptography import x509
 from cryptography.utils import CryptographyDeprecationWarning
 
 CERTVALIDATOR_VERSION = "0.33.0"
+#: A fixed release, not the installed cryptography's: the PKITS files are NIST's 2011
+#: data and the same in every release, while a new cryptography can come out before
+#: its vectors wheel does (51.0.1 did), which skipped these tests on a fresh machine.
+VECTORS_VERSION = "50.0.2"
 #: PKITS 2011 certificates are valid 2010-2030; the suite's own runner uses this date.
 VALIDATION_TIME = dt.datetime(2022, 5, 1, tzinfo=dt.UTC)
 _VECTORS_PREFIX = "cryptography_vectors/x509/PKITS_data/"
@@ -107,7 +110,7 @@ def _pip_download(spec: str, dest: Path, *, wheel: bool) -> Path:
 
 def ensure_pkits() -> PkitsData:
     """Return the cached PKITS data, downloading and extracting it if missing."""
-    version = cryptography.__version__
+    version = VECTORS_VERSION
     target = cache_dir() / f"cryptography-{version}-certvalidator-{CERTVALIDATOR_VERSION}"
     data = PkitsData(certs=target / "certs", crls=target / "crls", cases=target / "pkits.json")
     if data.cases.is_file() and data.certs.is_dir() and data.crls.is_dir():
