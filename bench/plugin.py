@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from itertools import count
 from pathlib import Path
 
-from edge.pytest_plugin import (
+from testkit.pytest_plugin import (
     DeviceFactory,
     EdgeFactory,
     EdgeHandle,

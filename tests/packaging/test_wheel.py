@@ -235,7 +235,7 @@ def test_installed_pytest_plugin_connects_a_device(venv: Path, tmp_path: Path) -
         "    assert dev.receive(timeout=10).payload == b'21.5'\n"
         "\n"
         "def test_plugin_is_the_installed_one(pytestconfig):\n"
-        "    import edge.compiled, edge.pytest_plugin as p\n"
+        "    import edge.compiled, testkit.pytest_plugin as p\n"
         "    assert pytestconfig.pluginmanager.hasplugin('edgesim')\n"
         f"    assert not p.__file__.startswith({str(ROOT)!r})\n"
         "    assert edge.compiled.status().startswith('compiled')\n"

@@ -72,7 +72,7 @@ MORE_FIXTURES = """\
 import pytest
 
 from devices.device import Publish, Receive, Subscribe
-from edge.pytest_plugin import DEFECTS, DeviceRefused
+from testkit.pytest_plugin import DEFECTS, DeviceRefused
 
 
 @pytest.mark.parametrize("fault", sorted(DEFECTS))

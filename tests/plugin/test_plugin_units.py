@@ -16,7 +16,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from edge.pytest_plugin import (
+from testkit.pytest_plugin import (
     DEFECTS,
     DeviceFactory,
     EdgeFactory,

@@ -22,10 +22,9 @@ fixture            scope     what it gives
                              and fleets of a test run on
 =================  ========  ====================================================
 
-This module lives in ``edge`` although it drives :mod:`devices` too: it is the one
-place that ties the edge and the device simulator together, for test suites. The
-project's layering (``devices`` never imports ``edge`` beyond wire formats) is kept
-everywhere else; nothing in the project imports this module.
+This module lives in :mod:`testkit`, above :mod:`edge`, :mod:`devices` and :mod:`certs`:
+it ties the edge and the device simulator together for test suites, and neither of
+them imports it (``edge`` never imports ``devices``).
 
 Threads: the edge runs on its own event loop thread (:class:`edge.server.ServerThread`);
 devices and fleets run on a second loop thread (:class:`LoopThread`), so that both sync
