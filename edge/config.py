@@ -29,6 +29,7 @@ An ``edge.toml`` (every key optional; relative paths are relative to the file)::
     store = ".edgesim/trust.db"
     propagation_delay = 0.0
     watch_interval = 1.0
+    cert_expiry_days = 30           # server certificates expiring this soon are reported
 
     [pki]
     dir = ""                        # a folder made by `edgesim pki quickstart`
@@ -157,6 +158,9 @@ class TrustConfig:
     propagation_delay: float = 0.0
     #: Seconds between checks for changes other processes made to the store.
     watch_interval: float | None = 1.0
+    #: Server certificates expiring within this many days are reported (list,
+    #: status, and a ``cert.expiring`` event at start-up and daily).
+    cert_expiry_days: float = 30.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -214,7 +218,7 @@ _KNOWN = {
         "max_connections",
     },
     "identity": {"rule"},
-    "trust": {"store", "propagation_delay", "watch_interval"},
+    "trust": {"store", "propagation_delay", "watch_interval", "cert_expiry_days"},
     "pki": {"dir"},
 }
 
@@ -312,7 +316,7 @@ def config_from_dict(data: Mapping[str, Any], *, base: Path, source: str) -> Edg
         tr: dict[str, Any] = {}
         if "store" in trust:
             tr["store"] = _path(base, _get(trust, "store", str, where))
-        for key in ("propagation_delay", "watch_interval"):
+        for key in ("propagation_delay", "watch_interval", "cert_expiry_days"):
             if key in trust:
                 value = float(_get(trust, key, (int, float), where))
                 if value < 0:

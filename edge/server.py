@@ -267,6 +267,7 @@ class EdgeServer:
             events=self.events,
             propagation_delay=cfg.trust.propagation_delay,
             watch_interval=cfg.trust.watch_interval,
+            expiry_warn_days=cfg.trust.cert_expiry_days,
         )
         self.trust = trust
         trust.register_worker(f"edge-{os.getpid()}-{id(self):x}", self._apply_snapshot)
@@ -275,11 +276,24 @@ class EdgeServer:
 
     def _apply_snapshot(self, snapshot: TrustSnapshot) -> None:
         # New handshakes read self._snapshot; established sessions keep their context.
-        self._snapshot = snapshot
         if self.contexts is not None:
+            # Build every context now, not in a handshake; a server certificate that
+            # cannot load raises here, so the worker fails and the old snapshot stays.
+            routes = []
+            table = snapshot.routes
+            if table is not None:
+                routes = [*table.exact.values(), *table.wildcard.values()]
+                if table.default is not None:
+                    routes.append(table.default)
+            for route in routes:
+                if route.server is not None and route.error is None:
+                    self.contexts.context_for_route(route)
             for active in snapshot.sets.values():
-                self.contexts.context_for(active)  # build now, not in a handshake
-            self.contexts.apply(list(snapshot.sets.values()))
+                self.contexts.context_for(active)
+            self._snapshot = snapshot
+            self.contexts.apply(list(snapshot.sets.values()), routes)
+        else:
+            self._snapshot = snapshot
 
     def _current_snapshot(self) -> TrustSnapshot:
         return self._snapshot

@@ -34,12 +34,12 @@ from typing import Any, Protocol, cast
 
 from edge.core.deadlines import Deadline, Deadlines
 from edge.core.events import EventLog
-from edge.core.session import PeerCertificate, SessionInfo
-from edge.identity import IdentityRule, describe_certificate, inspect_certificate
+from edge.core.session import DeviceIdentity, PeerCertificate, SessionInfo
+from edge.identity import IdentityRule, describe_certificate, inspect_certificate, parse_rule
 from edge.mux import ListenerKind, MuxError, Selected, select_protocol
 from edge.tls import verifiedchain
 from edge.tls.clienthello import ClientFlightReader, ClientHello, FlightProblem
-from edge.tls.contexts import ContextCache, TrustSetLike
+from edge.tls.contexts import ContextCache, RouteLike, TrustSetLike
 from edge.tls.errors import IdentityError, TlsConfigError
 from edge.tls.keylog import KeyLogTap, decrypt_client_certificates
 from edge.tls.peer import fast_inspect
@@ -69,13 +69,22 @@ class ActiveSetLike(TrustSetLike, Protocol):
     def ca_certs(self) -> tuple[Any, ...]: ...
 
 
+class EdgeRouteLike(RouteLike, Protocol):
+    """A route as the connection reads it (see ``edge.trust.model.Route``)."""
+
+    @property
+    def active(self) -> ActiveSetLike | None: ...
+    @property
+    def error(self) -> str | None: ...
+
+
 class SnapshotLike(Protocol):
     """What the edge reads from a trust snapshot (see ``edge.trust.model.TrustSnapshot``)."""
 
     @property
     def generation(self) -> int: ...
-    def resolve(self, sni: str | None) -> ActiveSetLike | None: ...
-    def explain_unbound(self, sni: str | None) -> str: ...
+    def route(self, sni: str | None) -> EdgeRouteLike | None: ...
+    def explain_unrouted(self, sni: str | None) -> str: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -178,6 +187,7 @@ class EdgeTlsProtocol(asyncio.Protocol):
         "_in_handshake_slot",
         "_pending",
         "_phase",
+        "_route",
         "_started",
         "_timer",
         "app",
@@ -209,6 +219,7 @@ class EdgeTlsProtocol(asyncio.Protocol):
         self._counted = False
         self._in_handshake_slot = False
         self._active: ActiveSetLike | None = None
+        self._route: EdgeRouteLike | None = None
         self._close_reason = ""
         self._started = 0.0
 
@@ -360,21 +371,36 @@ class EdgeTlsProtocol(asyncio.Protocol):
             return
         self.hello = hello
         snapshot = self.endpoint.snapshot()
-        active = snapshot.resolve(hello.sni)
-        if active is None:
+        # One or two dict lookups in the snapshot's precomputed route table.
+        route = snapshot.route(hello.sni)
+        if route is None:
             self._refuse(
-                snapshot.explain_unbound(hello.sni),
-                hint="bind a certificate set to this hostname or set a default binding",
+                snapshot.explain_unrouted(hello.sni),
+                hint="deploy a server certificate covering this hostname, bind a certificate "
+                "set to it, or configure a default",
                 alert="unrecognized_name" if hello.sni else "handshake_failure",
             )
             return
-        try:
-            context = self.endpoint.contexts.context_for(active)
-        except TlsConfigError as exc:
-            self._active = active
-            self._refuse(str(exc), hint="re-upload the set", alert="internal_error")
-            return
+        active = route.active
         self._active = active
+        self._route = route
+        error = route.error
+        if error is not None:
+            self._refuse(
+                error,
+                hint="activate the set, or deploy the certificate with another set",
+                alert="handshake_failure",
+            )
+            return
+        try:
+            if route.server is not None:
+                context = self.endpoint.contexts.context_for_route(route)
+            else:
+                assert active is not None
+                context = self.endpoint.contexts.context_for(active)
+        except TlsConfigError as exc:
+            self._refuse(str(exc), hint="re-upload the set or certificate", alert="internal_error")
+            return
         self.session = TlsServerSession(context)
         self._phase = _PHASE_HANDSHAKE
         if self._pending:
@@ -422,7 +448,6 @@ class EdgeTlsProtocol(asyncio.Protocol):
         session = self.session
         active = self._active
         assert session is not None
-        assert active is not None
         self._release_handshake_slot()
         if self._timer is not None:
             self._timer.cancel()
@@ -430,10 +455,20 @@ class EdgeTlsProtocol(asyncio.Protocol):
         obj = session.native
         der = obj.getpeercert(True)
         cert: PeerCertificate | None = None
+        if active is None:
+            # A server certificate deployed with client_auth "none": no certificate was
+            # requested, so the device is named by its address.
+            self._accepted(obj, DeviceIdentity(namespace="anonymous", name=self.peer), None, "", 0)
+            return
         try:
             if der is None:
                 raise IdentityError("no peer certificate after a verified handshake")
             rule = self.endpoint.options.identity_rule
+            route = self._route
+            if route is not None and route.server is not None:
+                chosen = route.server.settings.identity_rule
+                if chosen is not None:
+                    rule = parse_rule(chosen)
             # What OpenSSL already decoded is enough in the common case; the same
             # answer from the DER otherwise (edge.tls.peer).
             found = fast_inspect(obj.getpeercert(), der, namespace=active.name, rule=rule)
@@ -452,6 +487,16 @@ class EdgeTlsProtocol(asyncio.Protocol):
             )
             self._linger_close()
             return
+        self._accepted(obj, identity, cert, active.name, active.version)
+
+    def _accepted(
+        self,
+        obj: Any,
+        identity: DeviceIdentity,
+        cert: PeerCertificate | None,
+        set_name: str,
+        set_version: int,
+    ) -> None:
         cipher = obj.cipher()
         hello = self.hello
         # What the handshake needed is dropped: an idle device costs memory for
@@ -469,8 +514,8 @@ class EdgeTlsProtocol(asyncio.Protocol):
             tls_version=obj.version() or "",
             cipher=cipher[0] if cipher else "",
             certificate=cert,
-            set_name=active.name,
-            set_version=active.version,
+            set_name=set_name,
+            set_version=set_version,
         )
         self.endpoint.events.emit(
             "tls.accepted",
@@ -481,8 +526,8 @@ class EdgeTlsProtocol(asyncio.Protocol):
             alpn=self.info.alpn,
             tls_version=self.info.tls_version,
             cipher=self.info.cipher,
-            set=active.name,
-            version=active.version,
+            set=set_name,
+            version=set_version,
             certificate=cert,
             connection_id=self.info.connection_id,
             handshake_ms=round((time.monotonic() - self._started) * 1000, 2),

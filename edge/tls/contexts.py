@@ -28,11 +28,19 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from edge.tls.errors import TlsConfigError
 
-__all__ = ["DEFAULT_ALPN", "ContextCache", "TlsSettings", "TrustSetLike", "parse_tls_version"]
+__all__ = [
+    "DEFAULT_ALPN",
+    "ContextCache",
+    "RouteLike",
+    "ServerCertLike",
+    "TlsSettings",
+    "TrustSetLike",
+    "parse_tls_version",
+]
 
 #: ALPN identifiers the edge accepts, in its order of preference.
 DEFAULT_ALPN: tuple[str, ...] = ("mqtt", "x-amzn-mqtt-ca", "http/1.1")
@@ -67,6 +75,50 @@ class TrustSetLike(Protocol):
     def crl_pem(self) -> bytes: ...
 
 
+class SettingsLike(Protocol):
+    """A server certificate's deployment settings (``edge.trust.model.ServerSettings``)."""
+
+    @property
+    def client_auth(self) -> str: ...
+    @property
+    def min_tls(self) -> str: ...
+    @property
+    def send_ca_names(self) -> bool: ...
+    @property
+    def identity_rule(self) -> str | None: ...
+
+
+class ServerCertLike(Protocol):
+    """A deployed server certificate (``edge.trust.model.DeployedCert``)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def deployment(self) -> int: ...
+    @property
+    def chain_pem(self) -> bytes: ...
+    @property
+    def key_pem(self) -> bytes: ...
+    @property
+    def settings(self) -> SettingsLike: ...
+
+
+class CaSetLike(TrustSetLike, Protocol):
+    """A set version with its parsed CA certificates (for the CA names sent)."""
+
+    @property
+    def ca_certs(self) -> tuple[Any, ...]: ...
+
+
+class RouteLike(Protocol):
+    """What a handshake uses for one name (``edge.trust.model.Route``)."""
+
+    @property
+    def server(self) -> ServerCertLike | None: ...
+    @property
+    def active(self) -> CaSetLike | None: ...
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TlsSettings:
     """How the edge's server contexts are built."""
@@ -93,6 +145,9 @@ class ContextCache:
         self._contexts: dict[tuple[str, int, str], ssl.SSLContext] = {}
         # id(set object) -> (the object, its context); holding the object keeps the id valid.
         self._by_object: dict[int, tuple[TrustSetLike, ssl.SSLContext]] = {}
+        # The same for routes served with an uploaded server certificate.
+        self._routes: dict[tuple[str, int, str, int, str], ssl.SSLContext] = {}
+        self._by_route: dict[int, tuple[RouteLike, ssl.SSLContext]] = {}
         self._lock = threading.Lock()
         # Fail at startup, not at the first handshake, if the server key is wrong.
         self._probe()
@@ -135,8 +190,16 @@ class ContextCache:
     def build(self, active: TrustSetLike) -> ssl.SSLContext:
         """Build a fresh server context for ``active`` (not cached)."""
         s = self.settings
+        ctx = self._base(s.minimum_version)
+        self._load_chain(ctx)
+        self._trust(ctx, active)
+        self._finish(ctx)
+        return ctx
+
+    def _base(self, minimum: ssl.TLSVersion) -> ssl.SSLContext:
+        s = self.settings
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.minimum_version = s.minimum_version
+        ctx.minimum_version = minimum
         if s.maximum_version is not None:
             ctx.maximum_version = s.maximum_version
         ctx.num_tickets = s.num_tickets
@@ -145,7 +208,10 @@ class ContextCache:
         ctx.options |= ssl.OP_NO_RENEGOTIATION
         if s.ciphers:
             ctx.set_ciphers(s.ciphers)
-        self._load_chain(ctx)
+        return ctx
+
+    @staticmethod
+    def _trust(ctx: ssl.SSLContext, active: TrustSetLike) -> None:
         ctx.verify_mode = ssl.CERT_REQUIRED
         try:
             ctx.load_verify_locations(cadata=active.ca_pem.decode("ascii"))
@@ -156,17 +222,78 @@ class ContextCache:
         if active.crl_pem:
             _load_crls(ctx, active)
             ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+
+    def _finish(self, ctx: ssl.SSLContext) -> None:
+        s = self.settings
         if s.alpn:
             ctx.set_alpn_protocols(list(s.alpn))
         if s.keylog_file is not None:
             ctx.keylog_filename = str(s.keylog_file)
+
+    @staticmethod
+    def _route_key(route: RouteLike) -> tuple[str, int, str, int, str]:
+        server = route.server
+        assert server is not None
+        active = route.active
+        if active is None:
+            return (server.name, server.deployment, "", 0, "")
+        crl = hashlib.sha256(active.crl_pem).hexdigest()
+        return (server.name, server.deployment, active.name, active.version, crl)
+
+    def context_for_route(self, route: RouteLike) -> ssl.SSLContext:
+        """Return the context of a route served with an uploaded server certificate.
+
+        Cached per (certificate deployment, set version, CRLs); the fast path is
+        one dict lookup by the route object of the current snapshot.
+        """
+        entry = self._by_route.get(id(route))
+        if entry is not None and entry[0] is route:
+            return entry[1]
+        key = self._route_key(route)
+        with self._lock:
+            ctx = self._routes.get(key)
+            if ctx is None:
+                ctx = self.build_route(route)
+                self._routes[key] = ctx
+            self._by_route[id(route)] = (route, ctx)
         return ctx
 
-    def apply(self, active_sets: Sequence[TrustSetLike]) -> None:
-        """Forget the contexts of set versions (and CRL states) that are no longer active."""
+    def build_route(self, route: RouteLike) -> ssl.SSLContext:
+        """Build a fresh context for a server-certificate route (not cached)."""
+        from edge.tls import canames
+
+        server = route.server
+        assert server is not None
+        settings = server.settings
+        minimum = ssl.TLSVersion.TLSv1_3 if settings.min_tls == "1.3" else ssl.TLSVersion.TLSv1_2
+        ctx = self._base(minimum)
+        _load_chain_pem(ctx, server.name, server.chain_pem, server.key_pem)
+        active = route.active
+        if settings.client_auth == "none" or active is None:
+            ctx.verify_mode = ssl.CERT_NONE
+        else:
+            self._trust(ctx, active)
+            if settings.send_ca_names and not canames.set_client_ca_names(ctx, active.ca_certs):
+                raise TlsConfigError(
+                    f"server certificate `{server.name}`: this Python's ssl cannot send CA "
+                    "names; deploy it with send_ca_names off"
+                )
+        self._finish(ctx)
+        return ctx
+
+    def apply(self, active_sets: Sequence[TrustSetLike], routes: Sequence[RouteLike] = ()) -> None:
+        """Forget the contexts of set versions, CRL states and routes no longer active."""
         keep = {(a.name, a.version, hashlib.sha256(a.crl_pem).hexdigest()) for a in active_sets}
         objects = {id(a) for a in active_sets}
+        keep_routes = {self._route_key(r) for r in routes if r.server is not None}
+        route_ids = {id(r) for r in routes}
         with self._lock:
+            for rkey in list(self._routes):
+                if rkey not in keep_routes:
+                    del self._routes[rkey]
+            for rid in list(self._by_route):
+                if rid not in route_ids:
+                    del self._by_route[rid]
             for key in list(self._contexts):
                 if key not in keep:
                     del self._contexts[key]
@@ -175,7 +302,40 @@ class ContextCache:
                     del self._by_object[oid]
 
     def __len__(self) -> int:
-        return len(self._contexts)
+        return len(self._contexts) + len(self._routes)
+
+
+def _secret_file(data: bytes, label: str) -> tuple[int, str]:
+    """A file descriptor and path holding ``data``, never on disk where possible.
+
+    ``ssl`` loads certificates and keys from paths only. On Linux a memfd (an
+    anonymous in-memory file, reachable as ``/proc/self/fd/N`` by this process
+    only) keeps the private key off the disk; elsewhere a mode 0600 temporary
+    file is used and removed at once.
+    """
+    if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
+        fd = os.memfd_create(f"edgesim-{label}", os.MFD_CLOEXEC)
+        os.write(fd, data)
+        return fd, f"/proc/self/fd/{fd}"
+    fd, path = tempfile.mkstemp(prefix="edgesim-", suffix=".pem")
+    os.write(fd, data)
+    return fd, path
+
+
+def _load_chain_pem(ctx: ssl.SSLContext, name: str, chain_pem: bytes, key_pem: bytes) -> None:
+    cert_fd, cert_path = _secret_file(chain_pem, "chain")
+    key_fd, key_path = _secret_file(key_pem, "key")
+    try:
+        ctx.load_cert_chain(cert_path, key_path)
+    except ssl.SSLError as exc:
+        raise TlsConfigError(
+            f"server certificate `{name}`: cannot load its chain and key: {exc.reason or exc}"
+        ) from None
+    finally:
+        for fd, path in ((cert_fd, cert_path), (key_fd, key_path)):
+            os.close(fd)
+            if not path.startswith("/proc/"):
+                os.unlink(path)
 
 
 def _load_crls(ctx: ssl.SSLContext, active: TrustSetLike) -> None:

@@ -22,7 +22,13 @@ Events emitted: ``trust.uploaded``, ``trust.refused``, ``trust.activated``,
 ``trust.rolled_back``, ``trust.bound``, ``trust.unbound``, ``trust.deleted``,
 ``trust.crl_added``, ``trust.pending``, ``trust.propagating``, ``trust.active``,
 ``trust.apply_failed``, ``trust.error`` (the store could not be read while
-polling).
+polling); for server certificates ``cert.uploaded``, ``cert.refused``,
+``cert.deployed``, ``cert.rolled_back``, ``cert.deleted`` and ``cert.expiring``
+(at start and every ``expiry_interval`` seconds, for each certificate whose
+deployed or latest version expires within ``expiry_warn_days``).
+
+A deployment of a server certificate is a change like any other: it is stored,
+then goes pending -> propagating -> active with the snapshot that carries it.
 
 Errors are those of :mod:`edge.trust.errors`; waiting too long raises
 :class:`~edge.trust.errors.PropagationTimeout`.
@@ -43,7 +49,8 @@ from typing import Any
 from edge.core.events import EventLog
 from edge.trust.check import check_in_store
 from edge.trust.errors import NotFoundError, PropagationTimeout, RefusedError, TrustError
-from edge.trust.model import CrlInfo, SetInfo, TrustSnapshot, VersionInfo
+from edge.trust.model import CrlInfo, ServerSettings, SetInfo, TrustSnapshot, VersionInfo
+from edge.trust.servercerts import DeploymentInfo, ServerCertInfo, ServerCertVersion, days_left
 from edge.trust.store import TrustStore
 
 __all__ = ["ApplyFunc", "TrustService"]
@@ -78,8 +85,15 @@ class TrustService:
         events: EventLog | None = None,
         propagation_delay: float = 0.0,
         watch_interval: float | None = None,
+        expiry_warn_days: float = 30.0,
+        expiry_interval: float = 86400.0,
     ) -> None:
         self.store = store
+        #: Server certificates expiring within this many days are reported.
+        self.expiry_warn_days = expiry_warn_days
+        #: Seconds between two expiry checks (a day by default).
+        self.expiry_interval = expiry_interval
+        self._expiry_task: asyncio.Task[None] | None = None
         self.events = events if events is not None else EventLog(log_events=False)
         self.propagation_delay = propagation_delay
         self.watch_interval = watch_interval
@@ -131,14 +145,19 @@ class TrustService:
         self._state = "active"
         self.events.emit("trust.active", "info", generation=snapshot.generation)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="trust-propagation")
+        if hasattr(self.store, "server_certs"):
+            self._expiry_task = asyncio.get_running_loop().create_task(
+                self._expiry_loop(), name="cert-expiry"
+            )
 
     async def close(self) -> None:
         """Stop propagating (stored changes stay stored) and close the store."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._task, self._expiry_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._expiry_task = None
         self.store.close()
 
     async def __aenter__(self) -> TrustService:
@@ -532,6 +551,7 @@ class TrustService:
             ],
             "sets": sets,
             "bindings": bindings,
+            "server_certs": self.server_cert_status(),
         }
 
     def set_status(self, name: str) -> dict[str, Any]:
@@ -540,6 +560,212 @@ class TrustService:
             if entry["name"] == name:
                 return dict(entry)
         raise NotFoundError(f"certificate set {name!r} has no active version")
+
+    # -- server certificates --------------------------------------------------
+
+    def _certs_store(self) -> Any:
+        # Server certificates are an extension of the SQLite backend; a backend
+        # without them says so instead of failing with an AttributeError.
+        if not hasattr(self.store, "server_certs"):
+            raise TrustError(f"{type(self.store).__name__} does not store server certificates")
+        return self.store
+
+    async def upload_server_cert(
+        self,
+        name: str,
+        cert_data: bytes,
+        key_data: bytes,
+        *,
+        passphrase: bytes | None = None,
+        cert_source: str = "CERT",
+        key_source: str = "KEY",
+    ) -> ServerCertVersion:
+        """Validate and store a new (staged) version of server certificate ``name``."""
+        store = self._certs_store()
+        try:
+            info: ServerCertVersion = await asyncio.to_thread(
+                store.upload_server_cert,
+                name,
+                cert_data,
+                key_data,
+                passphrase=passphrase,
+                cert_source=cert_source,
+                key_source=key_source,
+            )
+        except RefusedError as exc:
+            self.events.emit(
+                "cert.refused",
+                "refused",
+                cert=name,
+                reason=exc.message,
+                findings=[f.to_dict() for f in exc.findings],
+            )
+            raise
+        self.events.emit(
+            "cert.uploaded",
+            "info",
+            cert=name,
+            version=info.version,
+            hostnames=list(info.hostnames),
+            not_after=info.not_after,
+        )
+        return info
+
+    async def deploy(
+        self,
+        name: str,
+        settings: ServerSettings,
+        *,
+        version: int | None = None,
+        default: bool | None = None,
+    ) -> DeploymentInfo:
+        """Store a deployment of ``name`` with ``settings`` and start propagating it."""
+        store = self._certs_store()
+        try:
+            info: DeploymentInfo = await asyncio.to_thread(
+                store.deploy, name, settings, version=version, default=default
+            )
+        except RefusedError as exc:
+            self.events.emit(
+                "cert.refused",
+                "refused",
+                cert=name,
+                reason=exc.message,
+                findings=[f.to_dict() for f in exc.findings],
+            )
+            raise
+        self.events.emit(
+            "cert.deployed",
+            "info",
+            cert=name,
+            version=info.version,
+            deployment=info.id,
+            settings=settings.to_dict(),
+        )
+        await self._schedule()
+        return self._deployment_state(info)
+
+    async def rollback_server_cert(self, name: str) -> DeploymentInfo | None:
+        """Re-activate the previous deployment of ``name`` (or undeploy its first one)."""
+        store = self._certs_store()
+        info: DeploymentInfo | None = await asyncio.to_thread(store.rollback_server_cert, name)
+        self.events.emit(
+            "cert.rolled_back",
+            "info",
+            cert=name,
+            deployment=info.id if info else None,
+            version=info.version if info else None,
+        )
+        await self._schedule()
+        return self._deployment_state(info) if info else None
+
+    async def delete_server_cert(self, name: str) -> None:
+        """Delete server certificate ``name`` (versions, keys, deployments)."""
+        store = self._certs_store()
+        await asyncio.to_thread(store.delete_server_cert, name)
+        self.events.emit("cert.deleted", "info", cert=name)
+        await self._schedule()
+
+    async def server_certs(self) -> list[ServerCertInfo]:
+        """Return every server certificate, each deployment with its propagation state."""
+        store = self._certs_store()
+        found: list[ServerCertInfo] = await asyncio.to_thread(store.server_certs)
+        return [self._cert_state(c) for c in found]
+
+    async def get_server_cert(self, name: str) -> ServerCertInfo:
+        """Return one server certificate (raises :class:`NotFoundError`)."""
+        store = self._certs_store()
+        found: ServerCertInfo = await asyncio.to_thread(store.get_server_cert, name)
+        return self._cert_state(found)
+
+    def _deployment_state(self, info: DeploymentInfo) -> DeploymentInfo:
+        active = self._active.server_certs.get(info.name) if self._active else None
+        if active is not None and active.deployment == info.id:
+            state = "active"
+        else:
+            moving = self._propagating.server_certs.get(info.name) if self._propagating else None
+            state = (
+                "propagating" if moving is not None and moving.deployment == info.id else "pending"
+            )
+        return dataclasses.replace(info, state=state)
+
+    def _cert_state(self, info: ServerCertInfo) -> ServerCertInfo:
+        if info.deployment is None:
+            return info
+        return dataclasses.replace(info, deployment=self._deployment_state(info.deployment))
+
+    def server_cert_status(self) -> list[dict[str, Any]]:
+        """Each server certificate workers serve or will serve: deployment, state, expiry."""
+        if self._active is None or self._desired is None:
+            raise TrustError("the trust service is not started")
+        active, desired = self._active, self._desired
+        moving = self._propagating or active
+        now = self.store.now()
+        out: list[dict[str, Any]] = []
+        for name in sorted(set(active.server_certs) | set(desired.server_certs)):
+            want = desired.server_certs.get(name)
+            have = active.server_certs.get(name)
+            going = moving.server_certs.get(name)
+            shown = want or have
+            assert shown is not None
+            left = days_left(shown.not_after, now)
+            out.append(
+                {
+                    "name": name,
+                    "deployment": want.deployment if want else None,
+                    "applied_deployment": have.deployment if have else None,
+                    "version": want.version if want else None,
+                    "hostnames": list(shown.hostnames),
+                    "settings": shown.settings.to_dict(),
+                    "default": desired.default_cert == name,
+                    "not_after": shown.not_after,
+                    "days_left": round(left, 1),
+                    "expiring": left <= self.expiry_warn_days,
+                    "state": self._item_state(
+                        have.deployment if have else None,
+                        want.deployment if want else None,
+                        going.deployment if going else None,
+                    ),
+                }
+            )
+        return out
+
+    async def check_expiry(self) -> list[dict[str, Any]]:
+        """Emit ``cert.expiring`` for every certificate expiring within ``expiry_warn_days``.
+
+        Looks at the deployed version of each certificate, or its latest upload when
+        it is not deployed. Returns what was reported.
+        """
+        certs = await self.server_certs()
+        now = self.store.now()
+        reported: list[dict[str, Any]] = []
+        for cert in certs:
+            current = cert.deployed_version or (cert.versions[-1] if cert.versions else None)
+            if current is None:
+                continue
+            left = days_left(current.not_after, now)
+            if left > self.expiry_warn_days:
+                continue
+            entry = {
+                "cert": cert.name,
+                "version": current.version,
+                "hostnames": list(current.hostnames),
+                "not_after": current.not_after,
+                "days_left": round(left, 1),
+                "deployed": cert.deployment is not None,
+            }
+            self.events.emit("cert.expiring", "warning", **entry)
+            reported.append(entry)
+        return reported
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            try:
+                await self.check_expiry()
+            except TrustError as exc:
+                log.error("server certificate expiry check: %s", exc)
+                self.events.emit("trust.error", "error", reason=str(exc))
+            await asyncio.sleep(self.expiry_interval)
 
 
 def _log_task_error(task: asyncio.Task[Any]) -> None:

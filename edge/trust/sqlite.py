@@ -39,11 +39,23 @@ from edge.trust.errors import (
 from edge.trust.model import (
     ActiveSet,
     CrlInfo,
+    DeployedCert,
     Finding,
+    ServerSettings,
     SetInfo,
     TrustSnapshot,
     VersionInfo,
+    build_routes,
     normalize_host,
+)
+from edge.trust.servercerts import (
+    DeploymentInfo,
+    KeyVault,
+    ServerCertInfo,
+    ServerCertVersion,
+    validate_cert_name,
+    validate_server_cert,
+    validate_settings,
 )
 from edge.trust.validate import (
     crl_issuer_in,
@@ -94,6 +106,41 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
         "INSERT INTO meta (key, value) VALUES ('generation', 0)",
     ),
+    (
+        # Server certificates: versions are uploads (immutable), deployments are
+        # (version, settings) pairs; the active deployment is what handshakes use.
+        """CREATE TABLE server_certs (
+            name TEXT PRIMARY KEY,
+            created_at TEXT NOT NULL,
+            active_deployment INTEGER,
+            previous_deployment INTEGER
+        )""",
+        """CREATE TABLE server_cert_versions (
+            name TEXT NOT NULL REFERENCES server_certs(name) ON DELETE CASCADE,
+            version INTEGER NOT NULL,
+            created_at TEXT NOT NULL,
+            chain_pem BLOB NOT NULL,
+            key_blob BLOB NOT NULL,
+            sha256 TEXT NOT NULL,
+            hostnames TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            issuer TEXT NOT NULL,
+            not_after TEXT NOT NULL,
+            key_type TEXT NOT NULL,
+            PRIMARY KEY (name, version)
+        )""",
+        """CREATE TABLE deployments (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL REFERENCES server_certs(name) ON DELETE CASCADE,
+            version INTEGER NOT NULL,
+            settings TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        )""",
+        """CREATE TABLE server_default (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            name TEXT NOT NULL REFERENCES server_certs(name) ON DELETE CASCADE
+        )""",
+    ),
 )
 
 
@@ -105,6 +152,26 @@ class StoreLimits:
     max_certificates: int = 300
     #: Larger uploads are refused before parsing (300 big certificates fit easily).
     max_upload_bytes: int = 4 * 1024 * 1024
+
+
+_VERSION_COLUMNS = (
+    "name, version, created_at, sha256, hostnames, subject, issuer, not_after, key_type"
+)
+
+
+def _cert_version_from(row: tuple[Any, ...]) -> ServerCertVersion:
+    name, version, created, digest, hostnames, subject, issuer, not_after, key_type = row
+    return ServerCertVersion(
+        name=str(name),
+        version=int(version),
+        created_at=str(created),
+        sha256=str(digest),
+        hostnames=tuple(json.loads(hostnames)),
+        subject=str(subject),
+        issuer=str(issuer),
+        not_after=str(not_after),
+        key_type=str(key_type),
+    )
 
 
 def _iso(when: datetime) -> str:
@@ -128,8 +195,12 @@ class SqliteTrustStore:
         clock: Callable[[], datetime] | None = None,
         fault_hook: Callable[[str], None] | None = None,
         busy_timeout: float = 30.0,
+        key_file: str | Path | None = None,
     ) -> None:
         self.path = Path(path)
+        #: Encrypts server certificates' private keys (``<store>.keys`` by default).
+        self.keys = KeyVault(key_file if key_file is not None else f"{self.path}.keys")
+        self._keys_plain: dict[tuple[str, int], bytes] = {}
         self.limits = limits or StoreLimits()
         self._clock = clock or (lambda: datetime.now(UTC))
         self._fault_hook = fault_hook
@@ -637,6 +708,17 @@ class SqliteTrustStore:
             ).fetchall()
             crl_rows = db.execute("SELECT set_name, issuer, sha256, der FROM crls").fetchall()
             binding_rows = db.execute("SELECT host, set_name FROM bindings").fetchall()
+            cert_rows = db.execute(
+                "SELECT c.name, v.version, d.id, d.settings, v.chain_pem, v.key_blob,"
+                " v.hostnames, v.not_after, v.sha256 FROM server_certs c"
+                " JOIN deployments d ON d.id = c.active_deployment"
+                " JOIN server_cert_versions v ON v.name = c.name AND v.version = d.version"
+                " ORDER BY c.name"
+            ).fetchall()
+            default_row = db.execute(
+                "SELECT d.name FROM server_default d JOIN server_certs c ON c.name = d.name"
+                " WHERE c.active_deployment IS NOT NULL"
+            ).fetchone()
         sets: dict[str, ActiveSet] = {}
         for name, version, pem, allow_sha1 in rows:
             certs = self._certs(bytes(pem))
@@ -657,8 +739,286 @@ class SqliteTrustStore:
                 crl_pem=b"".join(c.public_bytes(Encoding.PEM) for c in crls),
                 allow_sha1=bool(allow_sha1),
             )
+        bindings = {h: s for h, s in binding_rows}
+        server_certs = {row[0]: self._deployed(row) for row in cert_rows}
+        default_cert = default_row[0] if default_row is not None else None
         return TrustSnapshot(
             generation=generation,
             sets=sets,
-            bindings={h: s for h, s in binding_rows},
+            bindings=bindings,
+            server_certs=server_certs,
+            default_cert=default_cert,
+            routes=build_routes(sets, bindings, server_certs, default_cert),
+        )
+
+    def _deployed(self, row: tuple[Any, ...]) -> DeployedCert:
+        name, version, deployment, settings, chain, key_blob, hostnames, not_after, digest = row
+        cache_key = (str(name), int(version))
+        key_pem = self._keys_plain.get(cache_key)
+        if key_pem is None:
+            key_pem = self.keys.decrypt(bytes(key_blob), name=str(name), version=int(version))
+            self._keys_plain[cache_key] = key_pem
+        return DeployedCert(
+            name=str(name),
+            version=int(version),
+            deployment=int(deployment),
+            hostnames=tuple(json.loads(hostnames)),
+            chain_pem=bytes(chain),
+            key_pem=key_pem,
+            settings=ServerSettings.from_dict(json.loads(settings)),
+            not_after=str(not_after),
+            sha256=str(digest),
+        )
+
+    # -- server certificates --------------------------------------------------
+
+    def upload_server_cert(
+        self,
+        name: str,
+        cert_data: bytes,
+        key_data: bytes,
+        *,
+        passphrase: bytes | None = None,
+        cert_source: str = "CERT",
+        key_source: str = "KEY",
+    ) -> ServerCertVersion:
+        """Validate a server certificate (leaf, chain) and its key; store it as a new version.
+
+        The new version is *staged*: handshakes use it after ``deploy``. The key is
+        stored encrypted (:class:`~edge.trust.servercerts.KeyVault`). Raises
+        :class:`RefusedError` with findings; nothing is stored then.
+        """
+        validate_cert_name(name)
+        for data, source in ((cert_data, cert_source), (key_data, key_source)):
+            if len(data) > self.limits.max_upload_bytes:
+                raise LimitError(
+                    f"upload refused: {source} is {len(data)} bytes, over the limit of "
+                    f"{self.limits.max_upload_bytes}",
+                    [Finding(severity="error", code="too-large", message=f"{source} is too large")],
+                )
+        now = self._clock()
+        checked = validate_server_cert(
+            cert_data,
+            key_data,
+            passphrase=passphrase,
+            at=now,
+            cert_source=cert_source,
+            key_source=key_source,
+        )
+        stamp = _iso(now)
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM server_certs WHERE name = ?", (name,)).fetchone() is None:
+                db.execute(
+                    "INSERT INTO server_certs (name, created_at) VALUES (?, ?)", (name, stamp)
+                )
+            same = db.execute(
+                "SELECT version FROM server_cert_versions WHERE name = ? AND sha256 = ?",
+                (name, checked.sha256),
+            ).fetchone()
+            if same is not None:
+                raise RefusedError(
+                    f"upload refused: identical to version {same[0]} of server certificate "
+                    f"{name!r}",
+                    [
+                        Finding(
+                            severity="error",
+                            code="duplicate-version",
+                            message=f"the certificate is the same as version {same[0]}",
+                            hint=f"deploy it instead: 'edgesim cert deploy {name} "
+                            f"--version {same[0]}'",
+                        )
+                    ],
+                )
+            version = 1 + int(
+                db.execute(
+                    "SELECT COALESCE(MAX(version), 0) FROM server_cert_versions WHERE name = ?",
+                    (name,),
+                ).fetchone()[0]
+            )
+            blob = self.keys.encrypt(checked.key_pem, name=name, version=version)
+            db.execute(
+                "INSERT INTO server_cert_versions (name, version, created_at, chain_pem,"
+                " key_blob, sha256, hostnames, subject, issuer, not_after, key_type)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    name,
+                    version,
+                    stamp,
+                    checked.chain_pem,
+                    blob,
+                    checked.sha256,
+                    json.dumps(list(checked.hostnames)),
+                    checked.subject,
+                    checked.issuer,
+                    _iso(checked.not_after),
+                    checked.key_type,
+                ),
+            )
+            self._hook("cert-upload:written")
+        self._keys_plain[(name, version)] = checked.key_pem
+        info = self._cert_version(name, version)
+        return dataclasses.replace(info, warnings=checked.warnings)
+
+    def _cert_version(self, name: str, version: int) -> ServerCertVersion:
+        with self._read() as db:
+            row = db.execute(
+                f"SELECT {_VERSION_COLUMNS} FROM server_cert_versions"
+                " WHERE name = ? AND version = ?",
+                (name, version),
+            ).fetchone()
+        if row is None:
+            raise NotFoundError(f"server certificate {name!r} has no version {version}")
+        return _cert_version_from(tuple(row))
+
+    def deploy(
+        self,
+        name: str,
+        settings: ServerSettings,
+        *,
+        version: int | None = None,
+        default: bool | None = None,
+    ) -> DeploymentInfo:
+        """Store a new deployment of ``name`` (its latest version unless told) and activate it.
+
+        ``default`` true makes it the default server certificate, false stops it
+        being the default, ``None`` leaves that as it is. Refused (nothing stored)
+        when a setting is unknown or the named set does not exist.
+        """
+        validate_settings(settings)
+        stamp = _iso(self._clock())
+        with self._write() as db:
+            row = db.execute("SELECT 1 FROM server_certs WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no server certificate named {name!r}")
+            if version is None:
+                version = int(
+                    db.execute(
+                        "SELECT MAX(version) FROM server_cert_versions WHERE name = ?", (name,)
+                    ).fetchone()[0]
+                )
+            elif (
+                db.execute(
+                    "SELECT 1 FROM server_cert_versions WHERE name = ? AND version = ?",
+                    (name, version),
+                ).fetchone()
+                is None
+            ):
+                raise NotFoundError(f"server certificate {name!r} has no version {version}")
+            if settings.set_name is not None and (
+                db.execute("SELECT 1 FROM sets WHERE name = ?", (settings.set_name,)).fetchone()
+                is None
+            ):
+                raise NotFoundError(
+                    f"deployment settings name certificate set {settings.set_name!r}, "
+                    "which does not exist (see 'edgesim trust list')"
+                )
+            cursor = db.execute(
+                "INSERT INTO deployments (name, version, settings, created_at) VALUES (?, ?, ?, ?)",
+                (name, version, json.dumps(settings.to_dict()), stamp),
+            )
+            deployment = int(cursor.lastrowid or 0)
+            db.execute(
+                "UPDATE server_certs SET previous_deployment = active_deployment,"
+                " active_deployment = ? WHERE name = ?",
+                (deployment, name),
+            )
+            if default is True:
+                db.execute(
+                    "INSERT INTO server_default (id, name) VALUES (1, ?)"
+                    " ON CONFLICT(id) DO UPDATE SET name = excluded.name",
+                    (name,),
+                )
+            elif default is False:
+                db.execute("DELETE FROM server_default WHERE name = ?", (name,))
+            self._hook("deploy:written")
+            self._bump(db)
+            return self._deployment(db, deployment)
+
+    @staticmethod
+    def _deployment(db: sqlite3.Connection, deployment: int) -> DeploymentInfo:
+        row = db.execute(
+            "SELECT id, name, version, settings, created_at FROM deployments WHERE id = ?",
+            (deployment,),
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"no deployment {deployment}")
+        return DeploymentInfo(
+            id=int(row[0]),
+            name=str(row[1]),
+            version=int(row[2]),
+            settings=ServerSettings.from_dict(json.loads(row[3])),
+            created_at=str(row[4]),
+        )
+
+    def rollback_server_cert(self, name: str) -> DeploymentInfo | None:
+        """Re-activate the deployment active before the current one.
+
+        When there was none (the first deployment), the certificate is undeployed
+        and ``None`` returned: the names it covered go back to what served them
+        before (another certificate, a binding, the default).
+        """
+        with self._write() as db:
+            row = db.execute(
+                "SELECT active_deployment, previous_deployment FROM server_certs WHERE name = ?",
+                (name,),
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f"no server certificate named {name!r}")
+            active, previous = row
+            if active is None:
+                raise ConflictError(f"server certificate {name!r} is not deployed")
+            db.execute(
+                "UPDATE server_certs SET active_deployment = ?, previous_deployment = NULL"
+                " WHERE name = ?",
+                (previous, name),
+            )
+            self._bump(db)
+            return None if previous is None else self._deployment(db, int(previous))
+
+    def delete_server_cert(self, name: str) -> None:
+        """Delete a server certificate with its versions, keys and deployments."""
+        with self._write() as db:
+            cursor = db.execute("DELETE FROM server_certs WHERE name = ?", (name,))
+            if cursor.rowcount == 0:
+                raise NotFoundError(f"no server certificate named {name!r}")
+            self._bump(db)
+        for key in [k for k in self._keys_plain if k[0] == name]:
+            del self._keys_plain[key]
+
+    def server_certs(self) -> list[ServerCertInfo]:
+        """Return every server certificate (versions, active deployment), ordered by name."""
+        with self._read() as db:
+            names = [r[0] for r in db.execute("SELECT name FROM server_certs ORDER BY name")]
+            return [self._server_cert_in(db, n) for n in names]
+
+    def get_server_cert(self, name: str) -> ServerCertInfo:
+        """Return one server certificate; raises :class:`NotFoundError`."""
+        with self._read() as db:
+            return self._server_cert_in(db, name)
+
+    def _server_cert_in(self, db: sqlite3.Connection, name: str) -> ServerCertInfo:
+        row = db.execute(
+            "SELECT created_at, active_deployment, previous_deployment FROM server_certs"
+            " WHERE name = ?",
+            (name,),
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"no server certificate named {name!r}")
+        created, active, previous = row
+        versions = tuple(
+            _cert_version_from(tuple(r))
+            for r in db.execute(
+                f"SELECT {_VERSION_COLUMNS} FROM server_cert_versions WHERE name = ?"
+                " ORDER BY version",
+                (name,),
+            )
+        )
+        default = db.execute("SELECT name FROM server_default WHERE id = 1").fetchone()
+        return ServerCertInfo(
+            name=name,
+            created_at=str(created),
+            versions=versions,
+            deployment=None if active is None else self._deployment(db, int(active)),
+            previous_deployment=None if previous is None else int(previous),
+            default=default is not None and default[0] == name,
         )
