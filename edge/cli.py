@@ -9,6 +9,7 @@ group   module                       what it does
 ======  ===========================  ==========================
 pki     :mod:`certs.cli`             keys, CAs, certificates, lint, verify
 trust   :mod:`edge.trust.cli`        certificate sets, bindings, status
+cert    :mod:`edge.trust.cert_cli`   server certificates per hostname, deployments
 edge    :mod:`edge.server_cli`       run the edge
 device  :mod:`devices.cli`           one simulated device
 fleet   :mod:`devices.cli`           a simulated fleet
@@ -28,6 +29,7 @@ from certs.cliutil import EXIT_USAGE, CliError
 GROUPS: tuple[tuple[str, str], ...] = (
     ("certs.cli", "register"),
     ("edge.trust.cli", "register"),
+    ("edge.trust.cert_cli", "register"),
     ("edge.server_cli", "register"),
     ("devices.cli", "register_device"),
     ("devices.cli", "register_fleet"),

@@ -1,4 +1,4 @@
-"""The admin API: certificate sets, versions, bindings, CRLs, status and events over HTTP.
+"""The admin API: certificate sets, server certificates, bindings, CRLs, status and events.
 
 An aiohttp application on its own listener (default ``127.0.0.1:8081``), built
 by :func:`make_admin_app` around a :class:`~edge.trust.propagation.TrustService`
@@ -473,6 +473,93 @@ async def _status(request: web.Request) -> web.Response:
     return _json(_trust(request).status())
 
 
+# -- server certificates ------------------------------------------------------------
+
+
+def _text_field(body: dict[str, Any], key: str, *, required: bool) -> str | None:
+    value = body.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value:
+        raise _BadRequest(f"{key!r} must be a non-empty string")
+    return value
+
+
+async def _list_certs(request: web.Request) -> web.Response:
+    trust = _trust(request)
+    now = trust.store.now()
+    certs = await trust.server_certs()
+    return _json(
+        {
+            "certs": [c.to_dict(now, trust.expiry_warn_days) for c in certs],
+            "expiry_warn_days": trust.expiry_warn_days,
+        }
+    )
+
+
+async def _upload_cert(request: web.Request) -> web.Response:
+    # JSON, not multipart: a certificate and its key are two documents, and the
+    # passphrase of an encrypted key travels with them (never stored or logged).
+    body = await _json_body(request)
+    cert = _text_field(body, "certificate", required=True)
+    key = _text_field(body, "key", required=True)
+    passphrase = _text_field(body, "passphrase", required=False)
+    assert cert is not None
+    assert key is not None
+    info = await _trust(request).upload_server_cert(
+        request.match_info["name"],
+        cert.encode(),
+        key.encode(),
+        passphrase=passphrase.encode() if passphrase else None,
+        cert_source=_text_field(body, "certificate_filename", required=False) or "certificate",
+        key_source=_text_field(body, "key_filename", required=False) or "key",
+    )
+    return _json(info.to_dict(), status=201)
+
+
+async def _get_cert(request: web.Request) -> web.Response:
+    trust = _trust(request)
+    info = await trust.get_server_cert(request.match_info["name"])
+    return _json(info.to_dict(trust.store.now(), trust.expiry_warn_days))
+
+
+async def _delete_cert(request: web.Request) -> web.Response:
+    await _trust(request).delete_server_cert(request.match_info["name"])
+    return web.Response(status=204)
+
+
+async def _deploy_cert(request: web.Request) -> web.Response:
+    body = await _json_body(request) if request.can_read_body else {}
+    settings = body.get("settings", {})
+    if not isinstance(settings, dict):
+        raise _BadRequest("'settings' must be a JSON object")
+    version = body.get("version")
+    if version is not None and (not isinstance(version, int) or version < 1):
+        raise _BadRequest("'version' must be a positive integer")
+    default = body.get("default")
+    if default is not None and not isinstance(default, bool):
+        raise _BadRequest("'default' must be true, false or null")
+    trust = _trust(request)
+    info = await trust.deploy(
+        request.match_info["name"], settings, version=version, default=default
+    )
+    if _flag(request, "wait", False):
+        await trust.wait_active()
+        info = trust.deployment_state(info)
+    return _json(info.to_dict(), status=201)
+
+
+async def _rollback_cert(request: web.Request) -> web.Response:
+    trust = _trust(request)
+    info = await trust.rollback_server_cert(request.match_info["name"])
+    if _flag(request, "wait", False):
+        await trust.wait_active()
+        info = trust.deployment_state(info) if info else None
+    return _json(
+        {"name": request.match_info["name"], "deployment": info.to_dict() if info else None}
+    )
+
+
 async def _events(request: web.Request) -> web.Response:
     q = request.query
     events = request.app[EVENTS_KEY].query(
@@ -507,6 +594,12 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("DELETE", "/v1/bindings/{host}", _unbind),
     ("GET", "/v1/status", _status),
     ("GET", "/v1/events", _events),
+    ("GET", "/v1/certs", _list_certs),
+    ("GET", "/v1/certs/{name}", _get_cert),
+    ("POST", "/v1/certs/{name}", _upload_cert),
+    ("DELETE", "/v1/certs/{name}", _delete_cert),
+    ("POST", "/v1/certs/{name}/deploy", _deploy_cert),
+    ("POST", "/v1/certs/{name}/rollback", _rollback_cert),
 )
 
 

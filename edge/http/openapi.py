@@ -444,6 +444,188 @@ _DOCUMENT: dict[str, Any] = {
 }
 
 
+# -- server certificates (kept in one block so the additions stay together) -------
+
+_SETTINGS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "deployment settings; on deploy, keys left out keep the current value",
+    "properties": {
+        "set": {
+            "type": ["string", "null"],
+            "description": "the certificate set verifying devices; null: the hostname's binding",
+        },
+        "client_auth": {"enum": ["required", "none"]},
+        "min_tls": {"enum": ["1.2", "1.3"]},
+        "send_ca_names": {
+            "type": "boolean",
+            "description": "list the set's CA names in the CertificateRequest",
+        },
+        "identity_rule": {
+            "type": ["string", "null"],
+            "description": "cn, san-dns, san-uri, san-email, sha256 or subject; null: the edge's",
+        },
+    },
+    "additionalProperties": False,
+}
+_WAIT = {
+    "name": "wait",
+    "in": "query",
+    "description": "answer once the change is active on every worker",
+    "schema": {"type": "boolean", "default": False},
+}
+_CERT_PATHS: dict[str, Any] = {
+    "/v1/certs": {
+        "get": {
+            "summary": "List server certificates with their deployment and expiry",
+            "responses": {
+                "200": _ok(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "certs": {"type": "array", "items": _ref("ServerCert")},
+                            "expiry_warn_days": {"type": "number"},
+                        },
+                    }
+                ),
+                **_errors(),
+            },
+        }
+    },
+    "/v1/certs/{name}": {
+        "parameters": [_NAME],
+        "get": {
+            "summary": "One server certificate (never its private key)",
+            "responses": {"200": _ok(_ref("ServerCert")), **_errors("404")},
+        },
+        "post": {
+            "summary": "Upload a server certificate (leaf then chain) and its key as a new,"
+            " staged version",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["certificate", "key"],
+                            "properties": {
+                                "certificate": {"type": "string", "description": "PEM"},
+                                "key": {"type": "string", "description": "PEM, maybe encrypted"},
+                                "passphrase": {"type": "string"},
+                                "certificate_filename": {"type": "string"},
+                                "key_filename": {"type": "string"},
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "201": _ok(_ref("ServerCertVersion"), "stored (staged until deployed)"),
+                **_errors("400", "422"),
+            },
+        },
+        "delete": {
+            "summary": "Delete a server certificate with its versions, keys and deployments",
+            "responses": {"204": {"description": "deleted"}, **_errors("404")},
+        },
+    },
+    "/v1/certs/{name}/deploy": {
+        "parameters": [_NAME],
+        "post": {
+            "summary": "Deploy a version with settings: pending, propagating, then active",
+            "parameters": [_WAIT],
+            "requestBody": {
+                "required": False,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "settings": _SETTINGS_SCHEMA,
+                                "version": {"type": "integer", "minimum": 1},
+                                "default": {"type": ["boolean", "null"]},
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "201": _ok(_ref("Deployment")),
+                **_errors("400", "404", "422", "504"),
+            },
+        },
+    },
+    "/v1/certs/{name}/rollback": {
+        "parameters": [_NAME],
+        "post": {
+            "summary": "Re-activate the previous deployment (the first one: undeploy)",
+            "parameters": [_WAIT],
+            "responses": {
+                "200": _ok(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "name": {"type": "string"},
+                            "deployment": {"anyOf": [_ref("Deployment"), {"type": "null"}]},
+                        },
+                    }
+                ),
+                **_errors("404", "409", "504"),
+            },
+        },
+    },
+}
+_CERT_SCHEMAS: dict[str, Any] = {
+    "ServerSettings": _SETTINGS_SCHEMA,
+    "Deployment": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "integer"},
+            "name": {"type": "string"},
+            "version": {"type": "integer"},
+            "settings": _ref("ServerSettings"),
+            "created_at": {"type": "string"},
+            "state": {"enum": ["pending", "propagating", "active"]},
+        },
+    },
+    "ServerCertVersion": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "version": {"type": "integer"},
+            "created_at": {"type": "string"},
+            "sha256": {"type": "string"},
+            "hostnames": {"type": "array", "items": {"type": "string"}},
+            "subject": {"type": "string"},
+            "issuer": {"type": "string"},
+            "not_after": {"type": "string"},
+            "key_type": {"type": "string"},
+            "warnings": {"type": "array", "items": _ref("Finding")},
+        },
+    },
+    "ServerCert": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "hostnames": {"type": "array", "items": {"type": "string"}},
+            "not_after": {"type": ["string", "null"]},
+            "days_left": {"type": "number"},
+            "expiring": {"type": "boolean"},
+            "latest_version": {"type": "integer"},
+            "default": {"type": "boolean"},
+            "deployment": {"anyOf": [_ref("Deployment"), {"type": "null"}]},
+            "previous_deployment": {"type": ["integer", "null"]},
+            "versions": {"type": "array", "items": _ref("ServerCertVersion")},
+        },
+    },
+}
+_DOCUMENT["paths"].update(_CERT_PATHS)
+_DOCUMENT["components"]["schemas"].update(_CERT_SCHEMAS)
+_DOCUMENT["components"]["schemas"]["Status"]["properties"]["server_certs"] = {
+    "type": "array",
+    "items": {"type": "object"},
+}
+
+
 def openapi_document() -> dict[str, Any]:
     """Return the OpenAPI 3.1 document (a fresh copy the caller may change)."""
     return copy.deepcopy(_DOCUMENT)

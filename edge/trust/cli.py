@@ -132,12 +132,33 @@ class _Local:
             "bindings": [
                 {"host": h, "set": s, "state": "stored"} for h, s in self.store.bindings().items()
             ],
+            "server_certs": _stored_server_certs(self.store),
         }
 
     def check(
         self, name: str, leaf: bytes, chain: bytes, version: int | None, at: datetime | None
     ) -> Any:
         return check_in_store(self.store, name, leaf, chain_pem=chain, version=version, at=at)
+
+
+def _stored_server_certs(store: SqliteTrustStore, warn_days: float = 30.0) -> list[dict[str, Any]]:
+    """Each stored server certificate's deployment and expiry (``trust status`` on a file)."""
+    now = store.now()
+    out = []
+    for cert in store.server_certs():
+        d = cert.to_dict(now, warn_days)
+        out.append(
+            {
+                "name": cert.name,
+                "version": cert.deployment.version if cert.deployment else None,
+                "hostnames": d["hostnames"],
+                "not_after": d["not_after"],
+                "days_left": d.get("days_left"),
+                "expiring": d.get("expiring", False),
+                "state": "stored" if cert.deployment else "not deployed",
+            }
+        )
+    return out
 
 
 class _Remote:
@@ -442,6 +463,20 @@ def _human_status(data: Any) -> str:
         lines.append(_table(rows))
     else:
         lines.append("no bindings: devices are refused until a set is bound to their hostname")
+    certs = data.get("server_certs") or []
+    if certs:
+        rows = [["SERVER CERT", "HOSTNAMES", "STATE", "DAYS LEFT", ""]]
+        rows += [
+            [
+                c["name"],
+                ",".join(c.get("hostnames") or []),
+                str(c.get("state")),
+                f"{float(c['days_left']):.0f}" if c.get("days_left") is not None else "-",
+                "EXPIRING" if c.get("expiring") else "",
+            ]
+            for c in certs
+        ]
+        lines.append(_table(rows))
     return "\n".join(lines)
 
 

@@ -41,7 +41,7 @@ import contextlib
 import dataclasses
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -614,7 +614,7 @@ class TrustService:
     async def deploy(
         self,
         name: str,
-        settings: ServerSettings,
+        settings: ServerSettings | Mapping[str, Any] | None = None,
         *,
         version: int | None = None,
         default: bool | None = None,
@@ -640,10 +640,10 @@ class TrustService:
             cert=name,
             version=info.version,
             deployment=info.id,
-            settings=settings.to_dict(),
+            settings=info.settings.to_dict(),
         )
         await self._schedule()
-        return self._deployment_state(info)
+        return self.deployment_state(info)
 
     async def rollback_server_cert(self, name: str) -> DeploymentInfo | None:
         """Re-activate the previous deployment of ``name`` (or undeploy its first one)."""
@@ -657,7 +657,7 @@ class TrustService:
             version=info.version if info else None,
         )
         await self._schedule()
-        return self._deployment_state(info) if info else None
+        return self.deployment_state(info) if info else None
 
     async def delete_server_cert(self, name: str) -> None:
         """Delete server certificate ``name`` (versions, keys, deployments)."""
@@ -678,7 +678,8 @@ class TrustService:
         found: ServerCertInfo = await asyncio.to_thread(store.get_server_cert, name)
         return self._cert_state(found)
 
-    def _deployment_state(self, info: DeploymentInfo) -> DeploymentInfo:
+    def deployment_state(self, info: DeploymentInfo) -> DeploymentInfo:
+        """Return ``info`` with its propagation state (pending, propagating, active)."""
         active = self._active.server_certs.get(info.name) if self._active else None
         if active is not None and active.deployment == info.id:
             state = "active"
@@ -692,7 +693,7 @@ class TrustService:
     def _cert_state(self, info: ServerCertInfo) -> ServerCertInfo:
         if info.deployment is None:
             return info
-        return dataclasses.replace(info, deployment=self._deployment_state(info.deployment))
+        return dataclasses.replace(info, deployment=self.deployment_state(info.deployment))
 
     def server_cert_status(self) -> list[dict[str, Any]]:
         """Each server certificate workers serve or will serve: deployment, state, expiry."""

@@ -31,6 +31,7 @@ import hashlib
 import os
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,6 +57,7 @@ __all__ = [
     "ServerCertVersion",
     "ValidatedServerCert",
     "days_left",
+    "merge_settings",
     "validate_cert_name",
     "validate_server_cert",
     "validate_settings",
@@ -183,6 +185,45 @@ def validate_cert_name(name: str) -> None:
                 )
             ],
         )
+
+
+def merge_settings(current: ServerSettings, changes: Mapping[str, Any]) -> ServerSettings:
+    """Return ``current`` with ``changes`` (keys of ``ServerSettings.to_dict``) applied.
+
+    Refuses unknown keys and values of the wrong type, naming the setting.
+    """
+    merged = current.to_dict()
+    kinds: dict[str, tuple[type, ...]] = {
+        "set": (str, type(None)),
+        "client_auth": (str,),
+        "min_tls": (str,),
+        "send_ca_names": (bool,),
+        "identity_rule": (str, type(None)),
+    }
+    problems: list[Finding] = []
+    for key, value in changes.items():
+        if key not in kinds:
+            problems.append(
+                Finding(
+                    severity="error",
+                    code="bad-setting",
+                    message=f"unknown deployment setting {key!r} (known: {', '.join(kinds)})",
+                )
+            )
+        elif not isinstance(value, kinds[key]):
+            problems.append(
+                Finding(
+                    severity="error",
+                    code="bad-setting",
+                    message=f"deployment setting {key!r} has the wrong type "
+                    f"({type(value).__name__})",
+                )
+            )
+        else:
+            merged[key] = value
+    if problems:
+        raise RefusedError("deployment settings refused", problems)
+    return ServerSettings.from_dict(merged)
 
 
 def validate_settings(settings: ServerSettings) -> None:
@@ -323,9 +364,10 @@ def validate_server_cert(
             hint=f.hint,
         )
         for f in lint_chain(certs, profile="chain", at=at)
-        # The chain profile is written for device chains; a server leaf needs
-        # serverAuth instead (checked below).
-        if f.code != "no-client-auth"
+        # The chain profile is written for device chains: a server leaf needs
+        # serverAuth instead (checked below), and a server sends its chain without
+        # the root, which devices already hold, so "missing-root" is not a problem.
+        if f.code not in ("no-client-auth", "missing-root")
     ]
     leaf = certs[0]
     subject = leaf.subject.rfc4514_string()

@@ -19,7 +19,7 @@ import hashlib
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -53,6 +53,7 @@ from edge.trust.servercerts import (
     KeyVault,
     ServerCertInfo,
     ServerCertVersion,
+    merge_settings,
     validate_cert_name,
     validate_server_cert,
     validate_settings,
@@ -873,23 +874,36 @@ class SqliteTrustStore:
     def deploy(
         self,
         name: str,
-        settings: ServerSettings,
+        settings: ServerSettings | Mapping[str, Any] | None = None,
         *,
         version: int | None = None,
         default: bool | None = None,
     ) -> DeploymentInfo:
         """Store a new deployment of ``name`` (its latest version unless told) and activate it.
 
-        ``default`` true makes it the default server certificate, false stops it
-        being the default, ``None`` leaves that as it is. Refused (nothing stored)
-        when a setting is unknown or the named set does not exist.
+        ``settings`` is the full :class:`ServerSettings`, or a mapping of the
+        settings to change (keys of :meth:`ServerSettings.to_dict`) on top of the
+        current deployment's (the defaults for a first deployment); ``None``
+        changes none, which is how a new version is rolled out with the same
+        settings. ``default`` true makes it the default server certificate, false
+        stops it being the default, ``None`` leaves that as it is. Refused (nothing
+        stored) when a setting is unknown or the named set does not exist.
         """
-        validate_settings(settings)
         stamp = _iso(self._clock())
         with self._write() as db:
-            row = db.execute("SELECT 1 FROM server_certs WHERE name = ?", (name,)).fetchone()
+            row = db.execute(
+                "SELECT active_deployment FROM server_certs WHERE name = ?", (name,)
+            ).fetchone()
             if row is None:
                 raise NotFoundError(f"no server certificate named {name!r}")
+            if not isinstance(settings, ServerSettings):
+                current = (
+                    self._deployment(db, int(row[0])).settings
+                    if row[0] is not None
+                    else ServerSettings()
+                )
+                settings = merge_settings(current, settings or {})
+            validate_settings(settings)
             if version is None:
                 version = int(
                     db.execute(
