@@ -1,6 +1,7 @@
 """Instructions the edge spends per mTLS connect, counted by callgrind: repeatable where timings are not.
 
-``python -m bench.connect_cost [--connects N] [--server edge|bare] [--capture chain|tap|off]``
+``python -m bench.connect_cost [--connects N] [--server edge|bare] [--capture chain|tap|off]
+[--server-certs N [--ca-names]]``
 re-runs itself under ``valgrind --tool=callgrind`` and prints the instructions
 executed on the server side per connect (TLS handshake, CONNECT/CONNACK,
 DISCONNECT, close), averaged over N connects after a warm-up.
@@ -9,7 +10,13 @@ The server is the edge's real TLS endpoint and MQTT broker (``EdgeServer``,
 default configuration, ``--policy open``) fed in process through a transport
 double, with a client ``ssl.SSLObject`` on the other side; ``--server bare`` is
 the least a Python MemoryBIO server can do per connect (handshake, CONNACK,
-close), the floor the edge's own work adds to. Every call into the server goes
+close), the floor the edge's own work adds to. ``--server-certs N`` deploys N
+server certificates (``host0.example.com`` ... each its own, issued by the same
+intermediate as the default one) before the edge starts, and the device connects
+with the SNI of the middle one: the cost of selecting a server certificate by
+SNI, against the default run where ``localhost`` resolves through the default
+binding. They are deployed without CA names unless ``--ca-names`` is given, so
+the difference is the selection, not the bigger CertificateRequest. Every call into the server goes
 through ``functools.reduce``, and callgrind collects only inside that C function
 (``--toggle-collect``), so the client's work is not counted.
 
@@ -145,12 +152,42 @@ class _BareServer(asyncio.Protocol):
         pass
 
 
-async def _drive(connects: int, warmup: int, server: str, capture: str) -> None:
+async def _drive(
+    connects: int,
+    warmup: int,
+    server: str,
+    capture: str,
+    server_certs: int = 0,
+    ca_names: bool = False,
+) -> None:
     with tempfile.TemporaryDirectory(prefix="edgesim-cost-") as tmp:
-        await _drive_in(Path(tmp), connects, warmup, server, capture)
+        await _drive_in(Path(tmp), connects, warmup, server, capture, server_certs, ca_names)
 
 
-async def _drive_in(work: Path, connects: int, warmup: int, server: str, capture: str) -> None:
+def _deploy_server_certs(store_path: Path, pki: Path, count: int, ca_names: bool) -> str:
+    """Deploy ``count`` server certificates; return the SNI of the middle one."""
+    from certs.authority import CertificateAuthority
+    from edge.trust.sqlite import SqliteTrustStore
+
+    ca = CertificateAuthority.load(pki / "intermediate-ca.pem", pki / "intermediate-ca.key")
+    with SqliteTrustStore(store_path) as store:
+        for i in range(count):
+            issued = ca.issue_server([f"host{i}.example.com"])
+            store.upload_server_cert(f"host{i}", issued.fullchain_pem, issued.key_pem())
+            # No set named: the default binding's set (seeded at start) verifies devices.
+            store.deploy(f"host{i}", {"send_ca_names": ca_names})
+    return f"host{count // 2}.example.com"
+
+
+async def _drive_in(
+    work: Path,
+    connects: int,
+    warmup: int,
+    server: str,
+    capture: str,
+    server_certs: int = 0,
+    ca_names: bool = False,
+) -> None:
     from dataclasses import replace
 
     from certs.quickstart import quickstart
@@ -170,6 +207,9 @@ async def _drive_in(work: Path, connects: int, warmup: int, server: str, capture
     serve += ["--state-dir", str(work / "state")]
     config = build_config(build_parser().parse_args(serve))
     config = replace(config, tls=replace(config.tls, capture_tls13_certificates=capture != "off"))
+    sni = "localhost"
+    if server_certs:
+        sni = _deploy_server_certs(config.store_path, pki, server_certs, ca_names)
     if capture == "tap":
         from edge.tls import verifiedchain
 
@@ -193,7 +233,7 @@ async def _drive_in(work: Path, connects: int, warmup: int, server: str, capture
         for i in range(warmup + connects):
             if i == warmup:
                 _callgrind("-z")  # count the measured connects only
-            await _one(loop, factory, client_ctx, f"c{i}")
+            await _one(loop, factory, client_ctx, f"c{i}", sni)
         _callgrind("-d")
     finally:
         await edge.close()
@@ -221,10 +261,11 @@ async def _one(
     factory: Callable[[], asyncio.Protocol],
     client_ctx: ssl.SSLContext,
     client_id: str,
+    sni: str = "localhost",
 ) -> None:
     transport = _Transport(loop)
     c_in, c_out = ssl.MemoryBIO(), ssl.MemoryBIO()
-    client = client_ctx.wrap_bio(c_in, c_out, server_hostname="localhost")
+    client = client_ctx.wrap_bio(c_in, c_out, server_hostname=sni)
     protocol = _server_call(factory)
     transport.protocol = protocol
     _server_call(protocol.connection_made, transport)
@@ -300,9 +341,30 @@ def main(argv: list[str] | None = None) -> int:
         help="how a refused TLS 1.3 device is named: OpenSSL's verified chain (the default), "
         "the key log tap (the fallback where that chain cannot be read), or not at all",
     )
+    parser.add_argument(
+        "--server-certs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="deploy N server certificates and connect with the SNI of one (0: none)",
+    )
+    parser.add_argument(
+        "--ca-names",
+        action="store_true",
+        help="with --server-certs: send the set's CA names in the CertificateRequest",
+    )
     args = parser.parse_args(argv)
     if os.environ.get(_MARK):
-        asyncio.run(_drive(args.connects, args.warmup, args.server, args.capture))
+        asyncio.run(
+            _drive(
+                args.connects,
+                args.warmup,
+                args.server,
+                args.capture,
+                args.server_certs,
+                args.ca_names,
+            )
+        )
         return 0
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("error: valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
@@ -329,9 +391,14 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         total = _measured(out)
     per = total / args.connects
+    certs = ""
+    if args.server_certs:
+        certs = f", {args.server_certs} server certificates" + (
+            " with CA names" if args.ca_names else ""
+        )
     print(
-        f"{args.server} (capture {args.capture}): {per:,.0f} instructions per connect on the "
-        f"server side ({args.connects} connects after {args.warmup} of warm-up)"
+        f"{args.server} (capture {args.capture}{certs}): {per:,.0f} instructions per connect "
+        f"on the server side ({args.connects} connects after {args.warmup} of warm-up)"
     )
     return 0
 

@@ -26,6 +26,16 @@ async def test_the_driver_completes_connects_against_each_server(
     assert verifiedchain.available() is (capture != "tap")
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("ca_names", [False, True])
+async def test_the_driver_connects_by_sni_among_server_certificates(ca_names: bool) -> None:
+    # The device's context checks the hostname: a connect served with the wrong
+    # certificate fails here instead of being counted.
+    await connect_cost._drive(
+        connects=2, warmup=1, server="edge", capture="chain", server_certs=5, ca_names=ca_names
+    )
+
+
 def test_counting_needs_valgrind_and_says_so(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

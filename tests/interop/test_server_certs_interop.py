@@ -17,6 +17,7 @@ TLS as the SNI, as it would with DNS.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import socket
 import socketserver
@@ -273,10 +274,8 @@ def _pipe(src: socket.socket, dst: socket.socket) -> None:
     except OSError:
         pass
     finally:
-        try:
+        with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
 
 
 @pytest.fixture

@@ -200,15 +200,21 @@ def test_routes_exact_before_wildcard_certificate_over_binding_then_default(
     fleet.deploy("exact", {})  # no set named: the hostname's binding (legacy) verifies
     snap = fleet.snapshot()
     api = snap.route("API.example.com.")
-    assert api is not None and api.server is not None and api.active is not None
+    assert api is not None
+    assert api.server is not None
+    assert api.active is not None
     assert (api.server.name, api.active.name) == ("exact", "legacy")
     other = snap.route("any.example.com")
-    assert other is not None and other.server is not None and other.active is not None
+    assert other is not None
+    assert other.server is not None
+    assert other.active is not None
     assert (other.server.name, other.active.name) == ("wild", "fleet")
     # A bound name under the wildcard gets the certificate covering it (and, since
     # the wildcard's deployment names a set, that set).
     old = snap.route("old.example.com")
-    assert old is not None and old.server is not None and old.server.name == "wild"
+    assert old is not None
+    assert old.server is not None
+    assert old.server.name == "wild"
     assert snap.route("deep.any.example.com") is None
     assert snap.route(None) is None
     assert "matches no server certificate" in snap.explain_unrouted("deep.any.example.com")
@@ -216,7 +222,8 @@ def test_routes_exact_before_wildcard_certificate_over_binding_then_default(
     snap = fleet.snapshot()
     for sni in ("deep.any.example.com", None, "unknown.test"):
         found = snap.route(sni)
-        assert found is not None and found.server is not None
+        assert found is not None
+        assert found.server is not None
         assert found.server.name == "fallback"
 
 
@@ -227,11 +234,13 @@ def test_a_binding_without_a_certificate_keeps_the_edges_own(fleet: SqliteTrustS
     fleet.deploy("web", {})
     snap = fleet.snapshot()
     legacy = snap.route("other.example.org")
-    assert legacy is not None and legacy.server is None
+    assert legacy is not None
+    assert legacy.server is None
     assert legacy.active is snap.sets["fleet"]
     web = snap.route("devices.example.com")
     # No set named in the deployment: the default binding's set verifies devices.
-    assert web is not None and web.active is snap.sets["fleet"]
+    assert web is not None
+    assert web.active is snap.sets["fleet"]
 
 
 def test_routes_without_client_auth_or_without_an_active_set(fleet: SqliteTrustStore) -> None:
@@ -244,10 +253,14 @@ def test_routes_without_client_auth_or_without_an_active_set(fleet: SqliteTrustS
     fleet.deploy("strict", {"set": "later"})
     snap = fleet.snapshot()
     opened = snap.route("open.example.com")
-    assert opened is not None and opened.active is None and opened.error is None
+    assert opened is not None
+    assert opened.active is None
+    assert opened.error is None
     refused = snap.route("strict.example.com")
-    assert refused is not None and refused.error is not None
-    assert "'later'" in refused.error and "no active version" in refused.error
+    assert refused is not None
+    assert refused.error is not None
+    assert "'later'" in refused.error
+    assert "no active version" in refused.error
 
 
 async def test_expiring_certificates_are_reported(store_path: Path) -> None:
