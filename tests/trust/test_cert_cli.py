@@ -150,9 +150,11 @@ def test_the_key_file_is_0600_and_a_store_opened_with_another_cannot_decrypt(
     assert key_file.stat().st_mode & 0o777 == 0o600
     other = tmp_path / "other.keys"
     other.write_text("00" * 32 + "\n")
-    with SqliteTrustStore(cli.store, key_file=other) as store:
-        with pytest.raises(StoreError, match="does not decrypt with key file"):
-            store.snapshot()
+    with (
+        SqliteTrustStore(cli.store, key_file=other) as store,
+        pytest.raises(StoreError, match="does not decrypt with key file"),
+    ):
+        store.snapshot()
 
 
 def test_help_lists_the_verbs(capsys: pytest.CaptureFixture[str]) -> None:
