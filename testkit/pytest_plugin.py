@@ -76,6 +76,7 @@ if TYPE_CHECKING:
     from edge.server import EdgeServer, ServerThread
     from edge.trust.model import CrlInfo, SetInfo, VersionInfo
     from edge.trust.propagation import TrustService
+    from edge.trust.servercerts import DeploymentInfo, ServerCertVersion
 
 __all__ = [
     "DEFECTS",
@@ -698,6 +699,67 @@ class EdgeTrust:
         """Attach a CRL (``pki.crl_pem()``) to a set; its revoked devices are refused."""
         return self._change(
             lambda: self.service.add_crl(set_name, pem), f"add a CRL to set {set_name!r}"
+        )
+
+    def add_server_cert(
+        self,
+        name: str,
+        hosts: Sequence[str],
+        *,
+        set_name: str | None = "default",
+        days: int = 90,
+        default: bool | None = None,
+        **settings: Any,
+    ) -> DeploymentInfo:
+        """Issue a server certificate for ``hosts`` from the test PKI, upload and deploy it.
+
+        ``set_name`` verifies devices on those hostnames (``None``: the hostname's
+        binding); other deployment settings (``client_auth``, ``min_tls``,
+        ``send_ca_names``, ``identity_rule``) pass through. Devices trust it
+        through ``pki.server_ca_pem`` like the edge's own certificate. Returns
+        once the deployment is active.
+        """
+        from certs.errors import CertsError
+
+        try:
+            issued = self._handle.pki.intermediate.issue_server(
+                list(hosts), now=self._handle.pki.now, days=days
+            )
+        except CertsError as exc:
+            raise UsageError(f"add_server_cert({name!r}): {exc}") from exc
+        self.upload_server_cert(name, issued.fullchain_pem, issued.key_pem())
+        return self.deploy_server_cert(name, set_name=set_name, default=default, **settings)
+
+    def upload_server_cert(
+        self, name: str, cert_pem: bytes, key_pem: bytes, *, passphrase: bytes | None = None
+    ) -> ServerCertVersion:
+        """Upload a server certificate (leaf then chain) and its key as a new, staged version."""
+        return self._change(
+            lambda: self.service.upload_server_cert(name, cert_pem, key_pem, passphrase=passphrase),
+            f"upload server certificate {name!r}",
+        )
+
+    def deploy_server_cert(
+        self,
+        name: str,
+        *,
+        version: int | None = None,
+        default: bool | None = None,
+        **settings: Any,
+    ) -> DeploymentInfo:
+        """Deploy server certificate ``name`` with ``settings`` changed (``set_name=`` the set)."""
+        if "set_name" in settings:
+            settings["set"] = settings.pop("set_name")
+        return self._change(
+            lambda: self.service.deploy(name, settings, version=version, default=default),
+            f"deploy server certificate {name!r}",
+        )
+
+    def rollback_server_cert(self, name: str) -> DeploymentInfo | None:
+        """Re-activate the previous deployment of ``name`` (the first one: undeploy)."""
+        return self._change(
+            lambda: self.service.rollback_server_cert(name),
+            f"roll back server certificate {name!r}",
         )
 
     def sets(self) -> list[SetInfo]:

@@ -307,3 +307,29 @@ def test_edge_that_cannot_start_says_why(edge_factory: EdgeFactory) -> None:
     with pytest.raises(EdgeStartError, match=r"the edge did not start: \[policy\]"):
         edge_factory(policy={"rules": "not a list"})
     assert edge_factory.edges == []
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.edgesim(https=False, admin=False)
+def test_add_server_cert_serves_its_hostname(edge: EdgeHandle) -> None:
+    import socket
+    import ssl
+
+    deployment = edge.trust.add_server_cert("web", ["devices.example.com"], min_tls="1.3")
+    assert (deployment.version, deployment.settings.set_name) == (1, "default")
+    creds = edge.pki.device("dev-sni")
+    folder = edge.pki.dir / "sni-test"
+    folder.mkdir(exist_ok=True)
+    (folder / "dev.pem").write_bytes(creds.fullchain_pem)
+    (folder / "dev.key").write_bytes(creds.key_pem)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(cadata=edge.pki.server_ca_pem.decode())
+    ctx.load_cert_chain(str(folder / "dev.pem"), str(folder / "dev.key"))
+    raw = socket.create_connection(("127.0.0.1", edge.ports["mqtt"]), timeout=10)
+    with ctx.wrap_socket(raw, server_hostname="devices.example.com") as conn:
+        cert = x509.load_der_x509_certificate(conn.getpeercert(True) or b"")
+        assert cert.subject.rfc4514_string() == "CN=devices.example.com"
+        assert conn.version() == "TLSv1.3"
+    with pytest.raises(TrustOperationError, match="deploy server certificate 'web'"):
+        edge.trust.deploy_server_cert("web", set_name="absent")
+    assert edge.trust.rollback_server_cert("web") is None  # the first deployment: undeployed
