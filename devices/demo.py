@@ -4,12 +4,17 @@
    certificate, a few hundred devices);
 2. starts an edge on free loopback ports (MQTT, HTTPS + WebSocket, admin API)
    trusting that PKI's chain as certificate set ``default``;
-3. runs a mixed fleet over all three protocols (MQTT, HTTPS, MQTT over
+3. gives two hostnames their own server certificates and certificate sets
+   (``edgesim cert``: ``devices.example.test`` with an EC certificate and set
+   ``default``, ``legacy.example.test`` with an RSA certificate, set ``legacy``
+   and no CA names) and connects one device to each (``edgesim device connect
+   --sni``);
+4. runs a mixed fleet over all three protocols (MQTT, HTTPS, MQTT over
    WebSocket and the ``/ws`` JSON protocol) with a few percent of faulty devices
    (expired, from another CA, without a certificate, revoked, without clientAuth)
    for about a minute, checking that each faulty device is refused for the right
    reason;
-4. prints the fleet's summary and the paths of its JSON and HTML reports, and
+5. prints the fleet's summary and the paths of its JSON and HTML reports, and
    stops the edge.
 
 Everything goes through the ``edgesim`` command line in child processes, as a
@@ -57,6 +62,31 @@ def _read_json_document(stream: Any, proc: subprocess.Popen[str]) -> dict[str, A
         if isinstance(doc, dict):
             return doc
     raise RuntimeError(f"the edge exited (status {proc.wait()}) before reporting its ports")
+
+
+def _hostnames(pki: Path, mqtt: int, admin: str, env: dict[str, str]) -> None:
+    """Two hostnames, each with its own server certificate and certificate set."""
+    print("\n== 3. two hostnames, each with its own server certificate and set", flush=True)
+    where = ["--admin", admin]  # the token comes from $EDGESIM_ADMIN_TOKEN
+
+    def run(*args: str) -> None:
+        cmd = [*EDGESIM, *args]
+        _show(cmd)
+        subprocess.run(cmd, check=True, env=env)
+
+    # The legacy set trusts the root alone: its devices send their intermediate.
+    run("trust", "upload", "legacy", str(pki / "root-ca.pem"), *where)
+    run("cert", "issue", "devices", "--host", "devices.example.test", "--pki", str(pki), *where)
+    run("cert", "issue", "legacy", "--host", "legacy.example.test", "--key-type", "rsa2048",
+        "--pki", str(pki), *where)  # fmt: skip
+    run("cert", "deploy", "devices", "--set", "default", *where)
+    run("cert", "deploy", "legacy", "--set", "legacy", "--no-ca-names", *where)
+    run("cert", "list", *where)
+    device = pki / "devices" / "dev-00000"
+    for host in ("devices.example.test", "legacy.example.test"):
+        run("device", "connect", "--url", f"mqtts://127.0.0.1:{mqtt}", "--sni", host,
+            "--cert", f"{device}.pem", "--key", f"{device}.key",
+            "--chain", str(pki / "devices" / "chain.pem"), "--ca", str(pki / "root-ca.pem"))  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,7 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         mqtt, https, admin = ports["mqtt"], ports["https"], ports["admin"]
         print(f"edge listening: mqtts :{mqtt}, https/wss :{https}, admin :{admin}", flush=True)
 
-        print("\n== 3. a mixed fleet over MQTT, HTTPS and WebSocket, with faulty devices")
+        admin_env = {**os.environ, "EDGESIM_ADMIN_TOKEN": token}
+        _hostnames(pki, mqtt, f"http://127.0.0.1:{admin}", admin_env)
+
+        print("\n== 4. a mixed fleet over MQTT, HTTPS and WebSocket, with faulty devices")
         report, html = out / "report.json", out / "report.html"
         fleet_cmd = [
             *EDGESIM, "fleet", "run", "--pki", str(pki),
@@ -134,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nJSON report: {report}\nHTML report: {html}", flush=True)
         return status
     finally:
-        print("\n== 4. stopping the edge", flush=True)
+        print("\n== 5. stopping the edge", flush=True)
         edge.send_signal(signal.SIGINT)
         try:
             edge.wait(timeout=30)
