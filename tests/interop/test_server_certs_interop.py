@@ -369,3 +369,43 @@ def test_rotation_keeps_a_connected_device_and_rollback_is_one_call(two: Two) ->
         _ping(before)
     finally:
         before.close()
+
+
+@pytest.mark.timeout(60)
+def test_per_hostname_settings_no_client_certificate_and_tls13_only(two: Two) -> None:
+    trust = two.handle.server.trust
+    assert trust is not None
+    open_cert = two.qs.intermediate.issue_server(["open.example.com"])
+    strict_cert = two.qs.intermediate.issue_server(["strict.example.com"])
+    two.run(trust.upload_server_cert("open", open_cert.fullchain_pem, open_cert.key_pem()))
+    two.run(trust.upload_server_cert("strict", strict_cert.fullchain_pem, strict_cert.key_pem()))
+    two.run(trust.deploy("open", {"client_auth": "none"}))
+    two.run(trust.deploy("strict", {"set": "fleet", "min_tls": "1.3", "identity_rule": "sha256"}))
+    two.run(trust.wait_active())
+    # No client certificate requested: a device without one is accepted, named by address.
+    anonymous = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    anonymous.load_verify_locations(cafile=str(two.qs.root_cert))
+    since = two.last_id
+    conn = _mqtt_connect(anonymous, two.port, "open.example.com", "anon")
+    conn.close()
+    accepted = two.event_after("tls.accepted", since)
+    assert accepted["identity"].startswith("anonymous/127.0.0.1:")
+    # TLS 1.3 only: a TLS 1.2 device is refused; a TLS 1.3 one is named by the rule.
+    old = _device_context(two.qs.root_cert, two.fleet_device)
+    old.maximum_version = ssl.TLSVersion.TLSv1_2
+    since = two.last_id
+    with pytest.raises(ssl.SSLError, match="PROTOCOL_VERSION|protocol version"):
+        _mqtt_connect(old, two.port, "strict.example.com", "old-tls")
+    refused = two.event_after("tls.refused", since)
+    assert refused["sni"] == "strict.example.com"
+    since = two.last_id
+    conn = _mqtt_connect(
+        _device_context(two.qs.root_cert, two.fleet_device), two.port, "strict.example.com", "s"
+    )
+    conn.close()
+    accepted = two.event_after("tls.accepted", since)
+    name = accepted["identity"].split("/", 1)[1]
+    assert len(name) == 64  # the SHA-256 fingerprint, not the CN
+    for name in ("open", "strict"):
+        two.run(trust.delete_server_cert(name))
+    two.run(trust.wait_active())
