@@ -394,7 +394,7 @@ def test_per_hostname_settings_no_client_certificate_and_tls13_only(two: Two) ->
     old = _device_context(two.qs.root_cert, two.fleet_device)
     old.maximum_version = ssl.TLSVersion.TLSv1_2
     since = two.last_id
-    with pytest.raises(ssl.SSLError, match="PROTOCOL_VERSION|protocol version"):
+    with pytest.raises(ssl.SSLError, match=r"PROTOCOL_VERSION|protocol version"):
         _mqtt_connect(old, two.port, "strict.example.com", "old-tls")
     refused = two.event_after("tls.refused", since)
     assert refused["sni"] == "strict.example.com"
