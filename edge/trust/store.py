@@ -11,6 +11,12 @@ Semantics every backend keeps:
 - versions are numbered 1, 2, ... per set and never change once stored;
 - a set has at most one active version; ``activate`` switches it in one call;
 - each change that alters what handshakes would use bumps :meth:`generation`.
+
+Server certificates (``upload_server_cert``, ``deploy``, ``rollback_server_cert``,
+``delete_server_cert``, ``server_certs``, ``get_server_cert``) are, for now, an
+extension of :class:`~edge.trust.sqlite.SqliteTrustStore` outside this protocol;
+the service checks for them and says so when a backend lacks them. Their
+deployments are part of :meth:`snapshot` (``server_certs``, ``routes``).
 """
 
 from __future__ import annotations
