@@ -195,7 +195,14 @@ PROPERTIES: Final[dict[int, PropertyInfo]] = {
 }
 
 
-@dataclass(init=False, slots=True)
+# Attribute of Properties per identifier (the names of PROPERTIES, in snake case).
+_ATTRS: Final = {
+    ident: info.name.lower().replace(" ", "_").replace("-", "_")
+    for ident, info in PROPERTIES.items()
+}
+
+
+@dataclass(init=False, repr=False, slots=True)
 class Properties:
     """The properties of one MQTT 5 packet (or of a CONNECT's will).
 
@@ -358,6 +365,19 @@ class Properties:
         if self.shared_subscription_available is not None:
             out.append((SHARED_SUBSCRIPTION_AVAILABLE, self.shared_subscription_available))
         return out
+
+    def __repr__(self) -> str:
+        # Only what is set: 27 mostly-None fields would drown a packet's repr.
+        parts: list[str] = []
+        for ident, value in self.items():
+            if ident in (USER_PROPERTY, SUBSCRIPTION_IDENTIFIER):
+                continue
+            parts.append(f"{_ATTRS[ident]}={value!r}")
+        if self.subscription_identifiers:
+            parts.append(f"subscription_identifiers={self.subscription_identifiers!r}")
+        if self.user_properties:
+            parts.append(f"user_properties={self.user_properties!r}")
+        return f"Properties({', '.join(parts)})"
 
     def is_empty(self) -> bool:
         """True when no property is set (encoded as a property length of 0)."""
