@@ -8,13 +8,15 @@ and rejects what the specification calls malformed with :class:`MalformedPacket`
 and what it forbids with :class:`ProtocolViolation`::
 
     MqttError                 (edge.mqtt.errors)                     reason_code
-    ├── MalformedPacket       bad remaining length, short/long body, bad UTF-8,  0x81
-    │                         reserved flag bits, QoS 3, packet id 0, unknown
-    │                         property, property not allowed in the packet, ...
-    └── ProtocolViolation     wildcards in a PUBLISH topic, a packet meant for the  0x82
-        │                     other side, DUP on QoS 0, a property given twice,
-        │                     Receive Maximum 0, ...
-        └── PacketTooLarge    rejected as soon as the length is known, unbuffered  0x95
+    ├── MalformedPacket       bad remaining length, short/long body,        0x81
+    │                         bad UTF-8, reserved flag bits, QoS 3, packet
+    │                         id 0, an unknown property or one the packet
+    │                         may not carry, ...
+    └── ProtocolViolation     wildcards in a PUBLISH topic, a packet meant  0x82
+        │                     for the other side, DUP on QoS 0, a property
+        │                     given twice, Receive Maximum 0, ...
+        └── PacketTooLarge    rejected as soon as the length is known,      0x95
+                              unbuffered
 
 Every error carries ``reason`` (words for the event log) and ``reason_code`` (the
 MQTT 5 code a server sends in its DISCONNECT, or CONNACK for a bad CONNECT).
@@ -292,7 +294,8 @@ class Publish:
     In MQTT 5 ``topic`` may be empty when ``properties.topic_alias`` is set: the
     codec only parses; mapping aliases to topics (and refusing an unknown alias or
     one above the Topic Alias Maximum with 0x94) is the receiver's job, per
-    connection and direction.
+    connection and direction. Nor does it hold the payload to its Payload Format
+    Indicator (a receiver MAY, answering 0x99 Payload format invalid).
     """
 
     topic: str

@@ -4,10 +4,10 @@ Everything :mod:`edge.mqtt` raises derives from :class:`MqttError`; foreign
 exceptions met while decoding (``UnicodeDecodeError``, ``IndexError`` on short
 input, ...) are translated here, at the codec boundary, so callers catch one root::
 
-    MqttError                 root of edge.mqtt                         0x80
-    ├── MalformedPacket       the bytes do not parse as an MQTT control packet  0x81
-    ├── ProtocolViolation     a well-formed packet the protocol forbids here    0x82
-    │   └── PacketTooLarge    remaining length above the configured maximum     0x95
+    MqttError                 root of edge.mqtt                              0x80
+    ├── MalformedPacket       the bytes do not parse as an MQTT packet       0x81
+    ├── ProtocolViolation     a well-formed packet the protocol forbids      0x82
+    │   └── PacketTooLarge    remaining length above the configured maximum  0x95
     └── MqttConfigError       an invalid [mqtt] setting (also a ValueError)
 
 Each carries ``reason``: one line naming what is wrong and where (packet type and
