@@ -417,13 +417,20 @@ def _uint(value: int, size: int, what: str) -> bytes:
     return value.to_bytes(size, "big")
 
 
+# Integer properties whose value 0 is a protocol error.
+_NOT_ZERO: Final = frozenset({RECEIVE_MAXIMUM, TOPIC_ALIAS, MAXIMUM_PACKET_SIZE})
+
+
 def encode_properties(properties: Properties | None, packet_type: int) -> bytes:
     """The property length and the properties, as they follow a packet's variable header.
 
     ``None`` (or no property set) gives ``b"\\x00"``. Raises ``ValueError`` for a
     property ``packet_type`` may not carry (:data:`WILL_PROPERTIES` for a will) or a
-    value that does not fit its wire type: the encoder refuses to write what the
-    parser would refuse to read.
+    value that does not fit its wire type or is ruled out (a 0/1 flag of 2, Receive
+    Maximum 0, ...): the encoder refuses to write what the parser would refuse to
+    read, except the rules that depend on the direction, which it does not know (a
+    client's PUBLISH carries no Subscription Identifier, a server's DISCONNECT no
+    Session Expiry Interval).
     """
     if properties is None:
         return b"\x00"
@@ -445,6 +452,11 @@ def encode_properties(properties: Properties | None, packet_type: int) -> bytes:
                 raise ValueError(f"{info.name} 0 is not allowed")
             parts.append(_varint(value, info.name))
         else:
+            if kind == BYTE and value not in (0, 1):
+                raise ValueError(f"{info.name} {value} is not 0 or 1")
+            if value == 0 and ident in _NOT_ZERO:
+                raise ValueError(f"{info.name} 0 is not allowed")
+            # The integer wire types are numbered by their size in bytes.
             parts.append(_uint(value, kind, info.name))
     body = b"".join(parts)
     return _varint(len(body), "property length") + body

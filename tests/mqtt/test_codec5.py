@@ -649,6 +649,12 @@ def test_encode_refuses_invalid_v5_values() -> None:
         encode(Connect(protocol_level=5, properties=Properties(receive_maximum=65536)))
     with pytest.raises(ValueError, match="Subscription Identifier 0 is not allowed"):
         encode(Subscribe(1, [("t", 0)], Properties(subscription_identifiers=[0])), 5)
+    with pytest.raises(ValueError, match="Payload Format Indicator 2 is not 0 or 1"):
+        encode(Publish("t", b"", properties=Properties(payload_format_indicator=2)), 5)
+    with pytest.raises(ValueError, match="Topic Alias 0 is not allowed"):
+        encode(Publish("t", b"", properties=Properties(topic_alias=0)), 5)
+    with pytest.raises(ValueError, match="Maximum Packet Size 0 is not allowed"):
+        encode(Connect(protocol_level=5, properties=Properties(maximum_packet_size=0)))
     with pytest.raises(ValueError, match="Will Delay Interval may not be sent"):
         encode(Connect(protocol_level=5, properties=Properties(will_delay_interval=1)))
 
