@@ -1502,8 +1502,9 @@ def _connect5(r: _Reader, connect_flags: int, keepalive: int) -> Connect:
     if connect_flags & 0x01:
         raise MalformedPacket("CONNECT: reserved connect flag bit 0 set")
     props = _properties(r, CONNECT, True)
+    raw_id = r.binary("client identifier")  # cut short: 0x81 like any other field
     try:
-        client_id = r.string("client identifier")
+        client_id = validate_string(raw_id, "CONNECT client identifier")
     except MalformedPacket as exc:
         # Section 3.1.3.1 lets the server answer a client identifier it rejects with
         # 0x85 rather than 0x81 (Mosquitto does, for bad UTF-8 too).

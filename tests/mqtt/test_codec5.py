@@ -498,6 +498,7 @@ def _publish_props(props: bytes, first: int = 0x32) -> bytes:
         # A client identifier that is not valid UTF-8 gets 0x85 (section 3.1.3.1).
         (_connect(0x02, b"\x00", b"\x00\x02p\x00"), M, 0x85, "client identifier.*U\\+0000"),
         (_connect(0x02, b"\x00", b"\x00\x02\xed\xa0"), M, 0x85, "client identifier.*UTF-8"),
+        (_connect(0x02, b"\x00", b"\x00\x03p"), M, 0x81, "client identifier length 3 runs past"),
         # Packets a client may not send.
         (b"\x20\x03\x00\x00\x00", P, 0x82, "CONNACK may not be sent by a client"),
         (b"\xd0\x00", P, 0x82, "PINGRESP may not be sent by a client"),
