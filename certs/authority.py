@@ -266,7 +266,9 @@ class CertificateAuthority:
             ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
             self._aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
         except x509.ExtensionNotFound:
-            self._aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(cert.public_key())  # type: ignore[arg-type]
+            # The CA's own key (checked above to match the certificate's): typed as one
+            # that can sign, unlike the certificate's key.
+            self._aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key())
         self._send_chain = tuple(c for c in (cert, *self.chain) if not _is_self_signed(c))
         self._cert_pem = cert.public_bytes(serialization.Encoding.PEM)
         self._leaf_cache: dict[

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 
 from certs.authority import CertificateAuthority
 from certs.bundle import describe_format, detect_format, pem_blocks
+from certs.compat import certificate_public_key
 from certs.errors import CrlError
 
 __all__ = [
@@ -162,7 +163,7 @@ def _check_issuer(
     if crl.issuer != ca.cert.subject:
         raise CrlError(f"{source}: CRL was issued by {crl.issuer.rfc4514_string()}, not by this CA")
     try:
-        valid = crl.is_signature_valid(ca.cert.public_key())  # type: ignore[arg-type]
+        valid = crl.is_signature_valid(certificate_public_key(ca.cert))  # type: ignore[arg-type]
     except (InvalidSignature, TypeError, ValueError):
         valid = False
     if not valid:

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtensionOID
 
 from certs.bundle import describe_format, detect_format, load_any_certificates, pem_blocks
+from certs.compat import certificate_public_key
 from certs.crl import crl_number, load_crls, revoked_entries
 from certs.errors import KeyLoadError
 from certs.keys import key_description, load_private_key
@@ -177,7 +178,7 @@ def describe_certificate(cert: x509.Certificate) -> dict[str, Any]:
         "serial": f"{cert.serial_number:x}",
         "not_before": _time(cert.not_valid_before_utc),
         "not_after": _time(cert.not_valid_after_utc),
-        "key": key_description(cert.public_key()),
+        "key": key_description(certificate_public_key(cert)),
         "signature_algorithm": _oid_name(sig),
         "sha256_fingerprint": _hex(cert.fingerprint(hashes.SHA256())).upper(),
         "self_signed": cert.subject == cert.issuer,

@@ -38,21 +38,24 @@ check the trust anchor's self-signature (OpenSSL skips it too), but auditors fla
 from __future__ import annotations
 
 import datetime as dt
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, TypeGuard, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
-from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from certs.compat import (
+    certificate_public_key,
+    dsa_deprecation_silenced,
+    has_dsa_key,
+    is_dsa_key,
+)
+
 if TYPE_CHECKING:
-    # Annotations only: at run time the DSA class is read once, by _dsa_public_key_class.
-    from cryptography.hazmat.primitives.asymmetric import dsa
     from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 __all__ = [
@@ -63,7 +66,6 @@ __all__ = [
     "extension_value",
     "extensions_problem",
     "has_errors",
-    "is_dsa_key",
     "is_self_signed",
     "lint_chain",
     "signature_problem",
@@ -160,38 +162,21 @@ def signature_problem(cert: x509.Certificate, issuer: x509.Certificate) -> str |
     translated into a sentence saying which part failed.
     """
     try:
+        if has_dsa_key(issuer):
+            # A DSA issuer is refused by its own finding (weak-dsa-key); its
+            # signatures are still checked, to tell a weak chain from a forged one.
+            with dsa_deprecation_silenced():
+                return _verify_with_key(cert, certificate_public_key(issuer))
         cert.verify_directly_issued_by(issuer)
     except InvalidSignature:
         return "the signature does not verify with the issuer's public key"
     except (UnsupportedAlgorithm, ValueError, TypeError):
         try:
-            public = issuer.public_key()
+            public = certificate_public_key(issuer)
         except (UnsupportedAlgorithm, ValueError) as exc:
             return f"the issuer's public key cannot be read ({exc})"
         return _verify_with_key(cert, public)
     return None
-
-
-def is_dsa_key(public: CertificatePublicKeyTypes) -> TypeGuard[dsa.DSAPublicKey]:
-    """True for a DSA public key (which the linter and the verifier refuse by name)."""
-    return _DSA_PUBLIC_KEY is not None and isinstance(public, _DSA_PUBLIC_KEY)
-
-
-def _dsa_public_key_class() -> type | None:
-    # cryptography 51 deprecates DSA: reading `dsa.DSAPublicKey` warns, and a release
-    # may drop it. The class is still needed to recognise a DSA key and refuse it
-    # with its own finding, so it is read once here with that one warning silenced.
-    try:
-        from cryptography.hazmat.primitives.asymmetric import dsa as dsa_module
-    except ImportError:
-        return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-        found = getattr(dsa_module, "DSAPublicKey", None)
-    return found if isinstance(found, type) else None
-
-
-_DSA_PUBLIC_KEY = _dsa_public_key_class()
 
 
 def _verify_with_key(cert: x509.Certificate, public: CertificatePublicKeyTypes) -> str | None:
@@ -404,7 +389,7 @@ class _Linter:
 
     def check_key(self, index: int) -> None:
         try:
-            public = self.certs[index].public_key()
+            public = certificate_public_key(self.certs[index])
         except (UnsupportedAlgorithm, ValueError) as exc:
             self.add(
                 "error",

@@ -103,6 +103,7 @@ from cryptography.x509.verification import (
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 
+from certs.compat import certificate_public_key
 from certs.lint import (
     describe_certificate,
     extension_value,
@@ -377,7 +378,7 @@ def _check_purpose(chain: Sequence[x509.Certificate], purpose: Purpose) -> Verif
 def _check_keys(chain: Sequence[x509.Certificate]) -> VerifyResult | None:
     for position, cert in enumerate(chain):
         try:
-            public = cert.public_key()
+            public = certificate_public_key(cert)
         except (UnsupportedAlgorithm, ValueError) as exc:
             return _result(
                 "invalid",
@@ -426,7 +427,7 @@ def _crl_in_scope(crl: x509.CertificateRevocationList, cert: x509.Certificate) -
 
 
 def _crl_signed_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
-    public = issuer.public_key()
+    public = certificate_public_key(issuer)
     if isinstance(public, x25519.X25519PublicKey | x448.X448PublicKey):
         return False  # a key type that cannot sign
     try:

@@ -106,6 +106,23 @@ def test_empty_client_id_takes_the_identity_and_protocol_levels() -> None:
     assert "unsupported protocol 'MQIsdp' level 4" in old.conn.close_reason
 
 
+def test_mqtt5_connect_is_refused_until_the_broker_speaks_5() -> None:
+    # The codec parses MQTT 5 now; the broker still answers return code 1 (in the
+    # 3.1.1 form) and closes. A CONNECT malformed by MQTT 5 rules closes at once.
+    broker, events, _ = make()
+    client = Client(broker)
+    assert client.connect(protocol_level=5).return_code == 1
+    assert client.conn.close_reason == "unsupported protocol 'MQTT' level 5"
+    assert client.conn.parser.protocol_level == 5
+    (refused,) = events.query(kind="mqtt.refused")
+    assert refused["return_code"] == 1
+    bad = Client(broker)
+    # Receive Maximum 0 is a protocol error (MQTT 5 section 3.1.2.11.3).
+    bad.conn.receive_data(b"\x10\x11\x00\x04MQTT\x05\x02\x00\x0a\x03\x21\x00\x00\x00\x01p")
+    assert bad.conn.data_to_send() == b""
+    assert bad.conn.close_reason == "CONNECT: Receive Maximum 0"
+
+
 def test_publish_subscribe_under_the_default_policy() -> None:
     broker, events, _ = make()
     dev = Client(broker)

@@ -1,0 +1,76 @@
+"""What differs between the cryptography releases edgesim supports (see pyproject.toml).
+
+cryptography 51 deprecates DSA: loading a DSA public key, verifying with one, or
+reading the ``dsa.DSAPublicKey`` class raises ``CryptographyDeprecationWarning``.
+edgesim still has to *recognise* DSA keys, to refuse them by name (finding
+``weak-dsa-key``, PKITS's DSA cases), so every place that loads a certificate's key
+goes through :func:`certificate_public_key`, and DSA verifications run inside
+:func:`dsa_deprecation_silenced`. Both touch the warning filters only when the key
+is DSA, so the usual path is unchanged (and the filters, which are process-global,
+are not swapped under other threads' feet).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, TypeGuard
+
+from cryptography import x509
+from cryptography.utils import CryptographyDeprecationWarning
+from cryptography.x509.oid import PublicKeyAlgorithmOID
+
+if TYPE_CHECKING:
+    # Annotations only: at run time the class is read once, by _dsa_public_key_class.
+    from cryptography.hazmat.primitives.asymmetric import dsa
+    from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+
+__all__ = [
+    "certificate_public_key",
+    "dsa_deprecation_silenced",
+    "has_dsa_key",
+    "is_dsa_key",
+]
+
+
+@contextlib.contextmanager
+def dsa_deprecation_silenced() -> Iterator[None]:
+    """Run a block that handles DSA keys without cryptography 51's deprecation warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="DSA is deprecated", category=CryptographyDeprecationWarning
+        )
+        yield
+
+
+def has_dsa_key(cert: x509.Certificate) -> bool:
+    """True when ``cert``'s subject public key is DSA (told from its OID, the key unloaded)."""
+    return cert.public_key_algorithm_oid == PublicKeyAlgorithmOID.DSA
+
+
+def certificate_public_key(cert: x509.Certificate) -> CertificatePublicKeyTypes:
+    """``cert.public_key()``, a DSA key included, without the deprecation warning."""
+    if not has_dsa_key(cert):
+        return cert.public_key()
+    with dsa_deprecation_silenced():
+        return cert.public_key()
+
+
+def is_dsa_key(public: CertificatePublicKeyTypes) -> TypeGuard[dsa.DSAPublicKey]:
+    """True for a DSA public key (which the linter and the verifier refuse by name)."""
+    return _DSA_PUBLIC_KEY is not None and isinstance(public, _DSA_PUBLIC_KEY)
+
+
+def _dsa_public_key_class() -> type | None:
+    # A release may drop DSA altogether: then no key is DSA.
+    try:
+        from cryptography.hazmat.primitives.asymmetric import dsa as dsa_module
+    except ImportError:
+        return None
+    with dsa_deprecation_silenced():
+        found = getattr(dsa_module, "DSAPublicKey", None)
+    return found if isinstance(found, type) else None
+
+
+_DSA_PUBLIC_KEY = _dsa_public_key_class()
