@@ -79,8 +79,8 @@ def _hostnames(pki: Path, mqtt: int, admin: str, env: dict[str, str]) -> None:
     run("cert", "issue", "devices", "--host", "devices.example.test", "--pki", str(pki), *where)
     run("cert", "issue", "legacy", "--host", "legacy.example.test", "--key-type", "rsa2048",
         "--pki", str(pki), *where)  # fmt: skip
-    run("cert", "deploy", "devices", "--set", "default", *where)
-    run("cert", "deploy", "legacy", "--set", "legacy", "--no-ca-names", *where)
+    run("cert", "deploy", "devices", "--set", "default", "--wait", *where)
+    run("cert", "deploy", "legacy", "--set", "legacy", "--no-ca-names", "--wait", *where)
     run("cert", "list", *where)
     device = pki / "devices" / "dev-00000"
     for host in ("devices.example.test", "legacy.example.test"):

@@ -126,8 +126,10 @@ class _LocalCerts:
 
 
 class _RemoteCerts:
-    def __init__(self, remote: _Remote) -> None:
+    def __init__(self, remote: _Remote, *, wait: bool = False) -> None:
         self.remote = remote
+        #: deploy/rollback answer once the change is active on every worker.
+        self.wait = wait
 
     def upload(
         self, name: str, cert: bytes, key: bytes, passphrase: bytes | None, sources: tuple[str, str]
@@ -161,12 +163,12 @@ class _RemoteCerts:
             "POST",
             f"/v1/certs/{_quote(name)}/deploy",
             body=json.dumps(body).encode(),
-            query={"wait": "true"},
+            query={"wait": str(self.wait).lower()},
         )
 
     def rollback(self, name: str) -> Any:
         return self.remote._call(
-            "POST", f"/v1/certs/{_quote(name)}/rollback", query={"wait": "true"}
+            "POST", f"/v1/certs/{_quote(name)}/rollback", query={"wait": str(self.wait).lower()}
         )
 
     def status(self) -> Any:
@@ -183,7 +185,8 @@ def _backend(args: argparse.Namespace) -> Iterator[_CertBackend]:
     url = args.admin or os.environ.get("EDGESIM_ADMIN_URL")
     if url:
         token = args.token or os.environ.get(TOKEN_ENV) or _token_beside(args.store)
-        yield _RemoteCerts(_Remote(url, token, context=_client_context(args)))
+        wait = bool(getattr(args, "wait", False))
+        yield _RemoteCerts(_Remote(url, token, context=_client_context(args)), wait=wait)
         return
     path = Path(args.store) if args.store else DEFAULT_STORE
     try:
@@ -548,6 +551,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="which certificate field names the device ('default': the edge's rule)",
     )
     p.add_argument("--version", type=int, help="the version to deploy (default: the latest)")
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="with --admin: answer once the deployment is active on every worker",
+    )
     default = p.add_mutually_exclusive_group()
     default.add_argument(
         "--default",
@@ -565,4 +573,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p = verb("rollback", _cmd_rollback, "re-activate the previous deployment (the first: undeploy)")
     p.add_argument("name", metavar="NAME")
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="with --admin: answer once the rollback is active on every worker",
+    )
     verb("status", _cmd_status, "propagation state and expiry of each deployed certificate")

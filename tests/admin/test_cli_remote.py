@@ -118,3 +118,41 @@ async def test_unreachable_admin_api(capsys: pytest.CaptureFixture[str]) -> None
     err = capsys.readouterr().err
     assert f"cannot reach the admin API at http://127.0.0.1:{port}" in err
     assert "use --store PATH" in err
+
+
+async def test_cert_verbs_through_the_admin_api(
+    admin: Admin, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from datetime import timedelta
+
+    ca = root("Remote Server Root")
+    (tmp_path / "root.pem").write_bytes(ca.cert_pem)
+    await run(admin, capsys, "upload", "fleet", str(tmp_path / "root.pem"), "--token", TOKEN)
+    issued = ca.issue_server(["devices.example.com"], now=NOW - timedelta(days=1))
+    cert, key = tmp_path / "web.pem", tmp_path / "web.key"
+    cert.write_bytes(issued.fullchain_pem)
+    key.write_bytes(issued.key_pem())
+
+    async def cert_cli(*argv: str, expect: int = 0) -> tuple[str, str]:
+        code = await asyncio.to_thread(
+            main, ["cert", *argv, "--admin", admin.url, "--token", TOKEN]
+        )
+        out, err = capsys.readouterr()
+        assert code == expect, f"exit {code}\nstdout: {out}\nstderr: {err}"
+        return out, err
+
+    wrong = tmp_path / "wrong.key"
+    wrong.write_bytes(ca.issue_server(["x.example.com"], now=NOW).key_pem())
+    _, err = await cert_cli("upload", "web", "--cert", str(cert), "--key", str(wrong), expect=1)
+    assert "wrong.key is not the private key of certificate 1" in err
+    out, _ = await cert_cli("upload", "web", "--cert", str(cert), "--key", str(key))
+    assert out.startswith("web version 1: devices.example.com")
+    out, _ = await cert_cli("deploy", "web", "--set", "fleet", "--wait")
+    assert out == "web: deployment 1 of version 1 active\n"
+    out, _ = await cert_cli("status")
+    assert out.splitlines()[0] == "state: active"
+    assert out.splitlines()[2].split()[:4] == ["web", "1", "devices.example.com", "active"]
+    out, _ = await cert_cli("rollback", "web", "--wait")
+    assert out == "web: undeployed (it had no earlier deployment)\n"
+    _, err = await cert_cli("deploy", "web", "--set", "absent", expect=1)
+    assert "certificate set 'absent', which does not exist" in err
