@@ -291,3 +291,18 @@ def test_a_key_of_another_type_still_matches_its_certificate(store: SqliteTrustS
     )
     info = store.upload_server_cert("p384", fullchain(issued), der)
     assert info.key_type.startswith("EC")
+
+
+async def test_the_expiry_check_repeats_every_interval(store_path: Path) -> None:
+    events = EventLog(log_events=False)
+    store = SqliteTrustStore(store_path, clock=lambda: NOW)
+    soon = server("soon.example.com", days=3)
+    store.upload_server_cert("soon", fullchain(soon), soon.key_pem())
+    # A day in production; a twentieth of a second here, to see it come back.
+    async with TrustService(store, events=events, expiry_interval=0.05):
+        first = await events.wait_for(lambda e: e["kind"] == "cert.expiring", timeout=10)
+        again = await events.wait_for(
+            lambda e: e["kind"] == "cert.expiring", since=first["id"], timeout=10
+        )
+    assert again["cert"] == "soon"
+    assert again["deployed"] is False
