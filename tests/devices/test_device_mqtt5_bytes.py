@@ -394,7 +394,7 @@ async def test_mqtt311_sessions_are_unchanged() -> None:
 def test_options_and_versions() -> None:
     assert parse_mqtt_version("3.1.1") == 4
     assert parse_mqtt_version(5) == 5
-    with pytest.raises(ValueError, match="expected 3.1.1 or 5"):
+    with pytest.raises(ValueError, match=r"expected 3\.1\.1 or 5"):
         parse_mqtt_version("3.1")
     with pytest.raises(ValueError, match="need MQTT 5"):
         MqttOptions(session_expiry=10)
