@@ -1411,8 +1411,12 @@ class FleetRunner:
         device_timeout: float = 10.0,
         probe_message: bool = False,
         tls_max: str | None = None,
+        mqtt_version: str | int = "3.1.1",
     ) -> dict[str, Any]:
         """Run ``devices`` devices arriving at ``ramp`` per second; return the report.
+
+        ``mqtt_version`` (``"3.1.1"``, ``5`` or ``"mix"``) is that of the MQTT devices;
+        the report's ``reason_codes`` counts their CONNACK (and refusal) codes.
 
         ``protocol``: ``mix`` (spread over MQTT, HTTPS and both WebSocket endpoints),
         ``mqtt``, ``https`` or ``wss``. ``faults`` maps a fault kind (``expired``,
@@ -1433,6 +1437,10 @@ class FleetRunner:
             raise UsageError("fleet(): ramp, timeout and device_timeout must be positive")
         if protocol not in ("mix", "mqtt", "https", "wss"):
             raise UsageError(f"fleet(protocol={protocol!r}): choose mix, mqtt, https or wss")
+        version = str(mqtt_version)
+        version = {"4": "3.1.1", "5.0": "5"}.get(version, version)
+        if version not in ("3.1.1", "5", "mix"):
+            raise UsageError(f"fleet(mqtt_version={mqtt_version!r}): choose 3.1.1, 5 or mix")
         shares = []
         for name, count in (faults or {}).items():
             kind = _FLEET_KINDS.get(name)
@@ -1477,6 +1485,7 @@ class FleetRunner:
             device_timeout=device_timeout,
             probe_message=probe_message,
             tls_max=_tls_version_name(tls_max) if tls_max else None,
+            mqtt_version=version,
         )
         job = FleetJob(
             devices=tuple(planned),

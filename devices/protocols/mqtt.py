@@ -42,7 +42,7 @@ import contextlib
 import itertools
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from devices.protocols import Ack, Channel, Inbox, Message, ProtocolError
@@ -115,15 +115,27 @@ class MqttOptions:
     request_problem_information: bool | None = None
     user_properties: tuple[tuple[str, str], ...] = ()
     topic_aliases: bool = False
+    # Built once here, read (never changed) by every session sharing these options.
+    _properties: Properties | None = field(
+        default=None, init=False, repr=False, compare=False, hash=False
+    )
 
     def __post_init__(self) -> None:
         if self.version not in (4, 5):
             raise ValueError(f"MQTT protocol level {self.version}: expected 4 (3.1.1) or 5")
-        if self.version == 4 and self.connect_properties() is not None:
+        props = self._build()
+        if self.version == 4 and props is not None:
             raise ValueError("CONNECT properties need MQTT 5 (--mqtt-version 5)")
+        object.__setattr__(self, "_properties", props)
 
     def connect_properties(self) -> Properties | None:
-        """The CONNECT properties these options ask for (``None`` when there are none)."""
+        """The CONNECT properties these options ask for (``None`` when there are none).
+
+        The same object every time: treat it as read-only.
+        """
+        return self._properties
+
+    def _build(self) -> Properties | None:
         rpi = self.request_problem_information
         props = Properties(
             session_expiry_interval=self.session_expiry,
