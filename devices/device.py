@@ -16,6 +16,8 @@ shows up as time spent instead of vanishing: no coordinated omission)::
                          certificate only arrives now, as an alert or as this answer)
     edge_verdict         accepted, or refused with the alert's name
     subscribe, publish, message   the topic actions, one step each
+    mqtt_disconnect      an MQTT 5 server ended the session with DISCONNECT: its
+                         reason code, Reason String and properties
 
 :func:`connected_device` is the long-lived form for fleets: connect, then publish and
 receive until the ``async with`` block ends; it keeps no trace, to stay small.
@@ -39,7 +41,13 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from devices.protocols import Ack, Message, ProtocolError, ProtocolSession, Refused
-from devices.protocols.mqtt import MqttOptions, MqttSession, properties_dict
+from devices.protocols.mqtt import (
+    MqttOptions,
+    MqttSession,
+    ServerDisconnect,
+    disconnect_detail,
+    properties_dict,
+)
 from devices.tlsclient import (
     AlertReceived,
     CertificateRequest,
@@ -709,6 +717,10 @@ async def run_device(
     except (TlsFailure, ProtocolError) as exc:
         result.outcome, result.reason, result.message = "error", exc.reason, str(exc)
         rec.flush_tls()
+        if isinstance(exc, ServerDisconnect):
+            # The server said why it ended the session (MQTT 5): a step of its own.
+            t = clock()
+            rec.add("mqtt_disconnect", t, t, False, disconnect_detail(exc))
     except DeviceError as exc:
         result.outcome, result.reason, result.message = "error", exc.reason, str(exc)
     finally:

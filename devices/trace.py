@@ -110,6 +110,7 @@ _LABELS = {
     "subscribe": "subscribe",
     "publish": "publish",
     "message": "message received",
+    "mqtt_disconnect": "MQTT DISCONNECT (server)",
     "timeout": "timeout",
 }
 
@@ -162,7 +163,14 @@ def describe(step: Step) -> str:
         if "alert" in d:
             return f"refused: TLS alert {d['alert']}"
         return str(d.get("verdict", ""))
-    if name in ("mqtt_connack", "http_status", "ws_accept", "subscribe", "publish"):
+    if name in (
+        "mqtt_connack",
+        "http_status",
+        "ws_accept",
+        "subscribe",
+        "publish",
+        "mqtt_disconnect",
+    ):
         target = d.get("filter") or d.get("topic") or ""
         return f"{target} -> {d.get('summary', '')}" if target else str(d.get("summary", ""))
     if name == "message":

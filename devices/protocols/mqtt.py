@@ -64,6 +64,7 @@ __all__ = [
     "MqttOptions",
     "MqttSession",
     "ServerDisconnect",
+    "disconnect_detail",
     "parse_mqtt_version",
     "properties_dict",
     "version_label",
@@ -199,6 +200,16 @@ class ServerDisconnect(ProtocolError):
         super().__init__(text, reason=f"disconnect-{code:#04x}")
 
 
+def disconnect_detail(exc: ServerDisconnect) -> dict[str, Any]:
+    """The trace detail of a server's DISCONNECT: code, summary, Reason String, properties."""
+    detail: dict[str, Any] = {
+        "reason_code": exc.reason_code,
+        "summary": _code_text("DISCONNECT", exc.reason_code, codec.DISCONNECT, exc.properties),
+    }
+    _add_props(detail, exc.properties)
+    return detail
+
+
 def _code_text(kind: str, code: int, packet_type: int, props: Properties | None) -> str:
     """``"PUBACK 0x87 Not authorized: <reason string>"``."""
     text = f"{kind} {code:#04x} {reason_name(code, packet_type)}"
@@ -217,6 +228,7 @@ class MqttSession:
         "_aliases_in",
         "_channel",
         "_connack",
+        "_early",
         "_ids",
         "_inbox",
         "_keepalive",
@@ -272,6 +284,9 @@ class MqttSession:
         self._aliases_in: dict[int, str] | None = None
         self._alias_out: dict[str, int] | None = None
         self._server_alias_max = 0
+        # MQTT 5: the server's first bytes until there are two (the CONNACK's form is
+        # told by its remaining length); None once told, and always under 3.1.1.
+        self._early: bytes | None = b"" if self._level == 5 else None
         #: The CONNACK as received (its ``reason_code`` and ``properties``).
         self.connack: codec.Connack | None = None
         #: The DISCONNECT the server sent (MQTT 5), if it ended the session that way.
@@ -290,10 +305,16 @@ class MqttSession:
     # -- callbacks from the channel
 
     def _on_data(self, data: bytes) -> None:
-        if self._level == 5 and self.connack is None and data[:2] == b"\x20\x02":
-            # A v5 CONNACK always has a property length: remaining length 2 is a
-            # 3.1.1 server refusing the version (return code 1). Read it as 3.1.1.
-            self._parser.set_protocol_level(4)
+        if self._early is not None:
+            data = self._early + data
+            if len(data) < 2:
+                self._early = data
+                return
+            self._early = None
+            if data[:2] == b"\x20\x02":
+                # A v5 CONNACK always has a property length: remaining length 2 is a
+                # 3.1.1 server refusing the version (return code 1). Read it as 3.1.1.
+                self._parser.set_protocol_level(4)
         try:
             packets = self._parser.feed(data)
         except MqttError as exc:

@@ -1,19 +1,25 @@
-"""The device's MQTT 5 client fed with bytes: no socket, no broker.
+"""The device's MQTT 5 client fed with bytes: no broker.
 
 A fake channel records what the device writes (decoded with the edge's server-side
 parser) and the test plays the server by feeding encoded packets. Each test pins one
 rule of MQTT 5 the client must follow or report: reason codes on every
 acknowledgement, the server's DISCONNECT, Topic Aliases, Receive Maximum, Maximum
-Packet Size, and a 3.1.1 server's answer to an MQTT 5 CONNECT.
+Packet Size, and a 3.1.1 server's answer to an MQTT 5 CONNECT. The last test runs
+a whole device (``run_device``) against a scripted server over TLS on loopback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
+from testmodules import load_device_support
 
+from devices.device import DeviceSpec, Receive, Subscribe, Target, run_device
 from devices.protocols import ProtocolError
 from devices.protocols.mqtt import (
     MqttOptions,
@@ -23,6 +29,7 @@ from devices.protocols.mqtt import (
     properties_dict,
 )
 from devices.tlsclient import TlsFailure
+from devices.trace import render
 from edge.mqtt import codec
 from edge.mqtt.properties import Properties
 
@@ -147,7 +154,9 @@ async def test_a_311_server_refusing_mqtt5_reads_as_0x84() -> None:
     session = MqttSession(channel, client_id="x", clock=lambda: 0.0, options=MqttOptions(version=5))
     task = asyncio.ensure_future(session.open())
     await settle()
-    channel.reader(b"\x20\x02\x00\x01")  # what a 3.1.1-only edge answers
+    # What a 3.1.1-only edge answers, here one byte per TLS record at worst.
+    for byte in b"\x20\x02\x00\x01":
+        channel.reader(bytes((byte,)))
     ack = await task
     assert (ack.ok, ack.reason, ack.reason_code) == (False, "connack-0x84", 0x84)
     assert ack.detail["form"] == "MQTT 3.1.1"
@@ -399,3 +408,93 @@ def test_options_and_versions() -> None:
     with pytest.raises(ValueError, match="need MQTT 5"):
         MqttOptions(session_expiry=10)
     assert MqttOptions(version=5).connect_properties() is None
+
+
+# --------------------------------------------------------------------------- over TLS
+#
+# A scripted MQTT 5 server over real TLS: what Mosquitto 2.0.11 never sends (a SUBACK
+# 0x87 with a Reason String, Topic Aliases, a DISCONNECT with a reason code), so that
+# run_device's whole trace is checked with them.
+
+
+@pytest.fixture(scope="module")
+def tls_pki(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    support = load_device_support()
+    return support.make_pki(tmp_path_factory.mktemp("pki5"), datetime.now(UTC))
+
+
+async def scripted_server(pki: Any) -> asyncio.Server:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(pki.server.cert), str(pki.server.key))
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        parser = codec.Parser(server_side=True)
+
+        def send(packet: codec.Packet) -> None:
+            writer.write(codec.encode(packet, 5))
+
+        try:
+            while data := await reader.read(4096):
+                for packet in parser.feed(data):
+                    if isinstance(packet, codec.Connect):
+                        props = Properties(
+                            reason_string="welcome",
+                            assigned_client_identifier="given-1",
+                            user_properties=[("site", "lab")],
+                        )
+                        send(codec.Connack(False, 0, props))
+                    elif isinstance(packet, codec.Subscribe):
+                        (topic_filter, _options) = packet.topics[0]
+                        if topic_filter.startswith("denied"):
+                            why = Properties(reason_string="policy: not under devices/dev-1/#")
+                            send(codec.Suback(packet.packet_id, [0x87], why))
+                            continue
+                        send(codec.Suback(packet.packet_id, [1]))
+                        send(codec.Publish("ok/a", b"1", properties=Properties(topic_alias=1)))
+                        send(codec.Publish("", b"2", properties=Properties(topic_alias=1)))
+                        bye = Properties(reason_string="certificate set deleted")
+                        send(codec.Disconnect(0x98, bye))
+                await writer.drain()
+        except (ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0, ssl=ctx)
+
+
+async def test_run_device_traces_aliases_suback_refusal_and_disconnect(tls_pki: Any) -> None:
+    server = await scripted_server(tls_pki)
+    port = server.sockets[0].getsockname()[1]
+    target = Target(
+        url=f"mqtts://127.0.0.1:{port}",
+        ca_pem=tls_pki.ca_pem.read_text(),
+        mqtt=MqttOptions(version=5, topic_alias_maximum=4),
+    )
+    spec = DeviceSpec(
+        id="dev-1", cert_path=str(tls_pki.device.cert), key_path=str(tls_pki.device.key)
+    )
+    async with server:
+        ended = await run_device(
+            spec, target, actions=[Subscribe("ok/#", 1), Receive(2), Receive(1)], timeout=5
+        )
+        denied = await run_device(spec, target, actions=[Subscribe("denied/#", 1)], timeout=5)
+    assert (ended.outcome, ended.reason) == ("error", "disconnect-0x98")
+    (connack,) = [s for s in ended.steps if s.name == "mqtt_connack"]
+    assert connack.detail["summary"] == "CONNACK 0x00 Success: welcome"
+    assert connack.detail["properties"]["assigned_client_identifier"] == "given-1"
+    messages = [s for s in ended.steps if s.name == "message"]
+    assert [(m.detail["topic"], m.detail["payload"]) for m in messages] == [
+        ("ok/a", "1"),
+        ("ok/a", "2"),
+    ]
+    (bye,) = [s for s in ended.steps if s.name == "mqtt_disconnect"]
+    assert bye.ok is False
+    assert bye.detail["reason_code"] == 0x98
+    assert bye.detail["summary"] == "DISCONNECT 0x98 Administrative action: certificate set deleted"
+    text = render(ended)
+    assert "✗ MQTT DISCONNECT (server)     DISCONNECT 0x98 Administrative action" in text
+    assert "properties: assigned client identifier=given-1, user property site=lab" in text
+    assert "hint: the server ended the MQTT 5 session with DISCONNECT" in text
+    assert (denied.outcome, denied.reason) == ("refused", "suback-0x87")
+    assert denied.message == "SUBACK 0x87 Not authorized: policy: not under devices/dev-1/#"
