@@ -1,12 +1,14 @@
 """The device's MQTT 5 mode against a real Mosquitto 2.0 (mTLS, loopback).
 
-Mosquitto speaks MQTT 5 on the same listener as 3.1.1 (the version is chosen per
+Mosquitto speaks MQTT 5 on the same listeners as 3.1.1 (the version is chosen per
 CONNECT). The broker here maps the device certificate's CN to its user name
 (``use_identity_as_username``) and an ACL file lets ``device-1`` write only under
 ``devices/device-1/#``, so Mosquitto's own reason codes can be checked: PUBACK and
 PUBREC 0x87 for a denied publish, PUBACK 0x10 when nobody listens, CONNACK 0x87 when
 anonymous sessions are refused. Its CONNACK announces the limits configured below,
-which the device must honour (Receive Maximum 3, Maximum Packet Size 2000).
+which the device must honour (Receive Maximum 3, Maximum Packet Size 2000). A second
+Mosquitto also listens for MQTT over WebSocket (``wss://.../mqtt``), where the same
+MQTT 5 session runs inside binary frames.
 
 What Mosquitto 2.0.11 does not do, and so is tested with bytes instead
 (``test_device_mqtt5_bytes.py``): it grants every SUBSCRIBE (its ACL file is applied
@@ -83,6 +85,23 @@ def strict_broker(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     _need_mosquitto()
     with support.mosquitto(pki, tmp_path_factory.mktemp("strict5"), allow_anonymous=False) as b:
         yield b
+
+
+@pytest.fixture(scope="module")
+def wss_port(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A Mosquitto with a second, WebSocket listener (mTLS too); yields that port."""
+    _need_mosquitto()
+    port = support.free_port()
+    extra = [
+        f"listener {port} 127.0.0.1",
+        "protocol websockets",
+        f"cafile {pki.ca_pem}",
+        f"certfile {pki.server.cert}",
+        f"keyfile {pki.server.key}",
+        "require_certificate true",
+    ]
+    with support.mosquitto(pki, tmp_path_factory.mktemp("wss5"), extra=extra):
+        yield port
 
 
 @pytest.fixture(autouse=True)
@@ -307,3 +326,22 @@ def test_cli_usage_errors(pki: Any, capsys: pytest.CaptureFixture[str]) -> None:
     https = ["device", "connect", "--url", "https://127.0.0.1:1", "--ca", str(pki.ca_pem)]
     assert main([*https, "--mqtt-version", "5"]) == 2
     assert "needs an MQTT URL" in capsys.readouterr().err
+
+
+async def test_mqtt5_over_websocket(pki: Any, wss_port: int) -> None:
+    target = Target(url=f"wss://127.0.0.1:{wss_port}/mqtt", ca_pem=pki.ca_pem.read_text(), mqtt=V5)
+    props = Properties(user_properties=[("over", "ws")])
+    result = await run_device(
+        spec(pki),
+        target,
+        actions=[Subscribe("a/#", 1), Publish("a/b", b"hi", 1, properties=props), Receive(1)],
+        settle=SETTLE,
+    )
+    assert (result.outcome, result.protocol) == ("connected", "wss-mqtt5")
+    (accept,) = step(result, "ws_accept")
+    assert accept.detail["reason_code"] == 0
+    assert "CONNACK 0x00 Success" in accept.detail["summary"]
+    (published,) = step(result, "publish")
+    assert published.detail["reason_code"] == 0
+    (message,) = step(result, "message")
+    assert message.detail["properties"] == {"user_properties": [["over", "ws"]]}
