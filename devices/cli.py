@@ -3,6 +3,8 @@
 ``edgesim device connect --url URL --cert C --key K --ca CA [...]`` connects once and
 prints every step with its time; ``--json`` prints the same trace as data. Exit
 status: 0 connected and every action succeeded, 1 refused or failed, 2 usage error.
+``--mqtt-version 5`` speaks MQTT 5: the trace then shows every reason code, Reason
+String and property the server sent (CONNACK, SUBACK, PUBACK/PUBREC/PUBCOMP, messages).
 
 The ``fleet`` verbs live in :mod:`devices.fleet_cli` (``add_fleet_verbs``); this
 module only creates the group so that the dispatcher finds it.
@@ -31,7 +33,10 @@ from devices.device import (
     Target,
     run_device,
 )
+from devices.protocols.mqtt import MqttOptions, parse_mqtt_version
 from devices.trace import render, to_json
+from edge.mqtt.codec import CONNECT
+from edge.mqtt.properties import Properties, encode_properties
 
 __all__ = ["cmd_connect", "register_device", "register_fleet"]
 
@@ -104,8 +109,112 @@ def register_device(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
             "reset (0.25; 0 sends at once)"
         ),
     )
+    add_mqtt5_arguments(p)
     p.add_argument("--json", action="store_true", help="print the trace as JSON")
     p.set_defaults(func=cmd_connect)
+
+
+def add_mqtt5_arguments(p: argparse.ArgumentParser) -> None:
+    """``--mqtt-version`` and the MQTT 5 CONNECT and PUBLISH properties."""
+    g = p.add_argument_group(
+        "MQTT 5", "for mqtts:// and wss://.../mqtt; every option below needs --mqtt-version 5"
+    )
+    g.add_argument(
+        "--mqtt-version",
+        choices=("3.1.1", "5"),
+        default="3.1.1",
+        help="MQTT version to speak (3.1.1); 5 shows reason codes, Reason Strings and properties",
+    )
+    g.add_argument(
+        "--session-expiry", type=int, metavar="S", help="CONNECT Session Expiry Interval"
+    )
+    g.add_argument("--receive-maximum", type=int, metavar="N", help="CONNECT Receive Maximum")
+    g.add_argument(
+        "--maximum-packet-size", type=int, metavar="BYTES", help="CONNECT Maximum Packet Size"
+    )
+    g.add_argument(
+        "--topic-alias-maximum",
+        type=int,
+        metavar="N",
+        help="CONNECT Topic Alias Maximum: how many aliases the server may send the device",
+    )
+    g.add_argument(
+        "--no-problem-information",
+        action="store_true",
+        help="CONNECT Request Problem Information 0 (no Reason Strings on most packets)",
+    )
+    g.add_argument(
+        "--user-property",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a CONNECT User Property (repeatable)",
+    )
+    g.add_argument(
+        "--topic-aliases",
+        action="store_true",
+        help="send Topic Aliases for publishes, within the server's Topic Alias Maximum",
+    )
+    g.add_argument("--content-type", help="PUBLISH Content Type")
+    g.add_argument(
+        "--message-expiry", type=int, metavar="S", help="PUBLISH Message Expiry Interval"
+    )
+    g.add_argument("--response-topic", help="PUBLISH Response Topic")
+    g.add_argument("--correlation-data", metavar="TEXT", help="PUBLISH Correlation Data (UTF-8)")
+    g.add_argument(
+        "--publish-property",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a PUBLISH User Property (repeatable)",
+    )
+
+
+def _pairs(values: list[str], flag: str) -> list[tuple[str, str]]:
+    out = []
+    for value in values:
+        key, sep, val = value.partition("=")
+        if not sep or not key:
+            raise CliError(f"{flag} {value!r}: expected KEY=VALUE", EXIT_USAGE)
+        out.append((key, val))
+    return out
+
+
+def mqtt_options(args: argparse.Namespace) -> tuple[MqttOptions | None, Properties | None]:
+    """The MQTT options and the PUBLISH properties the ``--mqtt-version`` group asks for."""
+    level = parse_mqtt_version(args.mqtt_version)
+    rpi = False if args.no_problem_information else None
+    publish = Properties(
+        content_type=args.content_type,
+        message_expiry_interval=args.message_expiry,
+        response_topic=args.response_topic,
+        correlation_data=(
+            None if args.correlation_data is None else args.correlation_data.encode("utf-8")
+        ),
+        user_properties=_pairs(args.publish_property, "--publish-property"),
+    )
+    try:
+        options = MqttOptions(
+            version=level,
+            session_expiry=args.session_expiry,
+            receive_maximum=args.receive_maximum,
+            maximum_packet_size=args.maximum_packet_size,
+            topic_alias_maximum=args.topic_alias_maximum,
+            request_problem_information=rpi,
+            user_properties=tuple(_pairs(args.user_property, "--user-property")),
+            topic_aliases=args.topic_aliases,
+        )
+        if level == 5:
+            # Values the wire cannot carry (Receive Maximum 0...) are usage errors now,
+            # not a failed CONNECT later.
+            encode_properties(options.connect_properties(), CONNECT)
+    except ValueError as exc:
+        raise CliError(f"--mqtt-version {args.mqtt_version}: {exc}", EXIT_USAGE) from exc
+    if level != 5:
+        if not publish.is_empty() or args.topic_aliases:
+            raise CliError("PUBLISH properties need --mqtt-version 5", EXIT_USAGE)
+        return None, None
+    return options, None if publish.is_empty() else publish
 
 
 def register_fleet(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -143,9 +252,9 @@ def _common_name(cert_path: str | None) -> str | None:
     return str(names[0].value) if names else None
 
 
-def _actions(args: argparse.Namespace) -> list[Action]:
+def _actions(args: argparse.Namespace, properties: Properties | None = None) -> list[Action]:
     actions: list[Action] = [Subscribe(f, args.qos) for f in args.subscribe]
-    actions += [Publish(t, m.encode(), args.qos, args.retain) for t, m in args.publish]
+    actions += [Publish(t, m.encode(), args.qos, args.retain, properties) for t, m in args.publish]
     receive = args.receive
     if receive is None:
         receive = 1 if args.subscribe and args.publish else 0
@@ -177,12 +286,17 @@ def cmd_connect(args: argparse.Namespace) -> int:
         chain_path=args.chain,
         client_id=args.client_id,
     )
-    target = Target(url=args.url, ca_pem=ca_pem, sni=args.sni, tls_max=args.tls_max)
+    mqtt, publish_properties = mqtt_options(args)
+    target = Target(url=args.url, ca_pem=ca_pem, sni=args.sni, tls_max=args.tls_max, mqtt=mqtt)
     try:
-        target.parts()
+        scheme, _host, _port, path = target.parts()
     except DeviceError as exc:
         raise CliError(f"--url: {exc}", EXIT_USAGE) from exc
-    actions = _actions(args)
+    if mqtt is not None and not (scheme == "mqtts" or path == "/mqtt"):
+        raise CliError(
+            "--mqtt-version 5 needs an MQTT URL (mqtts:// or wss://.../mqtt)", EXIT_USAGE
+        )
+    actions = _actions(args, publish_properties)
 
     with tempfile.TemporaryDirectory(prefix="edgesim-keylog-") as tmp:
         keylog = None

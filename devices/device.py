@@ -16,6 +16,8 @@ shows up as time spent instead of vanishing: no coordinated omission)::
                          certificate only arrives now, as an alert or as this answer)
     edge_verdict         accepted, or refused with the alert's name
     subscribe, publish, message   the topic actions, one step each
+    mqtt_disconnect      an MQTT 5 server ended the session with DISCONNECT: its
+                         reason code, Reason String and properties
 
 :func:`connected_device` is the long-lived form for fleets: connect, then publish and
 receive until the ``async with`` block ends; it keeps no trace, to stay small.
@@ -38,8 +40,14 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from devices.protocols import Ack, Message, ProtocolError, ProtocolSession
-from devices.protocols.mqtt import MqttSession
+from devices.protocols import Ack, Message, ProtocolError, ProtocolSession, Refused
+from devices.protocols.mqtt import (
+    MqttOptions,
+    MqttSession,
+    ServerDisconnect,
+    disconnect_detail,
+    properties_dict,
+)
 from devices.tlsclient import (
     AlertReceived,
     CertificateRequest,
@@ -62,6 +70,7 @@ from devices.tlsclient import (
     make_device_context,
     open_tls,
 )
+from edge.mqtt.properties import Properties
 
 __all__ = [
     "Action",
@@ -69,6 +78,7 @@ __all__ = [
     "DeviceError",
     "DeviceResult",
     "DeviceSpec",
+    "MqttOptions",
     "Publish",
     "Receive",
     "Step",
@@ -133,13 +143,16 @@ class Target:
 
     ``ca_pem`` holds the roots the device trusts for the server certificate; ``sni``
     overrides the name sent and checked (default: the URL's host); ``tls_max``
-    (``"1.2"`` or ``"1.3"``) caps the version the device offers.
+    (``"1.2"`` or ``"1.3"``) caps the version the device offers. ``mqtt`` says how
+    MQTT is spoken (``mqtts://`` and ``wss://.../mqtt``): the version and the MQTT 5
+    CONNECT properties; ``None`` is MQTT 3.1.1.
     """
 
     url: str
     ca_pem: str
     sni: str | None = None
     tls_max: str | None = None  # "1.2" to see TLS 1.2's cleartext handshake
+    mqtt: MqttOptions | None = None
 
     def parts(self) -> tuple[str, str, int, str]:
         """(scheme, host, port, path); ``DeviceError`` names what is wrong with the URL."""
@@ -184,12 +197,13 @@ class Subscribe:
 
 @dataclass(frozen=True, slots=True)
 class Publish:
-    """Publish ``payload`` to ``topic``."""
+    """Publish ``payload`` to ``topic`` (``properties``: MQTT 5 PUBLISH properties)."""
 
     topic: str
     payload: bytes
     qos: int = 0
     retain: bool = False
+    properties: Properties | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -512,7 +526,9 @@ def _make_session(
 
     client_id = spec.client_id or spec.id
     if scheme == "mqtts":
-        return MqttSession(stream, client_id=client_id, clock=clock, keepalive=keepalive)
+        return MqttSession(
+            stream, client_id=client_id, clock=clock, keepalive=keepalive, options=target.mqtt
+        )
     if scheme == "https":
         from devices.protocols.https import HttpsSession
 
@@ -527,7 +543,24 @@ def _make_session(
         client_id=client_id,
         clock=clock,
         keepalive=keepalive,
+        mqtt_options=target.mqtt,
     )
+
+
+def protocol_label(target: Target) -> str:
+    """The protocol a result names: ``mqtt``, ``https``, ``wss``; MQTT 5 adds ``5``.
+
+    ``mqtt5`` (``mqtts://``) and ``wss-mqtt5`` (``wss://.../mqtt``) keep the two MQTT
+    versions apart in a fleet report's per-protocol counts and latencies.
+    """
+    scheme, _host, _port, path = target.parts()
+    base = _PROTOCOL[scheme]
+    if target.mqtt is not None and target.mqtt.version == 5:
+        if scheme == "mqtts":
+            return "mqtt5"
+        if path == "/mqtt":
+            return "wss-mqtt5"
+    return base
 
 
 _ACK_STEP = {"mqtts": "mqtt_connack", "https": "http_status", "wss": "ws_accept"}
@@ -625,7 +658,7 @@ async def run_device(
             spec.id, "error", exc.reason, "", expected=spec.expect, message=str(exc)
         )
     rec = _Recorder(clock, start, cert)
-    result = DeviceResult(spec.id, "error", "", _PROTOCOL[scheme], expected=spec.expect)
+    result = DeviceResult(spec.id, "error", "", protocol_label(target), expected=spec.expect)
     result.steps = rec.steps  # the same list: steps recorded until the very end count
     session: ProtocolSession | None = None
     stream: TlsStream | None = None
@@ -684,6 +717,10 @@ async def run_device(
     except (TlsFailure, ProtocolError) as exc:
         result.outcome, result.reason, result.message = "error", exc.reason, str(exc)
         rec.flush_tls()
+        if isinstance(exc, ServerDisconnect):
+            # The server said why it ended the session (MQTT 5): a step of its own.
+            t = clock()
+            rec.add("mqtt_disconnect", t, t, False, disconnect_detail(exc))
     except DeviceError as exc:
         result.outcome, result.reason, result.message = "error", exc.reason, str(exc)
     finally:
@@ -735,7 +772,12 @@ async def _run_actions(
             )
         elif isinstance(action, Publish):
             sent_at[(action.topic, action.payload)] = t0
-            ack = await session.publish(action.topic, action.payload, action.qos, action.retain)
+            if action.properties is None:
+                ack = await session.publish(action.topic, action.payload, action.qos, action.retain)
+            else:
+                ack = await session.publish(
+                    action.topic, action.payload, action.qos, action.retain, action.properties
+                )
             result.messages_sent += 1
             rec.add(
                 "publish",
@@ -754,11 +796,15 @@ async def _run_actions(
                 sent = sent_at.get((message.topic, message.payload))
                 if sent is not None:
                     result.delivery_latencies.append(message.received_at - sent)
+                extra: dict[str, Any] | None = None
+                if message.properties is not None:
+                    extra = {"properties": properties_dict(message.properties)}
                 rec.add(
                     "message",
                     t0,
                     message.received_at,
                     True,
+                    extra,
                     topic=message.topic,
                     payload=_show(message.payload),
                     qos=message.qos,
@@ -788,28 +834,50 @@ class ConnectedDevice:
 
     ``timings`` holds the clock times at which its connection passed each step:
     ``tcp_start``, ``tcp_end``, ``tls_end`` (handshake done on the device's side) and
-    ``ack_end`` (the protocol's acknowledgement), for per-step latencies.
+    ``ack_end`` (the protocol's acknowledgement), for per-step latencies. ``ack`` is
+    that acknowledgement (under MQTT 5 the CONNACK's reason code and properties).
     """
 
-    __slots__ = ("_session", "id", "messages_sent", "timings")
+    __slots__ = ("_session", "ack", "id", "messages_sent", "timings")
 
     def __init__(
-        self, device_id: str, session: ProtocolSession, timings: dict[str, float] | None = None
+        self,
+        device_id: str,
+        session: ProtocolSession,
+        timings: dict[str, float] | None = None,
+        ack: Ack | None = None,
     ) -> None:
         self.id = device_id
         self._session = session
         self.messages_sent = 0
         self.timings = timings if timings is not None else {}
+        self.ack = ack
 
-    async def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Ack:
-        """Publish and wait for the QoS flow to complete."""
-        ack = await self._session.publish(topic, payload, qos, retain)
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 0,
+        retain: bool = False,
+        properties: Properties | None = None,
+    ) -> Ack:
+        """Publish and wait for the QoS flow to complete (``properties``: MQTT 5 only)."""
+        if properties is None:
+            ack = await self._session.publish(topic, payload, qos, retain)
+        else:
+            ack = await self._session.publish(topic, payload, qos, retain, properties)
         self.messages_sent += 1
         return ack
 
     async def subscribe(self, topic_filter: str, qos: int = 0) -> Ack:
         """Subscribe and return the edge's answer."""
         return await self._session.subscribe(topic_filter, qos)
+
+    async def unsubscribe(self, topic_filter: str) -> Ack:
+        """Unsubscribe (MQTT only) and return the edge's answer."""
+        if not isinstance(self._session, MqttSession):
+            raise ProtocolError("unsubscribe needs MQTT over mqtts://", reason="bad-input")
+        return await self._session.unsubscribe(topic_filter)
 
     async def next_message(self) -> Message:
         """The next delivered message (raises the connection's failure once it is gone)."""
@@ -861,7 +929,7 @@ async def connected_device(
             ack = await session.open()
             marks["ack_end"] = clock()
             if not ack.ok:
-                raise ProtocolError(f"refused: {ack.summary}", reason=ack.reason)
+                raise Refused(f"refused: {ack.summary}", ack)
     except TimeoutError as exc:
         if session is not None:
             session.close()
@@ -875,6 +943,6 @@ async def connected_device(
             stream.close()
         raise
     try:
-        yield ConnectedDevice(spec.id, session, marks)
+        yield ConnectedDevice(spec.id, session, marks, ack)
     finally:
         session.close()

@@ -66,11 +66,13 @@ from devices.device import (
     Target,
     connected_device,
     context_for,
+    protocol_label,
     run_device,
 )
 from devices.faults import EXPECTED, FaultMaker, Material
 from devices.progress import Counters, Snapshot, add_snapshots
 from devices.protocols import ProtocolError
+from devices.protocols.mqtt import MqttOptions
 from devices.report import CONNECTED_MARK, FleetReport, ResultLike, StepLike
 from devices.tlsclient import (
     AlertReceived,
@@ -450,6 +452,9 @@ class RunnerSettings:
     #: Each device's own topic (``{id}``: its id); the edge's default policy grants
     #: a device ``devices/<its identity>/#``.
     topic: str = "devices/{id}/fleet"
+    #: The MQTT version of the devices on MQTT URLs: "3.1.1", "5", or "mix" (devices
+    #: of odd index speak 5, the others 3.1.1).
+    mqtt_version: str = "3.1.1"
 
 
 #: A runner factory: ``factory(settings) -> DeviceRunner``, named "module:attr" for workers.
@@ -684,6 +689,11 @@ _STEP_NAMES: Mapping[str, str] = {
 
 _STAMP = struct.Struct("!d")
 
+#: The options every MQTT 5 fleet device shares: one object, no per-device work.
+_MQTT5 = MqttOptions(version=5)
+
+_MQTT_VERSIONS = ("3.1.1", "5", "mix")
+
 _TLS_VERSIONS: Mapping[str | None, ssl.TLSVersion | None] = {
     None: None,
     "1.2": ssl.TLSVersion.TLSv1_2,
@@ -748,15 +758,23 @@ class DeviceModuleRunner:
             raise FleetError(f"--ca {settings.ca}: cannot read ({exc})") from exc
         if settings.tls_max not in _TLS_VERSIONS:
             raise FleetError(f"--tls-max {settings.tls_max!r}: expected 1.2 or 1.3")
+        if settings.mqtt_version not in _MQTT_VERSIONS:
+            raise FleetError(f"--mqtt-version {settings.mqtt_version!r}: expected 3.1.1, 5 or mix")
         self.settings = settings
         self._tls_max = _TLS_VERSIONS[settings.tls_max]
-        self._targets: dict[str, Target] = {}
+        # Per (URL, MQTT 5?): the target and the protocol name results carry, built once.
+        self._targets: dict[tuple[str, bool], tuple[Target, str]] = {}
 
-    def _target(self, url: str) -> Target:
-        target = self._targets.get(url)
-        if target is None:
-            target = self._targets[url] = Target(url=url, ca_pem=self.ca_pem, sni=self.settings.sni)
-        return target
+    def _target(self, url: str, index: int = 0) -> tuple[Target, str]:
+        version = self.settings.mqtt_version
+        v5 = version == "5" or (version == "mix" and index % 2 == 1)
+        found = self._targets.get((url, v5))
+        if found is None:
+            target = Target(
+                url=url, ca_pem=self.ca_pem, sni=self.settings.sni, mqtt=_MQTT5 if v5 else None
+            )
+            found = self._targets[(url, v5)] = (target, protocol_label(target))
+        return found
 
     def _payload(self, intended: float) -> bytes:
         size = max(self.settings.payload_size, _STAMP.size)
@@ -769,17 +787,17 @@ class DeviceModuleRunner:
             key_path=str(device.key) if device.key else None,
             chain_path=str(device.chain) if device.chain else None,
         )
-        target = self._target(device.url)
+        target, label = self._target(device.url, device.index)
         try:
             # Uncached: the module-wide cache would keep every device's context alive.
             context = context_for(spec, target, cache=False)
         except DeviceError as exc:
-            return RunResult("error", exc.reason, device.protocol, message=str(exc))
+            return RunResult("error", exc.reason, label, message=str(exc))
         if self._tls_max is not None:
             context.maximum_version = self._tls_max
         if run.hold_until is None:
             return await self._once(device, spec, target, context, run)
-        return await self._held(device, spec, target, context, run)
+        return await self._held(device, spec, target, context, run, label)
 
     async def _once(
         self,
@@ -835,9 +853,10 @@ class DeviceModuleRunner:
         target: Target,
         context: ssl.SSLContext,
         run: DeviceRun,
+        label: str,
     ) -> RunResult:
         clock = CLOCK
-        out = RunResult("error", "", device.protocol)
+        out = RunResult("error", "", label)
         acknowledged = False
         assert run.hold_until is not None
         try:

@@ -74,6 +74,7 @@ DEFAULTS: dict[str, Any] = {
     "crl_set": "default",
     "loop": "uvloop",
     "topic": "devices/{id}/fleet",
+    "mqtt_version": "3.1.1",
 }
 
 
@@ -103,6 +104,15 @@ def add_fleet_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) 
     tgt.add_argument("--sni", help="server name to send (default: the URL's host)")
     tgt.add_argument("--protocol", choices=("mqtt", "https", "wss", "mix"))
     tgt.add_argument("--tls-max", choices=("1.2", "1.3"), help="highest TLS version devices offer")
+    tgt.add_argument(
+        "--mqtt-version",
+        choices=("3.1.1", "5", "mix"),
+        help=(
+            "MQTT version of the devices on MQTT URLs (3.1.1); mix: every other device "
+            "speaks 5. MQTT 5 devices count as protocol mqtt5 (wss-mqtt5), and the "
+            "report counts reason codes per outcome"
+        ),
+    )
     load = run.add_argument_group("load")
     load.add_argument("--ramp", help="arrival rate, devices per second: 200/s (default 100/s)")
     load.add_argument(
@@ -275,6 +285,16 @@ def _run(args: argparse.Namespace) -> int:
         protocol_of(urls[0]) if len({protocol_of(u) for u in urls}) == 1 else "mix"
     )
     chosen = pick_urls(urls, protocol)
+    mqtt_version = str(opts["mqtt_version"])
+    if mqtt_version not in ("3.1.1", "5", "mix"):
+        raise CliError(f"--mqtt-version {mqtt_version!r}: expected 3.1.1, 5 or mix", EXIT_USAGE)
+    if mqtt_version != "3.1.1" and not any(
+        u.lower().startswith("mqtts://") or u.rstrip("/").endswith("/mqtt") for u in chosen
+    ):
+        raise CliError(
+            f"--mqtt-version {mqtt_version} needs an MQTT URL (mqtts:// or wss://.../mqtt)",
+            EXIT_USAGE,
+        )
     if pki.manifest is None:
         raise CliError("give --manifest or --pki", EXIT_USAGE)
     entries = load_manifest(pki.manifest)
@@ -363,6 +383,7 @@ def _run(args: argparse.Namespace) -> int:
             probe_message=bool(opts["probe_message"]),
             tls_max=opts.get("tls_max"),
             topic=str(opts["topic"]),
+            mqtt_version=mqtt_version,
         ),
         hold=hold,
         msg_rate=msg_rate,

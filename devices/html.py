@@ -9,8 +9,9 @@ merged shards too. Plots:
 - outcomes over time (stacked bars: connected, refused, error);
 - outcomes by reason (horizontal bars);
 
-followed by the fidelity table (each fault kind against its expected alert) and the
-latency percentiles per step and per protocol. No errors of its own: every value it
+followed by the fidelity table (each fault kind against its expected alert), the MQTT
+reason codes per outcome (when MQTT devices ran) and the latency percentiles per step
+and per protocol. No errors of its own: every value it
 reads was produced by the report module.
 """
 
@@ -165,6 +166,22 @@ def outcomes_by_reason(outcomes: Mapping[str, Mapping[str, int]]) -> str:
     )
 
 
+def reason_code_table(codes: Mapping[str, Mapping[str, int]]) -> str:
+    """The MQTT reason codes per outcome (empty when no MQTT device reported one)."""
+    rows = "".join(
+        f"<tr><th>{escape(outcome)}</th><td>{escape(label)}</td>{_cell(n)}</tr>"
+        for outcome, by_code in codes.items()
+        for label, n in by_code.items()
+    )
+    if not rows:
+        return ""
+    return (
+        "<h2>MQTT reason codes</h2>"
+        "<table><tr><th>outcome</th><th>packet and reason code</th><th>devices</th></tr>"
+        f"{rows}</table>"
+    )
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "<td>-</td>"
@@ -220,6 +237,7 @@ started {escape(doc["started"] or "-")}, {doc["duration_s"]:.1f} s</p>
 <h2>Fidelity</h2>
 <table><tr><th>fault</th><th>expected</th><th>devices</th><th>matched</th><th>got</th><th></th></tr>
 {fidelity_rows}</table>
+{reason_code_table(doc.get("reason_codes") or {})}
 <h2>Latency (ms)</h2>
 {_latency_rows(rows)}
 <p>Messages sent {doc["messages"]["sent"]}, received {doc["messages"]["received"]}.</p>

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import binascii
 import json
+import re
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hdrh.histogram import HdrHistogram
+
+from devices.protocols.mqtt import CONNACK_NAMES
+from edge.mqtt.reasons import reason_name
 
 #: Identifies the JSON layout; bumped on incompatible changes.
 SCHEMA = "edgesim.fleet.report/1"
@@ -217,6 +221,51 @@ def result_key(outcome: str, reason: str) -> str:
     return "connected" if outcome == "connected" else (reason or outcome)
 
 
+# The MQTT reasons that carry a code: ``connack-0x87``, ``dropped:disconnect-0x8e``,
+# ``connack-5`` (3.1.1), ``mqtt-0x94`` (a DISCONNECT the device sent).
+_CODED = re.compile(
+    r"^(?:dropped:)?(connack|suback|puback|pubrec|pubcomp|unsuback|disconnect|mqtt)"
+    r"-(0x[0-9a-f]{2}|[0-9])$"
+)
+_PACKET_TYPES = {
+    "connack": 2,
+    "puback": 4,
+    "pubrec": 5,
+    "pubcomp": 7,
+    "suback": 9,
+    "unsuback": 11,
+    "disconnect": 14,
+    "mqtt": 14,
+}
+
+
+def reason_code_label(outcome: str, reason: str, protocol: str) -> str | None:
+    """The MQTT packet and reason code behind a result, e.g. ``"PUBACK 0x87 Not authorized"``.
+
+    A connected MQTT device counts its CONNACK (``"CONNACK 0x00 Success"`` under
+    MQTT 5, ``"CONNACK 0 accepted"`` under 3.1.1); other results count when their
+    reason names a code. ``None`` when there is no code to count (a TLS alert, HTTP).
+    """
+    if outcome == "connected":
+        if protocol.endswith("mqtt5"):
+            return "CONNACK 0x00 Success"
+        return "CONNACK 0 accepted" if protocol == "mqtt" else None
+    m = _CODED.match(reason)
+    if m is None:
+        return None
+    word, code_text = m.group(1), m.group(2)
+    if not code_text.startswith("0x"):
+        code = int(code_text)
+        return f"CONNACK {code} {CONNACK_NAMES.get(code, 'unknown code')}"
+    code = int(code_text, 16)
+    if word == "suback" and code == 0x80 and not protocol.endswith("mqtt5"):
+        return "SUBACK 0x80 Failure"  # the one 3.1.1 refusal code of SUBACK
+    name = reason_name(code, _PACKET_TYPES[word])
+    if word == "mqtt":
+        return f"DISCONNECT {code:#04x} {name} (sent by the device)"
+    return f"{word.upper()} {code:#04x} {name}"
+
+
 @dataclass(slots=True)
 class FleetReport:
     """Everything measured about a fleet run, mergeable across shards."""
@@ -226,6 +275,9 @@ class FleetReport:
     started: str = ""
     duration_s: float = 0.0
     outcomes: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: Per outcome, the MQTT packet and reason code behind it (see
+    #: :func:`reason_code_label`): ``{"refused": {"CONNACK 0x87 Not authorized": 3}}``.
+    reason_codes: dict[str, dict[str, int]] = field(default_factory=dict)
     protocols: dict[str, dict[str, int]] = field(default_factory=dict)
     protocol_connect: dict[str, Latency] = field(default_factory=dict)
     steps: dict[str, Latency] = field(default_factory=dict)
@@ -265,6 +317,10 @@ class FleetReport:
         by_reason = self.outcomes.setdefault(result.outcome, {})
         by_reason[reason] = by_reason.get(reason, 0) + 1
         proto = result.protocol or "unknown"
+        label = reason_code_label(result.outcome, result.reason, proto)
+        if label is not None:
+            by_code = self.reason_codes.setdefault(result.outcome, {})
+            by_code[label] = by_code.get(label, 0) + 1
         pcounts = self.protocols.setdefault(proto, {"devices": 0})
         pcounts["devices"] += 1
         pcounts[result.outcome] = pcounts.get(result.outcome, 0) + 1
@@ -341,6 +397,8 @@ class FleetReport:
         self.duration_s = max(self.duration_s, other.duration_s)
         for outcome, reasons in other.outcomes.items():
             _add_counts(self.outcomes.setdefault(outcome, {}), reasons)
+        for outcome, codes in other.reason_codes.items():
+            _add_counts(self.reason_codes.setdefault(outcome, {}), codes)
         for proto, counts in other.protocols.items():
             _add_counts(self.protocols.setdefault(proto, {}), counts)
         for proto, lat in other.protocol_connect.items():
@@ -383,6 +441,9 @@ class FleetReport:
             "started": self.started,
             "duration_s": round(self.duration_s, 3),
             "outcomes": {k: dict(sorted(v.items())) for k, v in sorted(self.outcomes.items())},
+            "reason_codes": {
+                k: dict(sorted(v.items())) for k, v in sorted(self.reason_codes.items())
+            },
             "fidelity": {
                 kind: {
                     "ok": f.ok,
@@ -434,6 +495,11 @@ class FleetReport:
         report.outcomes = {
             outcome: _counts(reasons, f"{source}: outcomes.{outcome}")
             for outcome, reasons in r.get("outcomes", dict).items()
+        }
+        # Absent from reports written before MQTT 5 devices existed: nothing to count.
+        report.reason_codes = {
+            outcome: _counts(codes, f"{source}: reason_codes.{outcome}")
+            for outcome, codes in r.get("reason_codes", dict, {}).items()
         }
         lat = r.sub("latency")
         report.connect = lat.latency("connect")
@@ -495,8 +561,10 @@ class _Reader:
         self.doc: dict[str, Any] = doc
         self.where = where
 
-    def get(self, key: str, kind: type[Any] | tuple[type[Any], ...]) -> Any:
+    def get(self, key: str, kind: type[Any] | tuple[type[Any], ...], default: Any = None) -> Any:
         if key not in self.doc:
+            if default is not None:
+                return default
             raise ReportError(f"{self.where}: missing field {key!r}")
         value = self.doc[key]
         if not isinstance(value, kind) or isinstance(value, bool):
@@ -542,6 +610,12 @@ def summary_table(doc: Mapping[str, Any]) -> str:
     for outcome, reasons in doc["outcomes"].items():
         for reason, n in reasons.items():
             lines.append(f"{outcome:<12} {reason:<28} {n:>8}")
+    codes = doc.get("reason_codes") or {}
+    if codes:
+        lines += ["", f"{'outcome':<12} {'MQTT reason code':<40} {'devices':>8}"]
+        for outcome, by_code in codes.items():
+            for label, n in by_code.items():
+                lines.append(f"{outcome:<12} {label:<40} {n:>8}")
     lines += ["", f"{'fault':<12} {'expected':<40} {'devices':>8} {'matched':>8}  verdict"]
     for kind, f in doc["fidelity"].items():
         verdict = "ok" if f["ok"] else "FAIL " + _got_text(f["got"], f["expected"])

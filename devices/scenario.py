@@ -64,6 +64,7 @@ OPTIONS: Mapping[str, tuple[tuple[type, ...], bool]] = {
     "loop": ((str,), False),
     "tls_max": ((str,), False),
     "topic": ((str,), False),
+    "mqtt_version": ((str, int), False),
     "timeout": ((int, float), False),
     "probe_message": ((bool,), False),
     "report": ((str,), True),

@@ -12,7 +12,7 @@ from typing import Any
 
 from devices.device import DeviceResult, Step
 
-__all__ = ["HINTS", "describe", "hint", "render", "to_json"]
+__all__ = ["HINTS", "describe", "describe_properties", "hint", "render", "to_json"]
 
 #: What a firmware developer should check for each refusal reason.
 HINTS: dict[str, str] = {
@@ -64,6 +64,18 @@ HINTS: dict[str, str] = {
     "connack-5": "the edge's policy does not authorize this client",
     "connack-2": "the edge rejected the client id",
     "suback-0x80": "the edge's policy does not allow this subscription",
+    "connack-0x84": ("the server does not speak this MQTT version: try --mqtt-version 3.1.1"),
+    "connack-0x85": "the server rejected the client id (--client-id); see the Reason String",
+    "connack-0x87": (
+        "the server's policy does not authorize this client; the Reason String (if any) "
+        "says which rule"
+    ),
+    "suback-0x87": "the server's policy does not allow this subscription",
+    "puback-0x87": "the server's policy does not allow publishing to this topic",
+    "pubrec-0x87": "the server's policy does not allow publishing to this topic",
+    "packet-too-large": (
+        "the message is bigger than the server's Maximum Packet Size (see its CONNACK)"
+    ),
     "http-403": "the edge's policy denied the request",
     "ws-error": "the edge refused the WebSocket operation (the reason is in the trace)",
 }
@@ -75,6 +87,8 @@ def hint(reason: str) -> str:
         return HINTS[reason]
     if reason.startswith("connack-"):
         return "the edge refused the MQTT session"
+    if reason.startswith(("disconnect-", "dropped:disconnect-")):
+        return "the server ended the MQTT 5 session with DISCONNECT; its reason code says why"
     if reason.startswith(("http-", "ws-rejected-")):
         return "the edge refused the HTTP request"
     return ""
@@ -96,6 +110,7 @@ _LABELS = {
     "subscribe": "subscribe",
     "publish": "publish",
     "message": "message received",
+    "mqtt_disconnect": "MQTT DISCONNECT (server)",
     "timeout": "timeout",
 }
 
@@ -148,12 +163,38 @@ def describe(step: Step) -> str:
         if "alert" in d:
             return f"refused: TLS alert {d['alert']}"
         return str(d.get("verdict", ""))
-    if name in ("mqtt_connack", "http_status", "ws_accept", "subscribe", "publish"):
+    if name in (
+        "mqtt_connack",
+        "http_status",
+        "ws_accept",
+        "subscribe",
+        "publish",
+        "mqtt_disconnect",
+    ):
         target = d.get("filter") or d.get("topic") or ""
         return f"{target} -> {d.get('summary', '')}" if target else str(d.get("summary", ""))
     if name == "message":
         return f"{d.get('topic')}: {d.get('payload')!s}"
     return ", ".join(f"{k}={v}" for k, v in d.items())
+
+
+def describe_properties(step: Step) -> str:
+    """The MQTT 5 properties of a step, on one line (empty when it has none).
+
+    The Reason String is already in the step's summary, so it is left out here.
+    """
+    props = step.detail.get("properties")
+    if not props:
+        return ""
+    parts: list[str] = []
+    for key, value in props.items():
+        if key == "reason_string":
+            continue
+        if key == "user_properties":
+            parts.extend(f"user property {k}={v}" for k, v in value)
+        else:
+            parts.append(f"{key.replace('_', ' ')}={value}")
+    return ", ".join(parts)
 
 
 def render(result: DeviceResult) -> str:
@@ -166,6 +207,9 @@ def render(result: DeviceResult) -> str:
             f"  {step.t_start * 1000:9.3f} ms {step.duration * 1000:+9.3f} ms  {mark} "
             f"{label:<28} {describe(step)}"
         )
+        props = describe_properties(step)
+        if props:
+            lines.append(f"{'':<56}properties: {props}")
     if result.outcome == "connected":
         summary = "connected"
         if result.messages_sent or result.messages_received:

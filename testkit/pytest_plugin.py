@@ -14,8 +14,9 @@ fixture            scope     what it gives
 ``edge_factory``   function  :class:`EdgeFactory`: ``edge_factory(policy="open")``
                              for more edges, or edges with other options
 ``device``         function  :class:`DeviceFactory`: connected devices
-                             (``device("dev-1", protocol="mqtt")``) and one-shot
-                             handshakes (``device.run(...) -> DeviceResult``)
+                             (``device("dev-1", protocol="mqtt")``; MQTT 5 with
+                             ``mqtt_version=5``) and one-shot handshakes
+                             (``device.run(...) -> DeviceResult``)
 ``fleet``          function  :class:`FleetRunner`: a bounded fleet run returning the
                              report dict
 ``edgesim_loop``   function  :class:`LoopThread`: the event loop thread the devices
@@ -73,6 +74,7 @@ if TYPE_CHECKING:
     from devices.fleet import ManifestEntry
     from devices.protocols import Ack, Message
     from edge.core.events import EventLog
+    from edge.mqtt.properties import Properties
     from edge.server import EdgeServer, ServerThread
     from edge.trust.model import CrlInfo, SetInfo, VersionInfo
     from edge.trust.propagation import TrustService
@@ -80,6 +82,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFECTS",
+    "MQTT_PROTOCOLS",
     "PROTOCOLS",
     "AsyncDevice",
     "DeviceCredentials",
@@ -175,7 +178,20 @@ class DeviceFailure(EdgesimPluginError):
 
 
 class DeviceRefused(DeviceFailure):
-    """The edge did not accept the device (``reason``: the alert or protocol refusal)."""
+    """The edge did not accept the device (``reason``: the alert or protocol refusal).
+
+    ``ack`` is the protocol's refusing answer when there was one (``None`` for a TLS
+    alert); under MQTT 5 its ``reason_code`` and ``reason_string`` say why.
+    """
+
+    def __init__(self, message: str, *, reason: str, ack: Ack | None = None) -> None:
+        super().__init__(message, reason=reason)
+        self.ack = ack
+
+    @property
+    def reason_code(self) -> int | None:
+        """The MQTT 5 CONNACK reason code of the refusal (``None`` without one)."""
+        return None if self.ack is None else self.ack.reason_code
 
 
 class FleetFailure(EdgesimPluginError):
@@ -1045,9 +1061,12 @@ class DeviceHandle:
         stack: contextlib.AsyncExitStack,
         loop: LoopThread,
         timeout: float,
+        mqtt_version: str = "3.1.1",
     ) -> None:
         self.credentials = credentials
         self.protocol = protocol
+        #: ``"3.1.1"`` or ``"5"`` for MQTT devices.
+        self.mqtt_version = mqtt_version
         self.url = url
         self._held = held
         self._stack = stack
@@ -1060,6 +1079,15 @@ class DeviceHandle:
     def id(self) -> str:
         """The device id (the certificate's CN)."""
         return self.credentials.id
+
+    @property
+    def connack(self) -> Ack | None:
+        """The protocol's acknowledgement of the connection (MQTT: the CONNACK).
+
+        Under MQTT 5 its ``reason_code`` and ``properties`` are the edge's (Receive
+        Maximum, Topic Alias Maximum, Assigned Client Identifier...).
+        """
+        return self._held.ack
 
     # The *_op methods build the coroutines both views run on the device loop; the
     # request itself is created there, so nothing is left un-awaited if it is closed.
@@ -1082,11 +1110,19 @@ class DeviceHandle:
             ) from exc
 
     def _publish_op(
-        self, topic: str, payload: bytes | str, qos: int, retain: bool, timeout: float
+        self,
+        topic: str,
+        payload: bytes | str,
+        qos: int,
+        retain: bool,
+        timeout: float,
+        properties: Properties | None = None,
     ) -> Coroutine[Any, Any, Ack]:
         data = payload.encode("utf-8") if isinstance(payload, str) else payload
         held = self._held
-        return self._op(lambda: held.publish(topic, data, qos, retain), timeout, f"publish {topic}")
+        return self._op(
+            lambda: held.publish(topic, data, qos, retain, properties), timeout, f"publish {topic}"
+        )
 
     def _subscribe_op(
         self, topic_filter: str, qos: int, timeout: float
@@ -1094,6 +1130,12 @@ class DeviceHandle:
         held = self._held
         return self._op(
             lambda: held.subscribe(topic_filter, qos), timeout, f"subscribe {topic_filter}"
+        )
+
+    def _unsubscribe_op(self, topic_filter: str, timeout: float) -> Coroutine[Any, Any, Ack]:
+        held = self._held
+        return self._op(
+            lambda: held.unsubscribe(topic_filter), timeout, f"unsubscribe {topic_filter}"
         )
 
     def _receive_op(self, timeout: float) -> Coroutine[Any, Any, Message]:
@@ -1112,16 +1154,20 @@ class DeviceHandle:
         qos: int = 0,
         retain: bool = False,
         timeout: float | None = None,
+        properties: Properties | None = None,
     ) -> Ack:
         """Publish (a ``str`` payload is sent as UTF-8); returns the edge's answer.
 
-        Over MQTT a denied publish is still acknowledged (MQTT 3.1.1 has no negative
-        PUBACK): the edge's ``policy.denied`` event says it; HTTP answers 403.
+        Over MQTT 3.1.1 a denied publish is still acknowledged (3.1.1 has no negative
+        PUBACK): the edge's ``policy.denied`` event says it; HTTP answers 403. Under
+        MQTT 5 (``mqtt_version=5``) the answer carries ``reason_code`` (0x87 when
+        denied) and ``properties`` (the Reason String); ``properties`` here are the
+        PUBLISH properties to send (content type, user properties, ...).
         """
         __tracebackhide__ = True
         t = timeout or self.timeout
         return self._loop.run(
-            self._publish_op(topic, payload, qos, retain, t), t + _GRACE, "publish"
+            self._publish_op(topic, payload, qos, retain, t, properties), t + _GRACE, "publish"
         )
 
     def subscribe(self, topic_filter: str, *, qos: int = 0, timeout: float | None = None) -> Ack:
@@ -1130,8 +1176,17 @@ class DeviceHandle:
         t = timeout or self.timeout
         return self._loop.run(self._subscribe_op(topic_filter, qos, t), t + _GRACE, "subscribe")
 
+    def unsubscribe(self, topic_filter: str, *, timeout: float | None = None) -> Ack:
+        """Unsubscribe (MQTT); under MQTT 5 the answer carries the UNSUBACK reason code."""
+        __tracebackhide__ = True
+        t = timeout or self.timeout
+        return self._loop.run(self._unsubscribe_op(topic_filter, t), t + _GRACE, "unsubscribe")
+
     def receive(self, timeout: float | None = None) -> Message:
-        """The next message delivered to the device (:class:`OperationTimeout` if none)."""
+        """The next message delivered to the device (:class:`OperationTimeout` if none).
+
+        Under MQTT 5 ``message.properties`` holds the PUBLISH properties.
+        """
         __tracebackhide__ = True
         t = timeout or self.timeout
         return self._loop.run(self._receive_op(t), t + _GRACE, "receive")
@@ -1162,11 +1217,12 @@ class AsyncDevice:
         qos: int = 0,
         retain: bool = False,
         timeout: float | None = None,
+        properties: Properties | None = None,
     ) -> Ack:
         """See :meth:`DeviceHandle.publish`."""
         h = self._h
         return await h._loop.run_async(
-            h._publish_op(topic, payload, qos, retain, timeout or h.timeout)
+            h._publish_op(topic, payload, qos, retain, timeout or h.timeout, properties)
         )
 
     async def subscribe(
@@ -1175,6 +1231,11 @@ class AsyncDevice:
         """See :meth:`DeviceHandle.subscribe`."""
         h = self._h
         return await h._loop.run_async(h._subscribe_op(topic_filter, qos, timeout or h.timeout))
+
+    async def unsubscribe(self, topic_filter: str, *, timeout: float | None = None) -> Ack:
+        """See :meth:`DeviceHandle.unsubscribe`."""
+        h = self._h
+        return await h._loop.run_async(h._unsubscribe_op(topic_filter, timeout or h.timeout))
 
     async def receive(self, timeout: float | None = None) -> Message:
         """See :meth:`DeviceHandle.receive`."""
@@ -1194,6 +1255,9 @@ class DeviceFactory:
     ``device_id`` is a device id (issued by the ``pki`` on first use, with
     ``fault``) or :class:`DeviceCredentials`. ``edge`` defaults to the test's
     ``edge`` fixture. Devices still connected at the end of the test are closed.
+    ``mqtt_version`` (``"3.1.1"``, the default, or ``5``) is the MQTT version of an
+    ``mqtt``/``wss`` device: under MQTT 5 acknowledgements carry reason codes and
+    properties, and messages their PUBLISH properties.
     """
 
     def __init__(self, pki: Pki, loop: LoopThread, default_edge: Callable[[], EdgeHandle]) -> None:
@@ -1208,6 +1272,7 @@ class DeviceFactory:
         protocol: str,
         fault: str | None,
         edge: EdgeHandle | None,
+        mqtt_version: str | int = "3.1.1",
     ) -> tuple[DeviceCredentials, EdgeHandle, Target]:
         if isinstance(device_id, DeviceCredentials):
             if fault is not None:
@@ -1217,8 +1282,16 @@ class DeviceFactory:
             creds = self.pki.device(device_id, fault)
         if protocol not in PROTOCOLS:
             raise UsageError(f"device(protocol={protocol!r}): choose one of {', '.join(PROTOCOLS)}")
+        level = _mqtt_level(mqtt_version, protocol)
         where = edge if edge is not None else self._default_edge()
-        return creds, where, where.target(protocol)
+        target = where.target(protocol)
+        if level == 5:
+            from dataclasses import replace
+
+            from devices.protocols.mqtt import MqttOptions
+
+            target = replace(target, mqtt=MqttOptions(version=5))
+        return creds, where, target
 
     async def _connect(
         self,
@@ -1229,6 +1302,7 @@ class DeviceFactory:
         client_id: str | None,
     ) -> DeviceHandle:
         from devices.device import connected_device, context_for
+        from devices.protocols import Refused
         from devices.tlsclient import DeviceError
 
         spec = creds.spec(client_id)
@@ -1245,8 +1319,10 @@ class DeviceFactory:
                 f"device {creds.id} was not accepted over {protocol} ({target.url}): {exc} "
                 f"[reason {exc.reason}]; use device.run(...) to see every step",
                 reason=exc.reason,
+                ack=exc.ack if isinstance(exc, Refused) else None,
             ) from None
-        return DeviceHandle(creds, protocol, target.url, held, stack, self.loop, timeout)
+        version = "5" if target.mqtt is not None and target.mqtt.version == 5 else "3.1.1"
+        return DeviceHandle(creds, protocol, target.url, held, stack, self.loop, timeout, version)
 
     def __call__(
         self,
@@ -1257,10 +1333,11 @@ class DeviceFactory:
         edge: EdgeHandle | None = None,
         timeout: float = 10.0,
         client_id: str | None = None,
+        mqtt_version: str | int = "3.1.1",
     ) -> DeviceHandle:
         """Connect a device and return its handle; :class:`DeviceRefused` if refused."""
         __tracebackhide__ = True
-        creds, _edge, target = self._resolve(device_id, protocol, fault, edge)
+        creds, _edge, target = self._resolve(device_id, protocol, fault, edge, mqtt_version)
         handle = self.loop.run(
             self._connect(creds, protocol, target, timeout, client_id), timeout + _GRACE, "connect"
         )
@@ -1276,9 +1353,10 @@ class DeviceFactory:
         edge: EdgeHandle | None = None,
         timeout: float = 10.0,
         client_id: str | None = None,
+        mqtt_version: str | int = "3.1.1",
     ) -> DeviceHandle:
         """:meth:`__call__` for async tests."""
-        creds, _edge, target = self._resolve(device_id, protocol, fault, edge)
+        creds, _edge, target = self._resolve(device_id, protocol, fault, edge, mqtt_version)
         handle = await self.loop.run_async(
             self._connect(creds, protocol, target, timeout, client_id)
         )
@@ -1293,10 +1371,11 @@ class DeviceFactory:
         edge: EdgeHandle | None,
         actions: Sequence[Action],
         timeout: float,
+        mqtt_version: str | int = "3.1.1",
     ) -> Coroutine[Any, Any, DeviceResult]:
         from devices.device import run_device
 
-        creds, _edge, target = self._resolve(device_id, protocol, fault, edge)
+        creds, _edge, target = self._resolve(device_id, protocol, fault, edge, mqtt_version)
         return run_device(creds.spec(), target, actions=actions, timeout=timeout)
 
     def run(
@@ -1308,15 +1387,17 @@ class DeviceFactory:
         edge: EdgeHandle | None = None,
         actions: Sequence[Action] = (),
         timeout: float = 10.0,
+        mqtt_version: str | int = "3.1.1",
     ) -> DeviceResult:
         """Run one device's whole handshake (and ``actions``); return its trace.
 
         Never raises for a refused device: the :class:`devices.device.DeviceResult`
         says ``outcome`` (``connected``, ``refused``, ``error``), ``reason`` (the
-        alert, e.g. ``certificate_expired``) and the timed ``steps``.
+        alert, e.g. ``certificate_expired``; under MQTT 5 a refusal's code, e.g.
+        ``connack-0x87`` or ``puback-0x87``) and the timed ``steps``.
         """
         __tracebackhide__ = True
-        coro = self._run_coro(device_id, protocol, fault, edge, actions, timeout)
+        coro = self._run_coro(device_id, protocol, fault, edge, actions, timeout, mqtt_version)
         return self.loop.run(coro, timeout + _GRACE, "device run")
 
     async def run_async(
@@ -1328,9 +1409,10 @@ class DeviceFactory:
         edge: EdgeHandle | None = None,
         actions: Sequence[Action] = (),
         timeout: float = 10.0,
+        mqtt_version: str | int = "3.1.1",
     ) -> DeviceResult:
         """:meth:`run` for async tests."""
-        coro = self._run_coro(device_id, protocol, fault, edge, actions, timeout)
+        coro = self._run_coro(device_id, protocol, fault, edge, actions, timeout, mqtt_version)
         return await self.loop.run_async(coro)
 
     def close(self) -> None:
@@ -1339,6 +1421,26 @@ class DeviceFactory:
             handle = self.handles.pop()
             with contextlib.suppress(EdgesimPluginError):
                 handle.close()
+
+
+#: The protocols whose devices speak MQTT (and so may speak MQTT 5).
+MQTT_PROTOCOLS = ("mqtt", "wss", "wss-mqtt")
+
+
+def _mqtt_level(mqtt_version: str | int, protocol: str) -> int:
+    """4 or 5 for ``mqtt_version``; :class:`UsageError` naming the choices otherwise."""
+    from devices.protocols.mqtt import parse_mqtt_version
+
+    try:
+        level = parse_mqtt_version(mqtt_version)
+    except ValueError:
+        raise UsageError(f"device(mqtt_version={mqtt_version!r}): choose 3.1.1 or 5") from None
+    if level == 5 and protocol not in MQTT_PROTOCOLS:
+        raise UsageError(
+            f"device(protocol={protocol!r}, mqtt_version=5): MQTT 5 needs an MQTT protocol "
+            f"({', '.join(MQTT_PROTOCOLS)})"
+        )
+    return level
 
 
 # --------------------------------------------------------------------------- fleets
@@ -1371,8 +1473,12 @@ class FleetRunner:
         device_timeout: float = 10.0,
         probe_message: bool = False,
         tls_max: str | None = None,
+        mqtt_version: str | int = "3.1.1",
     ) -> dict[str, Any]:
         """Run ``devices`` devices arriving at ``ramp`` per second; return the report.
+
+        ``mqtt_version`` (``"3.1.1"``, ``5`` or ``"mix"``) is that of the MQTT devices;
+        the report's ``reason_codes`` counts their CONNACK (and refusal) codes.
 
         ``protocol``: ``mix`` (spread over MQTT, HTTPS and both WebSocket endpoints),
         ``mqtt``, ``https`` or ``wss``. ``faults`` maps a fault kind (``expired``,
@@ -1393,6 +1499,10 @@ class FleetRunner:
             raise UsageError("fleet(): ramp, timeout and device_timeout must be positive")
         if protocol not in ("mix", "mqtt", "https", "wss"):
             raise UsageError(f"fleet(protocol={protocol!r}): choose mix, mqtt, https or wss")
+        version = str(mqtt_version)
+        version = {"4": "3.1.1", "5.0": "5"}.get(version, version)
+        if version not in ("3.1.1", "5", "mix"):
+            raise UsageError(f"fleet(mqtt_version={mqtt_version!r}): choose 3.1.1, 5 or mix")
         shares = []
         for name, count in (faults or {}).items():
             kind = _FLEET_KINDS.get(name)
@@ -1437,6 +1547,7 @@ class FleetRunner:
             device_timeout=device_timeout,
             probe_message=probe_message,
             tls_max=_tls_version_name(tls_max) if tls_max else None,
+            mqtt_version=version,
         )
         job = FleetJob(
             devices=tuple(planned),

@@ -26,17 +26,31 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from devices.tlsclient import DeviceError, TlsFailure
 
-__all__ = ["Ack", "Channel", "Inbox", "Message", "ProtocolError", "ProtocolSession"]
+if TYPE_CHECKING:
+    from edge.mqtt.properties import Properties
+
+__all__ = ["Ack", "Channel", "Inbox", "Message", "ProtocolError", "ProtocolSession", "Refused"]
 
 
 class ProtocolError(DeviceError):
     """The server's protocol bytes were invalid, or it refused at the protocol level."""
 
     reason = "protocol-error"
+
+
+class Refused(ProtocolError):
+    """The server answered the protocol's handshake with a refusal; ``ack`` is that answer.
+
+    ``ack.reason_code`` and ``ack.properties`` (Reason String...) say why under MQTT 5.
+    """
+
+    def __init__(self, message: str, ack: Ack) -> None:
+        super().__init__(message, reason=ack.reason)
+        self.ack = ack
 
 
 class Channel(Protocol):
@@ -56,23 +70,49 @@ class Channel(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """A message delivered to the device; ``received_at`` comes from the device's clock."""
+    """A message delivered to the device; ``received_at`` comes from the device's clock.
+
+    ``properties`` are the MQTT 5 PUBLISH properties as received (content type, user
+    properties, response topic, correlation data, the remaining message expiry,
+    subscription identifiers), ``None`` under MQTT 3.1.1 and the other protocols.
+    ``topic`` is the full topic even when the server sent a Topic Alias.
+    """
 
     topic: str
     payload: bytes
     qos: int = 0
     retain: bool = False
     received_at: float = 0.0
+    properties: Properties | None = None
 
 
 @dataclass(slots=True)
 class Ack:
-    """The edge's answer to a protocol request: ``ok`` plus what the trace shows."""
+    """The edge's answer to a protocol request: ``ok`` plus what the trace shows.
+
+    MQTT 5 answers carry ``reason_code`` (the CONNACK, PUBACK, PUBREC, PUBCOMP or
+    UNSUBACK code; for a SUBACK the first filter's, all of them in
+    ``detail["reason_codes"]``) and the packet's ``properties`` (Reason String, User
+    Properties, and CONNACK's capabilities). Both stay ``None`` under MQTT 3.1.1, HTTP
+    and the WebSocket JSON protocol.
+    """
 
     ok: bool
     summary: str
     detail: dict[str, Any] = field(default_factory=dict)
     reason: str = ""
+    reason_code: int | None = None
+    properties: Properties | None = None
+
+    @property
+    def reason_string(self) -> str | None:
+        """The MQTT 5 Reason String of the answer, if the server sent one."""
+        return None if self.properties is None else self.properties.reason_string
+
+    @property
+    def user_properties(self) -> list[tuple[str, str]]:
+        """The MQTT 5 User Properties of the answer, in wire order (empty if none)."""
+        return [] if self.properties is None else self.properties.user_properties
 
 
 class ProtocolSession(Protocol):
@@ -86,8 +126,19 @@ class ProtocolSession(Protocol):
     async def subscribe(self, topic_filter: str, qos: int) -> Ack:
         """Subscribe; return the edge's answer."""
 
-    async def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> Ack:
-        """Publish; return the edge's answer (after the QoS flow completes)."""
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool = False,
+        properties: Properties | None = None,
+    ) -> Ack:
+        """Publish; return the edge's answer (after the QoS flow completes).
+
+        ``properties`` (MQTT 5 PUBLISH properties) only where the session speaks MQTT 5;
+        elsewhere they raise :class:`ProtocolError` with reason ``bad-input``.
+        """
 
     async def next_message(self) -> Message:
         """Wait for the next delivered message."""
@@ -111,10 +162,17 @@ class Inbox:
         self._error: DeviceError | None = None
         self.count = 0
 
-    def put(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
+    def put(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 0,
+        retain: bool = False,
+        properties: Properties | None = None,
+    ) -> None:
         """Add a message, stamped with the clock now."""
         self.count += 1
-        self._items.append(Message(topic, payload, qos, retain, self._clock()))
+        self._items.append(Message(topic, payload, qos, retain, self._clock(), properties))
         self._wake()
 
     def fail(self, error: DeviceError) -> None:

@@ -31,6 +31,7 @@ from urllib.parse import quote
 
 from devices.protocols import Ack, Inbox, Message, ProtocolError
 from devices.tlsclient import DeviceError, TlsFailure, TlsStream
+from edge.mqtt.properties import Properties
 
 __all__ = ["HttpsSession", "Response", "ResponseParser", "SseEvent", "SseParser"]
 
@@ -344,8 +345,17 @@ class HttpsSession:
             {"status": response.status, "request": "HEAD /"},
         )
 
-    async def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> Ack:
-        """``POST /topics/{topic}?qos=&retain=``; 200 is success."""
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool = False,
+        properties: Properties | None = None,
+    ) -> Ack:
+        """``POST /topics/{topic}?qos=&retain=``; 200 is success (no MQTT 5 properties)."""
+        if properties is not None:
+            raise ProtocolError("PUBLISH properties need MQTT 5", reason="bad-input")
         path = f"/topics/{quote(topic, safe='/')}?qos={qos}&retain={'true' if retain else 'false'}"
         _head, done = self._conn.request(
             "POST", path, payload, {"Content-Type": "application/octet-stream"}

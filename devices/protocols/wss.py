@@ -38,8 +38,9 @@ from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
 from devices.protocols import Ack, Inbox, Message, ProtocolError
-from devices.protocols.mqtt import MqttSession
+from devices.protocols.mqtt import MqttOptions, MqttSession
 from devices.tlsclient import DeviceError, TlsFailure, TlsStream
+from edge.mqtt.properties import Properties
 
 __all__ = ["WsChannel", "WssSession"]
 
@@ -80,8 +81,10 @@ class WssSession:
         client_id: str,
         clock: Callable[[], float],
         keepalive: int = 60,
+        mqtt_options: MqttOptions | None = None,
     ) -> None:
         self._stream = stream
+        self._mqtt_options = mqtt_options
         self._path = path
         self._client_id = client_id
         self._clock = clock
@@ -250,11 +253,22 @@ class WssSession:
         if self._path != "/mqtt":
             return Ack(True, summary, detail)
         self._mqtt = MqttSession(
-            WsChannel(self), client_id=self._client_id, clock=self._clock, keepalive=self._keepalive
+            WsChannel(self),
+            client_id=self._client_id,
+            clock=self._clock,
+            keepalive=self._keepalive,
+            options=self._mqtt_options,
         )
         connack = await self._mqtt.open()
         detail.update(connack.detail)
-        return Ack(connack.ok, f"{summary}; {connack.summary}", detail, reason=connack.reason)
+        return Ack(
+            connack.ok,
+            f"{summary}; {connack.summary}",
+            detail,
+            connack.reason,
+            connack.reason_code,
+            connack.properties,
+        )
 
     async def _op(self, obj: dict[str, Any]) -> dict[str, Any]:
         op_id = next(self._ids)
@@ -270,11 +284,24 @@ class WssSession:
         reply = await self._op({"op": "subscribe", "topic": topic_filter})
         return _ack_of(reply)
 
-    async def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> Ack:
-        """Publish (PUBLISH on ``/mqtt``, a ``publish`` op on ``/ws``)."""
-        self.messages_sent += 1
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool = False,
+        properties: Properties | None = None,
+    ) -> Ack:
+        """Publish (PUBLISH on ``/mqtt``, a ``publish`` op on ``/ws``).
+
+        ``properties`` need MQTT 5 over ``/mqtt``.
+        """
         if self._mqtt is not None:
-            return await self._mqtt.publish(topic, payload, qos, retain)
+            self.messages_sent += 1
+            return await self._mqtt.publish(topic, payload, qos, retain, properties)
+        if properties is not None:
+            raise ProtocolError("PUBLISH properties need MQTT 5 over /mqtt", reason="bad-input")
+        self.messages_sent += 1
         try:
             text, encoding = payload.decode("utf-8"), "utf-8"
         except UnicodeDecodeError:

@@ -16,7 +16,7 @@ import shutil
 import socket
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -116,8 +116,11 @@ def mosquitto(
     allow_anonymous: bool = True,
     crl: bool = True,
     timeout: float = 10.0,
+    extra: Sequence[str] = (),
 ) -> Iterator[Broker]:
     """Run Mosquitto 2.0 with mTLS (``require_certificate true``) on a free loopback port.
+
+    ``extra`` lines are appended to its configuration (an ``acl_file``, limits...).
 
     Readiness is its own log line ("mosquitto version X running", written once it
     listens), read as it arrives.
@@ -149,6 +152,7 @@ def mosquitto(
         lines.append(f"crlfile {pki.crl}")
     if tls_version:
         lines.append(f"tls_version {tls_version}")
+    lines.extend(extra)
     conf.write_text("\n".join(lines) + "\n")
     proc = subprocess.Popen(
         [binary, "-c", str(conf)],

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -129,11 +129,11 @@ def _drain(proc: subprocess.Popen[bytes]) -> None:
 @pytest.fixture(scope="module")
 def broker_factory(
     pki: Pki, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Callable[[bool], int]]:
+) -> Iterator[Callable[..., int]]:
     procs: list[subprocess.Popen[bytes]] = []
     drains: list[threading.Thread] = []
 
-    def start(with_crl: bool) -> int:
+    def start(with_crl: bool, extra: Sequence[str] = ()) -> int:
         port = _free_port()
         conf = tmp_path_factory.mktemp("mosq") / "mosquitto.conf"
         lines = [
@@ -151,6 +151,7 @@ def broker_factory(
         ]
         if with_crl:
             lines.append(f"crlfile {pki.work / 'revoked-crl.pem'}")
+        lines.extend(extra)
         conf.write_text("\n".join(lines) + "\n")
         proc = subprocess.Popen(
             ["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -179,8 +180,14 @@ def broker_factory(
 
 
 @pytest.fixture(scope="module")
-def broker(broker_factory: Callable[[bool], int]) -> int:
+def broker(broker_factory: Callable[..., int]) -> int:
     return broker_factory(True)
+
+
+@pytest.fixture(scope="module")
+def strict_broker(broker_factory: Callable[..., int]) -> int:
+    """Accepts every certificate, but no anonymous MQTT session (CONNACK 5 / 0x87)."""
+    return broker_factory(True, ["allow_anonymous false"])
 
 
 def _run_json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, object]]:
@@ -300,7 +307,7 @@ def test_held_devices_publish_and_receive(
 
 @pytest.mark.timeout(90)
 def test_a_missing_crl_fails_the_run_and_says_why(
-    pki: Pki, broker_factory: Callable[[bool], int], capsys: pytest.CaptureFixture[str]
+    pki: Pki, broker_factory: Callable[..., int], capsys: pytest.CaptureFixture[str]
 ) -> None:
     port = broker_factory(False)
     code, doc = _run_json(pki.args(port), capsys)
@@ -358,3 +365,56 @@ def test_scenario_file_with_flags_overriding_it(
     code, doc = _run_json(argv, capsys)
     assert code == 0
     _assert_matches_plan(doc)
+
+
+def _mix_args(pki: Pki, port: int) -> list[str]:
+    """Healthy devices only, half of them MQTT 5 (odd indexes)."""
+    return [
+        *pki.args(port)[:6],
+        "--devices",
+        str(DEVICES),
+        "--ramp",
+        "200/s",
+        "--mqtt-version",
+        "mix",
+    ]
+
+
+@pytest.mark.timeout(90)
+def test_mqtt_version_mix_counts_both_versions(
+    pki: Pki, broker: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, doc = _run_json([*_mix_args(pki, broker), "--probe-message", "--qos", "1"], capsys)
+    assert code == 0
+    half = DEVICES // 2
+    assert doc["outcomes"] == {"connected": {"connected": DEVICES}}
+    assert doc["reason_codes"] == {
+        "connected": {"CONNACK 0 accepted": half, "CONNACK 0x00 Success": half}
+    }
+    protocols = doc["protocols"]
+    assert isinstance(protocols, dict)
+    assert (protocols["mqtt"]["devices"], protocols["mqtt5"]["devices"]) == (half, half)
+    assert doc["messages"]["received"] == DEVICES  # type: ignore[index]
+
+
+@pytest.mark.timeout(90)
+def test_mqtt_version_mix_reports_refusal_codes(
+    pki: Pki, strict_broker: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    html = tmp_path / "r.html"
+    code, doc = _run_json([*_mix_args(pki, strict_broker), "--html", str(html)], capsys)
+    assert code == 1  # healthy devices were refused: a fidelity failure
+    half = DEVICES // 2
+    assert doc["outcomes"] == {"refused": {"connack-0x87": half, "connack-5": half}}
+    assert doc["reason_codes"] == {
+        "refused": {"CONNACK 0x87 Not authorized": half, "CONNACK 5 not authorized": half}
+    }
+    assert "CONNACK 0x87 Not authorized" in html.read_text()
+    assert main([*_mix_args(pki, strict_broker)]) == 1
+    assert "CONNACK 0x87 Not authorized" in capsys.readouterr().out
+
+
+def test_mqtt_version_needs_an_mqtt_url(pki: Pki, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [*pki.args(1)[:4], "--url", "https://127.0.0.1:1", "--mqtt-version", "5"]
+    assert main(argv) == 2
+    assert "needs an MQTT URL" in capsys.readouterr().err
