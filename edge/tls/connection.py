@@ -500,7 +500,9 @@ class EdgeTlsProtocol(asyncio.Protocol):
         cipher = obj.cipher()
         hello = self.hello
         # What the handshake needed is dropped: an idle device costs memory for
-        # as long as it stays connected (the offered suites alone are ~2 KiB).
+        # as long as it stays connected (the offered suites alone are ~2 KiB), and
+        # the route would keep a rotated-out server key alive with it.
+        self._route = None
         self.reader = None
         self.hello = None
         self._pending = b""
