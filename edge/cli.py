@@ -12,6 +12,7 @@ trust   :mod:`edge.trust.cli`        certificate sets, bindings, status
 edge    :mod:`edge.server_cli`       run the edge
 device  :mod:`devices.cli`           one simulated device
 fleet   :mod:`devices.cli`           a simulated fleet
+suite   :mod:`testkit.suites.cli`    device test suites (bad servers, misbehaving edge)
 ======  ===========================  ==========================
 """
 
@@ -31,6 +32,7 @@ GROUPS: tuple[tuple[str, str], ...] = (
     ("edge.server_cli", "register"),
     ("devices.cli", "register_device"),
     ("devices.cli", "register_fleet"),
+    ("testkit.suites.cli", "register"),
 )
 
 

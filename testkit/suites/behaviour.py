@@ -50,12 +50,24 @@ def _describe(pkt: codec.Packet) -> tuple[str, dict[str, Any]]:
     name = type(pkt).__name__.upper()
     detail: dict[str, Any] = {}
     if isinstance(pkt, codec.Connect):
-        detail = {"client_id": pkt.client_id, "clean_session": pkt.clean_session, "keepalive": pkt.keepalive}
+        detail = {
+            "client_id": pkt.client_id,
+            "clean_session": pkt.clean_session,
+            "keepalive": pkt.keepalive,
+        }
     elif isinstance(pkt, codec.Publish):
-        detail = {"topic": pkt.topic, "qos": pkt.qos, "dup": pkt.dup, "packet_id": pkt.packet_id, "bytes": len(pkt.payload)}
+        detail = {
+            "topic": pkt.topic,
+            "qos": pkt.qos,
+            "dup": pkt.dup,
+            "packet_id": pkt.packet_id,
+            "bytes": len(pkt.payload),
+        }
     elif isinstance(pkt, codec.Subscribe):
         detail = {"packet_id": pkt.packet_id, "filters": [f for f, _ in pkt.topics]}
-    elif isinstance(pkt, codec.Puback | codec.Pubrec | codec.Pubrel | codec.Pubcomp | codec.Unsubscribe):
+    elif isinstance(
+        pkt, codec.Puback | codec.Pubrec | codec.Pubrel | codec.Pubcomp | codec.Unsubscribe
+    ):
         detail = {"packet_id": pkt.packet_id}
     elif isinstance(pkt, codec.Connack):
         detail = {"session_present": pkt.session_present, "return_code": pkt.return_code}
@@ -100,7 +112,10 @@ async def _mqtt(conn: AppConn, data: bytes) -> None:
                     _send(conn, codec.Connack(False, int(params.get("return_code", 5))))
                     conn.close()
                     return
-                present = not clean and (behaviour == "session_present" or (behaviour == "puback_withheld" and not first_conn))
+                present = not clean and (
+                    behaviour == "session_present"
+                    or (behaviour == "puback_withheld" and not first_conn)
+                )
                 _send(conn, codec.Connack(present, 0))
                 if behaviour == "close_after_connack":
                     conn.close()
@@ -108,13 +123,23 @@ async def _mqtt(conn: AppConn, data: bytes) -> None:
                 if behaviour == "session_present" and present:
                     topic = str(params.get("topic", "edgesim/suite/stored"))
                     state["stored_id"] = 7
-                    _send(conn, codec.Publish(topic, b"stored while you were away", qos=1, packet_id=7))
+                    _send(
+                        conn,
+                        codec.Publish(topic, b"stored while you were away", qos=1, packet_id=7),
+                    )
             elif isinstance(pkt, codec.Publish):
                 if pkt.qos == 1:
                     if behaviour == "puback_withheld" and first_conn:
                         if "withheld" not in state:
-                            state["withheld"] = {"packet_id": pkt.packet_id, "topic": pkt.topic, "t": rt.now()}
-                            timer = (time.monotonic() + float(params.get("withhold_s", 3.0)), "drop")
+                            state["withheld"] = {
+                                "packet_id": pkt.packet_id,
+                                "topic": pkt.topic,
+                                "t": rt.now(),
+                            }
+                            timer = (
+                                time.monotonic() + float(params.get("withhold_s", 3.0)),
+                                "drop",
+                            )
                         continue
                     assert pkt.packet_id is not None
                     _send(conn, codec.Puback(pkt.packet_id))
@@ -166,7 +191,9 @@ async def _http(conn: AppConn, data: bytes) -> None:
     lines = head.decode("latin-1").split("\r\n")
     method, _, rest = lines[0].partition(" ")
     path = rest.rpartition(" ")[0]
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    headers = {
+        k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])
+    }
     length = int(headers.get("content-length", "0") or 0)
     while len(body) < length:
         more = await _recv_or_none(conn, 10.0)
@@ -186,7 +213,10 @@ async def _http(conn: AppConn, data: bytes) -> None:
         conn.close()
     elif behaviour == "http_close_mid_response":
         conn.log("out", "HTTP 200 (cut after 100 of 1000 body bytes)")
-        conn.send(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\n" + b"x" * 100)
+        conn.send(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\n"
+            + b"x" * 100
+        )
         # No close_notify: the edge "crashes" mid-response.
         conn.close(notify_peer=False)
     else:

@@ -122,14 +122,24 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
 
 
 async def _run_case(
-    case: Case, server: SuiteServer, pki: SuitePki, options: RunOptions, values: dict[str, str], out: TextIO
+    case: Case,
+    server: SuiteServer,
+    pki: SuitePki,
+    options: RunOptions,
+    values: dict[str, str],
+    out: TextIO,
 ) -> CaseResult:
     started = time.monotonic()
     try:
         material = pki.material(case.server.cert)
         context = build_context(case, material, str(pki.ca_path))
     except (PkiError, OSError, ValueError) as exc:
-        return CaseResult(case=case, status=Status.ERROR, summary=f"cannot set up the server: {exc}", duration_s=0.0)
+        return CaseResult(
+            case=case,
+            status=Status.ERROR,
+            summary=f"cannot set up the server: {exc}",
+            duration_s=0.0,
+        )
     rt = CaseRuntime(case, material, context)
     server.arm(rt)
     timeout = case.timeout_s * options.timeout_scale
@@ -149,7 +159,10 @@ async def _run_case(
         except OSError as exc:
             server.arm(None)
             return CaseResult(
-                case=case, status=Status.ERROR, summary=f"cannot start the device command {argv[0]!r}: {exc.strerror}", duration_s=0.0
+                case=case,
+                status=Status.ERROR,
+                summary=f"cannot start the device command {argv[0]!r}: {exc.strerror}",
+                duration_s=0.0,
             )
         assert proc.stdout is not None
         stdout = proc.stdout
@@ -160,7 +173,9 @@ async def _run_case(
 
         reader_task = asyncio.create_task(_drain())
     else:
-        out.write(f"  -> connect or reconnect the device now ({case.title}; timeout {timeout:g} s)\n")
+        out.write(
+            f"  -> connect or reconnect the device now ({case.title}; timeout {timeout:g} s)\n"
+        )
         out.flush()
     deadline = started + timeout
     exited_at: float | None = None
@@ -197,14 +212,28 @@ async def _run_case(
             await asyncio.wait_for(rt.changed.wait(), 0.1)
     tail = b"".join(output)[-600:].decode("utf-8", "replace").strip()
     device = DeviceExit(proc.returncode if proc is not None else None, tail)
-    status, summary, evidence = judge(case, rt.conns, rt.state, device, chain_bytes=material.chain_der_bytes)
+    status, summary, evidence = judge(
+        case, rt.conns, rt.state, device, chain_bytes=material.chain_der_bytes
+    )
     if time.monotonic() >= deadline and status in (Status.FAIL, Status.ERROR):
         evidence["timed_out"] = True
     evidence["server_certificate"] = material.description
-    return CaseResult(case=case, status=status, summary=summary, duration_s=time.monotonic() - started, evidence=evidence)
+    return CaseResult(
+        case=case,
+        status=status,
+        summary=summary,
+        duration_s=time.monotonic() - started,
+        evidence=evidence,
+    )
 
 
-_MARK = {Status.PASS: "PASS", Status.FAIL: "FAIL", Status.INFO: "INFO", Status.SKIP: "SKIP", Status.ERROR: "ERR "}
+_MARK = {
+    Status.PASS: "PASS",
+    Status.FAIL: "FAIL",
+    Status.INFO: "INFO",
+    Status.SKIP: "SKIP",
+    Status.ERROR: "ERR ",
+}
 
 
 async def run_suite(suite: Suite, options: RunOptions) -> SuiteReport:
@@ -243,7 +272,10 @@ async def run_suite(suite: Suite, options: RunOptions) -> SuiteReport:
                     continue
                 if options.protocol and case.protocol not in ("any", options.protocol):
                     result = CaseResult(
-                        case=case, status=Status.SKIP, summary=f"{case.protocol} case; the device speaks {options.protocol}", duration_s=0.0
+                        case=case,
+                        status=Status.SKIP,
+                        summary=f"{case.protocol} case; the device speaks {options.protocol}",
+                        duration_s=0.0,
                     )
                 else:
                     result = await _run_case(case, server, pki, options, values, out)

@@ -124,8 +124,10 @@ def parse_suite(text: str, source: str = "<string>") -> Suite:
 
 def _want(value: Any, kind: type | tuple[type, ...], where: str, what: str) -> Any:
     # bool is an int in Python; a number field must not take true/false silently.
-    if isinstance(value, bool) and kind is not bool and bool not in (
-        kind if isinstance(kind, tuple) else (kind,)
+    if (
+        isinstance(value, bool)
+        and kind is not bool
+        and bool not in (kind if isinstance(kind, tuple) else (kind,))
     ):
         raise SuiteError(f"{where}: '{what}' must be a number, got {value!r}")
     if not isinstance(value, kind):
@@ -164,7 +166,9 @@ def _case(raw: Any, where: str) -> Case:
     unknown = set(server_raw) - _SERVER_KEYS
     if unknown:
         raise SuiteError(f"{where}: unknown server key(s): {', '.join(sorted(unknown))}")
-    versions = tuple(_want(server_raw.get("tls_versions", ["1.2", "1.3"]), list, where, "tls_versions"))
+    versions = tuple(
+        _want(server_raw.get("tls_versions", ["1.2", "1.3"]), list, where, "tls_versions")
+    )
     for v in versions:
         _choice(v, ("1.2", "1.3"), where, "tls_versions")
     if not versions:

@@ -70,9 +70,7 @@ class SuitePki:
         workdir.mkdir(parents=True, exist_ok=True)
         self.now = now or datetime.now(UTC)
         self.root = CertificateAuthority.create_root("edgesim suite root", now=self.now)
-        self.intermediate = self.root.issue_intermediate(
-            "edgesim suite intermediate", now=self.now
-        )
+        self.intermediate = self.root.issue_intermediate("edgesim suite intermediate", now=self.now)
         self.ca_path = workdir / "ca.pem"
         self.ca_path.write_bytes(self.root.cert_pem)
         device = self.root.issue_device("suite-device", now=self.now)
@@ -85,7 +83,13 @@ class SuitePki:
         crls = [
             build_crl(
                 self.intermediate,
-                [(self._revoked.cert.serial_number, self.now - timedelta(hours=1), "keyCompromise")],
+                [
+                    (
+                        self._revoked.cert.serial_number,
+                        self.now - timedelta(hours=1),
+                        "keyCompromise",
+                    )
+                ],
                 crl_number=1,
                 last_update=self.now - timedelta(minutes=5),
             ),
@@ -107,7 +111,12 @@ class SuitePki:
     # -- profiles -------------------------------------------------------------------
 
     def _write(
-        self, profile: str, leaf: x509.Certificate, chain: tuple[x509.Certificate, ...], key_pem_bytes: bytes, what: str
+        self,
+        profile: str,
+        leaf: x509.Certificate,
+        chain: tuple[x509.Certificate, ...],
+        key_pem_bytes: bytes,
+        what: str,
     ) -> ServerMaterial:
         chain_path = self.workdir / f"server-{profile}.pem"
         key_path = self.workdir / f"server-{profile}.key"
@@ -116,7 +125,9 @@ class SuitePki:
         size = sum(len(c.public_bytes(serialization.Encoding.DER)) for c in (leaf, *chain))
         return ServerMaterial(profile, chain_path, key_path, size, what)
 
-    def _issued(self, profile: str, issued: IssuedCert, what: str, *, send_chain: bool = True) -> ServerMaterial:
+    def _issued(
+        self, profile: str, issued: IssuedCert, what: str, *, send_chain: bool = True
+    ) -> ServerMaterial:
         chain = issued.chain if send_chain else ()
         return self._write(profile, issued.cert, chain, issued.key_pem(), what)
 
@@ -124,7 +135,9 @@ class SuitePki:
         now = self.now
         inter = self.intermediate
         if profile == "good":
-            return self._issued(profile, inter.issue_server(HOSTS, now=now), "EC P-256, valid, for localhost")
+            return self._issued(
+                profile, inter.issue_server(HOSTS, now=now), "EC P-256, valid, for localhost"
+            )
         if profile in ("rsa2048", "rsa4096", "ec256", "ec384"):
             issued = inter.issue_server(HOSTS, key_type=profile, now=now)
             return self._issued(profile, issued, f"{profile} server key")
@@ -145,23 +158,33 @@ class SuitePki:
             other = CertificateAuthority.create_root("edgesim OTHER root (untrusted)", now=now)
             other_inter = other.issue_intermediate("edgesim OTHER intermediate", now=now)
             return self._issued(
-                profile, other_inter.issue_server(HOSTS, now=now), "chain to a root the device does not trust"
+                profile,
+                other_inter.issue_server(HOSTS, now=now),
+                "chain to a root the device does not trust",
             )
         if profile == "self_signed":
             return self._self_signed(profile)
         if profile == "missing_intermediate":
             return self._issued(
-                profile, inter.issue_server(HOSTS, now=now), "leaf sent without its intermediate", send_chain=False
+                profile,
+                inter.issue_server(HOSTS, now=now),
+                "leaf sent without its intermediate",
+                send_chain=False,
             )
         if profile == "client_auth_eku":
             issued = inter.issue_server(HOSTS, eku=("clientAuth",), now=now)
             return self._issued(profile, issued, "EKU clientAuth only (no serverAuth)")
         if profile == "revoked":
-            return self._issued(profile, self._revoked, "listed as revoked in the intermediate's CRL")
+            return self._issued(
+                profile, self._revoked, "listed as revoked in the intermediate's CRL"
+            )
         if profile == "chain4_large":
             return self._long_chain(profile)
         if profile == "sans1000":
-            hosts = [*HOSTS, *(f"host-{i:04d}.sans.edgesim.invalid" for i in range(1000 - len(HOSTS)))]
+            hosts = [
+                *HOSTS,
+                *(f"host-{i:04d}.sans.edgesim.invalid" for i in range(1000 - len(HOSTS))),
+            ]
             return self._issued(profile, inter.issue_server(hosts, now=now), "1,000 SANs")
         if profile == "clock_recent":
             issued = inter.issue_server(
@@ -206,12 +229,14 @@ class SuitePki:
         # real chains with long policies and big keys do.
         parent = self.root
         for depth in range(1, 5):
-            ca = parent.issue_intermediate(f"edgesim suite long-chain CA {depth}", path_length=None, now=self.now)
+            ca = parent.issue_intermediate(
+                f"edgesim suite long-chain CA {depth}", path_length=None, now=self.now
+            )
             builder = (
                 x509.CertificateBuilder()
                 .subject_name(ca.cert.subject)
                 .issuer_name(ca.cert.issuer)
-                .public_key(ca.cert.public_key())  # type: ignore[arg-type]
+                .public_key(ca.cert.public_key())
                 .serial_number(ca.cert.serial_number)
                 .not_valid_before(ca.cert.not_valid_before_utc)
                 .not_valid_after(ca.cert.not_valid_after_utc)
@@ -222,7 +247,9 @@ class SuitePki:
                 x509.UnrecognizedExtension(_FILLER_OID, b"\x04\x82\x06\xa0" + b"edgesim-" * 212),
                 critical=False,
             )
-            parent = CertificateAuthority(parent.sign(builder), ca.key, (parent.cert, *parent.chain))
+            parent = CertificateAuthority(
+                parent.sign(builder), ca.key, (parent.cert, *parent.chain)
+            )
         issued = parent.issue_server(HOSTS, now=self.now)
         return self._issued(profile, issued, "4 intermediates, chain > 8 KiB")
 
@@ -252,7 +279,11 @@ class SuitePki:
         if profile == "rsa1024":
             newkey, digest, what = "rsa:1024", "-sha256", "RSA-1024 server key"
         else:
-            newkey, digest, what = "rsa:2048", "-sha1", "RSA-2048 key, signature sha1WithRSA/ecdsa-with-SHA1"
+            newkey, digest, what = (
+                "rsa:2048",
+                "-sha1",
+                "RSA-2048 key, signature sha1WithRSA/ecdsa-with-SHA1",
+            )
         steps = [
             [openssl, "req", "-new", "-newkey", newkey, "-nodes", "-keyout", str(key),
              "-subj", "/CN=localhost", "-out", str(csr)],
@@ -263,7 +294,9 @@ class SuitePki:
         for argv in steps:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
             if done.returncode != 0:
-                raise PkiError(f"profile {profile!r}: {' '.join(argv[:2])} failed: {done.stderr.strip()}")
+                raise PkiError(
+                    f"profile {profile!r}: {' '.join(argv[:2])} failed: {done.stderr.strip()}"
+                )
         leaf = x509.load_pem_x509_certificate(cert.read_bytes())
         if profile == "sha1":
             what = f"signed with {leaf.signature_algorithm_oid._name}"

@@ -119,7 +119,9 @@ class ConnRecord:
             "alpn_offered": self.alpn_offered,
             "versions_offered": self.versions_offered,
             "cipher_suites_offered": len(self.suites_offered),
-            "handshake_done_s": None if self.handshake_done is None else round(self.handshake_done, 4),
+            "handshake_done_s": None
+            if self.handshake_done is None
+            else round(self.handshake_done, 4),
             "tls_version": self.tls_version,
             "cipher": self.cipher,
             "alpn": self.alpn,
@@ -143,7 +145,9 @@ class ConnRecord:
 class CaseRuntime:
     """The live state of the case being run: its connections and a change signal."""
 
-    def __init__(self, case: Case, material: ServerMaterial | None, context: ssl.SSLContext | None) -> None:
+    def __init__(
+        self, case: Case, material: ServerMaterial | None, context: ssl.SSLContext | None
+    ) -> None:
         self.case = case
         self.material = material
         self.context = context
@@ -225,7 +229,12 @@ class AppConn:
             if ctype == _CT_HANDSHAKE and not self._ccs_sent:
                 for i in range(0, len(body), self._split):
                     piece = body[i : i + self._split]
-                    out += bytes([ctype]) + version.to_bytes(2, "big") + len(piece).to_bytes(2, "big") + piece
+                    out += (
+                        bytes([ctype])
+                        + version.to_bytes(2, "big")
+                        + len(piece).to_bytes(2, "big")
+                        + piece
+                    )
             else:
                 if ctype == _CT_CCS:
                     self._ccs_sent = True
@@ -309,11 +318,15 @@ class AppConn:
             except ssl.SSLError as exc:
                 self.rec.out_at_failure = self.rec.raw_out
                 outgoing = self._out.read()
-                failure = failure_from_ssl_error(exc, tls_version=self.tls.version(), outgoing=outgoing)
+                failure = failure_from_ssl_error(
+                    exc, tls_version=self.tls.version(), outgoing=outgoing
+                )
                 if failure.alert_from_client:
                     self.rec.alert = self.rec.alert or failure.alert
                 elif isinstance(exc, ssl.SSLCertVerificationError):
-                    self.rec.edge_refusal = f"the device's own certificate failed: {exc.verify_message}"
+                    self.rec.edge_refusal = (
+                        f"the device's own certificate failed: {exc.verify_message}"
+                    )
                 self.rec.handshake_failure = failure.library_reason or str(exc)
                 self.rec.closed_by = "device" if not self.rec.edge_refusal else "edge"
                 if outgoing:
@@ -328,7 +341,11 @@ class AppConn:
             return True
 
     def _note_hello(
-        self, sni: str | None, alpn: tuple[str, ...], versions: tuple[str, ...], suites: tuple[int, ...]
+        self,
+        sni: str | None,
+        alpn: tuple[str, ...],
+        versions: tuple[str, ...],
+        suites: tuple[int, ...],
     ) -> None:
         self.rec.sni = sni
         self.rec.alpn_offered = list(alpn)
@@ -348,7 +365,10 @@ class AppConn:
         if cipher is not None and cipher.startswith("TLS_"):
             names = {TLS13_SUITES.get(c) for c in self.rec.suites_offered}
             if cipher not in names:
-                return ("handshake_failure", f"the device did not offer {cipher} in its ClientHello")
+                return (
+                    "handshake_failure",
+                    f"the device did not offer {cipher} in its ClientHello",
+                )
         return None
 
     # -- application data -------------------------------------------------------------
@@ -420,7 +440,9 @@ Behaviour = Callable[[AppConn, bytes], Awaitable[None]]
 class SuiteServer:
     """One listening endpoint; each connection belongs to the case armed when it arrived."""
 
-    def __init__(self, host: str, port: int, behaviour: Behaviour, *, first_byte_timeout: float = 10.0) -> None:
+    def __init__(
+        self, host: str, port: int, behaviour: Behaviour, *, first_byte_timeout: float = 10.0
+    ) -> None:
         self.host = host
         self.port = port
         self._behaviour = behaviour
@@ -452,7 +474,9 @@ class SuiteServer:
             writer.close()
             return
         peer = writer.get_extra_info("peername")
-        rec = ConnRecord(index=len(rt.conns) + 1, opened=rt.now(), peer=str(peer[:2]) if peer else "")
+        rec = ConnRecord(
+            index=len(rt.conns) + 1, opened=rt.now(), peer=str(peer[:2]) if peer else ""
+        )
         rt.conns.append(rec)
         conn = AppConn(rt, rec, reader, writer)
         rt._open.add(conn)
@@ -460,7 +484,11 @@ class SuiteServer:
         try:
             if await conn.handshake(rt.case.timeout_s):
                 try:
-                    first = await conn.recv(self._first_byte_timeout if rt.case.behaviour == "serve" else rt.case.timeout_s)
+                    first = await conn.recv(
+                        self._first_byte_timeout
+                        if rt.case.behaviour == "serve"
+                        else rt.case.timeout_s
+                    )
                 except TimeoutError:
                     first = None
                     rec.notes.append("the device sent nothing after the handshake")

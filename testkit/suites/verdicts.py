@@ -17,6 +17,7 @@ close and the next connection:
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from dataclasses import dataclass
@@ -38,8 +39,12 @@ class DeviceExit:
     output_tail: str = ""
 
 
-def _packets(conns: list[ConnRecord], name: str, direction: str = "in") -> list[tuple[ConnRecord, dict[str, Any]]]:
-    return [(c, p) for c in conns for p in c.packets if p["packet"] == name and p["dir"] == direction]
+def _packets(
+    conns: list[ConnRecord], name: str, direction: str = "in"
+) -> list[tuple[ConnRecord, dict[str, Any]]]:
+    return [
+        (c, p) for c in conns for p in c.packets if p["packet"] == name and p["dir"] == direction
+    ]
 
 
 def done(case: Case, conns: list[ConnRecord], now: float, state: dict[str, Any]) -> bool:
@@ -63,7 +68,9 @@ def done(case: Case, conns: list[ConnRecord], now: float, state: dict[str, Any])
         ka = state.get("keepalive")
         return ka is not None and now > first.opened + 1.5 * ka + 2
     if expect == "session":
-        acks = [p for _, p in _packets(conns, "PUBACK") if p.get("packet_id") == state.get("stored_id")]
+        acks = [
+            p for _, p in _packets(conns, "PUBACK") if p.get("packet_id") == state.get("stored_id")
+        ]
         return bool(acks) and now > acks[0]["t"] + float(case.params.get("observe_s", 2.0))
     if expect == "no_storm":
         sent = _packets(conns, "SUBACK", "out")
@@ -110,14 +117,26 @@ def _tls_outcome(c: ConnRecord) -> str:
     return f"completed the handshake ({c.tls_version}, {c.cipher}) and sent {c.app_in} application bytes"
 
 
-def _refuse(case: Case, conns: list[ConnRecord], state: dict[str, Any], device: DeviceExit, ev: dict[str, Any]) -> tuple[str, str]:
+def _refuse(
+    case: Case,
+    conns: list[ConnRecord],
+    state: dict[str, Any],
+    device: DeviceExit,
+    ev: dict[str, Any],
+) -> tuple[str, str]:
     c = conns[0]
     if c.first_app is None:
         return Status.PASS, f"refused: {_tls_outcome(c)}"
     return Status.FAIL, f"ACCEPTED a bad server ({case.server.cert}): {_tls_outcome(c)}"
 
 
-def _accept(case: Case, conns: list[ConnRecord], state: dict[str, Any], device: DeviceExit, ev: dict[str, Any]) -> tuple[str, str]:
+def _accept(
+    case: Case,
+    conns: list[ConnRecord],
+    state: dict[str, Any],
+    device: DeviceExit,
+    ev: dict[str, Any],
+) -> tuple[str, str]:
     c = conns[0]
     if c.edge_refusal:
         return Status.FAIL, c.edge_refusal
@@ -125,7 +144,9 @@ def _accept(case: Case, conns: list[ConnRecord], state: dict[str, Any], device: 
         offered = ""
         if case.server.cipher is not None and case.server.cipher.startswith("TLS_"):
             offered = f"offered {case.server.cipher}; "
-        return Status.PASS, f"accepted: {offered}{_tls_outcome(c)}" + (f", ALPN {c.alpn}" if c.alpn else "")
+        return Status.PASS, f"accepted: {offered}{_tls_outcome(c)}" + (
+            f", ALPN {c.alpn}" if c.alpn else ""
+        )
     cause = ""
     chain = ev.get("server_chain_der_bytes")
     if c.handshake_done is None and case.server.cert in ("chain4_large", "sans1000") and chain:
@@ -140,7 +161,13 @@ def _accept(case: Case, conns: list[ConnRecord], state: dict[str, Any], device: 
     return Status.FAIL, f"refused a good server: {_tls_outcome(c)}{cause}"
 
 
-def _inform(case: Case, conns: list[ConnRecord], state: dict[str, Any], device: DeviceExit, ev: dict[str, Any]) -> tuple[str, str]:
+def _inform(
+    case: Case,
+    conns: list[ConnRecord],
+    state: dict[str, Any],
+    device: DeviceExit,
+    ev: dict[str, Any],
+) -> tuple[str, str]:
     c = conns[0]
     accepted = c.first_app is not None
     profile = case.server.cert
@@ -170,15 +197,27 @@ def _inform(case: Case, conns: list[ConnRecord], state: dict[str, Any], device: 
     return Status.INFO, f"{text} [{_tls_outcome(c)}]"
 
 
-def _reconnect(case: Case, conns: list[ConnRecord], state: dict[str, Any], device: DeviceExit, ev: dict[str, Any]) -> tuple[str, str]:
+def _reconnect(
+    case: Case,
+    conns: list[ConnRecord],
+    state: dict[str, Any],
+    device: DeviceExit,
+    ev: dict[str, Any],
+) -> tuple[str, str]:
     first = conns[0]
     connects = [p for p in first.packets if p["packet"] == "CONNECT"]
     if not connects:
         return Status.ERROR, "the device sent no CONNECT on its first connection"
     if len(conns) < 2:
         if first.closed is None or first.closed_by.startswith("edge"):
-            return Status.FAIL, "no CONNACK, and the device neither gave up nor reconnected within the case timeout"
-        return Status.FAIL, f"the device closed after {first.closed - connects[0]['t']:.1f} s without CONNACK but never reconnected"
+            return (
+                Status.FAIL,
+                "no CONNACK, and the device neither gave up nor reconnected within the case timeout",
+            )
+        return (
+            Status.FAIL,
+            f"the device closed after {first.closed - connects[0]['t']:.1f} s without CONNACK but never reconnected",
+        )
     assert first.closed is not None
     waited = first.closed - connects[0]["t"]
     gap = conns[1].opened - first.closed
@@ -190,9 +229,17 @@ def _reconnect(case: Case, conns: list[ConnRecord], state: dict[str, Any], devic
 def score_backoff(delays: list[float], rule: BackoffRule) -> tuple[bool, list[str], dict[str, Any]]:
     """Score reconnect ``delays`` against ``rule``: ``(ok, problems, measures)``."""
     problems: list[str] = []
-    ratios = [b / a for a, b in zip(delays, delays[1:], strict=False) if a > 0]
-    growth = math.exp(statistics.fmean(math.log(r) for r in ratios)) if ratios and all(r > 0 for r in ratios) else 0.0
-    spread = statistics.pstdev([math.log(r) for r in ratios]) if len(ratios) >= 2 and all(r > 0 for r in ratios) else 0.0
+    ratios = [b / a for a, b in itertools.pairwise(delays) if a > 0]
+    growth = (
+        math.exp(statistics.fmean(math.log(r) for r in ratios))
+        if ratios and all(r > 0 for r in ratios)
+        else 0.0
+    )
+    spread = (
+        statistics.pstdev([math.log(r) for r in ratios])
+        if len(ratios) >= 2 and all(r > 0 for r in ratios)
+        else 0.0
+    )
     measures = {
         "delays_s": [round(d, 3) for d in delays],
         "ratios": [round(r, 3) for r in ratios],
@@ -201,17 +248,27 @@ def score_backoff(delays: list[float], rule: BackoffRule) -> tuple[bool, list[st
     }
     short = [d for d in delays if d < rule.min_delay_s]
     if short:
-        problems.append(f"{len(short)} delay(s) below {rule.min_delay_s:g} s (shortest {min(short):.3f} s)")
+        problems.append(
+            f"{len(short)} delay(s) below {rule.min_delay_s:g} s (shortest {min(short):.3f} s)"
+        )
     if rule.exponential and growth < rule.min_growth:
-        problems.append(f"delays do not grow exponentially (mean ratio {growth:.2f} < {rule.min_growth:g})")
+        problems.append(
+            f"delays do not grow exponentially (mean ratio {growth:.2f} < {rule.min_growth:g})"
+        )
     if rule.jitter and spread < _JITTER_SPREAD:
         problems.append(f"no jitter (ratio spread {spread:.3f} < {_JITTER_SPREAD})")
     return not problems, problems, measures
 
 
-def _backoff(case: Case, conns: list[ConnRecord], state: dict[str, Any], device: DeviceExit, ev: dict[str, Any]) -> tuple[str, str]:
+def _backoff(
+    case: Case,
+    conns: list[ConnRecord],
+    state: dict[str, Any],
+    device: DeviceExit,
+    ev: dict[str, Any],
+) -> tuple[str, str]:
     rule = case.backoff or BackoffRule()
-    delays = [b.opened - a.closed for a, b in zip(conns, conns[1:], strict=False) if a.closed is not None]
+    delays = [b.opened - a.closed for a, b in itertools.pairwise(conns) if a.closed is not None]
     ev["rule"] = {
         "attempts": rule.attempts,
         "min_delay_s": rule.min_delay_s,
@@ -229,37 +286,75 @@ def _backoff(case: Case, conns: list[ConnRecord], state: dict[str, Any], device:
     ev.update(measures)
     shown = ", ".join(f"{d:.2f}" for d in measures["delays_s"])
     if ok:
-        return Status.PASS, f"delays {shown} s: growth x{measures['growth']}, jitter {measures['jitter_spread']}"
+        return (
+            Status.PASS,
+            f"delays {shown} s: growth x{measures['growth']}, jitter {measures['jitter_spread']}",
+        )
     return Status.FAIL, f"delays {shown} s: " + "; ".join(problems)
 
 
-def _redeliver(case: Case, conns: list[ConnRecord], state: dict[str, Any], device: DeviceExit, ev: dict[str, Any]) -> tuple[str, str]:
+def _redeliver(
+    case: Case,
+    conns: list[ConnRecord],
+    state: dict[str, Any],
+    device: DeviceExit,
+    ev: dict[str, Any],
+) -> tuple[str, str]:
     held = state.get("withheld")
     if held is None:
-        return Status.ERROR, "the device sent no QoS 1 PUBLISH on its first connection (the case needs one)"
+        return (
+            Status.ERROR,
+            "the device sent no QoS 1 PUBLISH on its first connection (the case needs one)",
+        )
     ev["withheld"] = held
-    resent = [(c, p) for c, p in _packets(conns, "PUBLISH") if p.get("packet_id") == held["packet_id"] and p["t"] > held["t"]]
+    resent = [
+        (c, p)
+        for c, p in _packets(conns, "PUBLISH")
+        if p.get("packet_id") == held["packet_id"] and p["t"] > held["t"]
+    ]
     dup = [(c, p) for c, p in resent if p.get("dup")]
     if dup:
         c, p = dup[0]
-        where = "on the same connection" if c.index == 1 else f"after reconnecting (connection {c.index})"
-        return Status.PASS, f"re-sent packet id {held['packet_id']} with DUP=1 {where}, {p['t'] - held['t']:.2f} s after the first send"
+        where = (
+            "on the same connection"
+            if c.index == 1
+            else f"after reconnecting (connection {c.index})"
+        )
+        return (
+            Status.PASS,
+            f"re-sent packet id {held['packet_id']} with DUP=1 {where}, {p['t'] - held['t']:.2f} s after the first send",
+        )
     if resent:
         return Status.FAIL, f"re-sent packet id {held['packet_id']} but without DUP=1"
     if len(conns) < 2:
-        return Status.FAIL, "never reconnected after the edge dropped the connection with the PUBACK withheld"
+        return (
+            Status.FAIL,
+            "never reconnected after the edge dropped the connection with the PUBACK withheld",
+        )
     later = [p for c, p in _packets(conns, "PUBLISH") if c.index > 1]
     if later:
-        return Status.FAIL, f"reconnected and published {len(later)} message(s), but never re-sent packet id {held['packet_id']}"
-    return Status.FAIL, f"reconnected but never re-sent the unacknowledged packet id {held['packet_id']}"
+        return (
+            Status.FAIL,
+            f"reconnected and published {len(later)} message(s), but never re-sent packet id {held['packet_id']}",
+        )
+    return (
+        Status.FAIL,
+        f"reconnected but never re-sent the unacknowledged packet id {held['packet_id']}",
+    )
 
 
-def _no_storm(case: Case, conns: list[ConnRecord], state: dict[str, Any], device: DeviceExit, ev: dict[str, Any]) -> tuple[str, str]:
+def _no_storm(
+    case: Case,
+    conns: list[ConnRecord],
+    state: dict[str, Any],
+    device: DeviceExit,
+    ev: dict[str, Any],
+) -> tuple[str, str]:
     subs = _packets(conns, "SUBSCRIBE")
     if not subs:
         return Status.ERROR, "the device sent no SUBSCRIBE (the case needs one)"
     times = [p["t"] for _, p in subs]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     ev["subscribe_times_s"] = times
     tight = [g for g in gaps if g < float(case.params.get("min_retry_s", 1.0))]
     after = [c for c in conns if c.index > subs[0][0].index]
@@ -267,14 +362,24 @@ def _no_storm(case: Case, conns: list[ConnRecord], state: dict[str, Any], device
         f"{len(subs)} SUBSCRIBE(s) in {case.params.get('observe_s', 5.0)} s"
         + (f", gaps {', '.join(f'{g:.2f}' for g in gaps)} s" if gaps else "")
         + (f", {len(after)} reconnection(s)" if after else "")
-        + (", then the device disconnected" if subs[0][0].closed is not None else ", connection kept")
+        + (
+            ", then the device disconnected"
+            if subs[0][0].closed is not None
+            else ", connection kept"
+        )
     )
     if len(tight) >= 3:
         return Status.FAIL, f"re-subscribes in a tight loop after SUBACK 0x80: {what}"
     return Status.PASS, f"did not loop on the refused subscription: {what}"
 
 
-def _keepalive(case: Case, conns: list[ConnRecord], state: dict[str, Any], device: DeviceExit, ev: dict[str, Any]) -> tuple[str, str]:
+def _keepalive(
+    case: Case,
+    conns: list[ConnRecord],
+    state: dict[str, Any],
+    device: DeviceExit,
+    ev: dict[str, Any],
+) -> tuple[str, str]:
     ka = state.get("keepalive")
     if ka is None:
         return Status.ERROR, "the device sent no CONNECT"
@@ -283,7 +388,7 @@ def _keepalive(case: Case, conns: list[ConnRecord], state: dict[str, Any], devic
     c = conns[0]
     ins = [p["t"] for p in c.packets if p["dir"] == "in"]
     pings = [p["t"] for p in c.packets if p["dir"] == "in" and p["packet"] == "PINGREQ"]
-    gaps = [b - a for a, b in zip(ins, ins[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(ins)]
     ev["keepalive_s"] = ka
     ev["pingreq_times_s"] = pings
     tolerance = float(case.params.get("tolerance_s", 0.5))
@@ -292,29 +397,58 @@ def _keepalive(case: Case, conns: list[ConnRecord], state: dict[str, Any], devic
         return Status.FAIL, f"silent for {max(late):.2f} s with keep-alive {ka} s"
     if not pings:
         if c.closed is not None and c.closed_by.startswith("device"):
-            return Status.FAIL, f"disconnected after {c.closed - ins[0]:.2f} s before any PINGREQ (keep-alive {ka} s)"
+            return (
+                Status.FAIL,
+                f"disconnected after {c.closed - ins[0]:.2f} s before any PINGREQ (keep-alive {ka} s)",
+            )
         return Status.FAIL, f"no PINGREQ within {1.5 * ka:g} s (keep-alive {ka} s)"
     first_gap = pings[0] - (ins[ins.index(pings[0]) - 1] if ins.index(pings[0]) else ins[0])
     return Status.PASS, f"PINGREQ {first_gap:.2f} s after its previous packet (keep-alive {ka} s)"
 
 
-def _session(case: Case, conns: list[ConnRecord], state: dict[str, Any], device: DeviceExit, ev: dict[str, Any]) -> tuple[str, str]:
+def _session(
+    case: Case,
+    conns: list[ConnRecord],
+    state: dict[str, Any],
+    device: DeviceExit,
+    ev: dict[str, Any],
+) -> tuple[str, str]:
     c = conns[0]
     connects = [p for p in c.packets if p["packet"] == "CONNECT"]
     if not connects:
         return Status.ERROR, "the device sent no CONNECT"
     if connects[0].get("clean_session"):
-        return Status.FAIL, "the device asked for a clean session (CleanSession=1); the case needs a persistent one"
-    acked = [p for _, p in _packets(conns, "PUBACK") if p.get("packet_id") == state.get("stored_id")]
+        return (
+            Status.FAIL,
+            "the device asked for a clean session (CleanSession=1); the case needs a persistent one",
+        )
+    acked = [
+        p for _, p in _packets(conns, "PUBACK") if p.get("packet_id") == state.get("stored_id")
+    ]
     subs = _packets(conns, "SUBSCRIBE")
     if subs:
-        return Status.FAIL, f"re-subscribed ({', '.join(subs[0][1]['filters'])}) although CONNACK said session-present=1"
+        return (
+            Status.FAIL,
+            f"re-subscribed ({', '.join(subs[0][1]['filters'])}) although CONNACK said session-present=1",
+        )
     if not acked:
-        return Status.FAIL, "did not PUBACK the stored QoS 1 message sent after CONNACK (session-present=1)"
-    return Status.PASS, f"kept the session: no SUBSCRIBE, PUBACK of the stored message at {acked[0]['t']:.2f} s"
+        return (
+            Status.FAIL,
+            "did not PUBACK the stored QoS 1 message sent after CONNACK (session-present=1)",
+        )
+    return (
+        Status.PASS,
+        f"kept the session: no SUBSCRIBE, PUBACK of the stored message at {acked[0]['t']:.2f} s",
+    )
 
 
-def _retry_after(case: Case, conns: list[ConnRecord], state: dict[str, Any], device: DeviceExit, ev: dict[str, Any]) -> tuple[str, str]:
+def _retry_after(
+    case: Case,
+    conns: list[ConnRecord],
+    state: dict[str, Any],
+    device: DeviceExit,
+    ev: dict[str, Any],
+) -> tuple[str, str]:
     reqs = [p["t"] for _, p in _packets(conns, "HTTP request")]
     after = float(case.params.get("retry_after_s", 3))
     if not reqs:
@@ -328,14 +462,23 @@ def _retry_after(case: Case, conns: list[ConnRecord], state: dict[str, Any], dev
     return Status.PASS, f"retried {gap:.2f} s later, honouring Retry-After: {after:g}"
 
 
-def _truncated(case: Case, conns: list[ConnRecord], state: dict[str, Any], device: DeviceExit, ev: dict[str, Any]) -> tuple[str, str]:
+def _truncated(
+    case: Case,
+    conns: list[ConnRecord],
+    state: dict[str, Any],
+    device: DeviceExit,
+    ev: dict[str, Any],
+) -> tuple[str, str]:
     reqs = _packets(conns, "HTTP request")
     if not reqs:
         return Status.ERROR, "the device sent no HTTP request"
     if len(reqs) >= 2:
         return Status.PASS, "retried the request after the response was cut short"
     if device.returncode is None:
-        return Status.INFO, "did not retry; whether it noticed the cut is not visible from the edge (bench device)"
+        return (
+            Status.INFO,
+            "did not retry; whether it noticed the cut is not visible from the edge (bench device)",
+        )
     if device.returncode != 0:
         return Status.PASS, f"reported the cut-short response (exit code {device.returncode})"
     return Status.FAIL, "exited 0 after a response cut at 100 of 1000 bytes, and did not retry"
