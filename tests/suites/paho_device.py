@@ -11,6 +11,8 @@ import ssl
 import sys
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
 
 
 def main() -> int:
@@ -34,13 +36,13 @@ def main() -> int:
     )
     args = ap.parse_args()
     client = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2, client_id="suite-paho", clean_session=not args.persistent
+        CallbackAPIVersion.VERSION2, client_id="suite-paho", clean_session=not args.persistent
     )
     client.tls_set(
         ca_certs=args.ca, certfile=args.cert, keyfile=args.key, tls_version=ssl.PROTOCOL_TLS_CLIENT
     )
     client.tls_insecure_set(args.insecure)
-    client.reconnect_delay_set(min_delay=args.min_delay, max_delay=args.max_delay)  # type: ignore[arg-type]
+    client.reconnect_delay_set(min_delay=args.min_delay, max_delay=args.max_delay)
     published = False
 
     def on_connect(
@@ -55,7 +57,7 @@ def main() -> int:
             c.publish("edgesim/suite/qos1", b"hello", qos=1)
 
     def on_subscribe(
-        c: mqtt.Client, userdata: object, mid: int, codes: list[mqtt.ReasonCode], props: object
+        c: mqtt.Client, userdata: object, mid: int, codes: list[ReasonCode], props: object
     ) -> None:
         print(f"suback {[int(x.value) for x in codes]}", flush=True)
         if args.resubscribe_on_failure and args.subscribe and any(x.is_failure for x in codes):
