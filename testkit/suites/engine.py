@@ -74,6 +74,15 @@ class SuiteReport:
         """True when no ``must`` case failed."""
         return not any(r.failed_must for r in self.results)
 
+    def assert_ok(self) -> None:
+        """Raise AssertionError naming every failed ``must`` case and why."""
+        failed = [r for r in self.results if r.failed_must]
+        if failed:
+            lines = "\n".join(f"  {r.case.id}: {r.status}: {r.summary}" for r in failed)
+            raise AssertionError(
+                f"suite {self.suite.name}: {len(failed)} must case(s) failed:\n{lines}"
+            )
+
     def counts(self) -> dict[str, int]:
         """Results by status."""
         out = {s: 0 for s in (Status.PASS, Status.FAIL, Status.INFO, Status.SKIP, Status.ERROR)}

@@ -18,6 +18,7 @@ import pytest
 
 from edge.cli import main as edgesim
 from testkit.suites import RunOptions, Status, SuiteReport, load_suite, parse_suite, run_suite_sync
+from testkit.suites.fixture import SuiteRunner
 
 pytestmark = pytest.mark.interop
 
@@ -310,3 +311,23 @@ def test_cli_list_and_bad_suite(capsys: pytest.CaptureFixture[str], tmp_path: Pa
     bad.write_text('[suite]\nname = "b"\n[[case]]\nid = "x"\ntitle = "t"\nexpect = "nah"\n')
     assert edgesim(["suite", "run", str(bad)]) == 1
     assert "bad.toml: case #1 (x): 'expect' is 'nah'" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(60)
+def test_suite_fixture_runs_a_suite_and_one_case(suite: SuiteRunner) -> None:
+    _needs("mosquitto_pub")
+    report = suite.run("tls", device_cmd=MOSQ, cases=["expired", "good"])
+    report.assert_ok()
+    assert "PASS expired" in suite.console
+    result = suite.case("tls", "wrong_host", device_cmd=MOSQ + " --insecure")
+    assert result.status == Status.FAIL
+    bad = suite.run("tls", device_cmd=MOSQ + " --insecure", cases=["wrong_host"])
+    with pytest.raises(AssertionError, match="wrong_host: fail: ACCEPTED a bad server"):
+        bad.assert_ok()
+
+
+@pytest.mark.timeout(60)
+async def test_suite_fixture_from_an_async_test(suite: SuiteRunner) -> None:
+    _needs("mosquitto_pub")
+    report = await suite.run_async("tls", device_cmd=MOSQ, cases=["self_signed"])
+    report.assert_ok()
