@@ -358,15 +358,20 @@ def _no_storm(
     ev["subscribe_times_s"] = times
     tight = [g for g in gaps if g < float(case.params.get("min_retry_s", 1.0))]
     after = [c for c in conns if c.index > subs[0][0].index]
+    sent = _packets(conns, "SUBACK", "out")
+    window_end = (sent[0][1]["t"] if sent else 0.0) + float(case.params.get("observe_s", 5.0))
+    owner = subs[0][0]
+    # A close after the window is the engine stopping the device, not the device's choice.
+    left = (
+        owner.closed is not None
+        and owner.closed <= window_end
+        and owner.closed_by.startswith("device")
+    )
     what = (
         f"{len(subs)} SUBSCRIBE(s) in {case.params.get('observe_s', 5.0)} s"
         + (f", gaps {', '.join(f'{g:.2f}' for g in gaps)} s" if gaps else "")
         + (f", {len(after)} reconnection(s)" if after else "")
-        + (
-            ", then the device disconnected"
-            if subs[0][0].closed is not None
-            else ", connection kept"
-        )
+        + (", then the device disconnected" if left else ", connection kept")
     )
     if len(tight) >= 3:
         return Status.FAIL, f"re-subscribes in a tight loop after SUBACK 0x80: {what}"

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import sysconfig
 import threading
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -156,6 +157,16 @@ def test_sdist_and_wheel_pass_twine_check(dist: Path) -> None:
     assert f"-cp{sys.version_info[0]}{sys.version_info[1]}-" in wheel.name, wheel.name
     out = _run([sys.executable, "-m", "twine", "check", "--strict", sdist, wheel], cwd=dist)
     assert out.count("PASSED") == 2, out
+
+
+def test_wheel_ships_the_device_test_suites(dist: Path, venv: Path) -> None:
+    (wheel,) = dist.glob("*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+    assert {f"testkit/suites/data/{n}.toml" for n in ("tls", "mqtt", "https")} <= names
+    out = _run([venv / "edgesim", "suite", "list"], cwd=dist)
+    assert "tls" in out, out
+    assert "mqtt" in out, out
 
 
 def test_installed_wheel_reports_compiled(venv: Path, tmp_path: Path) -> None:

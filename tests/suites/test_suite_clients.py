@@ -7,17 +7,28 @@ measured paho backoff is printed (``pytest -s`` shows it) and asserted.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import itertools
 import json
 import shutil
+import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from edge.cli import main as edgesim
-from testkit.suites import RunOptions, Status, SuiteReport, load_suite, parse_suite, run_suite_sync
+from testkit.suites import (
+    RunOptions,
+    Status,
+    SuiteReport,
+    load_suite,
+    parse_suite,
+    run_suite,
+    run_suite_sync,
+)
 from testkit.suites.fixture import SuiteRunner
 
 pytestmark = pytest.mark.interop
@@ -331,3 +342,60 @@ async def test_suite_fixture_from_an_async_test(suite: SuiteRunner) -> None:
     _needs("mosquitto_pub")
     report = await suite.run_async("tls", device_cmd=MOSQ, cases=["self_signed"])
     report.assert_ok()
+
+
+class _Prompted(io.StringIO):
+    """A console that starts a bench 'device' each time the engine asks for one."""
+
+    def __init__(self, start: Callable[[], None]) -> None:
+        super().__init__()
+        self._start = start
+
+    def write(self, s: str) -> int:
+        if "connect or reconnect the device now" in s:
+            self._start()
+        return super().write(s)
+
+
+@pytest.mark.timeout(60)
+async def test_bench_device_mode_prompts_and_takes_the_next_connection(tmp_path: Path) -> None:
+    _needs("mosquitto_pub")
+    procs: list[asyncio.subprocess.Process] = []
+    workdir = tmp_path / "bench"
+    port_holder: dict[str, int] = {}
+
+    def start() -> None:
+        # The bench device: the same mosquitto_pub, started by hand (here: by the prompt).
+        cmd = MOSQ.format(
+            host="localhost",
+            port=port_holder["port"],
+            ca=workdir / "ca.pem",
+            cert=workdir / "device.pem",
+            key=workdir / "device.key",
+        )
+
+        async def run() -> None:
+            procs.append(await asyncio.create_subprocess_exec(*cmd.split()))
+
+        asyncio.get_running_loop().create_task(run())
+
+    console = _Prompted(start)
+    options = RunOptions(
+        device_cmd=None,
+        only=("expired", "good"),
+        workdir=workdir,
+        listen_port=_free_port(),
+        console=console,
+    )
+    port_holder["port"] = options.listen_port
+    report = await run_suite(load_suite("tls"), options)
+    for proc in procs:
+        await asyncio.wait_for(proc.wait(), 10)
+    assert [r.status for r in report.results] == [Status.PASS, Status.PASS], console.getvalue()
+    assert console.getvalue().count("connect or reconnect the device now") == 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
