@@ -327,6 +327,12 @@ class AppConn:
                     self.rec.edge_refusal = (
                         f"the device's own certificate failed: {exc.verify_message}"
                     )
+                elif failure.library_reason not in ("", "EOF", "UNEXPECTED_EOF_WHILE_READING"):
+                    # The edge's OpenSSL gave up on what the device offered.
+                    self.rec.edge_refusal = (
+                        f"the edge ended the handshake ({failure.library_reason}): nothing in the "
+                        "device's ClientHello matches the case's version, cipher suite or key type"
+                    )
                 self.rec.handshake_failure = failure.library_reason or str(exc)
                 self.rec.closed_by = "device" if not self.rec.edge_refusal else "edge"
                 if outgoing:

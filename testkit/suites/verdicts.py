@@ -279,7 +279,7 @@ def _backoff(
     if len(conns) < rule.attempts:
         ev["delays_s"] = [round(d, 3) for d in delays]
         return Status.FAIL, (
-            f"only {len(conns)} of {rule.attempts} connection attempts within {case.timeout_s:g} s "
+            f"only {len(conns)} of {rule.attempts} connection attempts before the case ended "
             f"(delays {', '.join(f'{d:.2f}' for d in delays) or 'none'} s)"
         )
     ok, problems, measures = score_backoff(delays[: rule.attempts - 1], rule)
