@@ -79,12 +79,21 @@ def test_backoff_scoring() -> None:
     ok, problems, m = score_backoff([1.1, 2.3, 3.9, 8.8, 15.2], rule)
     assert ok, problems
     assert m["growth"] > 1.5
-    ok, problems, _ = score_backoff([1.0, 2.0, 4.0, 8.0, 16.0], rule)
-    assert not ok
-    assert problems == ["no jitter (ratio spread 0.000 < 0.05)"]
+    # Exact doubling (paho), with timer noise, and a capped schedule: no jitter.
+    for delays in (
+        [1.0, 2.0, 4.0, 8.0, 16.0],
+        [1.01, 2.0, 4.02, 8.0, 16.01],
+        [1.0, 2.0, 4.0, 8.0, 8.0],
+    ):
+        ok, problems, _ = score_backoff(delays, rule)
+        assert not ok, delays
+        assert problems[0].startswith("no jitter (0 of 4 ratios stray from x2.00"), problems
     ok, problems, _ = score_backoff([0.1, 0.1, 0.1, 0.1, 0.1], rule)
     assert len(problems) == 3
     assert "below 1 s" in problems[0]
+    # An immediate reconnect (delay 0) cannot grow.
+    ok, problems, _ = score_backoff([0.0, 0.0, 1.0], BackoffRule(min_delay_s=0.0))
+    assert "do not grow exponentially" in problems[0]
 
 
 # --- every verdict's pass and fail sides, on synthetic connection records ---------------
@@ -161,7 +170,7 @@ def test_reconnect_sides() -> None:
 
 def test_backoff_sides() -> None:
     rule = BackoffRule(attempts=4, min_delay_s=0.1)
-    opens = [0.0, 1.2, 3.5, 8.6]
+    opens = [0.0, 1.2, 3.9, 7.9, 17.5]  # delays 1.15, 2.65, 3.95, 9.55: jittered growth
     conns = [_conn(i + 1, opened=t, closed=t + 0.05) for i, t in enumerate(opens)]
     assert _judge(_case("backoff", backoff=rule), conns)[0] == Status.PASS
     flat = [_conn(i + 1, opened=i * 0.3, closed=i * 0.3 + 0.05) for i in range(4)]
