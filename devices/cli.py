@@ -66,6 +66,12 @@ def register_device(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
         choices=("1.2", "1.3"),
         help="highest TLS version to offer (1.2 shows the handshake in cleartext)",
     )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="skip the server hostname check (the chain is still verified), like "
+        "mosquitto_pub --insecure: to see what 'edgesim suite run tls' catches",
+    )
     p.add_argument("--client-id", help="MQTT client id (default: --id)")
     p.add_argument("--id", help="device name in the trace (default: the certificate's common name)")
     p.add_argument(
@@ -177,7 +183,9 @@ def cmd_connect(args: argparse.Namespace) -> int:
         chain_path=args.chain,
         client_id=args.client_id,
     )
-    target = Target(url=args.url, ca_pem=ca_pem, sni=args.sni, tls_max=args.tls_max)
+    target = Target(
+        url=args.url, ca_pem=ca_pem, sni=args.sni, tls_max=args.tls_max, insecure=args.insecure
+    )
     try:
         target.parts()
     except DeviceError as exc:

@@ -399,3 +399,20 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+EDGESIM_DEVICE = (
+    f"{Path(sys.executable).with_name('edgesim')} device connect --url mqtts://{{host}}:{{port}} "
+    "--ca {ca} --cert {cert} --key {key} --publish suite/t hi --timeout 5"
+)
+
+
+@pytest.mark.timeout(120)
+def test_edgesim_device_connect_and_its_insecure_flag() -> None:
+    # About 1.5 s per case (a fresh Python each time): the refuse cases once, and the
+    # ones a hostname-check bypass could plausibly touch with --insecure.
+    strict = _run("tls", EDGESIM_DEVICE, (*REFUSE, "good", "alpn_required"))
+    _all(strict, Status.PASS)
+    some = ("wrong_host", "expired", "untrusted_root", "self_signed", "good")
+    lax = _run("tls", EDGESIM_DEVICE + " --insecure", some)
+    assert {k for k, v in lax.items() if v[0] == Status.FAIL} == {"wrong_host"}
