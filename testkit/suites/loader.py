@@ -174,8 +174,8 @@ def _case(raw: Any, where: str) -> Case:
     if not versions:
         raise SuiteError(f"{where}: 'tls_versions' is empty")
     split = server_raw.get("split_records")
-    if split is not None and (_want(split, int, where, "split_records") < 16):
-        raise SuiteError(f"{where}: 'split_records' must be >= 16 bytes, got {split}")
+    if split is not None and not 16 <= _want(split, int, where, "split_records") <= 16384:
+        raise SuiteError(f"{where}: 'split_records' must be 16 to 16384 bytes, got {split}")
     cipher = server_raw.get("cipher")
     if cipher is not None:
         _want(cipher, str, where, "cipher")

@@ -141,8 +141,10 @@ class ServerProfile:
     cipher: str | None = None
     #: ALPN protocols the edge requires the device to offer (one of them).
     alpn: tuple[str, ...] = ()
-    #: Split every cleartext handshake record into records of at most this many
-    #: bytes (forces TLS 1.2, where the Certificate message is cleartext).
+    #: Re-cut the cleartext handshake into records of this many bytes (16 to 16384;
+    #: forces TLS 1.2, where the Certificate message is cleartext). 16384 sends
+    #: maximum-size records even to a device that asked for a smaller Max Fragment
+    #: Length.
     split_records: int | None = None
 
 

@@ -8,7 +8,8 @@ reason: asyncio's TLS transport hides why a handshake failed), which lets this m
 - read the ClientHello (SNI, ALPN, versions, cipher suites) before answering it;
 - learn the alert the device sent when it refused: from the cleartext alert record
   (TLS 1.2) or from OpenSSL's reason once it has decrypted it (TLS 1.3);
-- re-cut the cleartext handshake records into small ones (``split_records``);
+- re-cut the cleartext handshake records into small ones, or into maximum-size
+  ones whatever Max Fragment Length the device asked for (``split_records``);
 - count what went each way, and time every packet.
 
 After the handshake the device's first bytes say what it speaks (``0x10`` is an MQTT
@@ -88,6 +89,7 @@ class ConnRecord:
     alpn_offered: list[str] = field(default_factory=list)
     versions_offered: list[str] = field(default_factory=list)
     suites_offered: list[int] = field(default_factory=list)
+    extensions_offered: list[int] = field(default_factory=list)
     handshake_done: float | None = None
     tls_version: str | None = None
     cipher: str | None = None
@@ -119,6 +121,7 @@ class ConnRecord:
             "alpn_offered": self.alpn_offered,
             "versions_offered": self.versions_offered,
             "cipher_suites_offered": len(self.suites_offered),
+            "extensions_offered": self.extensions_offered,
             "handshake_done_s": None
             if self.handshake_done is None
             else round(self.handshake_done, 4),
@@ -208,38 +211,49 @@ class AppConn:
         data = self._out.read()
         if not data or self.closed:
             return
-        if self._split is not None and not self._ccs_sent:
+        if self._split is not None and (self._pending_out or not self._ccs_sent):
             data = self._recut(self._pending_out + data)
         self.rec.raw_out += len(data)
         self._writer.write(data)
 
     def _recut(self, data: bytes) -> bytes:
-        # Split cleartext handshake records into records of at most _split bytes
-        # (RFC 5246 6.2.1 allows a handshake message to span records); stop at our
-        # ChangeCipherSpec, after which records are encrypted and cannot be re-cut.
+        # Re-cut the cleartext handshake into records of _split bytes: consecutive
+        # handshake records are joined, then cut (RFC 5246 6.2.1 lets a handshake
+        # message span records, and records carry several messages). Small sizes test
+        # reassembly; 16384 sends maximum-size records whatever Max Fragment Length the
+        # device asked for. Stops at our ChangeCipherSpec: later records are encrypted.
         assert self._split is not None
         out = bytearray()
+        pending = bytearray()
+        version = 0x0303
+
+        def cut() -> None:
+            for i in range(0, len(pending), self._split or 1):
+                piece = pending[i : i + (self._split or 1)]
+                out.extend(
+                    bytes([_CT_HANDSHAKE])
+                    + version.to_bytes(2, "big")
+                    + len(piece).to_bytes(2, "big")
+                    + piece
+                )
+            pending.clear()
+
         pos = 0
         while (header := record_header(data, pos)) is not None:
-            ctype, version, length = header
+            ctype, record_version, length = header
             end = pos + 5 + length
             if end > len(data):
                 break
-            body = data[pos + 5 : end]
             if ctype == _CT_HANDSHAKE and not self._ccs_sent:
-                for i in range(0, len(body), self._split):
-                    piece = body[i : i + self._split]
-                    out += (
-                        bytes([ctype])
-                        + version.to_bytes(2, "big")
-                        + len(piece).to_bytes(2, "big")
-                        + piece
-                    )
+                version = record_version
+                pending += data[pos + 5 : end]
             else:
+                cut()
                 if ctype == _CT_CCS:
                     self._ccs_sent = True
                 out += data[pos:end]
             pos = end
+        cut()
         self._pending_out = data[pos:]
         return bytes(out)
 
@@ -299,6 +313,7 @@ class AppConn:
                 if hello is not None:
                     hello_seen = True
                     self._note_hello(hello.sni, hello.alpn, hello.versions, hello.cipher_suites)
+                    self.rec.extensions_offered = list(hello.extensions)
                     refusal = self._edge_refusal()
                     if refusal:
                         name, reason = refusal

@@ -193,6 +193,25 @@ def _inform(
             if accepted
             else "refused a revoked certificate: the device checks revocation (CRL/OCSP)"
         )
+    elif case.server.split_records == 16384:
+        asked = [
+            n
+            for code, n in ((1, "max_fragment_length"), (28, "record_size_limit"))
+            if code in c.extensions_offered
+        ]
+        did = (
+            "asked for " + " and ".join(asked) if asked else "did not ask for a smaller record size"
+        )
+        text = (
+            f"the device {did} and "
+            + ("took" if accepted else "did NOT take")
+            + " 16 KiB records anyway"
+            + (
+                ""
+                if accepted or not asked
+                else ": its input buffer is smaller than 16 KiB, so it needs a server that honours its limit"
+            )
+        )
     else:
         text = _tls_outcome(c)
     ev["inference"] = text

@@ -416,3 +416,17 @@ def test_edgesim_device_connect_and_its_insecure_flag() -> None:
     some = ("wrong_host", "expired", "untrusted_root", "self_signed", "good")
     lax = _run("tls", EDGESIM_DEVICE + " --insecure", some)
     assert {k for k, v in lax.items() if v[0] == Status.FAIL} == {"wrong_host"}
+
+
+@pytest.mark.timeout(60)
+def test_max_fragment_length_ignored_shows_the_devices_limit() -> None:
+    _needs("openssl")
+    small = S_CLIENT % "-verify_return_error -maxfraglen 512"
+    status, summary = _run("tls", small, ("mfl_ignored",))["mfl_ignored"]
+    assert status == Status.INFO
+    assert "asked for max_fragment_length and did NOT take 16 KiB records" in summary
+    assert "alert record_overflow" in summary
+    status, summary = _run("tls", S_CLIENT % "-verify_return_error", ("mfl_ignored",))[
+        "mfl_ignored"
+    ]
+    assert "did not ask for a smaller record size and took 16 KiB records" in summary
