@@ -8,9 +8,13 @@ each case takes the device's next connection(s) and gets a verdict with evidence
 (:mod:`testkit.suites.verdicts`), reported as JSON, JUnit XML and HTML
 (:mod:`testkit.suites.report`). ``edgesim suite list|run`` is :mod:`testkit.suites.cli`.
 
-Errors: :class:`~testkit.suites.loader.SuiteError` for a suite file that cannot be
-used, :class:`~testkit.suites.pki.PkiError` for a profile that cannot be minted (it
-becomes that case's ``error`` verdict, not a crash).
+Errors::
+
+    SuiteError        a suite file that cannot be used (names the file, case, field)
+    └── PkiError      a server profile that cannot be minted (e.g. no openssl for
+                      SHA-1); it becomes that case's ``error`` verdict, not a crash
+
+A device that fails a case is not an error: it is a ``fail`` verdict.
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ from testkit.suites.model import (
     Case,
     ServerProfile,
     Suite,
+    SuiteError,
 )
 
 __all__ = ["SuiteError", "builtin_suites", "load_suite", "parse_suite"]
@@ -57,10 +58,6 @@ _CASE_KEYS = {
 }
 _SERVER_KEYS = {"cert", "tls_versions", "cipher", "alpn", "split_records"}
 _BACKOFF_KEYS = {"attempts", "min_delay_s", "exponential", "min_growth", "jitter"}
-
-
-class SuiteError(Exception):
-    """A suite file that cannot be used; the message names the file, case and field."""
 
 
 def builtin_suites() -> dict[str, str]:

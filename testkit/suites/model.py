@@ -45,6 +45,7 @@ __all__ = [
     "ServerProfile",
     "Status",
     "Suite",
+    "SuiteError",
 ]
 
 #: Server certificate profiles (see :mod:`testkit.suites.pki`).
@@ -101,6 +102,11 @@ BEHAVIOURS: dict[str, str] = {
 
 #: Protocols a case may be restricted to (``any`` runs for every device).
 PROTOCOLS: tuple[str, ...] = ("any", "mqtt", "https")
+
+
+class SuiteError(Exception):
+    """Root of the suites' errors: a suite file that cannot be used, a profile that
+    cannot be minted. The message names the file, case and field (or the profile)."""
 
 
 class Status:

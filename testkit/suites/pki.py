@@ -32,6 +32,7 @@ from certs.authority import CertificateAuthority, IssuedCert, general_name, rand
 from certs.bundle import pem_bundle
 from certs.crl import build_crl
 from certs.keys import generate_key, key_pem, write_secret
+from testkit.suites.model import SuiteError
 
 __all__ = ["HOSTS", "PkiError", "ServerMaterial", "SuitePki"]
 
@@ -42,7 +43,7 @@ _WRONG_HOST = "wrong-host.edgesim.invalid"
 _FILLER_OID = ObjectIdentifier("1.3.6.1.4.1.55555.1.1")
 
 
-class PkiError(Exception):
+class PkiError(SuiteError):
     """A profile's material could not be made (e.g. no ``openssl`` for SHA-1)."""
 
 
