@@ -206,6 +206,7 @@ async def _run_case(
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(proc.wait(), 1.0)
     server.arm(None)
+    rt.stopped_at = rt.now()
     if proc is not None:
         await _stop(proc)
     await rt.close_all()

@@ -160,6 +160,9 @@ class CaseRuntime:
         #: Behaviour state shared across the case's connections.
         self.state: dict[str, Any] = {}
         self._open: set[AppConn] = set()
+        #: Set when the engine starts stopping the device: a close after it is the
+        #: case ending, not the device's decision.
+        self.stopped_at: float | None = None
 
     def now(self) -> float:
         """Seconds since the case started."""
@@ -521,6 +524,8 @@ class SuiteServer:
             rec.closed_by = rec.closed_by or "device (reset)"
         finally:
             rec.closed = rt.now()
+            if rt.stopped_at is not None and not rec.closed_by.startswith("edge"):
+                rec.closed_by = "edge (case over: the device was stopped)"
             conn.closed = True
             rt._open.discard(conn)
             writer.close()

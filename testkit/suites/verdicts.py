@@ -334,11 +334,10 @@ def _redeliver(
             "the device sent no QoS 1 PUBLISH on its first connection (the case needs one)",
         )
     ev["withheld"] = held
+    # Every PUBLISH with the withheld id after the first (the original) is a re-send.
     resent = [
-        (c, p)
-        for c, p in _packets(conns, "PUBLISH")
-        if p.get("packet_id") == held["packet_id"] and p["t"] > held["t"]
-    ]
+        (c, p) for c, p in _packets(conns, "PUBLISH") if p.get("packet_id") == held["packet_id"]
+    ][1:]
     dup = [(c, p) for c, p in resent if p.get("dup")]
     if dup:
         c, p = dup[0]

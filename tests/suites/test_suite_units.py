@@ -188,6 +188,9 @@ def test_redeliver_sides() -> None:
     nodup = _conn(2, opened=4.0, packets=[_pk(4.1, "PUBLISH", packet_id=3, dup=False)])
     assert "without DUP" in _judge(_case("redeliver"), [first, nodup], state)[1]
     assert "never reconnected" in _judge(_case("redeliver"), [first], state)[1]
+    # The original send alone is not a re-send, whatever the rounding of its time.
+    early = {"withheld": {"packet_id": 3, "topic": "a", "t": 0.09}}
+    assert "never reconnected" in _judge(_case("redeliver"), [first], early)[1]
 
 
 def test_no_storm_sides() -> None:
