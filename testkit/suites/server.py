@@ -326,6 +326,7 @@ class AppConn:
                         return False
                 elif flight.done:
                     self.rec.handshake_failure = f"not a TLS ClientHello ({flight.reason})"
+                    self.rec.edge_refusal = f"the device did not start TLS: {flight.reason}"
                     return False
             self._in.write(data)
             try:

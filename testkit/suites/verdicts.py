@@ -103,7 +103,9 @@ def judge(
     if not conns:
         return Status.ERROR, "the device never connected within the case's timeout", evidence
     first = conns[0]
-    if first.edge_refusal.startswith("the device's own certificate"):
+    if first.edge_refusal.startswith(
+        ("the device's own certificate", "the device did not start TLS")
+    ):
         return Status.ERROR, f"the edge refused the device: {first.edge_refusal}", evidence
     fn = _JUDGES[case.expect]
     status, summary = fn(case, conns, state, device, evidence)

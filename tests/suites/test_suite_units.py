@@ -276,3 +276,13 @@ def test_reports_render() -> None:
     html = render_html(doc)
     assert "ACCEPTED &lt;x&gt;" in html
     assert "FAILED" in html
+
+
+def test_a_device_without_tls_is_an_error_not_a_refusal() -> None:
+    plain = _conn(
+        edge_refusal="the device did not start TLS: not TLS: looks like an MQTT CONNECT",
+        closed=0.01,
+    )
+    status, summary = _judge(_case("refuse"), [plain])
+    assert status == Status.ERROR
+    assert "did not start TLS" in summary
