@@ -71,6 +71,12 @@ def register_device(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
         choices=("1.2", "1.3"),
         help="highest TLS version to offer (1.2 shows the handshake in cleartext)",
     )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="skip the server hostname check (the chain is still verified), like "
+        "mosquitto_pub --insecure: to see what 'edgesim suite run tls' catches",
+    )
     p.add_argument("--client-id", help="MQTT client id (default: --id)")
     p.add_argument("--id", help="device name in the trace (default: the certificate's common name)")
     p.add_argument(
@@ -287,7 +293,14 @@ def cmd_connect(args: argparse.Namespace) -> int:
         client_id=args.client_id,
     )
     mqtt, publish_properties = mqtt_options(args)
-    target = Target(url=args.url, ca_pem=ca_pem, sni=args.sni, tls_max=args.tls_max, mqtt=mqtt)
+    target = Target(
+        url=args.url,
+        ca_pem=ca_pem,
+        sni=args.sni,
+        tls_max=args.tls_max,
+        mqtt=mqtt,
+        insecure=args.insecure,
+    )
     try:
         scheme, _host, _port, path = target.parts()
     except DeviceError as exc:

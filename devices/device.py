@@ -153,6 +153,9 @@ class Target:
     sni: str | None = None
     tls_max: str | None = None  # "1.2" to see TLS 1.2's cleartext handshake
     mqtt: MqttOptions | None = None
+    #: Skip the server hostname check (the chain is still verified), as
+    #: ``mosquitto_pub --insecure`` does: for showing what a device suite catches.
+    insecure: bool = False
 
     def parts(self) -> tuple[str, str, int, str]:
         """(scheme, host, port, path); ``DeviceError`` names what is wrong with the URL."""
@@ -308,6 +311,7 @@ def context_for(
         scheme,
         keylog_filename or "",
         target.tls_max or "",
+        "insecure" if target.insecure else "",
     )
     if cache and key_id in _contexts:
         return _contexts[key_id]
@@ -318,6 +322,7 @@ def context_for(
         alpn=_ALPN[scheme],
         keylog_filename=keylog_filename,
         max_version=_TLS_VERSIONS[target.tls_max] if target.tls_max else None,
+        check_hostname=not target.insecure,
     )
     if cache:
         _contexts[key_id] = ctx

@@ -13,6 +13,7 @@ cert    :mod:`edge.trust.cert_cli`   server certificates per hostname, deploymen
 edge    :mod:`edge.server_cli`       run the edge
 device  :mod:`devices.cli`           one simulated device
 fleet   :mod:`devices.cli`           a simulated fleet
+suite   :mod:`testkit.suites.cli`    device test suites (bad servers, misbehaving edge)
 ======  ===========================  ==========================
 """
 
@@ -33,6 +34,7 @@ GROUPS: tuple[tuple[str, str], ...] = (
     ("edge.server_cli", "register"),
     ("devices.cli", "register_device"),
     ("devices.cli", "register_fleet"),
+    ("testkit.suites.cli", "register"),
 )
 
 

@@ -21,6 +21,9 @@ fixture            scope     what it gives
                              report dict
 ``edgesim_loop``   function  :class:`LoopThread`: the event loop thread the devices
                              and fleets of a test run on
+``suite``          function  :class:`testkit.suites.fixture.SuiteRunner`: runs a
+                             device test suite, or one case, against a device
+                             command (``suite.run("tls", device_cmd=...)``)
 =================  ========  ====================================================
 
 This module lives in :mod:`testkit`, above :mod:`edge`, :mod:`devices` and :mod:`certs`:
@@ -79,6 +82,7 @@ if TYPE_CHECKING:
     from edge.trust.model import CrlInfo, SetInfo, VersionInfo
     from edge.trust.propagation import TrustService
     from edge.trust.servercerts import DeploymentInfo, ServerCertVersion
+    from testkit.suites.fixture import SuiteRunner
 
 __all__ = [
     "DEFECTS",
@@ -1654,3 +1658,11 @@ def fleet(
     return FleetRunner(
         pki, edgesim_loop, default_edge, lambda: tmp_path_factory.mktemp("edgesim-fleet")
     )
+
+
+@pytest.fixture
+def suite(tmp_path_factory: pytest.TempPathFactory) -> SuiteRunner:
+    """A :class:`~testkit.suites.fixture.SuiteRunner` with a fresh working directory."""
+    from testkit.suites.fixture import SuiteRunner as _Runner
+
+    return _Runner(tmp_path_factory.mktemp("suite"))

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import sysconfig
 import threading
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -67,13 +68,33 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not _compiler_present() and os.environ.get("EDGESIM_REQUIRE_COMPILED") != "1":
         pytest.skip("no C compiler here: the wheel would hold the sources only")
     out = tmp_path_factory.mktemp("dist")
+    # Built from a copy: setuptools writes build/, *.egg-info and a staging folder
+    # into the project it builds, and the checkout must stay as it is.
+    tree = tmp_path_factory.mktemp("tree") / "edgesim"
+    shutil.copytree(
+        ROOT,
+        tree,
+        ignore=shutil.ignore_patterns(
+            ".git",
+            ".venv*",
+            ".uv",
+            ".build",
+            "build",
+            "dist",
+            "*.egg-info",
+            "__pycache__",
+            ".edgesim",
+            ".mypy_cache",
+            ".ruff_cache",
+        ),
+    )
     # No isolation: the locked venv already holds the build requirements (setuptools,
     # mypy), so the build needs no network. A compile failure fails the build.
     env = dict(os.environ, EDGESIM_REQUIRE_COMPILED="1")
     env.pop("EDGESIM_PURE_PYTHON", None)
     _run(
-        [sys.executable, "-m", "build", "--no-isolation", "--outdir", out, ROOT],
-        cwd=ROOT,
+        [sys.executable, "-m", "build", "--no-isolation", "--outdir", out, tree],
+        cwd=tree,
         env=env,
         timeout=800,
     )
@@ -162,6 +183,16 @@ def test_sdist_and_wheel_pass_twine_check(dist: Path) -> None:
     assert f"-cp{sys.version_info[0]}{sys.version_info[1]}-" in wheel.name, wheel.name
     out = _run([sys.executable, "-m", "twine", "check", "--strict", sdist, wheel], cwd=dist)
     assert out.count("PASSED") == 2, out
+
+
+def test_wheel_ships_the_device_test_suites(dist: Path, venv: Path) -> None:
+    (wheel,) = dist.glob("*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+    assert {f"testkit/suites/data/{n}.toml" for n in ("tls", "mqtt", "https")} <= names
+    out = _run([venv / "edgesim", "suite", "list"], cwd=dist)
+    assert "tls" in out, out
+    assert "mqtt" in out, out
 
 
 def test_installed_wheel_reports_compiled(venv: Path, tmp_path: Path) -> None:
