@@ -266,6 +266,19 @@ def reason_code_label(outcome: str, reason: str, protocol: str) -> str | None:
     return f"{word.upper()} {code:#04x} {name}"
 
 
+def _latency(table: dict[str, Latency], key: str) -> Latency:
+    """``table[key]``, created on first use.
+
+    Not ``setdefault(key, Latency())``: that builds (and drops) a whole HDR
+    histogram's counts array on every call, which was most of the report's cost per
+    device and a steady churn of large allocations.
+    """
+    found = table.get(key)
+    if found is None:
+        found = table[key] = Latency()
+    return found
+
+
 @dataclass(slots=True)
 class FleetReport:
     """Everything measured about a fleet run, mergeable across shards."""
@@ -329,16 +342,19 @@ class FleetReport:
         connected_at: float | None = None
         for step in result.steps:
             if step.name in STEPS and step.ok:
-                self.steps.setdefault(step.name, Latency()).record(step.duration)
+                _latency(self.steps, step.name).record(step.duration)
             if step.name == CONNECTED_MARK or (
                 step.name == "ack" and step.ok and connected_at is None
             ):
                 connected_at = step.t_start + step.duration
-        bucket = self.timeline.setdefault(int(offset), Bucket())
+        second = int(offset)
+        bucket = self.timeline.get(second)
+        if bucket is None:
+            bucket = self.timeline[second] = Bucket()
         bucket.outcomes[result.outcome] = bucket.outcomes.get(result.outcome, 0) + 1
         if connected_at is not None:
             self.connect.record(connected_at)
-            self.protocol_connect.setdefault(proto, Latency()).record(connected_at)
+            _latency(self.protocol_connect, proto).record(connected_at)
             bucket.connect.record(connected_at)
 
         self.messages_sent += result.messages_sent
@@ -402,9 +418,9 @@ class FleetReport:
         for proto, counts in other.protocols.items():
             _add_counts(self.protocols.setdefault(proto, {}), counts)
         for proto, lat in other.protocol_connect.items():
-            self.protocol_connect.setdefault(proto, Latency()).merge(lat)
+            _latency(self.protocol_connect, proto).merge(lat)
         for step, lat in other.steps.items():
-            self.steps.setdefault(step, Latency()).merge(lat)
+            _latency(self.steps, step).merge(lat)
         self.connect.merge(other.connect)
         self.start_lag.merge(other.start_lag)
         self.delivery.merge(other.delivery)
@@ -418,7 +434,9 @@ class FleetReport:
             room = MAX_MISMATCHES - len(mine.mismatches)
             mine.mismatches.extend(theirs.mismatches[: max(room, 0)])
         for second, theirs_b in other.timeline.items():
-            mine_b = self.timeline.setdefault(second, Bucket())
+            mine_b = self.timeline.get(second)
+            if mine_b is None:
+                mine_b = self.timeline[second] = Bucket()
             _add_counts(mine_b.outcomes, theirs_b.outcomes)
             mine_b.connect.merge(theirs_b.connect)
         for text in other.notes:
