@@ -284,7 +284,12 @@ class DeviceResult:
 
 # --------------------------------------------------------------------------- contexts
 
-_ALPN = {"mqtts": ("mqtt",), "https": ("http/1.1",), "wss": ("http/1.1",)}
+#: The ALPN protocols a device offers, by URL scheme.
+ALPN: dict[str, tuple[str, ...]] = {
+    "mqtts": ("mqtt",),
+    "https": ("http/1.1",),
+    "wss": ("http/1.1",),
+}
 _TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 _contexts: dict[tuple[str, ...], ssl.SSLContext] = {}
 
@@ -319,7 +324,7 @@ def context_for(
         ca_pem=target.ca_pem,
         cert_pem=cert,
         key_pem=key,
-        alpn=_ALPN[scheme],
+        alpn=ALPN[scheme],
         keylog_filename=keylog_filename,
         max_version=_TLS_VERSIONS[target.tls_max] if target.tls_max else None,
         check_hostname=not target.insecure,

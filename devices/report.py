@@ -34,6 +34,13 @@ from typing import Any, Protocol
 from hdrh.histogram import HdrHistogram
 
 from devices.protocols.mqtt import CONNACK_NAMES
+from devices.selfwatch import (
+    BOTTLENECK,
+    Sample,
+    merge_series,
+    series_from_json,
+    series_to_json,
+)
 from edge.mqtt.reasons import reason_name
 
 #: Identifies the JSON layout; bumped on incompatible changes.
@@ -302,6 +309,12 @@ class FleetReport:
     fidelity: dict[str, Fidelity] = field(default_factory=dict)
     timeline: dict[int, Bucket] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: Per second of the run: connects, messages, errors, fleet CPU and loop lag.
+    series: dict[int, Sample] = field(default_factory=dict)
+    #: CPU seconds the fleet process(es) spent, summed over shards.
+    fleet_cpu_s: float = 0.0
+    #: The worst event-loop lag any fleet process saw, in seconds.
+    loop_lag_max_s: float = 0.0
 
     # -- building -------------------------------------------------------
 
@@ -441,6 +454,9 @@ class FleetReport:
             mine_b.connect.merge(theirs_b.connect)
         for text in other.notes:
             self.note(text)
+        merge_series(self.series, other.series)
+        self.fleet_cpu_s += other.fleet_cpu_s
+        self.loop_lag_max_s = max(self.loop_lag_max_s, other.loop_lag_max_s)
 
     # -- serialisation ---------------------------------------------------
 
@@ -493,6 +509,20 @@ class FleetReport:
                 for second, b in sorted(self.timeline.items())
             ],
             "notes": list(self.notes),
+            "generator": self.generator(),
+            "series": series_to_json(self.series),
+        }
+
+    def generator(self) -> dict[str, Any]:
+        """The fleet's own cost: CPU per connect and loop lag (so a slow generator shows)."""
+        connected = self.count("connected")
+        return {
+            "cpu_s": round(self.fleet_cpu_s, 3),
+            "cpu_ms_per_connect": (
+                round(self.fleet_cpu_s / connected * 1000, 3) if connected else None
+            ),
+            "loop_lag_max_ms": round(self.loop_lag_max_s * 1000, 2),
+            "behind": BOTTLENECK in self.notes,
         }
 
     @classmethod
@@ -542,6 +572,14 @@ class FleetReport:
                     {str(k): str(v) for k, v in m.items()} for m in f.get("mismatches", list)
                 ],
             )
+        # Absent from reports written before the fleet watched itself.
+        generator = r.get("generator", dict, {})
+        report.fleet_cpu_s = float(generator.get("cpu_s", 0.0))
+        report.loop_lag_max_s = float(generator.get("loop_lag_max_ms", 0.0)) / 1000
+        try:
+            report.series = series_from_json(r.get("series", list, []))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ReportError(f"{source}: series: {exc!r}") from exc
         for i, b_doc in enumerate(r.get("timeline", list)):
             b = _Reader(b_doc, f"{source}: timeline[{i}]")
             connect = b.sub("connect")
