@@ -104,6 +104,40 @@ def latency_plot(timeline: Sequence[Mapping[str, Any]]) -> str:
     return _svg(body, "Connect latency over time (from each device's scheduled start)")
 
 
+#: The run-time plots: (series field, title, y label, colour).
+_RUN_PLOTS = (
+    ("connects", "Connects per second", "connects/s", "#2e7d32"),
+    ("messages", "Messages sent per second", "messages/s", "#1565c0"),
+    ("errors", "Errors per second (healthy devices that did not connect)", "errors/s", "#c62828"),
+    ("cpu_s", "Fleet CPU (cores busy: CPU seconds per second)", "cores", "#6a1b9a"),
+    ("loop_lag_ms", "Fleet event-loop lag (worst in each second)", "lag (ms)", "#ef6c00"),
+)
+
+
+def series_plot(
+    series: Sequence[Mapping[str, Any]], key: str, title: str, y_label: str, color: str
+) -> str:
+    """One per-second series of the run (``doc["series"]``) as a line over time."""
+    if not series:
+        return f"<p>{escape(title)}: no samples.</p>"
+    x_max = _nice_max(max(s["t"] for s in series) + 1)
+    y_max = _nice_max(max(float(s[key]) for s in series))
+    body = _axes(x_max, y_max, "time since the fleet's start (s)", y_label)
+    x0, x1 = _M["l"], _W - _M["r"]
+    y0, y1 = _H - _M["b"], _M["t"]
+    coords = " ".join(
+        f"{_scale(s['t'] + 0.5, x_max, x0, x1):.1f},{_scale(float(s[key]), y_max, y0, y1):.1f}"
+        for s in series
+    )
+    body.append(f'<polyline points="{coords}" fill="none" stroke="{color}" stroke-width="1.5"/>')
+    return _svg(body, title)
+
+
+def run_plots(series: Sequence[Mapping[str, Any]]) -> str:
+    """Connects/s, messages/s, errors/s, fleet CPU and loop lag over time."""
+    return "\n".join(series_plot(series, k, t, y, c) for k, t, y, c in _RUN_PLOTS)
+
+
 def outcomes_over_time(timeline: Sequence[Mapping[str, Any]]) -> str:
     """Devices per second of the schedule, stacked by outcome."""
     if not timeline:
@@ -219,6 +253,16 @@ def render_html(doc: Mapping[str, Any]) -> str:
     rows += [(f"protocol {p}", v["connect"]) for p, v in doc["protocols"].items()]
     rows += [("start lag", latency["start_lag"]), ("delivery", doc["messages"]["delivery"])]
     notes = "".join(f"<li>{escape(n)}</li>" for n in doc["notes"])
+    # Reports written before the fleet watched itself have neither.
+    generator = doc.get("generator") or {}
+    per_connect = generator.get("cpu_ms_per_connect")
+    gen_line = (
+        f"<p>Fleet CPU {generator.get('cpu_s', 0):.2f} s"
+        f"{f', {per_connect:.2f} ms per connect' if per_connect is not None else ''}; "
+        f"worst event-loop lag {generator.get('loop_lag_max_ms', 0):.1f} ms.</p>"
+        if generator
+        else ""
+    )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>edgesim fleet report: {verdict}</title>
@@ -241,6 +285,9 @@ started {escape(doc["started"] or "-")}, {doc["duration_s"]:.1f} s</p>
 <h2>Latency (ms)</h2>
 {_latency_rows(rows)}
 <p>Messages sent {doc["messages"]["sent"]}, received {doc["messages"]["received"]}.</p>
+<h2>The load over time</h2>
+{gen_line}
+{run_plots(doc.get("series") or [])}
 <h2>Plots</h2>
 {latency_plot(doc["timeline"])}
 {outcomes_over_time(doc["timeline"])}
