@@ -14,6 +14,17 @@ so that both sides can hold ten thousand sockets. Two phases, one run:
   device side's connects/s per core, and the broker's CPU per connect comes from
   ``/proc``.
 
+- *versus edge*: the fleet's CPU per full mTLS connect (the device's own
+  certificate and context, the protocol's acknowledgement: CONNACK, an HTTP 200,
+  the WebSocket upgrade) against the compiled edge's CPU per connect, in the same
+  run, for MQTT, HTTPS and WSS, rounds interleaved, medians and the ratio
+  (target: at or under 1.0);
+- *peak*: the fleet's RSS sampled every 50 ms over the whole held run, teardown,
+  the JSON report and the HTML page included, against its RSS while holding
+  (target: at most 1.2x);
+- *ramp*: the largest ramp one fleet process keeps against the edge (start lag
+  p99 under 50 ms), trying rising ramps for a few seconds each.
+
 The event loop is uvloop when the device's TLS pump runs on it, else the stdlib loop
 (the figure says which).
 """
@@ -21,10 +32,17 @@ The event loop is uvloop when the device's TLS pump runs on it, else the stdlib 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import resource
 import shutil
+import statistics
+import subprocess
+import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +58,7 @@ from devices.fleet import (
     plan_fleet,
     run_job_async,
 )
+from devices.html import render_html
 from devices.progress import Snapshot
 from devices.report import FleetReport
 
@@ -59,6 +78,110 @@ def _start_mosquitto(pki: Path, work: Path) -> Mosquitto:
     )
 
 
+@contextlib.contextmanager
+def _edge(pki: Path, work: Path) -> Iterator[tuple[dict[str, int], int]]:
+    """The compiled edge (``edgesim edge serve``) in its own process: (ports, pid)."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edge.cli",
+            "edge",
+            "serve",
+            "--mqtt",
+            "127.0.0.1:0",
+            "--https",
+            "127.0.0.1:0",
+            "--admin",
+            "off",
+            "--pki",
+            str(pki),
+            "--state-dir",
+            str(work / "state"),
+            "--store",
+            str(work / "trust.db"),
+            "--policy",
+            "open",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        text = ""
+        ports: dict[str, int] | None = None
+        for line in proc.stdout:
+            text += line
+            with contextlib.suppress(ValueError):
+                ports = {k: int(v) for k, v in json.loads(text)["ports"].items()}
+                break
+        if ports is None:
+            raise RuntimeError("the edge did not start")
+        threading.Thread(target=lambda: [None for _ in proc.stdout or ()], daemon=True).start()
+        yield ports, proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _urls(ports: dict[str, int]) -> dict[str, str]:
+    return {
+        "mqtt": f"mqtts://127.0.0.1:{ports['mqtt']}",
+        "https": f"https://127.0.0.1:{ports['https']}",
+        "wss": f"wss://127.0.0.1:{ports['https']}/ws",
+    }
+
+
+def _versus_edge(pki: Path, ports: dict[str, int], pid: int, n: int, rounds: int) -> dict[str, Any]:
+    """Fleet CPU per connect against the edge's, per protocol, rounds interleaved."""
+    per: dict[str, list[tuple[float, float]]] = {p: [] for p in _urls(ports)}
+    for r in range(rounds):
+        for proto, url in _urls(ports).items():
+            # Each round its own devices: every connect is a device's first (full
+            # handshake, its own context built), as a fleet of distinct devices is.
+            job = _job(pki, 0, n, ramp=5000.0, hold=None, loop="uvloop", url=url, skip=r * n)
+            cpu0, edge0 = time.process_time(), cpu_seconds(pid)
+            report = _run(job)
+            cpu, edge = time.process_time() - cpu0, cpu_seconds(pid) - edge0
+            ok = report.count("connected")
+            if ok:
+                per[proto].append((cpu / ok * 1000, edge / ok * 1000))
+    out: dict[str, Any] = {}
+    for proto, pairs in per.items():
+        if not pairs:
+            out[proto] = {"connected": 0}
+            continue
+        fleet = statistics.median(p[0] for p in pairs)
+        edge = statistics.median(p[1] for p in pairs)
+        out[proto] = {
+            "fleet_cpu_ms_per_connect": round(fleet, 3),
+            "edge_cpu_ms_per_connect": round(edge, 3),
+            "ratio": round(fleet / edge, 2) if edge else None,
+            "ratios": [round(a / b, 2) for a, b in pairs if b],
+        }
+    return out
+
+
+def _largest_ramp(pki: Path, url: str, ramps: tuple[float, ...], seconds: float) -> dict[str, Any]:
+    """The largest ramp whose start lag p99 stays under 50 ms (each tried for ``seconds``)."""
+    kept: float | None = None
+    tried: dict[str, float] = {}
+    offset = 0
+    for ramp in ramps:
+        n = int(ramp * seconds)
+        job = _job(pki, 0, n, ramp=ramp, hold=None, loop="uvloop", url=url, skip=offset)
+        offset += n
+        doc = _run(job).to_json()
+        p99 = doc["latency"]["start_lag"]["p99_ms"]
+        tried[f"{ramp:g}/s"] = p99
+        if p99 >= 50.0:
+            break
+        kept = ramp
+    return {"largest_ramp_kept_per_s": kept, "start_lag_p99_ms_by_ramp": tried}
+
+
 def _job(
     pki: Path,
     port: int,
@@ -68,12 +191,16 @@ def _job(
     hold: float | None,
     loop: str,
     timeout: float = 120.0,
+    url: str | None = None,
+    skip: int = 0,
 ) -> FleetJob:
     entries = load_manifest(pki / "devices" / "manifest.jsonl")
+    # ``skip``: start further down the manifest, so that a later round has fresh devices.
+    entries = entries[skip:] + entries[:skip]
     devices = plan_fleet(
         entries,
         devices=n,
-        urls=[f"mqtts://127.0.0.1:{port}"],
+        urls=[url or f"mqtts://127.0.0.1:{port}"],
         ramp=ramp,
         faults={},
         shard=Shard(),
@@ -111,8 +238,23 @@ def _held(pki: Path, broker: Mosquitto, n: int, ramp: float, loop: str) -> dict[
             peak["rss"] = max(peak["rss"], rss_bytes())
             peak["broker_rss"] = max(peak["broker_rss"], rss_bytes(broker.proc.pid))
 
-    report = _run(job, on_tick)
-    doc = report.to_json()
+    samples = [baseline]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.05):
+            samples.append(rss_bytes())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        report = _run(job, on_tick)
+        doc = report.to_json()
+        render_html(doc)
+    finally:
+        stop.set()
+        sampler.join()
+    whole_run = max(samples)
     held = peak["held"]
     return {
         "devices": n,
@@ -124,6 +266,11 @@ def _held(pki: Path, broker: Mosquitto, n: int, ramp: float, loop: str) -> dict[
         "start_lag_p99_ms": doc["latency"]["start_lag"]["p99_ms"],
         "fleet_rss_mib": round(peak["rss"] / 2**20, 1),
         "kib_per_held_device": round((peak["rss"] - baseline) / held / 1024, 1) if held else None,
+        "kib_target": 40,
+        "peak_rss_mib_whole_run": round(whole_run / 2**20, 1),
+        "peak_over_holding": round(whole_run / peak["rss"], 2) if peak["rss"] else None,
+        "fleet_cpu_ms_per_connect": doc["generator"]["cpu_ms_per_connect"],
+        "loop_lag_max_ms": doc["generator"]["loop_lag_max_ms"],
         "broker_kib_per_device": round(peak["broker_rss"] / held / 1024, 1) if held else None,
     }
 
@@ -157,11 +304,18 @@ def run(quick: bool = False) -> dict[str, object]:
     # Each held device is one socket here and one in the broker, plus some slack.
     held_n = min(held_n, nofile - 200)
     rate_n = 300 if quick else 2_000
+    vs_n, vs_rounds = (100, 3) if quick else (300, 5)
+    ramps = (50.0, 100.0, 150.0, 200.0, 300.0, 400.0)
+    ramp_s = 2.0 if quick else 4.0
+    ramp_n = int(sum(ramps) * ramp_s)
     with tempfile.TemporaryDirectory(prefix="edgesim-bench-fleet-") as tmp:
         work = Path(tmp)
         t0 = time.monotonic()
-        quickstart(work / "pki", devices=max(held_n, rate_n))
+        quickstart(work / "pki", devices=max(held_n, rate_n, vs_n * vs_rounds, ramp_n))
         issue_s = time.monotonic() - t0
+        with _edge(work / "pki", work) as (ports, pid):
+            versus = _versus_edge(work / "pki", ports, pid, vs_n, vs_rounds)
+            ramp = _largest_ramp(work / "pki", _urls(ports)["mqtt"], ramps, ramp_s)
         broker = _start_mosquitto(work / "pki", work)
         try:
             loop = _pick_loop(work / "pki", broker.port)
@@ -177,6 +331,8 @@ def run(quick: bool = False) -> dict[str, object]:
         "pki_issue_s": round(issue_s, 1),
         "held": held,
         "rate": rate,
+        "versus_edge": versus,
+        "ramp": ramp,
     }
     print(
         f"fleet ({loop}): held {held['held_at_once']}/{held['devices']} devices at once, "
@@ -190,5 +346,16 @@ def run(quick: bool = False) -> dict[str, object]:
         f"({rate['fleet_cpu_ms_per_connect']} ms CPU each), broker "
         f"{rate['broker_cpu_ms_per_connect']} ms CPU per connect, "
         f"{rate['connects_per_s']} connects/s wall"
+    )
+    for proto, v in versus.items():
+        print(
+            f"fleet vs edge ({proto}, compiled edge, median of {vs_rounds} rounds): fleet "
+            f"{v.get('fleet_cpu_ms_per_connect')} ms, edge {v.get('edge_cpu_ms_per_connect')} ms "
+            f"CPU per connect, ratio {v.get('ratio')} (target <= 1.0)"
+        )
+    print(
+        f"fleet: peak RSS over the whole held run {held['peak_rss_mib_whole_run']} MiB, "
+        f"{held['peak_over_holding']}x the holding RSS (target <= 1.2); largest ramp one "
+        f"fleet process keeps against the edge: {ramp['largest_ramp_kept_per_s']}/s"
     )
     return figures

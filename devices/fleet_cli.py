@@ -85,7 +85,11 @@ def add_fleet_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="run a simulated fleet against an edge",
         description=(
             "Run a fleet open-loop: device i starts at i/RAMP seconds whatever the others "
-            "do, and its latency counts from that scheduled start."
+            "do, and its latency counts from that scheduled start. When the fleet itself "
+            "falls behind (a device started over 50 ms late, or its event loop over 100 ms "
+            "late, two windows in a row) it says 'the load generator is the bottleneck: "
+            "add --processes or shards' at once and in the report, which also carries the "
+            "fleet's CPU per connect and loop lag."
         ),
     )
     src = run.add_argument_group("devices")

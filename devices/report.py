@@ -697,6 +697,15 @@ def summary_table(doc: Mapping[str, Any]) -> str:
     msgs = doc["messages"]
     lines.append("")
     lines.append(f"messages sent {msgs['sent']}  received {msgs['received']}")
+    gen = doc.get("generator")
+    if gen:
+        # The generator's own cost, so that a slow generator is not read as a slow edge.
+        per = gen["cpu_ms_per_connect"]
+        lines.append(
+            f"fleet CPU {gen['cpu_s']:.2f} s"
+            + (f" ({per:.2f} ms per connect)" if per is not None else "")
+            + f"  worst loop lag {gen['loop_lag_max_ms']:.1f} ms"
+        )
     lines += [f"note: {n}" for n in doc["notes"]]
     return "\n".join(lines)
 
