@@ -944,16 +944,16 @@ class MqttConnection:
             assigned = client_id
         limit = config.max_client_id_length
         if limit is not None and len(client_id.encode()) > limit:
-            reason = self._limit(
+            too_long = self._limit(
                 "max_client_id_length",
                 f"client id is {len(client_id.encode())} bytes; the {config.profile or 'edge'}"
                 f" limit is {limit}",
             )
-            self._refuse(CONNACK_IDENTIFIER_REJECTED, 0x85, reason)
+            self._refuse(CONNACK_IDENTIFIER_REJECTED, 0x85, too_long)
             return
-        reason = self.core.check_client_id(self.info, client_id)
-        if reason is not None:
-            self._refuse(CONNACK_NOT_AUTHORIZED, 0x87, reason)
+        rule = self.core.check_client_id(self.info, client_id)
+        if rule is not None:
+            self._refuse(CONNACK_NOT_AUTHORIZED, 0x87, rule)
             return
         if p.will is not None:
             if p.will.topic.startswith("$"):

@@ -116,7 +116,8 @@ def test_mqtt5_connect_is_accepted_and_a_bad_one_gets_a_connack_reason_code() ->
     (ack,) = client.recv()
     assert isinstance(ack, Connack)
     assert ack.reason_code == 0
-    assert client.conn.v5 and not client.conn.should_close
+    assert client.conn.v5
+    assert not client.conn.should_close
     (connected,) = events.query(kind="mqtt.connected")
     assert connected["protocol_level"] == 5
     bad = Client(broker)
