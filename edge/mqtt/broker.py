@@ -42,6 +42,7 @@ closes the connection with ``close_reason`` naming it; nothing escapes
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections import deque
@@ -78,7 +79,7 @@ from edge.mqtt.codec import (
     encode_varint_prefix,
 )
 from edge.mqtt.errors import MqttConfigError, MqttError, ProtocolViolation
-from edge.mqtt.profiles import mosquitto_code
+from edge.mqtt.profiles import apply_profile, mosquitto_code
 from edge.mqtt.properties import Properties
 
 __all__ = ["NEVER", "MqttBroker", "MqttConfig", "MqttConnection", "MqttSession"]
@@ -217,7 +218,11 @@ class MqttConfig:
                 kind = "true or false" if expected == (bool,) else "a number"
                 raise MqttConfigError(f"{where}.{key}: expected {kind}, got {value!r}")
             values[key] = value
+        profile = values.pop("profile", "")
         try:
+            if profile:
+                # The profile's row first, then the table's own keys over it.
+                return dataclasses.replace(apply_profile(cls(), profile), **values)
             return cls(**values)
         except MqttConfigError as exc:
             raise MqttConfigError(exc.reason.replace("mqtt.", f"{where}.", 1)) from None
