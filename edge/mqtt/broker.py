@@ -222,7 +222,8 @@ class MqttConfig:
         try:
             if profile:
                 # The profile's row first, then the table's own keys over it.
-                return dataclasses.replace(apply_profile(cls(), profile), **values)
+                base: MqttConfig = apply_profile(cls(), profile)
+                return dataclasses.replace(base, **values)
             return cls(**values)
         except MqttConfigError as exc:
             raise MqttConfigError(exc.reason.replace("mqtt.", f"{where}.", 1)) from None
