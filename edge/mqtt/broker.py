@@ -1,4 +1,4 @@
-"""The MQTT 3.1/3.1.1 broker, sans-I/O: shared session state plus one state machine per connection.
+"""The MQTT 3.1/3.1.1/5.0 broker, sans-I/O: shared session state plus one state machine per connection.
 
 :class:`MqttBroker` holds what outlives a connection: sessions by (identity, client id) (clean
 and persistent), their subscriptions (kept in the core's router), QoS 1/2 messages
@@ -12,6 +12,14 @@ reports the end with :meth:`~MqttConnection.connection_lost`.
 Deliveries routed from other connections land in this connection's output buffer
 at any time; the connection then calls its ``wakeup`` callback (set by the I/O
 layer) once, when the buffer goes from empty to non-empty.
+
+MQTT 5 lives at the connection's edge: the CONNECT's level sets ``v5``, which selects
+the CONNACK, the acknowledgements with reason codes (and Reason Strings from the same
+decisions that produce events), the PUBLISH encoding with properties, and a
+DISCONNECT with a reason code before every close the broker decides. Sessions,
+routing and QoS flows are the same objects for every level; a session's
+``expiry`` is MQTT 5's Session Expiry Interval (None: 3.1.1, the broker's
+``session_expiry``).
 
 Behaviour worth knowing:
 
