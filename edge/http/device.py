@@ -6,7 +6,11 @@ MQTT. The HTTP API, as an aiohttp application:
 
 ``POST /topics/{topic}?qos=0|1&retain=true|false``
     Publish the request body (as AWS IoT's HTTPS publish does). ``200`` with
-    ``{"topic", "qos", "retain", "delivered", "message_id"}``.
+    ``{"topic", "qos", "retain", "delivered", "message_id"}``. Headers give the
+    message MQTT 5 metadata, which MQTT 5 subscribers receive as properties:
+    ``Content-Type``, ``Message-Expiry`` (seconds), ``Response-Topic``,
+    ``Correlation-Data`` (base64) and ``MQTT-User-Property: key=value``
+    (repeatable, order kept); a malformed one is a ``400``.
 ``GET /topics/{topic}``
     The retained message of the topic: ``200`` with the payload as
     ``application/octet-stream`` and headers ``X-Edgesim-QoS``,
@@ -42,9 +46,11 @@ Errors (the root, ``HttpEdgeError``, is in :mod:`edge.http.bridge`)::
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
 import logging
+import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -54,7 +60,7 @@ from aiohttp import web
 
 from edge.core.events import EventLog
 from edge.core.hub import EdgeCore
-from edge.core.router import Message
+from edge.core.router import Message, Metadata
 from edge.core.session import SessionInfo
 from edge.http.bridge import AiohttpBridge, BridgeError, HttpEdgeError, session_of
 from edge.ws.coreops import check_read, publish_bytes
@@ -237,6 +243,39 @@ def _query_choice(request: web.Request, name: str, choices: dict[str, Any], defa
     return choices[value]
 
 
+def _metadata(request: web.Request) -> Metadata | None:
+    """The MQTT 5 metadata the publish headers give (see the module docstring)."""
+    headers = request.headers
+    content_type = headers.get("Content-Type")
+    expiry = headers.get("Message-Expiry")
+    response_topic = headers.get("Response-Topic")
+    correlation = headers.get("Correlation-Data")
+    user = headers.getall("MQTT-User-Property", [])
+    given = (content_type, expiry, response_topic, correlation)
+    if not user and all(value is None for value in given):
+        return None
+    meta = Metadata(content_type=content_type, response_topic=response_topic)
+    if expiry is not None:
+        if not expiry.isdigit() or not 0 < int(expiry) < 1 << 32:
+            raise Problem(400, "Bad header", f"Message-Expiry {expiry!r}: seconds, 1 to 2^32-1")
+        meta.expires_at = time.monotonic() + int(expiry)
+    if response_topic is not None and (
+        not response_topic or "+" in response_topic or "#" in response_topic
+    ):
+        raise Problem(400, "Bad header", f"Response-Topic {response_topic!r} is not a topic name")
+    if correlation is not None:
+        try:
+            meta.correlation_data = base64.b64decode(correlation, validate=True)
+        except ValueError:
+            raise Problem(400, "Bad header", "Correlation-Data must be base64") from None
+    for item in user:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise Problem(400, "Bad header", f"MQTT-User-Property {item!r}: expected key=value")
+        meta.user_properties.append((key.strip(), value.strip()))
+    return meta
+
+
 async def _publish(request: web.Request) -> web.Response:
     """``POST /topics/{topic}``: publish the body."""
     session = session_of(request)
@@ -258,7 +297,14 @@ async def _publish(request: web.Request) -> web.Response:
         if len(body) > limit:
             raise Problem(413, "Payload too large", f"the body is over {limit} bytes")
     result = publish_bytes(
-        request.app[CORE], session, topic, bytes(body), qos=qos, retain=retain, protocol="http"
+        request.app[CORE],
+        session,
+        topic,
+        bytes(body),
+        qos=qos,
+        retain=retain,
+        protocol="http",
+        meta=_metadata(request),
     )
     if not result.allowed:
         raise Problem(403, "Forbidden", result.reason or "refused by policy", topic=topic)
