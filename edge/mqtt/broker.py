@@ -138,6 +138,8 @@ class MqttConfig:
     MQTT 5 only (announced in the CONNACK, enforced with the reason code the spec
     gives): ``receive_maximum`` QoS 2 messages a client may have unreleased
     (0x93 beyond); ``topic_alias_maximum`` client-to-edge aliases (0x94 beyond);
+    ``topic_alias_out`` lets the edge send aliases too, up to the client's own
+    Topic Alias Maximum (off by default, as Mosquitto: some clients mishandle them);
     ``maximum_qos`` (0x9B above), ``retain_available`` (0x9A), the
     ``*_available`` switches (SUBACK 0xA2 / 0x9E, DISCONNECT 0xA1);
     ``server_keep_alive`` overrides the client's keepalive when set;
@@ -165,6 +167,7 @@ class MqttConfig:
     session_expiry: float | None = None
     receive_maximum: int = 100
     topic_alias_maximum: int = 10
+    topic_alias_out: bool = False
     maximum_qos: int = 2
     retain_available: bool = True
     wildcard_subscription_available: bool = True
@@ -251,6 +254,7 @@ _CONFIG_KINDS: dict[str, tuple[type, ...]] = {
     "session_expiry": (int, float),
     "receive_maximum": (int,),
     "topic_alias_maximum": (int,),
+    "topic_alias_out": (bool,),
     "maximum_qos": (int,),
     "retain_available": (bool,),
     "wildcard_subscription_available": (bool,),
@@ -573,7 +577,9 @@ class MqttConnection:
     """One client connection, sans-I/O (see the module docstring)."""
 
     __slots__ = (
+        "_alias_room",
         "_aliases",
+        "_aliases_out",
         "_connect_deadline",
         "_graceful",
         "_head",
@@ -635,6 +641,10 @@ class MqttConnection:
         self.problem_info = True
         self.max_out_packet = 0
         self._aliases: dict[int, str] = {}
+        # Edge-to-client aliases (topic_alias_out): topic -> alias, and how many the
+        # client takes (its Topic Alias Maximum).
+        self._aliases_out: dict[str, int] = {}
+        self._alias_room = 0
         self.will_delay = 0
         self.will_meta: Metadata | None = None
         #: The MQTT 5 reason code this connection was closed with (0: none sent).
@@ -1071,6 +1081,8 @@ class MqttConnection:
             self.problem_info = False
         if props.maximum_packet_size is not None:
             self.max_out_packet = props.maximum_packet_size
+        if props.topic_alias_maximum and self.broker.config.topic_alias_out:
+            self._alias_room = props.topic_alias_maximum
 
     def _will5(self, will: Will) -> tuple[Metadata | None, int]:
         """The will's metadata and delay; refuses (0x99) a UTF-8 will that is not UTF-8."""
@@ -1286,7 +1298,21 @@ class MqttConnection:
             metrics.messages_dropped += 1
             return False
         meta = message.meta
-        if meta is None and not sub_ids:
+        topic = message.topic.encode()
+        alias = b""
+        fresh = False
+        if self._alias_room:
+            # Topic Alias (edge to client): the first message on a topic carries the
+            # topic and its new alias, later ones only the alias.
+            number = self._aliases_out.get(message.topic)
+            if number is not None:
+                topic = b""
+            elif len(self._aliases_out) < self._alias_room:
+                number = self._aliases_out[message.topic] = len(self._aliases_out) + 1
+                fresh = True
+            if number is not None:
+                alias = b"\x23" + number.to_bytes(2, "big")
+        if meta is None and not sub_ids and not alias:
             props = b"\x00"
         else:
             parts: list[bytes] = []
@@ -1308,17 +1334,19 @@ class MqttConnection:
                     parts.append(b"\x09" + len(data).to_bytes(2, "big") + data)
             for sub_id in sub_ids:
                 parts.append(b"\x0b" + encode_varint(sub_id))
+            if alias:
+                parts.append(alias)
             if meta is not None:
                 for key, value in meta.user_properties:
                     parts.append(b"\x26" + _str(key) + _str(value))
             body = b"".join(parts)
             props = encode_varint(len(body)) + body
-        packet = encode_publish5(
-            message.topic.encode(), message.payload, qos, retain, dup, pid, props
-        )
+        packet = encode_publish5(topic, message.payload, qos, retain, dup, pid, props)
         if self.max_out_packet and len(packet) > self.max_out_packet:
             # Section 3.1.2.11.4: a message larger than the client takes is dropped.
             metrics.messages_dropped += 1
+            if fresh:  # the client never learned this alias
+                del self._aliases_out[message.topic]
             return False
         self.write(packet)
         return True

@@ -547,3 +547,29 @@ def test_pubrec_failure_ends_the_exchange_and_pubrel_for_nothing_is_0x92() -> No
     sub.send(Pubrec(msg.packet_id or 0, 0x80))
     assert sub.recv() == []
     assert not broker.session("fleet/sub", "sub").inflight  # type: ignore[union-attr]
+
+
+def test_edge_to_client_topic_aliases_when_configured() -> None:
+    broker, _, _ = make(policy=Policy.open(), topic_alias_out=True)
+    sub = Client(broker, "sub")
+    sub.connect(props=Properties(topic_alias_maximum=1))
+    sub.send(Subscribe(1, [("a/#", 0)]))
+    sub.recv()
+    pub = Client(broker, "pub")
+    pub.connect()
+    for topic in ("a/long/name", "a/long/name", "a/other"):
+        pub.send(Publish(topic, b"x"))
+    raw = sub.conn.data_to_send()
+    # Parsed raw: the second PUBLISH has an empty topic and alias 1; the third (no room
+    # for a second alias) has its topic and no alias.
+    first, second, third = Parser(server_side=False, protocol_level=5).feed(raw)
+    assert isinstance(first, Publish)
+    assert first.properties is not None
+    assert first.properties.topic_alias == 1
+    assert isinstance(second, Publish)
+    assert second.topic == ""
+    assert second.properties is not None
+    assert second.properties.topic_alias == 1
+    assert isinstance(third, Publish)
+    assert third.topic == "a/other"
+    assert third.properties is None
