@@ -12,6 +12,8 @@ import shutil
 import ssl
 import subprocess
 import threading
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ class Edge:
     handle: ServerThread
     qs: QuickstartResult
     port: int
+    https: int
 
     def device(self, n: int) -> tuple[Path, Path]:
         name = f"dev-{n:05d}"
@@ -57,14 +60,18 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
     }
     config = EdgeConfig(
         state_dir=base / "state",
-        listeners=ListenersConfig(mqtt=HostPort(host="127.0.0.1", port=0), https=None, admin=None),
+        listeners=ListenersConfig(
+            mqtt=HostPort(host="127.0.0.1", port=0),
+            https=HostPort(host="127.0.0.1", port=0),
+            admin=None,
+        ),
         trust=TrustConfig(store=base / "trust.db", watch_interval=None),
         pki_dir=qs.out,
         policy=policy,
     )
     handle = EdgeServer.run_in_thread(config)
     try:
-        yield Edge(handle=handle, qs=qs, port=handle.ports["mqtt"])
+        yield Edge(handle=handle, qs=qs, port=handle.ports["mqtt"], https=handle.ports["https"])
     finally:
         handle.stop()
 
@@ -75,7 +82,14 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
 class Paho:
     """A paho-mqtt 2.x MQTTv5 client over mTLS whose callbacks land in thread-safe state."""
 
-    def __init__(self, edge: Edge, device: int, client_id: str | None = None, **props: Any):
+    def __init__(
+        self,
+        edge: Edge,
+        device: int,
+        client_id: str | None = None,
+        protocol: int = 5,
+        **props: Any,
+    ):
         import paho.mqtt.client as mqtt
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
@@ -85,7 +99,7 @@ class Paho:
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=self.name if client_id is None else client_id,
-            protocol=mqtt.MQTTv5,
+            protocol=mqtt.MQTTv5 if protocol == 5 else mqtt.MQTTv311,
         )
         self.client.tls_set(
             ca_certs=str(edge.qs.root_cert),
@@ -103,13 +117,15 @@ class Paho:
         self.client.on_publish = self._on_publish
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
-        connect_props = Properties(PacketTypes.CONNECT)
-        for key_, value in props.items():
-            setattr(connect_props, key_, value)
+        connect_props = None
+        if protocol == 5:
+            connect_props = Properties(PacketTypes.CONNECT)
+            for key_, value in props.items():
+                setattr(connect_props, key_, value)
         self.client.connect("127.0.0.1", edge.port, keepalive=30, properties=connect_props)
         self.client.loop_start()
 
-    def _on_connect(self, c: Any, u: Any, flags: Any, reason: Any, props: Any) -> None:
+    def _on_connect(self, c: Any, u: Any, flags: Any, reason: Any, props: Any = None) -> None:
         self.connack = (int(reason.value), props)
         self.connected.set()
 
@@ -118,10 +134,10 @@ class Paho:
             self.acks[mid] = value
             self.acked.notify_all()
 
-    def _on_publish(self, c: Any, u: Any, mid: int, reason: Any, props: Any) -> None:
+    def _on_publish(self, c: Any, u: Any, mid: int, reason: Any, props: Any = None) -> None:
         self._ack(mid, (int(reason.value), props))
 
-    def _on_subscribe(self, c: Any, u: Any, mid: int, reasons: Any, props: Any) -> None:
+    def _on_subscribe(self, c: Any, u: Any, mid: int, reasons: Any, props: Any = None) -> None:
         self._ack(mid, ([int(r.value) for r in reasons], props))  # type: ignore[arg-type]
 
     def _on_message(self, c: Any, u: Any, msg: Any) -> None:
@@ -243,6 +259,42 @@ def test_paho_v5_shared_subscription_topic_alias_and_receive_maximum(
     assert len(got_b) == 3
     assert sorted(m.payload for m in got_a + got_b) == [b"0", b"1", b"2", b"3", b"4", b"5"]
     assert all(m.topic == "jobs/build" for m in a.messages + b.messages)
+
+
+@pytest.mark.timeout(60)
+def test_metadata_http_to_mqtt5_and_mqtt5_to_mqtt311(edge: Edge, clients: list[Paho]) -> None:
+    pytest.importorskip("paho.mqtt.client")
+    topic = f"jobs/meta/{uuid.uuid4().hex}"
+    v5, v311 = Paho(edge, 1), Paho(edge, 2, protocol=4)
+    clients.extend((v5, v311))
+    for client in (v5, v311):
+        assert client.connected.wait(WAIT)
+        info = client.client.subscribe(topic, qos=1)
+        assert client.wait_ack(info[1])[0] in ([1], (1,))
+    # HTTP -> MQTT 5: the headers arrive as properties.
+    ctx = ssl.create_default_context(cafile=str(edge.qs.root_cert))
+    ctx.load_cert_chain(*map(str, edge.device(0)))
+    ctx.check_hostname = False
+    request = urllib.request.Request(
+        f"https://127.0.0.1:{edge.https}/topics/{urllib.parse.quote(topic, safe='')}",
+        data=b"from http",
+        method="POST",
+        headers={"Content-Type": "text/plain", "Response-Topic": "jobs/reply"},
+    )
+    request.add_header("MQTT-User-Property", "a=1")
+    with urllib.request.urlopen(request, context=ctx, timeout=WAIT) as resp:
+        assert resp.status == 200
+    (got,) = v5.wait_messages(1)
+    assert got.payload == b"from http"
+    assert got.properties.ContentType == "text/plain"
+    assert got.properties.ResponseTopic == "jobs/reply"
+    assert got.properties.UserProperty == [("a", "1")]
+    (plain,) = v311.wait_messages(1)
+    assert plain.payload == b"from http"
+    # MQTT 5 -> MQTT 3.1.1: the payload alone, as brokers do.
+    info = v5.client.publish(topic, b"from v5", qos=1, properties=_props(UserProperty=[("k", "v")]))
+    assert v5.wait_ack(info.mid)[0] == 0
+    assert v311.wait_messages(2)[1].payload == b"from v5"
 
 
 # --- mosquitto_pub / mosquitto_sub -V mqttv5 ------------------------------------------------
