@@ -384,6 +384,16 @@ class MqttSession:
         """Router entry point: send now, queue, or drop (QoS 0 while offline)."""
         conn = self.connection
         sub_ids = _NO_IDS
+        meta = message.meta
+        if (
+            meta is not None
+            and meta.expires_at is not None
+            and conn is not None
+            and meta.expires_at <= self.broker.clock()
+        ):
+            # Expired (MQTT 5 Message Expiry): never delivered, whatever the level.
+            self.broker.core.metrics.messages_dropped += 1
+            return
         if self.special5:
             resolved = self._resolve5(message, retained)
             if resolved is None:
@@ -455,6 +465,14 @@ class MqttSession:
             # Expired, or larger than the client takes: dropped, not in flight.
             if conn.send5(message, qos, retain, pid, sub_ids, False):
                 self.inflight[pid] = _Outgoing(message, qos, retain, conn.now, sub_ids)
+            return
+        meta = message.meta
+        if (
+            meta is not None
+            and meta.expires_at is not None
+            and meta.expires_at <= conn.broker.clock()
+        ):
+            self.broker.core.metrics.messages_dropped += 1  # expired while queued
             return
         self.inflight[pid] = _Outgoing(message, qos, retain, conn.now, sub_ids)
         conn.send_qos12(message, qos, retain, pid)
@@ -1320,7 +1338,8 @@ class MqttConnection:
                 if meta.payload_format is not None:
                     parts.append(bytes((0x01, meta.payload_format)))
                 if meta.expires_at is not None:
-                    remaining = math.ceil(meta.expires_at - self.now)
+                    # The clock, not self.now: an idle subscriber's now is stale.
+                    remaining = math.ceil(meta.expires_at - self.broker.clock())
                     if remaining <= 0:
                         metrics.messages_dropped += 1
                         return False
