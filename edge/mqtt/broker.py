@@ -586,6 +586,21 @@ class MqttBroker:
             conn.wake()
         return len(connections)
 
+    def disconnect_devices(
+        self, matches: Callable[[SessionInfo], bool], reason: str, code: int = 0x98
+    ) -> int:
+        """Close the live connections whose session ``matches``; return how many.
+
+        For administrative action (a revoked certificate, a deleted set): an MQTT 5
+        client gets DISCONNECT ``code`` (0x98 Administrative action) with ``reason``;
+        wills are published, as for any connection the edge ends.
+        """
+        chosen = [c for c in self.connections if c.connected and matches(c.info)]
+        for conn in chosen:
+            conn.close(reason, code)
+            conn.wake()
+        return len(chosen)
+
     def connection(self, session_info: SessionInfo) -> MqttConnection:
         """Create the state machine for a newly accepted connection."""
         return MqttConnection(self, session_info, self.clock())

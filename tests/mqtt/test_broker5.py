@@ -573,3 +573,27 @@ def test_edge_to_client_topic_aliases_when_configured() -> None:
     assert isinstance(third, Publish)
     assert third.topic == "a/other"
     assert third.properties is None
+
+
+def test_administrative_disconnect_is_0x98_for_the_matching_devices() -> None:
+    broker, events, _ = make()
+    target, other, old = (
+        Client(broker, "dev-1"),
+        Client(broker, "dev-2"),
+        Client(broker, "dev-3", 4),
+    )
+    for client in (target, other, old):
+        client.connect()
+    count = broker.disconnect_devices(
+        lambda info: info.identity.name in ("dev-1", "dev-3"), "certificate revoked by the CRL"
+    )
+    assert count == 2
+    (disc,) = target.recv()
+    assert isinstance(disc, Disconnect)
+    assert disc.reason_code == 0x98
+    assert reason(disc) == "certificate revoked by the CRL"
+    assert old.conn.should_close  # 3.1.1: closed without a DISCONNECT
+    assert old.recv() == []
+    assert not other.conn.should_close
+    codes = {e["client_id"]: e["reason_code"] for e in events.query(kind="mqtt.disconnected")}
+    assert codes == {"dev-1": 0x98, "dev-3": 0}
