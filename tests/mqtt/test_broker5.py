@@ -597,3 +597,27 @@ def test_administrative_disconnect_is_0x98_for_the_matching_devices() -> None:
     assert not other.conn.should_close
     codes = {e["client_id"]: e["reason_code"] for e in events.query(kind="mqtt.disconnected")}
     assert codes == {"dev-1": 0x98, "dev-3": 0}
+
+
+def test_capability_switches_answer_with_their_codes() -> None:
+    broker, _, _ = make(
+        policy=Policy.open(),
+        shared_subscription_available=False,
+        wildcard_subscription_available=False,
+        retain_available=False,
+    )
+    dev = Client(broker)
+    ack = dev.connect(props=Properties(request_problem_information=0))
+    assert ack.properties is not None
+    assert ack.properties.shared_subscription_available == 0
+    assert ack.properties.retain_available == 0
+    dev.send(Subscribe(1, [("$share/g/a", 0), ("a/+", 0), ("a/b", 1)]))
+    (suback,) = dev.recv()
+    assert isinstance(suback, Suback)
+    assert suback.return_codes == [0x9E, 0xA2, 1]
+    assert suback.properties is None  # Request Problem Information 0: no Reason String
+    dev.send(Publish("a/b", b"x", retain=True))
+    (disc,) = dev.recv()
+    assert isinstance(disc, Disconnect)
+    assert disc.reason_code == 0x9A
+    assert reason(disc)  # DISCONNECT keeps its Reason String whatever the client asked
