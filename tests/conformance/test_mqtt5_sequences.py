@@ -54,6 +54,7 @@ from tests.conformance.test_mqtt_sequences import (
     _summary,
     _varint,
     load_cases,
+    mosquitto_port,
     parse_payload,
 )
 
@@ -273,4 +274,36 @@ async def test_every_mqtt5_case_over_loopback(broker_port: int, request: Any) ->
     _check(results, profile, f"MQTT 5 conformance over loopback ({profile})")
 
 
-__all__ = ["CONNACK_OK", "default_connect5", "run_sansio5", "run_socket5"]
+__all__ = ["CONNACK_OK", "default_connect5", "mosquitto_port", "run_sansio5", "run_socket5"]
+
+
+#: A sample for a run against a real Mosquitto 2.0.11, to validate this runner: cases
+#: it passes, and cases it fails only by closing without the DISCONNECT (with a
+#: reason code) that the data, written for newer releases, expects.
+MOSQUITTO_SAMPLE = {
+    "UNSUBSCRIBE: v5.0 UNSUBSCRIBE: A2 short 2": True,
+    "SUBSCRIBE: v5.0 SUBSCRIBE: 82 multiple ok [MQTT-3.8.4-4]": True,
+    "DISCONNECT: v5.0 DISCONNECT: E0 RC=0x82 PL=0": True,
+    "PUBLISH: v5.0 PUBLISH ALLOWED PROPERTIES: correlation-data (binary data) missing": True,
+    "PUBREL: v5.0 PUBREL DISALLOWED PROPERTIES: 62 with response-topic (UTF-8 string) missing": (
+        False
+    ),
+    "PUBCOMP: v5.0 PUBCOMP DISALLOWED PROPERTIES: 70 with payload-format-indicator (byte)": False,
+    "CONNECT: v5.0 WILL DISALLOWED PROPERTIES: topic-alias (two byte integer) missing": False,
+}
+
+
+@pytest.mark.interop
+@pytest.mark.timeout(90)
+async def test_socket_sample_against_mosquitto_validates_the_runner(mosquitto_port: int) -> None:
+    by_id = {c.case_id: c for c in CASES5}
+    results: dict[str, str | None] = {}
+    for case_id in MOSQUITTO_SAMPLE:
+        try:
+            await run_socket5(by_id[case_id], mosquitto_port)
+            results[case_id] = None
+        except CaseFailed as exc:
+            results[case_id] = str(exc)
+    _, failed = _summary("MQTT 5 socket sample against Mosquitto", results)
+    assert set(failed) == {cid for cid, passes in MOSQUITTO_SAMPLE.items() if not passes}
+    assert all("connection closed" in why for why in failed.values())
