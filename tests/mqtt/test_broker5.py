@@ -621,3 +621,39 @@ def test_capability_switches_answer_with_their_codes() -> None:
     assert isinstance(disc, Disconnect)
     assert disc.reason_code == 0x9A
     assert reason(disc)  # DISCONNECT keeps its Reason String whatever the client asked
+
+
+def test_packet_over_the_maximum_size_is_disconnect_0x95() -> None:
+    broker, events, _ = make(policy=Policy.open(), max_packet_size=64)
+    dev = Client(broker)
+    ack = dev.connect()
+    assert ack.properties is not None
+    assert ack.properties.maximum_packet_size == 64
+    dev.send(Publish("a", b"x" * 100))
+    (disc,) = dev.recv()
+    assert isinstance(disc, Disconnect)
+    assert disc.reason_code == 0x95
+    (closed,) = events.query(kind="mqtt.disconnected")
+    assert closed["reason_code"] == 0x95
+
+
+def test_aws_profile_publish_rate_and_payload_limits_disconnect() -> None:
+    broker, events, clock = make(policy=Policy.open(), profile="aws-iot-core")
+    fast = Client(broker, "fast")
+    fast.connect()
+    fast.send(*(Publish("t", b"x") for _ in range(100)))
+    assert not fast.conn.should_close  # 100 in one second is the limit, not over it
+    clock.now += 1.5
+    fast.send(*(Publish("t", b"x") for _ in range(101)))
+    (disc,) = fast.recv()
+    assert isinstance(disc, Disconnect)
+    assert disc.reason_code == 0x96
+    big = Client(broker, "big")
+    big.connect()
+    big.send(Publish("t", b"x" * (128 * 1024 + 1), qos=1, packet_id=1))
+    (disc,) = big.recv()
+    assert isinstance(disc, Disconnect)
+    assert disc.reason_code == 0x95
+    assert "131072" in (reason(disc) or "")
+    limits = [e["limit"] for e in events.query(kind="mqtt.limit")]
+    assert limits == ["max_publish_rate", "max_payload"]
