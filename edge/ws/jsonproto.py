@@ -85,6 +85,7 @@ __all__ = [
     "encode_error",
     "encode_message",
     "encode_payload",
+    "metadata_fields",
     "parse_op",
 ]
 
@@ -350,6 +351,25 @@ def encode_error(op_id: int | None, reason: str) -> str:
     return _dumps({"op": "error", "id": op_id, "reason": reason})
 
 
+def metadata_fields(meta: Metadata, now: float) -> dict[str, Any]:
+    """The JSON fields of ``meta`` (``/ws`` message ops and SSE events share them).
+
+    ``now`` (monotonic seconds) turns the expiry into the seconds that remain.
+    """
+    fields: dict[str, Any] = {}
+    if meta.content_type is not None:
+        fields["content_type"] = meta.content_type
+    if meta.response_topic is not None:
+        fields["response_topic"] = meta.response_topic
+    if meta.correlation_data is not None:
+        fields["correlation_data"] = base64.b64encode(meta.correlation_data).decode("ascii")
+    if meta.user_properties:
+        fields["user_properties"] = [list(pair) for pair in meta.user_properties]
+    if meta.expires_at is not None:
+        fields["message_expiry"] = max(1, math.ceil(meta.expires_at - now))
+    return fields
+
+
 def encode_message(
     topic: str,
     payload: bytes,
@@ -373,16 +393,7 @@ def encode_message(
         "retain": retain,
     }
     if meta is not None:
-        if meta.content_type is not None:
-            obj["content_type"] = meta.content_type
-        if meta.response_topic is not None:
-            obj["response_topic"] = meta.response_topic
-        if meta.correlation_data is not None:
-            obj["correlation_data"] = base64.b64encode(meta.correlation_data).decode("ascii")
-        if meta.user_properties:
-            obj["user_properties"] = [list(pair) for pair in meta.user_properties]
-        if meta.expires_at is not None:
-            obj["message_expiry"] = max(1, math.ceil(meta.expires_at - now))
+        obj.update(metadata_fields(meta, now))
     return _dumps(obj)
 
 

@@ -332,3 +332,33 @@ async def test_publish_headers_become_mqtt5_metadata(harness: ModuleType) -> Non
             f"{edge.base_url}/topics/devices/dev1/m", data=b"x", headers={"Message-Expiry": "x"}
         ) as resp:
             assert resp.status == 400
+
+
+async def test_retained_read_and_sse_give_the_metadata_back(harness: ModuleType) -> None:
+    headers = [
+        ("Content-Type", "text/plain"),
+        ("Correlation-Data", "AAE="),
+        ("MQTT-User-Property", "b=2"),
+        ("MQTT-User-Property", "a=1"),
+    ]
+    async with harness.EdgeHarness() as edge, aiohttp.ClientSession() as http:
+        url = f"{edge.base_url}/topics/devices/dev1/state"
+        async with http.post(f"{url}?retain=true", data=b"on", headers=headers) as resp:
+            assert resp.status == 200
+        async with http.get(url) as resp:
+            assert resp.status == 200
+            assert await resp.read() == b"on"
+            assert resp.headers["Content-Type"] == "text/plain"
+            assert resp.headers["Correlation-Data"] == "AAE="
+            assert resp.headers.getall("MQTT-User-Property") == ["b=2", "a=1"]
+        sub_url = f"{edge.base_url}/subscribe?topic=devices/dev1/%23"
+        async with http.get(sub_url) as sse:
+            assert sse.status == 200
+            assert (await sse.content.readline()).startswith(b": subscribed")
+            data = None
+            while data is None:
+                line = (await asyncio.wait_for(sse.content.readline(), 5)).decode()
+                if line.startswith("data: "):
+                    data = json.loads(line.removeprefix("data: "))
+            assert data["content_type"] == "text/plain"
+            assert data["user_properties"] == [["b", "2"], ["a", "1"]]
