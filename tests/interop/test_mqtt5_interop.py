@@ -8,6 +8,7 @@ may use ``jobs/#`` (for shared subscriptions). The client-id rule is the default
 
 from __future__ import annotations
 
+import json
 import shutil
 import ssl
 import subprocess
@@ -63,7 +64,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
         listeners=ListenersConfig(
             mqtt=HostPort(host="127.0.0.1", port=0),
             https=HostPort(host="127.0.0.1", port=0),
-            admin=None,
+            admin=HostPort(host="127.0.0.1", port=0),
         ),
         trust=TrustConfig(store=base / "trust.db", watch_interval=None),
         pki_dir=qs.out,
@@ -117,6 +118,9 @@ class Paho:
         self.client.on_publish = self._on_publish
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
+        self.client.on_disconnect = self._on_disconnect
+        self.disconnected = threading.Event()
+        self.disconnect: tuple[int, Any] = (-1, None)
         connect_props = None
         if protocol == 5:
             connect_props = Properties(PacketTypes.CONNECT)
@@ -128,6 +132,10 @@ class Paho:
     def _on_connect(self, c: Any, u: Any, flags: Any, reason: Any, props: Any = None) -> None:
         self.connack = (int(reason.value), props)
         self.connected.set()
+
+    def _on_disconnect(self, c: Any, u: Any, flags: Any, reason: Any, props: Any = None) -> None:
+        self.disconnect = (int(reason.value), props)
+        self.disconnected.set()
 
     def _ack(self, mid: int, value: tuple[int, Any]) -> None:
         with self.acked:
@@ -295,6 +303,32 @@ def test_metadata_http_to_mqtt5_and_mqtt5_to_mqtt311(edge: Edge, clients: list[P
     info = v5.client.publish(topic, b"from v5", qos=1, properties=_props(UserProperty=[("k", "v")]))
     assert v5.wait_ack(info.mid)[0] == 0
     assert v311.wait_messages(2)[1].payload == b"from v5"
+
+
+@pytest.mark.timeout(60)
+def test_admin_disconnect_sends_0x98_with_the_reason(edge: Edge, clients: list[Paho]) -> None:
+    pytest.importorskip("paho.mqtt.client")
+    dev = Paho(edge, 2)
+    clients.append(dev)
+    assert dev.connected.wait(WAIT)
+    dev.client.reconnect_delay_set(min_delay=60, max_delay=60)  # stay down for the assert
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{edge.handle.ports['admin']}/v1/devices/disconnect",
+        data=json.dumps(
+            {"identity": "default/dev-00002", "reason": "certificate revoked"}
+        ).encode(),
+        method="POST",
+        headers={
+            "Authorization": f"Bearer {edge.handle.server.admin_token}",
+            "Content-Type": "application/json",
+        },
+    )
+    with urllib.request.urlopen(request, timeout=WAIT) as resp:
+        assert json.load(resp) == {"disconnected": 1}
+    assert dev.disconnected.wait(WAIT)
+    code, props = dev.disconnect
+    assert code == 0x98
+    assert props.ReasonString == "certificate revoked"
 
 
 # --- mosquitto_pub / mosquitto_sub -V mqttv5 ------------------------------------------------
