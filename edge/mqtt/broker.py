@@ -101,6 +101,56 @@ def _is_utf8(data: bytes) -> bool:
     return True
 
 
+def _capabilities(config: MqttConfig) -> bytes:
+    """The CONNACK capability properties ``config`` states (without their length)."""
+    parts: list[bytes] = []
+    if config.connack_properties == "mosquitto":
+        # Mosquitto's three, in its order (the conformance data expects these bytes).
+        parts.append(b"\x22" + config.topic_alias_maximum.to_bytes(2, "big"))
+        parts.append(b"\x27" + config.max_packet_size.to_bytes(4, "big"))
+        parts.append(b"\x21" + config.receive_maximum.to_bytes(2, "big"))
+    else:
+        parts.append(b"\x21" + config.receive_maximum.to_bytes(2, "big"))
+        parts.append(b"\x22" + config.topic_alias_maximum.to_bytes(2, "big"))
+        if config.maximum_qos < 2:  # the value 2 may not be sent (3.2.2.3.4)
+            parts.append(bytes((0x24, config.maximum_qos)))
+        parts.append(bytes((0x25, int(config.retain_available))))
+        parts.append(b"\x27" + config.max_packet_size.to_bytes(4, "big"))
+        parts.append(bytes((0x28, int(config.wildcard_subscription_available))))
+        parts.append(bytes((0x29, int(config.subscription_identifier_available))))
+        parts.append(bytes((0x2A, int(config.shared_subscription_available))))
+    return b"".join(parts)
+
+
+def _props5(meta: Metadata | None, sub_ids: tuple[int, ...], alias: bytes, remaining: int) -> bytes:
+    """The property block of an outgoing PUBLISH, in identifier order.
+
+    ``remaining`` is the Message Expiry Interval left (0: the message has none).
+    """
+    parts: list[bytes] = []
+    if meta is not None:
+        if meta.payload_format is not None:
+            parts.append(bytes((0x01, meta.payload_format)))
+        if remaining:
+            parts.append(b"\x02" + remaining.to_bytes(4, "big"))
+        if meta.content_type is not None:
+            parts.append(b"\x03" + _str(meta.content_type))
+        if meta.response_topic is not None:
+            parts.append(b"\x08" + _str(meta.response_topic))
+        if meta.correlation_data is not None:
+            data = meta.correlation_data
+            parts.append(b"\x09" + len(data).to_bytes(2, "big") + data)
+    for sub_id in sub_ids:
+        parts.append(b"\x0b" + encode_varint(sub_id))
+    if alias:
+        parts.append(alias)
+    if meta is not None:
+        for key, value in meta.user_properties:
+            parts.append(b"\x26" + _str(key) + _str(value))
+    body = b"".join(parts)
+    return encode_varint(len(body)) + body
+
+
 def _str(text: str) -> bytes:
     raw = text.encode()
     return len(raw).to_bytes(2, "big") + raw
@@ -116,6 +166,12 @@ _CERT_ONLY = (
 _KEY_Q0 = "mqtt:0"
 _KEY_Q0R = "mqtt:0r"
 _KEYS_HEAD = ("", "", "mqtt:1", "mqtt:1r", "mqtt:2", "mqtt:2r")
+# MQTT 5 encodings: whole QoS 0 packets; for QoS 1/2 the head before the packet id
+# (by qos, retain, dup) and the properties plus payload after it.
+_KEY5_Q0 = "mqtt5:0"
+_KEY5_Q0R = "mqtt5:0r"
+_KEY5_TAIL = "mqtt5:tail"
+_KEYS5_HEAD = tuple(f"mqtt5:h{i}" for i in range(12))  # by qos * 4 + retain * 2 + dup
 # States of an outbound QoS 1/2 message.
 _AWAIT_ACK = 0  # PUBLISH sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2)
 _AWAIT_COMP = 1  # PUBREL sent; waiting for PUBCOMP
@@ -533,6 +589,20 @@ class MqttBroker:
         #: (due time, the message, the publisher's session, its client id).
         self.pending_wills: dict[tuple[str, str], tuple[float, Message, SessionInfo, str]] = {}
         self._next_check = 0.0
+        c = self.config
+        #: The capability properties of every MQTT 5 CONNACK, encoded once.
+        self.connack5_properties = _capabilities(c)
+        #: Whether a profile limit on PUBLISH is set (most edges: no check at all).
+        self.publish_limits = any(
+            value is not None
+            for value in (
+                c.max_topic_length,
+                c.max_topic_levels,
+                c.max_payload,
+                c.max_publish_rate,
+                c.max_throughput,
+            )
+        )
 
     def session(self, identity: object, client_id: str) -> MqttSession | None:
         """The session of ``client_id`` for the device ``identity`` (``set/name``), if any."""
@@ -1152,23 +1222,7 @@ class MqttConnection:
 
     def _connack5(self, present: bool, assigned: str, requested_keepalive: int) -> bytes:
         """The CONNACK of an accepted MQTT 5 connection, with the edge's capabilities."""
-        config = self.broker.config
-        parts: list[bytes] = []
-        if config.connack_properties == "mosquitto":
-            # Mosquitto's three, in its order (the conformance data expects these bytes).
-            parts.append(b"\x22" + config.topic_alias_maximum.to_bytes(2, "big"))
-            parts.append(b"\x27" + config.max_packet_size.to_bytes(4, "big"))
-            parts.append(b"\x21" + config.receive_maximum.to_bytes(2, "big"))
-        else:
-            parts.append(b"\x21" + config.receive_maximum.to_bytes(2, "big"))
-            parts.append(b"\x22" + config.topic_alias_maximum.to_bytes(2, "big"))
-            if config.maximum_qos < 2:  # the value 2 may not be sent (3.2.2.3.4)
-                parts.append(bytes((0x24, config.maximum_qos)))
-            parts.append(bytes((0x25, int(config.retain_available))))
-            parts.append(b"\x27" + config.max_packet_size.to_bytes(4, "big"))
-            parts.append(bytes((0x28, int(config.wildcard_subscription_available))))
-            parts.append(bytes((0x29, int(config.subscription_identifier_available))))
-            parts.append(bytes((0x2A, int(config.shared_subscription_available))))
+        parts: list[bytes] = [self.broker.connack5_properties]
         if assigned:
             raw = assigned.encode()
             parts.append(b"\x12" + len(raw).to_bytes(2, "big") + raw)
@@ -1271,7 +1325,7 @@ class MqttConnection:
                         raise ProtocolViolation(f"Topic Alias {alias} was never set")
                     topic = known
             meta = self._meta(props)
-        code, reason = self._check_limits(p, topic)
+        code, reason = self._check_limits(p, topic) if self.broker.publish_limits else (0, "")
         if not code and meta is not None and meta.payload_format == 1 and not _is_utf8(p.payload):
             code, reason = 0x99, "payload is marked UTF-8 but is not valid UTF-8"
         pid = p.packet_id
@@ -1333,6 +1387,43 @@ class MqttConnection:
             metrics.messages_dropped += 1
             return False
         meta = message.meta
+        if not sub_ids and not self._alias_room and (meta is None or meta.expires_at is None):
+            # The common case: the same bytes for every such subscriber, encoded once
+            # per message (the head before the packet id, and what follows it).
+            cache = message.encoded
+            if cache is None:
+                cache = message.encoded = {}
+            if qos == 0:
+                key = _KEY5_Q0R if retain else _KEY5_Q0
+                packet = cache.get(key)
+                if packet is None:
+                    packet = cache[key] = encode_publish5(
+                        message.topic.encode(), message.payload, 0, retain, False, None,
+                        b"\x00" if meta is None else _props5(meta, (), b"", 0),
+                    )  # fmt: skip
+            else:
+                assert pid is not None
+                tail = cache.get(_KEY5_TAIL)
+                if tail is None:
+                    props = b"\x00" if meta is None else _props5(meta, (), b"", 0)
+                    tail = cache[_KEY5_TAIL] = props + message.payload
+                key = _KEYS5_HEAD[qos * 4 + (2 if retain else 0) + (1 if dup else 0)]
+                head = cache.get(key)
+                if head is None:
+                    topic = message.topic.encode()
+                    first = 0x30 | (qos << 1) | (1 if retain else 0) | (0x08 if dup else 0)
+                    head = cache[key] = (
+                        encode_varint_prefix(first, 4 + len(topic) + len(tail))
+                        + len(topic).to_bytes(2, "big")
+                        + topic
+                    )
+                packet = b"".join((head, pid.to_bytes(2, "big"), tail))
+            if self.max_out_packet and len(packet) > self.max_out_packet:
+                # Section 3.1.2.11.4: a message larger than the client takes is dropped.
+                metrics.messages_dropped += 1
+                return False
+            self.write(packet)
+            return True
         topic = message.topic.encode()
         alias = b""
         fresh = False
@@ -1347,36 +1438,14 @@ class MqttConnection:
                 fresh = True
             if number is not None:
                 alias = b"\x23" + number.to_bytes(2, "big")
-        if meta is None and not sub_ids and not alias:
-            props = b"\x00"
-        else:
-            parts: list[bytes] = []
-            if meta is not None:
-                if meta.payload_format is not None:
-                    parts.append(bytes((0x01, meta.payload_format)))
-                if meta.expires_at is not None:
-                    # The clock, not self.now: an idle subscriber's now is stale.
-                    remaining = math.ceil(meta.expires_at - self.broker.clock())
-                    if remaining <= 0:
-                        metrics.messages_dropped += 1
-                        return False
-                    parts.append(b"\x02" + remaining.to_bytes(4, "big"))
-                if meta.content_type is not None:
-                    parts.append(b"\x03" + _str(meta.content_type))
-                if meta.response_topic is not None:
-                    parts.append(b"\x08" + _str(meta.response_topic))
-                if meta.correlation_data is not None:
-                    data = meta.correlation_data
-                    parts.append(b"\x09" + len(data).to_bytes(2, "big") + data)
-            for sub_id in sub_ids:
-                parts.append(b"\x0b" + encode_varint(sub_id))
-            if alias:
-                parts.append(alias)
-            if meta is not None:
-                for key, value in meta.user_properties:
-                    parts.append(b"\x26" + _str(key) + _str(value))
-            body = b"".join(parts)
-            props = encode_varint(len(body)) + body
+        remaining = 0
+        if meta is not None and meta.expires_at is not None:
+            # The clock, not self.now: an idle subscriber's now is stale.
+            remaining = math.ceil(meta.expires_at - self.broker.clock())
+            if remaining <= 0:
+                metrics.messages_dropped += 1
+                return False
+        props = _props5(meta, sub_ids, alias, remaining)
         packet = encode_publish5(topic, message.payload, qos, retain, dup, pid, props)
         if self.max_out_packet and len(packet) > self.max_out_packet:
             # Section 3.1.2.11.4: a message larger than the client takes is dropped.
