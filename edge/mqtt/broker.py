@@ -1505,10 +1505,9 @@ class MqttConnection:
             )
             if granted is None:
                 codes.append(0x87)
-                reasons.append(
-                    f"{topic_filter}: not authorized by the policy for"
-                    f" {self.origin} (client id {self.client_id})"
-                )
+                # The policy's own words, as in the policy.denied event.
+                denial = self.core.policy.may_subscribe(self.info.identity, self.client_id, pure)
+                reasons.append(f"{topic_filter}: {denial or 'not authorized'}")
                 continue
             old = session.options5.get(topic_filter)
             if old is not None and (old[0] & 0x0C or old[1]):
