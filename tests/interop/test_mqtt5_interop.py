@@ -89,6 +89,7 @@ class Paho:
         device: int,
         client_id: str | None = None,
         protocol: int = 5,
+        transport: str = "tcp",
         **props: Any,
     ):
         import paho.mqtt.client as mqtt
@@ -101,7 +102,10 @@ class Paho:
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=self.name if client_id is None else client_id,
             protocol=mqtt.MQTTv5 if protocol == 5 else mqtt.MQTTv311,
+            transport=transport,  # type: ignore[arg-type]
         )
+        if transport == "websockets":
+            self.client.ws_set_options(path="/mqtt")
         self.client.tls_set(
             ca_certs=str(edge.qs.root_cert),
             certfile=str(cert),
@@ -126,7 +130,8 @@ class Paho:
             connect_props = Properties(PacketTypes.CONNECT)
             for key_, value in props.items():
                 setattr(connect_props, key_, value)
-        self.client.connect("127.0.0.1", edge.port, keepalive=30, properties=connect_props)
+        port = edge.https if transport == "websockets" else edge.port
+        self.client.connect("127.0.0.1", port, keepalive=30, properties=connect_props)
         self.client.loop_start()
 
     def _on_connect(self, c: Any, u: Any, flags: Any, reason: Any, props: Any = None) -> None:
@@ -229,6 +234,26 @@ def test_paho_v5_connack_properties_metadata_and_reason_codes(
     assert "devices/dev-00001/x" in ack_props.ReasonString
     info = dev.client.subscribe([("devices/dev-00001/#", 1), (f"devices/{dev.name}/z", 0)])
     assert dev.wait_ack(info[1])[0] == [0x87, 0]
+
+
+@pytest.mark.timeout(60)
+def test_paho_v5_over_wss_reason_codes_and_properties(edge: Edge, clients: list[Paho]) -> None:
+    pytest.importorskip("paho.mqtt.client")
+    dev = Paho(edge, 0, transport="websockets")
+    clients.append(dev)
+    assert dev.connected.wait(WAIT)
+    code, props = dev.connack
+    assert code == 0
+    assert props.TopicAliasMaximum == 10
+    topic = f"devices/{dev.name}/wss/{uuid.uuid4().hex}"
+    info = dev.client.subscribe(topic, qos=1)
+    assert dev.wait_ack(info[1])[0] == [1]
+    info = dev.client.publish(topic, b"w", qos=1, properties=_props(UserProperty=[("k", "v")]))
+    assert dev.wait_ack(info.mid)[0] == 0
+    (msg,) = dev.wait_messages(1)
+    assert msg.properties.UserProperty == [("k", "v")]
+    info = dev.client.publish("devices/dev-00001/x", b"no", qos=1)
+    assert dev.wait_ack(info.mid)[0] == 0x87
 
 
 @pytest.mark.timeout(60)
