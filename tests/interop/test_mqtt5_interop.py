@@ -65,6 +65,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
             mqtt=HostPort(host="127.0.0.1", port=0),
             https=HostPort(host="127.0.0.1", port=0),
             admin=HostPort(host="127.0.0.1", port=0),
+            multi=HostPort(host="127.0.0.1", port=0),
         ),
         trust=TrustConfig(store=base / "trust.db", watch_interval=None),
         pki_dir=qs.out,
@@ -90,6 +91,7 @@ class Paho:
         client_id: str | None = None,
         protocol: int = 5,
         transport: str = "tcp",
+        port: int | None = None,
         **props: Any,
     ):
         import paho.mqtt.client as mqtt
@@ -130,7 +132,8 @@ class Paho:
             connect_props = Properties(PacketTypes.CONNECT)
             for key_, value in props.items():
                 setattr(connect_props, key_, value)
-        port = edge.https if transport == "websockets" else edge.port
+        if port is None:
+            port = edge.https if transport == "websockets" else edge.port
         self.client.connect("127.0.0.1", port, keepalive=30, properties=connect_props)
         self.client.loop_start()
 
@@ -254,6 +257,22 @@ def test_paho_v5_over_wss_reason_codes_and_properties(edge: Edge, clients: list[
     assert msg.properties.UserProperty == [("k", "v")]
     info = dev.client.publish("devices/dev-00001/x", b"no", qos=1)
     assert dev.wait_ack(info.mid)[0] == 0x87
+
+
+@pytest.mark.timeout(60)
+def test_paho_v5_on_the_single_port_that_serves_mqtt_and_https(
+    edge: Edge, clients: list[Paho]
+) -> None:
+    pytest.importorskip("paho.mqtt.client")
+    dev = Paho(edge, 1, port=edge.handle.ports["multi"])
+    clients.append(dev)
+    assert dev.connected.wait(WAIT)
+    assert dev.connack[0] == 0
+    assert dev.connack[1].ReceiveMaximum == 100
+    info = dev.client.publish("devices/dev-00000/x", b"no", qos=1)
+    code, props = dev.wait_ack(info.mid)
+    assert code == 0x87
+    assert "devices/dev-00000/x" in props.ReasonString
 
 
 @pytest.mark.timeout(60)
