@@ -60,6 +60,7 @@ from edge.trust.propagation import TrustService
 
 __all__ = [
     "ADMIN_CA_KEY",
+    "DISCONNECT_KEY",
     "EVENTS_KEY",
     "TOKEN_KEY",
     "TRUST_KEY",
@@ -74,6 +75,9 @@ TRUST_KEY = web.AppKey("trust", TrustService)
 EVENTS_KEY = web.AppKey("events", EventLog)
 TOKEN_KEY = web.AppKey("token", str)
 ADMIN_CA_KEY = web.AppKey("admin_ca", list[x509.Certificate])
+#: Closes the live MQTT sessions a predicate on the session picks (the broker's
+#: ``disconnect_devices``), or None when the edge serves no MQTT.
+DISCONNECT_KEY = web.AppKey("disconnect", object)
 
 log = logging.getLogger("edgesim.admin")
 
@@ -560,6 +564,30 @@ async def _rollback_cert(request: web.Request) -> web.Response:
     )
 
 
+async def _disconnect_devices(request: web.Request) -> web.Response:
+    """``POST /v1/devices/disconnect``: end live MQTT sessions (MQTT 5: DISCONNECT 0x98)."""
+    body = await _json_body(request)
+    identity, set_name = body.get("identity"), body.get("set")
+    if (identity is None) == (set_name is None):
+        raise _BadRequest("give exactly one of 'identity' (set/name) or 'set'")
+    if not isinstance(identity or set_name, str) or not (identity or set_name):
+        raise _BadRequest("'identity' and 'set' are non-empty strings")
+    reason = body.get("reason", "disconnected by an administrator")
+    if not isinstance(reason, str):
+        raise _BadRequest("'reason' is a string")
+    disconnect = request.app[DISCONNECT_KEY]
+    if disconnect is None:  # no MQTT listener: no MQTT session to end
+        return _json({"disconnected": 0})
+
+    def chosen(info: Any) -> bool:
+        if identity is not None:
+            return bool(str(info.identity) == identity)
+        return bool(info.identity.namespace == set_name)
+
+    count = disconnect(chosen, reason)  # type: ignore[operator]
+    return _json({"disconnected": count})
+
+
 async def _events(request: web.Request) -> web.Response:
     q = request.query
     events = request.app[EVENTS_KEY].query(
@@ -600,6 +628,7 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("DELETE", "/v1/certs/{name}", _delete_cert),
     ("POST", "/v1/certs/{name}/deploy", _deploy_cert),
     ("POST", "/v1/certs/{name}/rollback", _rollback_cert),
+    ("POST", "/v1/devices/disconnect", _disconnect_devices),
 )
 
 
@@ -609,6 +638,7 @@ def make_admin_app(
     *,
     token: str | None,
     admin_ca_pem: bytes | None = None,
+    disconnect: Callable[[Callable[[Any], bool], str], int] | None = None,
 ) -> web.Application:
     """Build the admin application.
 
@@ -616,6 +646,7 @@ def make_admin_app(
     requires a client certificate (the listener must then use
     :func:`admin_ssl_context`). At least one of them must be given: an admin API
     open to anyone on the listener is refused with ``ValueError``.
+    ``disconnect`` is the broker's ``disconnect_devices`` (None: no MQTT served).
     """
     if not token and not admin_ca_pem:
         raise ValueError("the admin API needs a token or an admin CA (or both)")
@@ -624,6 +655,7 @@ def make_admin_app(
     app[EVENTS_KEY] = events
     app[TOKEN_KEY] = token or ""
     app[ADMIN_CA_KEY] = x509.load_pem_x509_certificates(admin_ca_pem) if admin_ca_pem else []
+    app[DISCONNECT_KEY] = disconnect
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
     return app
