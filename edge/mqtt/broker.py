@@ -673,6 +673,26 @@ class MqttBroker:
             conn.wake()
         return len(chosen)
 
+    def disconnect_each(
+        self, reason_for: Callable[[SessionInfo], str | None], code: int = 0x98
+    ) -> int:
+        """Close each live connection given a reason by ``reason_for``; return how many.
+
+        :meth:`disconnect_devices` with one reason per connection: a revocation
+        names each device's own certificate (see :mod:`edge.trust.revoke`).
+        """
+        chosen: list[tuple[MqttConnection, str]] = []
+        for conn in self.connections:
+            if conn.connected:
+                reason = reason_for(conn.info)
+                if reason is not None:
+                    chosen.append((conn, reason))
+        # Closing edits self.connections: choose first, then close.
+        for conn, reason in chosen:
+            conn.close(reason, code)
+            conn.wake()
+        return len(chosen)
+
     def connection(self, session_info: SessionInfo) -> MqttConnection:
         """Create the state machine for a newly accepted connection."""
         return MqttConnection(self, session_info, self.clock())
@@ -1351,6 +1371,10 @@ class MqttConnection:
         message.meta = meta
         message.source = session.subscriber_id
         if qos == 0:
+            if p.raw is not None:
+                # The codec kept the bytes of a property-less QoS 0 PUBLISH: what send5
+                # would encode for an MQTT 5 subscriber (3.1.1 ones get their own).
+                message.encoded = {_KEY5_Q0: p.raw}
             self.core.publish(message, self.info, client_id=self.client_id)
             return
         assert pid is not None
