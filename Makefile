@@ -15,7 +15,7 @@ UV_DIR := .uv
 UV := $(UV_DIR)/bin/uv
 LATEST := .venv-latest
 
-.PHONY: demo test test-latest lint typecheck unit bench clean venv compile lock wheel
+.PHONY: demo test test-latest lint typecheck unit bench clean venv compile lock wheel fuzz
 
 $(UV): uv.lock
 	$(PY) -m venv $(UV_DIR)
@@ -75,5 +75,24 @@ wheel: $(STAMP)
 bench: compile
 	$(BIN)/python -m bench
 
+# Longer fuzzing than `make test`'s smoke run: the hypothesis property tests with many
+# more examples, then each atheris target for FUZZ_SECONDS on a working copy of its
+# seed corpus (.fuzz/TARGET; copy finds worth keeping into tests/fuzz/corpus/TARGET).
+# libFuzzer prints each target's executions ("Done N runs"); a crash stops the run and
+# leaves its input in .fuzz/.
+FUZZ_SECONDS ?= 60
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=long $(BIN)/pytest -q -p no:cacheprovider tests/fuzz -k "not atheris"
+	mkdir -p .fuzz
+	@for target in $$(ls tests/fuzz/corpus); do \
+		mkdir -p .fuzz/$$target && cp -n tests/fuzz/corpus/$$target/* .fuzz/$$target/; \
+		echo "== $$target ($(FUZZ_SECONDS) s)"; \
+		EDGESIM_PURE_PYTHON=1 PYTHONPATH=. $(BIN)/python tests/fuzz/atheris_targets.py $$target \
+			-max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -artifact_prefix=.fuzz/ \
+			.fuzz/$$target > .fuzz/$$target.log 2>&1; rc=$$?; \
+		grep -E "^Done|number_of_executed_units" .fuzz/$$target.log; \
+		if [ $$rc -ne 0 ]; then tail -40 .fuzz/$$target.log; exit $$rc; fi; \
+	done
+
 clean:
-	rm -rf $(VENV) $(LATEST) $(UV_DIR) .edgesim .build build dist *.egg-info
+	rm -rf $(VENV) $(LATEST) $(UV_DIR) .edgesim .build build dist *.egg-info .fuzz .hypothesis

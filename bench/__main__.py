@@ -21,6 +21,7 @@ MODULES = (
     "broker",
     "mqtt_core",
     "http_ws",
+    "flood",
     "device",
     "fleet",
     "plugin",

@@ -21,6 +21,13 @@ An ``edge.toml`` (every key optional; relative paths are relative to the file)::
     handshake_timeout = 10.0
     max_handshakes = 2000
     max_connections = 50000
+    max_lingering = 256             # refused connections kept open for their alert
+    max_unauthenticated_per_source = -1  # -1: 5 % of max_connections (at least 8)
+    handshake_rate_per_source = 2000.0   # per second per source address; 0: off
+
+    [http]                          # the device HTTPS port (and its WebSocket upgrades)
+    request_head_timeout = 30.0     # whole first request head, from TLS accept (slowloris)
+    keepalive_timeout = 75.0        # idle time allowed between requests
 
     [identity]
     rule = "cn"                     # cn | san-dns | san-uri | san-email | sha256 | subject
@@ -65,6 +72,7 @@ __all__ = [
     "EdgeConfig",
     "EdgeConfigError",
     "HostPort",
+    "HttpConfig",
     "IdentityConfig",
     "ListenersConfig",
     "TlsConfig",
@@ -140,6 +148,24 @@ class TlsConfig:
     handshake_timeout: float = 10.0
     max_handshakes: int = 2000
     max_connections: int = 50_000
+    #: Refused connections that may linger (for their alert to arrive) at once,
+    #: outside max_connections; beyond it a refused connection is dropped at once.
+    max_lingering: int = 256
+    #: Connections one source address may hold before its handshake finishes;
+    #: ``None``: 5 % of max_connections (at least 8), so one address cannot fill it.
+    max_unauthenticated_per_source: int | None = None
+    #: Handshakes per second one source address may start; 0: no limit.
+    handshake_rate_per_source: float = 2000.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpConfig:
+    """Timeouts of the device HTTPS listener (its WebSocket upgrades included)."""
+
+    #: Seconds from the TLS accept to a complete first request head.
+    request_head_timeout: float = 30.0
+    #: Seconds a keep-alive connection may stay idle between requests.
+    keepalive_timeout: float = 75.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -170,6 +196,7 @@ class EdgeConfig:
     state_dir: Path = Path(".edgesim")
     listeners: ListenersConfig = field(default_factory=ListenersConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     trust: TrustConfig = field(default_factory=TrustConfig)
     #: A folder made by ``edgesim pki quickstart`` (server cert/key, ``ca-chain.pem``).
@@ -197,6 +224,7 @@ _KNOWN = {
         "state_dir",
         "listeners",
         "tls",
+        "http",
         "identity",
         "trust",
         "pki",
@@ -216,7 +244,11 @@ _KNOWN = {
         "handshake_timeout",
         "max_handshakes",
         "max_connections",
+        "max_lingering",
+        "max_unauthenticated_per_source",
+        "handshake_rate_per_source",
     },
+    "http": {"request_head_timeout", "keepalive_timeout"},
     "identity": {"rule"},
     "trust": {"store", "propagation_delay", "watch_interval", "cert_expiry_days"},
     "pki": {"dir"},
@@ -282,7 +314,22 @@ def config_from_dict(data: Mapping[str, Any], *, base: Path, source: str) -> Edg
                 t["minimum_version"] = parse_tls_version(str(tls["minimum_version"]))
             except ValueError as exc:
                 raise EdgeConfigError(f"{where}.minimum_version: {exc}") from None
-        for key in ("num_tickets", "max_handshakes", "max_connections"):
+        if "max_unauthenticated_per_source" in tls:
+            value = _get(tls, "max_unauthenticated_per_source", int, where)
+            if value < -1 or value == 0:
+                raise EdgeConfigError(
+                    f"{where}.max_unauthenticated_per_source: must be >= 1 (or -1: automatic),"
+                    f" got {value}"
+                )
+            t["max_unauthenticated_per_source"] = None if value == -1 else value
+        if "handshake_rate_per_source" in tls:
+            value = float(_get(tls, "handshake_rate_per_source", (int, float), where))
+            if value < 0:
+                raise EdgeConfigError(
+                    f"{where}.handshake_rate_per_source: must be >= 0, got {value}"
+                )
+            t["handshake_rate_per_source"] = value
+        for key in ("num_tickets", "max_handshakes", "max_connections", "max_lingering"):
             if key in tls:
                 value = _get(tls, key, int, where)
                 if value < 0:
@@ -301,6 +348,18 @@ def config_from_dict(data: Mapping[str, Any], *, base: Path, source: str) -> Edg
                 raise EdgeConfigError(f"{where}.alpn: expected a list of non-empty strings")
             t["alpn"] = tuple(alpn)
         changes["tls"] = replace(cfg.tls, **t)
+    http = data.get("http", {})
+    if http:
+        _check_keys(http, "http", source)
+        where = f"{source} [http]"
+        h: dict[str, float] = {}
+        for key in ("request_head_timeout", "keepalive_timeout"):
+            if key in http:
+                value = float(_get(http, key, (int, float), where))
+                if value <= 0:
+                    raise EdgeConfigError(f"{where}.{key}: must be > 0, got {value}")
+                h[key] = value
+        changes["http"] = replace(cfg.http, **h)
     ident = data.get("identity", {})
     if ident:
         _check_keys(ident, "identity", source)

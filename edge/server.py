@@ -177,6 +177,9 @@ class EdgeServer:
                     handshake_timeout=options.handshake_timeout,
                     max_handshakes=options.max_handshakes,
                     max_connections=options.max_connections,
+                    max_lingering=options.max_lingering,
+                    max_unauthenticated_per_source=options.max_unauthenticated_per_source,
+                    handshake_rate_per_source=options.handshake_rate_per_source,
                     identity_rule=cfg.identity.rule,
                 ),
                 keylog=self.keylog,
@@ -350,9 +353,18 @@ class EdgeServer:
             # connection ticks: one loop timer a second drives them.
             self._cleanups.append(_every(asyncio.get_running_loop(), 1.0, self.broker))
         if wants_http and "http" not in self._extra_factories:
-            from edge.http.device import make_device_protocol_factory
+            from edge.http.device import DeviceApiConfig, make_device_protocol_factory
 
-            frontend = make_device_protocol_factory(core, self.broker, events=self.events)
+            http = self.config.http
+            frontend = make_device_protocol_factory(
+                core,
+                self.broker,
+                DeviceApiConfig(
+                    request_head_timeout=http.request_head_timeout,
+                    keepalive_timeout=http.keepalive_timeout,
+                ),
+                events=self.events,
+            )
             await frontend.start()
             self._cleanups.append(frontend.close)
             factories["http"] = frontend

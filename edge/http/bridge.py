@@ -65,7 +65,13 @@ class AiohttpBridge:
     device disconnecting cancels its handler (streaming responses end at once).
     """
 
-    def __init__(self, app: web.Application, *, shutdown_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        shutdown_timeout: float = 5.0,
+        keepalive_timeout: float = 75.0,
+    ) -> None:
         self._app = app
         app[SESSIONS] = {}
         self._runner = web.AppRunner(
@@ -73,6 +79,9 @@ class AiohttpBridge:
             handler_cancellation=True,
             access_log=None,
             shutdown_timeout=shutdown_timeout,
+            # Idle keep-alive connections are closed after this (aiohttp's default
+            # is an hour, long enough for idle sockets to pile up).
+            keepalive_timeout=keepalive_timeout,
         )
         self._server: web.Server | None = None
         self._closed = False

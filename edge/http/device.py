@@ -110,8 +110,12 @@ class DeviceApiConfig:
     ws_max_message_bytes: int = 256 * 1024
     #: Largest first request head before the connection is handed to aiohttp as is.
     max_request_head: int = 16 * 1024
-    #: Seconds a new connection may take to send its first request head.
+    #: Seconds a new connection may take to send its whole first request head
+    #: (not reset by each byte: a slowloris head is cut off at this time).
     request_head_timeout: float = 30.0
+    #: Seconds an HTTP keep-alive connection may stay idle between requests
+    #: (aiohttp's own default is an hour).
+    keepalive_timeout: float = 75.0
     #: Seconds a WebSocket closing handshake may take.
     ws_close_timeout: float = 5.0
     #: Seconds aiohttp waits for requests in flight when the frontend closes.
@@ -574,6 +578,12 @@ class DeviceConnection(asyncio.Protocol):
             return
         self._buffer += data
         end = self._buffer.find(b"\r\n\r\n")
+        if end < 0:
+            # A head with bare-LF line endings ends at an empty line too: aiohttp
+            # answers it (400, or the request when its parser accepts it). Waiting
+            # for a CRLF that never comes would hold the connection until the
+            # head timeout with no answer at all.
+            end = self._buffer.find(b"\n\n")
         if end < 0 and len(self._buffer) <= self._frontend.config.max_request_head:
             return
         head = bytes(self._buffer[: end if end >= 0 else len(self._buffer)])
@@ -667,7 +677,11 @@ class DeviceFrontend:
         self.events = events
         self.config = config or DeviceApiConfig()
         self.app = build_device_app(core, events, self.config)
-        self.bridge = AiohttpBridge(self.app, shutdown_timeout=self.config.shutdown_timeout)
+        self.bridge = AiohttpBridge(
+            self.app,
+            shutdown_timeout=self.config.shutdown_timeout,
+            keepalive_timeout=self.config.keepalive_timeout,
+        )
         self._connections: set[DeviceConnection] = set()
         routes = {
             "/ws": WsRoute(name="ws", app=self._json_app),

@@ -20,6 +20,13 @@ goes to ``loop.create_server``. Each connection is an :class:`EdgeTlsProtocol`:
 
 Handshakes have a deadline, and both concurrent handshakes and connections are
 capped (a connection beyond a cap is closed at once, with a ``tls.refused`` event).
+So that a flood from a few addresses cannot lock good devices out, each source
+address is also capped: its unauthenticated connections (accepted, handshake
+not yet finished) and its handshake rate (a token bucket). A cap that trips emits
+a ``limit.tripped`` event (at most once per source, limit and ``TRIP_REPORT_EVERY``
+seconds) besides the connection's ``tls.refused``. A refused connection lingers
+briefly so that its alert arrives (see ``_linger_close``), but outside the
+connection count, in a small budget of its own (``max_lingering``).
 Nothing a peer sends raises out of here.
 """
 
@@ -47,6 +54,7 @@ from edge.tls.session import TlsServerSession, TlsState
 from edge.tls.verdict import HandshakeVerdict, alert_record, explain
 
 __all__ = [
+    "TRIP_REPORT_EVERY",
     "AppProtocolFactory",
     "EdgeTlsProtocol",
     "EndpointOptions",
@@ -57,6 +65,12 @@ __all__ = [
 ]
 
 log = logging.getLogger("edgesim.tls")
+
+#: Seconds between two ``limit.tripped`` events for the same source and limit
+#: (a flood would otherwise write one per refused connection).
+TRIP_REPORT_EVERY = 10.0
+#: Sources whose rate bucket or trip report is remembered before old ones are dropped.
+_MAX_TRACKED_SOURCES = 10_000
 
 #: Builds the application protocol of an accepted connection.
 AppProtocolFactory = Callable[[SessionInfo], asyncio.Protocol]
@@ -99,6 +113,23 @@ class EndpointOptions:
     identity_rule: IdentityRule = IdentityRule.CN
     #: Seconds a refused connection stays half-open after the alert (see _linger_close).
     refusal_linger: float = 2.0
+    #: Refused connections allowed to linger at once; they do not count against
+    #: max_connections. Beyond this budget a refused connection is dropped at once
+    #: (its device may then see a reset instead of the alert).
+    max_lingering: int = 256
+    #: Unauthenticated connections (handshake not finished) one source address may
+    #: hold; ``None``: 5 % of max_connections, at least 8.
+    max_unauthenticated_per_source: int | None = None
+    #: Handshakes per second one source address may start (a token bucket holding
+    #: one second's worth); 0 turns the limit off.
+    handshake_rate_per_source: float = 2000.0
+
+    def per_source_cap(self) -> int:
+        """The effective cap on one source's unauthenticated connections."""
+        cap = self.max_unauthenticated_per_source
+        if cap is None:
+            return max(8, self.max_connections // 20)
+        return cap
 
 
 class TlsEndpoint:
@@ -128,8 +159,55 @@ class TlsEndpoint:
         self._idle_waiters: list[asyncio.Future[None]] = []
         #: Connections refused by a limit, until their socket is closed.
         self.refused_early: set[EdgeTlsProtocol] = set()
+        #: Refused connections lingering until their alert is read (their own budget).
+        self.lingering: set[EdgeTlsProtocol] = set()
+        #: Unauthenticated connections open now, by source address.
+        self.unauthenticated: dict[str, int] = {}
+        self.per_source_cap = self.options.per_source_cap()
+        #: Handshake rate buckets by source address: [tokens, time of last refill].
+        self._buckets: dict[str, list[float]] = {}
+        #: When a limit last reported tripping, by (limit, source).
+        self._trips: dict[tuple[str, str], float] = {}
         #: Handshake (and first-bytes) deadlines of this listener's connections.
         self.deadlines = Deadlines(self.options.handshake_timeout)
+
+    def take_handshake_token(self, source: str, now: float) -> bool:
+        """Spend one of ``source``'s handshake tokens; False when its rate is exhausted."""
+        rate = self.options.handshake_rate_per_source
+        if rate <= 0:
+            return True
+        bucket = self._buckets.get(source)
+        if bucket is None:
+            if len(self._buckets) >= _MAX_TRACKED_SOURCES:
+                # Full buckets carry no state worth keeping: forget them first.
+                self._forget_full_buckets(now)
+            self._buckets[source] = [rate - 1.0, now]
+            return True
+        tokens = min(rate, bucket[0] + (now - bucket[1]) * rate)
+        bucket[1] = now
+        if tokens < 1.0:
+            bucket[0] = tokens
+            return False
+        bucket[0] = tokens - 1.0
+        return True
+
+    def _forget_full_buckets(self, now: float) -> None:
+        rate = self.options.handshake_rate_per_source
+        for source in [s for s, b in self._buckets.items() if b[0] + (now - b[1]) * rate >= rate]:
+            del self._buckets[source]
+        if len(self._buckets) >= _MAX_TRACKED_SOURCES:
+            self._buckets.clear()
+
+    def report_trip(self, limit: str, source: str, now: float, detail: str) -> None:
+        """Emit ``limit.tripped`` unless this source and limit reported one recently."""
+        key = (limit, source)
+        last = self._trips.get(key)
+        if last is not None and now - last < TRIP_REPORT_EVERY:
+            return
+        if len(self._trips) >= _MAX_TRACKED_SOURCES:
+            self._trips.clear()
+        self._trips[key] = now
+        self.events.emit("limit.tripped", "refused", limit=limit, source=source, reason=detail)
 
     async def wait_idle(self, timeout: float = 10.0) -> None:
         """Wait until no connection is open (raises ``TimeoutError`` after ``timeout``)."""
@@ -144,7 +222,7 @@ class TlsEndpoint:
                 self._idle_waiters.remove(waiter)
 
     def _idle(self) -> bool:
-        return self.connections == 0 and not self.refused_early
+        return self.connections == 0 and not self.refused_early and not self.lingering
 
     def _released(self) -> None:
         if self._idle():
@@ -188,6 +266,7 @@ class EdgeTlsProtocol(asyncio.Protocol):
         "_pending",
         "_phase",
         "_route",
+        "_source",
         "_started",
         "_timer",
         "app",
@@ -222,6 +301,8 @@ class EdgeTlsProtocol(asyncio.Protocol):
         self._route: EdgeRouteLike | None = None
         self._close_reason = ""
         self._started = 0.0
+        #: The source address while it counts as unauthenticated, else "".
+        self._source = ""
 
     # -- asyncio.Protocol ---------------------------------------------------
 
@@ -231,7 +312,11 @@ class EdgeTlsProtocol(asyncio.Protocol):
         self.raw = cast(asyncio.Transport, transport)
         self._started = time.monotonic()
         peer = self.raw.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        if isinstance(peer, tuple):
+            source = str(peer[0])
+            self.peer = f"{source}:{peer[1]}"
+        else:
+            source = self.peer = str(peer)
         ep = self.endpoint
         opts = ep.options
         if ep.connections >= opts.max_connections:
@@ -242,6 +327,20 @@ class EdgeTlsProtocol(asyncio.Protocol):
                 f"too many handshakes in progress ({opts.max_handshakes}); retry with backoff"
             )
             return
+        held = ep.unauthenticated.get(source, 0)
+        if held >= ep.per_source_cap:
+            reason = f"too many unauthenticated connections from {source} ({held})"
+            ep.report_trip("unauthenticated_per_source", source, self._started, reason)
+            self._refuse_early(reason)
+            return
+        if not ep.take_handshake_token(source, self._started):
+            rate = opts.handshake_rate_per_source
+            reason = f"handshake rate from {source} over {rate:g} per second"
+            ep.report_trip("handshake_rate_per_source", source, self._started, reason)
+            self._refuse_early(reason)
+            return
+        ep.unauthenticated[source] = held + 1
+        self._source = source
         ep.connections += 1
         ep.handshakes += 1
         self._counted = True
@@ -284,6 +383,7 @@ class EdgeTlsProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         """Release the slots, tell the application, emit ``connection.closed``."""
         self._release_handshake_slot()
+        self._authenticated()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -294,6 +394,9 @@ class EdgeTlsProtocol(asyncio.Protocol):
             ep._released()
         elif self in ep.refused_early:
             ep.refused_early.discard(self)
+            ep._released()
+        elif self in ep.lingering:
+            ep.lingering.discard(self)
             ep._released()
         ep.open_protocols.discard(self)
         if ep.keylog is not None and self.hello is not None:
@@ -449,6 +552,7 @@ class EdgeTlsProtocol(asyncio.Protocol):
         active = self._active
         assert session is not None
         self._release_handshake_slot()
+        self._authenticated()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -747,12 +851,25 @@ class EdgeTlsProtocol(asyncio.Protocol):
         # FIN after the alert, discard what still arrives, close on the client's
         # EOF or after refusal_linger seconds.
         self._release_handshake_slot()
+        self._authenticated()
         self._phase = _PHASE_DRAIN
         raw = self.raw
         if raw is None or raw.is_closing():
             return
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = None
+        ep = self.endpoint
+        if self._counted:
+            # A refused connection holds no slot good devices need: it leaves the
+            # connection count for the lingering budget, or goes at once.
+            ep.connections -= 1
+            self._counted = False
+            if len(ep.lingering) >= ep.options.max_lingering:
+                raw.abort()
+                ep._released()
+                return
+            ep.lingering.add(self)
         if raw.can_write_eof():
             raw.write_eof()
         loop = asyncio.get_running_loop()
@@ -767,6 +884,19 @@ class EdgeTlsProtocol(asyncio.Protocol):
         if self._in_handshake_slot:
             self.endpoint.handshakes -= 1
             self._in_handshake_slot = False
+
+    def _authenticated(self) -> None:
+        # The connection no longer counts against its source's unauthenticated cap
+        # (authenticated, refused, or gone).
+        source = self._source
+        if source:
+            self._source = ""
+            counts = self.endpoint.unauthenticated
+            left = counts[source] - 1
+            if left:
+                counts[source] = left
+            else:
+                del counts[source]
 
     # -- used by TlsTransport ---------------------------------------------------------
 

@@ -45,6 +45,12 @@ alpn = ["mqtt"]
 handshake_timeout = 2.5
 max_handshakes = 10
 capture_tls13_certificates = true
+max_lingering = 16
+max_unauthenticated_per_source = 40
+handshake_rate_per_source = 50
+[http]
+request_head_timeout = 5
+keepalive_timeout = 20.5
 [identity]
 rule = "san-uri"
 [trust]
@@ -65,6 +71,11 @@ preset = "open"
     assert cfg.tls.alpn == ("mqtt",)
     assert cfg.tls.handshake_timeout == 2.5
     assert cfg.tls.capture_tls13_certificates is True
+    assert cfg.tls.max_lingering == 16
+    assert cfg.tls.max_unauthenticated_per_source == 40
+    assert cfg.tls.handshake_rate_per_source == 50.0
+    assert cfg.http.request_head_timeout == 5.0
+    assert cfg.http.keepalive_timeout == 20.5
     assert cfg.identity.rule is IdentityRule.SAN_URI
     assert cfg.store_path == Path("/var/lib/edge/trust.db")
     assert cfg.trust.propagation_delay == 1.0
@@ -77,6 +88,10 @@ preset = "open"
         ("[tls]\nnum_ticket = 1\n", "unknown key(s) num_ticket in [tls]"),
         ("[tls]\nnum_tickets = -1\n", "[tls].num_tickets: must be >= 0"),
         ("[tls]\nhandshake_timeout = true\n", "[tls].handshake_timeout: expected a number"),
+        ("[tls]\nmax_unauthenticated_per_source = 0\n", "must be >= 1 (or -1: automatic)"),
+        ("[tls]\nhandshake_rate_per_source = -2\n", "[tls].handshake_rate_per_source: must be"),
+        ("[http]\nkeepalive_timeout = 0\n", "[http].keepalive_timeout: must be > 0"),
+        ("[http]\nidle = 1\n", "unknown key(s) idle in [http]"),
         ('[tls]\nminimum_version = "1.7"\n', "unknown TLS version '1.7'"),
         (
             '[listeners]\nmqtt = "localhost:http"\n',
@@ -94,6 +109,11 @@ def test_config_errors_name_the_key(tmp_path: Path, text: str, message: str) -> 
         load_config(path)
     assert message in str(exc.value)
     assert str(path) in str(exc.value)
+
+
+def test_the_automatic_per_source_cap(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "[tls]\nmax_unauthenticated_per_source = -1\n"))
+    assert cfg.tls.max_unauthenticated_per_source is None
 
 
 def test_missing_config_file(tmp_path: Path) -> None:

@@ -642,3 +642,129 @@ async def test_multi_listener_without_the_chosen_service_refuses_with_an_event(p
         assert refused["reason"] == "no http service on this listener"
         assert refused["identity"] == "default/dev-http"
         await close(writer)
+
+
+# -- per-source limits and the lingering budget (127.0.0.2 and up: an attacker) --
+
+
+def _from(source: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def test_the_default_per_source_cap_is_a_small_share_of_max_connections() -> None:
+    assert EndpointOptions(max_connections=500).per_source_cap() == 25
+    assert EndpointOptions(max_connections=50_000).per_source_cap() == 2500
+    assert EndpointOptions(max_connections=20).per_source_cap() == 8
+    assert EndpointOptions(max_unauthenticated_per_source=3).per_source_cap() == 3
+
+
+@pytest.mark.timeout(20)
+async def test_one_source_is_capped_and_the_trip_is_an_event(pki: Any) -> None:
+    options = EndpointOptions(max_unauthenticated_per_source=2)
+    async with running_edge(pki, options=options) as edge:
+        held = [_from("127.0.0.2", edge.port) for _ in range(2)]
+        extra = _from("127.0.0.2", edge.port)
+        try:
+            tripped = await edge.events.wait_for(lambda e: e["kind"] == "limit.tripped")
+            assert tripped["limit"] == "unauthenticated_per_source"
+            assert tripped["source"] == "127.0.0.2"
+            refused = await edge.refused()
+            assert refused["reason"] == "too many unauthenticated connections from 127.0.0.2 (2)"
+            # Another address is not affected: a device from 127.0.0.1 connects.
+            reader, writer = await open_tls(edge, pki.client_context(pki.device("dev-good")))
+            writer.write(CONNECT)
+            assert await asyncio.wait_for(reader.readexactly(4), 5) == CONNACK
+            assert edge.endpoint.unauthenticated == {"127.0.0.2": 2}
+            await close(writer)
+        finally:
+            for sock in (*held, extra):
+                sock.close()
+        await edge.endpoint.wait_idle(5)
+        assert edge.endpoint.unauthenticated == {}
+
+
+@pytest.mark.timeout(20)
+async def test_a_second_trip_within_the_report_interval_is_not_reported_again(pki: Any) -> None:
+    options = EndpointOptions(max_unauthenticated_per_source=1)
+    async with running_edge(pki, options=options) as edge:
+        socks = [_from("127.0.0.3", edge.port) for _ in range(4)]
+        try:
+            since = 0
+            for _ in range(3):  # the three connections beyond the cap of one
+                event = await edge.events.wait_for(
+                    lambda e: e["kind"] == "tls.refused" and "127.0.0.3 (1)" in e["reason"],
+                    since=since,
+                )
+                since = event["id"]
+            trips = [e for e in edge.events if e["kind"] == "limit.tripped"]
+            assert len(trips) == 1
+        finally:
+            for sock in socks:
+                sock.close()
+
+
+@pytest.mark.timeout(20)
+async def test_the_handshake_rate_per_source_is_limited(pki: Any) -> None:
+    # One token per second: the second connect within a second is refused.
+    options = EndpointOptions(handshake_rate_per_source=1.0)
+    async with running_edge(pki, options=options) as edge:
+        first = _from("127.0.0.4", edge.port)
+        second = _from("127.0.0.4", edge.port)
+        try:
+            tripped = await edge.events.wait_for(lambda e: e["kind"] == "limit.tripped")
+            assert tripped["limit"] == "handshake_rate_per_source"
+            refused = await edge.refused()
+            assert refused["reason"] == "handshake rate from 127.0.0.4 over 1 per second"
+        finally:
+            first.close()
+            second.close()
+
+
+@pytest.mark.timeout(20)
+async def test_refused_connections_linger_outside_the_connection_count(pki: Any) -> None:
+    options = EndpointOptions(max_connections=2, refusal_linger=30.0)
+    async with running_edge(pki, options=options) as edge:
+        garbage: list[socket.socket] = []
+        try:
+            since = 0
+            for _ in range(3):  # more than max_connections, one after the other
+                sock = _from("127.0.0.5", edge.port)
+                garbage.append(sock)
+                sock.sendall(b"\x00" * 16)  # not TLS: refused, then lingering
+                event = await edge.refused(since)
+                assert "TLS" in event["reason"]
+                since = event["id"]
+            assert len(edge.endpoint.lingering) == 3
+            assert edge.endpoint.connections == 0
+            # Lingering refusals hold no slot: a good device still gets in.
+            reader, writer = await open_tls(edge, pki.client_context(pki.device("dev-after")))
+            writer.write(CONNECT)
+            assert await asyncio.wait_for(reader.readexactly(4), 5) == CONNACK
+            await close(writer)
+        finally:
+            for sock in garbage:
+                sock.close()
+
+
+@pytest.mark.timeout(20)
+async def test_beyond_the_lingering_budget_a_refused_connection_goes_at_once(pki: Any) -> None:
+    options = EndpointOptions(max_lingering=1, refusal_linger=30.0)
+    async with running_edge(pki, options=options) as edge:
+        first = _from("127.0.0.6", edge.port)
+        first.sendall(b"\x00" * 16)
+        await edge.refused()
+        second = _from("127.0.0.6", edge.port)
+        second.sendall(b"\x00" * 16)
+        try:
+            loop = asyncio.get_running_loop()
+            second.setblocking(False)
+            # The edge drops the second at once (EOF or reset), not after 30 s.
+            with contextlib.suppress(ConnectionError):
+                assert await asyncio.wait_for(loop.sock_recv(second, 10), 5) == b""
+            assert len(edge.endpoint.lingering) == 1
+        finally:
+            first.close()
+            second.close()
