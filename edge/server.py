@@ -349,7 +349,13 @@ class EdgeServer:
         self.admin_token, created = admin.load_or_create_token(self.config.store_path)
         if created:
             log.info("admin token written to %s.token", self.config.store_path)
-        app = admin.make_admin_app(self.trust, self.events, token=self.admin_token)
+        app = admin.make_admin_app(
+            self.trust,
+            self.events,
+            token=self.admin_token,
+            edge=self,
+            metrics_auth=self.config.metrics_auth,
+        )
         try:
             runner, port = await admin.start_admin(app, where.host, where.port)
         except OSError as exc:
