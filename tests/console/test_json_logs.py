@@ -79,7 +79,8 @@ async def test_serve_logs_events_as_json_with_the_events_fields(tmp_path: Path) 
                 (event,) = (await r.json())["events"]
         # The log line is the event: the same keys and values, plus level and logger.
         assert {k: v for k, v in logged.items() if k not in ("level", "logger")} == event
-        assert logged["reason"] and logged["path"] == "/v1/status"
+        assert logged["reason"]
+        assert logged["path"] == "/v1/status"
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 20)
