@@ -47,8 +47,12 @@ class Console:
         self.page = page
         self.edge = edge
         self.errors: list[str] = []
-        page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+        page.on("console", self._on_console)
         page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+
+    def _on_console(self, message: Any) -> None:
+        if message.type == "error":
+            self.errors.append(message.text)
 
     def open(self) -> None:
         self.page.goto(self.edge.admin_url + "/ui")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -141,3 +142,20 @@ def test_openmetrics_when_the_scraper_asks_for_it(edge: Any, device: Any) -> Non
     # The OpenAPI document lists /metrics like every other route.
     _, doc, _ = _get(edge.admin_url + "/v1/openapi.json", None)
     assert "/metrics" in json.loads(doc)["paths"]
+
+
+def test_the_grafana_dashboard_uses_only_metrics_the_edge_exports(edge: Any, device: Any) -> None:
+    device("dev-g", protocol="mqtt")
+    _, body, _ = _get(edge.admin_url + "/metrics", edge.admin_token)
+    exported = set(_samples(body))
+    dashboard = json.loads(
+        (Path(__file__).parents[2] / "docs" / "grafana" / "edgesim-dashboard.json").read_text()
+    )
+    used = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\bedgesim_[a-z_]+", target["expr"])
+    }
+    assert len(used) >= 14
+    assert used <= exported, used - exported
