@@ -25,7 +25,9 @@ console inserts with ``textContent`` only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import threading
 import time
 from importlib import resources
 from typing import Any
@@ -34,7 +36,7 @@ from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
-from edge.core.events import EventLog
+from edge.core.events import Event, EventLog
 from edge.core.router import Message
 from edge.http.metrics_export import protocol_of, registry_for
 
@@ -150,27 +152,64 @@ async def _run_events_stream(request: web.Request) -> web.StreamResponse:
     events = request.app[_EVENTS_KEY]
     filters = _event_filter(request)
     since = _since(request)
-    response = await _sse(request)
-    # Tells the browser the stream is open before the first event arrives.
-    await response.write(b": open\n\n")
+    loop = asyncio.get_running_loop()
+    owner = threading.get_ident()
+    queue: asyncio.Queue[Event] = asyncio.Queue(_STREAM_QUEUE)
+
+    def put(event: Event) -> None:
+        with contextlib.suppress(asyncio.QueueFull):  # a stalled browser misses events
+            queue.put_nowait(event)
+
+    def on_event(event: Event) -> None:
+        # New events arrive through a listener, not by re-reading the ring (10,000
+        # events) on every one: a fleet emits thousands per second.
+        if not _matches(event, filters):
+            return
+        if threading.get_ident() == owner:
+            put(event)
+        else:  # emitted on another thread (the log allows it)
+            loop.call_soon_threadsafe(put, event)
+
+    remove = events.add_listener(on_event)
     try:
+        response = await _sse(request)
+        # Tells the browser the stream is open before the first event arrives.
+        await response.write(b": open\n\n")
+        history = events.query(
+            since=since,
+            kind=filters["kind"],
+            outcome=filters["outcome"],
+            identity=filters["identity"],
+        )
+        for event in history:
+            await response.write(_frame(event["id"], event))
+            since = event["id"]
         while True:
-            batch = events.query(
-                since=since,
-                kind=filters["kind"],
-                outcome=filters["outcome"],
-                identity=filters["identity"],
-            )
-            for event in batch:
-                await response.write(_frame(event["id"], event))
-            since = max(since, events.last_id)
             try:
-                await events.wait_for(lambda _e: True, since=since, timeout=_KEEPALIVE)
+                event = await asyncio.wait_for(queue.get(), _KEEPALIVE)
             except TimeoutError:
                 await response.write(b": keepalive\n\n")
+                continue
+            if event["id"] > since:  # not already sent as history
+                await response.write(_frame(event["id"], event))
     except (ConnectionResetError, asyncio.CancelledError):
         pass
+    finally:
+        remove()
     return response
+
+
+def _matches(event: Event, filters: dict[str, str | None]) -> bool:
+    """The same filters as :meth:`EventLog.query` (``kind`` ending in ``.`` is a prefix)."""
+    kind = filters["kind"]
+    if kind is not None:
+        got = event["kind"]
+        if not (got == kind or (kind.endswith(".") and got.startswith(kind))):
+            return False
+    outcome, identity = filters["outcome"], filters["identity"]
+    if outcome is not None and event["outcome"] != outcome:
+        return False
+    return identity is None or event.get("identity") == identity
 
 
 def _frame(event_id: int | None, data: Any) -> bytes:
