@@ -326,6 +326,9 @@ class EdgeServer:
             closer = getattr(self.broker, "close", None)
             if closer is not None:
                 self._cleanups.append(closer)
+            # MQTT 5 session expiry and delayed wills must fire even when no
+            # connection ticks: one loop timer a second drives them.
+            self._cleanups.append(_every(asyncio.get_running_loop(), 1.0, self.broker))
         if wants_http and "http" not in self._extra_factories:
             from edge.http.device import make_device_protocol_factory
 
@@ -349,10 +352,12 @@ class EdgeServer:
         self.admin_token, created = admin.load_or_create_token(self.config.store_path)
         if created:
             log.info("admin token written to %s.token", self.config.store_path)
+        broker = self.broker
         app = admin.make_admin_app(
             self.trust,
             self.events,
             token=self.admin_token,
+            disconnect=None if broker is None else broker.disconnect_devices,
             edge=self,
             metrics_auth=self.config.metrics_auth,
         )
@@ -375,6 +380,18 @@ class EdgeServer:
         handle = ServerThread(cls(config, **kwargs))
         handle.start(timeout)
         return handle
+
+
+def _every(loop: asyncio.AbstractEventLoop, interval: float, broker: Any) -> Callable[[], None]:
+    """Call ``broker.maintain(now)`` every ``interval`` seconds; return the canceller."""
+    handle: list[asyncio.TimerHandle] = []
+
+    def tick() -> None:
+        broker.maintain(broker.clock())
+        handle[0] = loop.call_later(interval, tick)
+
+    handle.append(loop.call_later(interval, tick))
+    return lambda: handle[0].cancel()
 
 
 def _mqtt_factory(broker: Any) -> AppProtocolFactory:

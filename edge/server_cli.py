@@ -28,6 +28,7 @@ from edge.config import EdgeConfig, EdgeConfigError, load_config, parse_host_por
 from edge.core.events import EventLog
 from edge.core.handlers import HandlerRegistry
 from edge.logs import LOG_FORMATS, configure_logging, log_events_as_json
+from edge.mqtt.profiles import PROFILES, apply_profile
 from edge.server import EdgeServer, EdgeServerError, new_event_loop
 
 __all__ = ["build_config", "load_handlers", "register"]
@@ -66,6 +67,12 @@ def register(subparsers: Any) -> None:
         help="topic handlers to run: a function taking a HandlerRegistry, or a HandlerRegistry "
         "(repeatable; e.g. edge.services.ota:setup)",
     )
+    serve.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        help="answer MQTT like a production broker: its limits, codes and CONNACK "
+        "(edge.mqtt.profiles has the table and its sources)",
+    )
     serve.add_argument("-v", "--verbose", action="store_true", help="log every event")
     serve.add_argument(
         "--log-format",
@@ -102,6 +109,8 @@ def build_config(args: argparse.Namespace) -> EdgeConfig:
         changes["ready_file"] = args.ready_file
     if args.no_uvloop:
         changes["use_uvloop"] = False
+    if getattr(args, "profile", None):
+        changes["mqtt"] = apply_profile(cfg.mqtt, args.profile)
     return cfg.with_overrides(**changes)
 
 

@@ -27,7 +27,7 @@ from edge.core.events import EventLog
 from edge.core.handlers import HandlerRegistry
 from edge.core.metrics import Metrics
 from edge.core.policy import Policy
-from edge.core.router import Message, Router, Subscriber
+from edge.core.router import Message, Router, Subscriber, split_shared
 from edge.core.session import SessionInfo
 
 #: After the first ``policy.denied`` event for a (connection, action, topic), only
@@ -74,6 +74,27 @@ class EdgeCore:
             self._denied(session, "connect", client_id, reason)
         return reason
 
+    def check_publish(
+        self, session: SessionInfo, topic: str, client_id: str | None = None
+    ) -> str | None:
+        """None if ``session`` may publish to ``topic``, else the reason (also an event).
+
+        For adapters that must answer before routing (an MQTT 5 PUBREC); :meth:`publish`
+        applies the same checks.
+        """
+        if topic[:1] == "$":
+            self._denied(session, "publish", topic, RESERVED)
+            return RESERVED
+        if self.policy.open_access:
+            return None
+        identity = session.identity
+        reason = self.policy.may_publish(
+            identity, client_id if client_id is not None else identity.name, topic
+        )
+        if reason is not None:
+            self._denied(session, "publish", topic, reason)
+        return reason
+
     def publish(
         self, message: Message, session: SessionInfo | None, *, client_id: str | None = None
     ) -> PublishResult:
@@ -118,8 +139,12 @@ class EdgeCore:
         """
         if session is not None and not self.policy.open_access:
             identity = session.identity
+            # A shared subscription is judged by its filter, not its group name.
+            shared = split_shared(topic_filter)
             reason = self.policy.may_subscribe(
-                identity, client_id if client_id is not None else identity.name, topic_filter
+                identity,
+                client_id if client_id is not None else identity.name,
+                topic_filter if shared is None else shared[1],
             )
             if reason is not None:
                 self.metrics.subscribe_denied += 1

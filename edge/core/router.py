@@ -5,6 +5,15 @@ here and registers :class:`Subscriber` objects; a message published over HTTP
 reaches MQTT and WebSocket subscribers alike. The router decides nothing about
 authorization (that is :mod:`edge.core.policy`, applied by :mod:`edge.core.hub`).
 
+A :class:`Message` may carry :class:`Metadata` (MQTT 5's content type, user
+properties, response topic, correlation data, payload format and expiry) whatever
+protocol it came from; an adapter that cannot express it (MQTT 3.1.1) delivers the
+payload alone.
+
+Shared subscriptions (``$share/{group}/{filter}``) are kept here, so members may sit
+on any protocol: the tree holds one :class:`SharedGroup` per (group, filter), and
+each message goes to one member of each group, in turn.
+
 Delivery is synchronous and must not block: ``Subscriber.deliver`` queues or writes
 and returns. A subscriber holding several matching subscriptions receives one copy
 at the highest granted QoS (the choice Mosquitto makes by default).
@@ -23,6 +32,23 @@ from typing import Protocol
 from edge.core.topics import TopicTree, matches
 
 log = logging.getLogger("edgesim.router")
+
+
+@dataclass(slots=True, eq=False)
+class Metadata:
+    """What travels with a message beside its payload (MQTT 5's application properties).
+
+    ``expires_at`` is a deadline on the publisher's adapter clock (monotonic
+    seconds; None: never); an expired message is never delivered. ``user_properties``
+    keep their order and repeats. ``payload_format`` 1 means UTF-8 text.
+    """
+
+    content_type: str | None = None
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+    user_properties: list[tuple[str, str]] = field(default_factory=list)
+    payload_format: int | None = None
+    expires_at: float | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -45,6 +71,46 @@ class Message:
     protocol: str = ""
     published_at: float = 0.0
     encoded: dict[object, bytes] | None = field(default=None, repr=False)
+    #: MQTT 5 style metadata, None for most messages (3.1.1, plain HTTP).
+    meta: Metadata | None = None
+    #: The publishing subscriber's id when it is one (MQTT's No Local needs it).
+    source: str = ""
+
+
+SHARE_PREFIX = "$share/"
+
+
+def split_shared(topic_filter: str) -> tuple[str, str] | None:
+    """``(group, filter)`` of a ``$share/{group}/{filter}``; None for other filters."""
+    if not topic_filter.startswith(SHARE_PREFIX):
+        return None
+    group, sep, rest = topic_filter[len(SHARE_PREFIX) :].partition("/")
+    if not sep or not group or not rest or "+" in group or "#" in group:
+        return None
+    return group, rest
+
+
+class SharedGroup:
+    """The members of one shared subscription; a message goes to one of them, in turn."""
+
+    __slots__ = ("_next", "members", "subscriber_id")
+
+    def __init__(self, subscriber_id: str) -> None:
+        self.subscriber_id = subscriber_id
+        #: subscriber id -> (subscriber, granted QoS), in joining order.
+        self.members: dict[str, tuple[Subscriber, int]] = {}
+        self._next = 0
+
+    def deliver(self, message: Message, qos: int, retained: bool) -> None:
+        """Give ``message`` to the next member (round robin)."""
+        members = list(self.members.values())
+        if not members:
+            return
+        index = self._next % len(members)
+        self._next = index + 1
+        subscriber, granted = members[index]
+        mqos = message.qos
+        subscriber.deliver(message, granted if granted < mqos else mqos, retained)
 
 
 class Subscriber(Protocol):
@@ -67,7 +133,7 @@ class Subscriber(Protocol):
 class Router:
     """Subscriptions and retained messages, shared by every protocol adapter."""
 
-    __slots__ = ("_fanout_cache", "_retained", "_subscriptions", "_tree")
+    __slots__ = ("_fanout_cache", "_retained", "_shared", "_subscriptions", "_tree")
 
     def __init__(self) -> None:
         self._tree: TopicTree[str, tuple[Subscriber, int]] = TopicTree()
@@ -75,21 +141,44 @@ class Router:
         self._retained: dict[str, Message] = {}
         # topic -> deduplicated [(subscriber, qos)], valid until subscriptions change.
         self._fanout_cache: dict[str, list[tuple[Subscriber, int]]] = {}
+        # "$share/group/filter" -> its group (also in the tree, under "filter").
+        self._shared: dict[str, SharedGroup] = {}
 
     # --- subscriptions -----------------------------------------------------------------
 
     def subscribe(self, subscriber: Subscriber, topic_filter: str, qos: int) -> bool:
         """Subscribe (or update the QoS of) ``subscriber`` on ``topic_filter``; True if new."""
         sid = subscriber.subscriber_id
-        new = self._tree.add(topic_filter, sid, (subscriber, qos))
+        shared = split_shared(topic_filter)
+        if shared is not None:
+            group = self._shared.get(topic_filter)
+            if group is None:
+                group = self._shared[topic_filter] = SharedGroup(topic_filter)
+                self._tree.add(shared[1], topic_filter, (group, 2))
+            new = sid not in group.members
+            group.members[sid] = (subscriber, qos)
+        else:
+            new = self._tree.add(topic_filter, sid, (subscriber, qos))
         self._subscriptions.setdefault(sid, {})[topic_filter] = qos
         self._fanout_cache.clear()
         return new
 
+    def _remove(self, topic_filter: str, sid: str) -> bool:
+        group = self._shared.get(topic_filter)
+        if group is None:
+            return self._tree.remove(topic_filter, sid)
+        removed = group.members.pop(sid, None) is not None
+        if not group.members:
+            del self._shared[topic_filter]
+            shared = split_shared(topic_filter)
+            assert shared is not None
+            self._tree.remove(shared[1], topic_filter)
+        return removed
+
     def unsubscribe(self, subscriber: Subscriber, topic_filter: str) -> bool:
         """Remove one subscription; True if it existed."""
         sid = subscriber.subscriber_id
-        removed = self._tree.remove(topic_filter, sid)
+        removed = self._remove(topic_filter, sid)
         filters = self._subscriptions.get(sid)
         if filters is not None:
             filters.pop(topic_filter, None)
@@ -104,7 +193,7 @@ class Router:
         sid = subscriber.subscriber_id
         filters = self._subscriptions.pop(sid, {})
         for topic_filter in filters:
-            self._tree.remove(topic_filter, sid)
+            self._remove(topic_filter, sid)
         if filters:
             self._fanout_cache.clear()
         return len(filters)
@@ -175,7 +264,13 @@ class Router:
         ]
 
     def deliver_retained(self, subscriber: Subscriber, topic_filter: str, qos: int) -> int:
-        """Send ``subscriber`` the retained messages matching ``topic_filter``; return the count."""
+        """Send ``subscriber`` the retained messages matching ``topic_filter``; return the count.
+
+        None for a shared subscription (MQTT 5 section 4.8.2: retained messages are
+        not sent to its members on subscribing).
+        """
+        if topic_filter.startswith(SHARE_PREFIX):
+            return 0
         found = self.retained_matching(topic_filter)
         for message in found:
             subscriber.deliver(message, min(qos, message.qos), True)

@@ -62,6 +62,7 @@ from edge.trust.propagation import TrustService
 
 __all__ = [
     "ADMIN_CA_KEY",
+    "DISCONNECT_KEY",
     "EVENTS_KEY",
     "TOKEN_KEY",
     "TRUST_KEY",
@@ -76,6 +77,9 @@ TRUST_KEY = web.AppKey("trust", TrustService)
 EVENTS_KEY = web.AppKey("events", EventLog)
 TOKEN_KEY = web.AppKey("token", str)
 ADMIN_CA_KEY = web.AppKey("admin_ca", list[x509.Certificate])
+#: Closes the live MQTT sessions a predicate on the session picks (the broker's
+#: ``disconnect_devices``), or None when the edge serves no MQTT.
+DISCONNECT_KEY = web.AppKey("disconnect", object)
 
 log = logging.getLogger("edgesim.admin")
 
@@ -564,6 +568,30 @@ async def _rollback_cert(request: web.Request) -> web.Response:
     )
 
 
+async def _disconnect_devices(request: web.Request) -> web.Response:
+    """``POST /v1/devices/disconnect``: end live MQTT sessions (MQTT 5: DISCONNECT 0x98)."""
+    body = await _json_body(request)
+    identity, set_name = body.get("identity"), body.get("set")
+    if (identity is None) == (set_name is None):
+        raise _BadRequest("give exactly one of 'identity' (set/name) or 'set'")
+    if not isinstance(identity or set_name, str) or not (identity or set_name):
+        raise _BadRequest("'identity' and 'set' are non-empty strings")
+    reason = body.get("reason", "disconnected by an administrator")
+    if not isinstance(reason, str):
+        raise _BadRequest("'reason' is a string")
+    disconnect = request.app[DISCONNECT_KEY]
+    if disconnect is None:  # no MQTT listener: no MQTT session to end
+        return _json({"disconnected": 0})
+
+    def chosen(info: Any) -> bool:
+        if identity is not None:
+            return bool(str(info.identity) == identity)
+        return bool(info.identity.namespace == set_name)
+
+    count = disconnect(chosen, reason)  # type: ignore[operator]
+    return _json({"disconnected": count})
+
+
 async def _events(request: web.Request) -> web.Response:
     q = request.query
     events = request.app[EVENTS_KEY].query(
@@ -604,6 +632,7 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("DELETE", "/v1/certs/{name}", _delete_cert),
     ("POST", "/v1/certs/{name}/deploy", _deploy_cert),
     ("POST", "/v1/certs/{name}/rollback", _rollback_cert),
+    ("POST", "/v1/devices/disconnect", _disconnect_devices),
     # Live views, test publishing, /metrics and the web console (edge.http.console_api).
     *console_api.ROUTES,
 )
@@ -615,6 +644,7 @@ def make_admin_app(
     *,
     token: str | None,
     admin_ca_pem: bytes | None = None,
+    disconnect: Callable[[Callable[[Any], bool], str], int] | None = None,
     edge: Any = None,
     metrics_auth: bool = True,
 ) -> web.Application:
@@ -622,10 +652,12 @@ def make_admin_app(
 
     ``token`` is the bearer token every call needs; ``admin_ca_pem`` additionally
     requires a client certificate (the listener must then use
-    :func:`admin_ssl_context`). ``edge`` (the running
-    :class:`~edge.server.EdgeServer`) backs the devices, publish, topic-stream and
-    connection metrics; ``metrics_auth=False`` serves ``/metrics`` without the token. At least one of them must be given: an admin API
+    :func:`admin_ssl_context`). At least one of them must be given: an admin API
     open to anyone on the listener is refused with ``ValueError``.
+    ``disconnect`` is the broker's ``disconnect_devices`` (None: no MQTT served).
+    ``edge`` (the running :class:`~edge.server.EdgeServer`) backs the device list,
+    publishing, topic streams and the connection metrics; ``metrics_auth=False``
+    serves ``/metrics`` without the token.
     """
     if not token and not admin_ca_pem:
         raise ValueError("the admin API needs a token or an admin CA (or both)")
@@ -634,6 +666,7 @@ def make_admin_app(
     app[EVENTS_KEY] = events
     app[TOKEN_KEY] = token or ""
     app[ADMIN_CA_KEY] = x509.load_pem_x509_certificates(admin_ca_pem) if admin_ca_pem else []
+    app[DISCONNECT_KEY] = disconnect
     console_api.install(app, events, edge=edge, metrics_auth=metrics_auth)
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)

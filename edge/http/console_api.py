@@ -6,8 +6,8 @@ Handlers :mod:`edge.http.admin` mounts next to its certificate-set routes (and
 - ``GET /v1/events/stream``: the event log as Server-Sent Events, with the same
   filters as ``/v1/events``; resumes from ``since`` or ``Last-Event-ID``.
 - ``GET /v1/devices``, ``POST /v1/devices/{connection_id}/disconnect``: the
-  connected devices, and closing one (an MQTT 5 client first gets DISCONNECT with
-  reason 0x98, "administrative action").
+  connected devices, and closing one (an MQTT client through the broker's
+  ``disconnect_devices``: MQTT 5 gets DISCONNECT 0x98, "administrative action").
 - ``POST /v1/publish``, ``GET /v1/topics/stream?filter=``: publish a test message
   through the core, and watch the messages matching a filter (SSE).
 - ``GET /metrics``: Prometheus text or OpenMetrics (:mod:`edge.http.metrics_export`).
@@ -71,8 +71,6 @@ _CSP = (
     "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 _KEEPALIVE = 15.0
-# MQTT 5 DISCONNECT with reason 0x98 "administrative action" and no properties.
-_DISCONNECT_ADMIN = bytes((0xE0, 2, 0x98, 0))
 #: Messages a topic stream buffers for a slow browser before dropping the newest.
 _STREAM_QUEUE = 1000
 
@@ -279,18 +277,21 @@ async def _disconnect(request: web.Request) -> web.Response:
         if proto.info.connection_id != wanted:
             continue
         device = _device(edge, proto)
-        conn = getattr(proto.app, "connection", None)
-        if device["mqtt_protocol_level"] == 5 and conn is not None and conn.connected:
-            # MQTT 5 tells the client why: 0x98 "administrative action".
-            conn.write(_DISCONNECT_ADMIN)
-        proto.shutdown("disconnected by an administrator")
+        reason = "disconnected by an administrator"
+        broker = edge.broker
+        if device["mqtt_protocol_level"] is not None and broker is not None:
+            # The broker's administrative DISCONNECT: an MQTT 5 client hears why
+            # (0x98 Administrative action, with the reason), and wills are published.
+            broker.disconnect_devices(lambda info: info.connection_id == wanted, reason)
+        else:
+            proto.shutdown(reason)
         request.app[_EVENTS_KEY].emit(
             "admin.disconnected",
             "info",
             identity=device["identity"],
             peer=device["peer"],
             connection_id=wanted,
-            reason="disconnected by an administrator",
+            reason=reason,
         )
         return _json({"ok": True, "device": device})
     raise web.HTTPNotFound(reason=f"no connected device with connection id {wanted}")

@@ -6,7 +6,16 @@ MQTT. The HTTP API, as an aiohttp application:
 
 ``POST /topics/{topic}?qos=0|1&retain=true|false``
     Publish the request body (as AWS IoT's HTTPS publish does). ``200`` with
-    ``{"topic", "qos", "retain", "delivered", "message_id"}``.
+    ``{"topic", "qos", "retain", "delivered", "message_id"}``. Headers give the
+    message MQTT 5 metadata, which MQTT 5 subscribers receive as properties:
+    ``Content-Type`` (except the defaults clients add by themselves,
+    ``application/octet-stream`` and ``application/x-www-form-urlencoded``),
+    ``Message-Expiry`` (seconds), ``Response-Topic``,
+    ``Correlation-Data`` (base64) and ``MQTT-User-Property: key=value``
+    (repeatable, order kept); a malformed one is a ``400``. Reads give them back:
+    the same headers on ``GET /topics/{topic}``, the ``/ws`` field names
+    (``content_type``, ``user_properties``, ...) in SSE ``data``; an expired
+    message is not returned.
 ``GET /topics/{topic}``
     The retained message of the topic: ``200`` with the payload as
     ``application/octet-stream`` and headers ``X-Edgesim-QoS``,
@@ -42,9 +51,11 @@ Errors (the root, ``HttpEdgeError``, is in :mod:`edge.http.bridge`)::
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
 import logging
+import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -54,7 +65,7 @@ from aiohttp import web
 
 from edge.core.events import EventLog
 from edge.core.hub import EdgeCore
-from edge.core.router import Message
+from edge.core.router import Message, Metadata
 from edge.core.session import SessionInfo
 from edge.http.bridge import AiohttpBridge, BridgeError, HttpEdgeError, session_of
 from edge.ws.coreops import check_read, publish_bytes
@@ -66,6 +77,7 @@ from edge.ws.jsonproto import (
     check_topic_filter,
     check_topic_name,
     encode_payload,
+    metadata_fields,
 )
 from edge.ws.mqtt import BrokerLike, mqtt_ws_factory
 
@@ -237,6 +249,47 @@ def _query_choice(request: web.Request, name: str, choices: dict[str, Any], defa
     return choices[value]
 
 
+#: Content types HTTP clients add on their own (aiohttp and requests for bytes, curl
+#: -d): they say nothing about the payload, so they do not become its Content Type.
+_DEFAULT_TYPES = frozenset({"application/octet-stream", "application/x-www-form-urlencoded"})
+
+
+def _metadata(request: web.Request) -> Metadata | None:
+    """The MQTT 5 metadata the publish headers give (see the module docstring)."""
+    headers = request.headers
+    content_type = headers.get("Content-Type")
+    if content_type in _DEFAULT_TYPES:
+        # What HTTP clients send when nobody chose a type: not a content type to keep.
+        content_type = None
+    expiry = headers.get("Message-Expiry")
+    response_topic = headers.get("Response-Topic")
+    correlation = headers.get("Correlation-Data")
+    user = headers.getall("MQTT-User-Property", [])
+    given = (content_type, expiry, response_topic, correlation)
+    if not user and all(value is None for value in given):
+        return None
+    meta = Metadata(content_type=content_type, response_topic=response_topic)
+    if expiry is not None:
+        if not expiry.isdigit() or not 0 < int(expiry) < 1 << 32:
+            raise Problem(400, "Bad header", f"Message-Expiry {expiry!r}: seconds, 1 to 2^32-1")
+        meta.expires_at = time.monotonic() + int(expiry)
+    if response_topic is not None and (
+        not response_topic or "+" in response_topic or "#" in response_topic
+    ):
+        raise Problem(400, "Bad header", f"Response-Topic {response_topic!r} is not a topic name")
+    if correlation is not None:
+        try:
+            meta.correlation_data = base64.b64decode(correlation, validate=True)
+        except ValueError:
+            raise Problem(400, "Bad header", "Correlation-Data must be base64") from None
+    for item in user:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise Problem(400, "Bad header", f"MQTT-User-Property {item!r}: expected key=value")
+        meta.user_properties.append((key.strip(), value.strip()))
+    return meta
+
+
 async def _publish(request: web.Request) -> web.Response:
     """``POST /topics/{topic}``: publish the body."""
     session = session_of(request)
@@ -258,7 +311,14 @@ async def _publish(request: web.Request) -> web.Response:
         if len(body) > limit:
             raise Problem(413, "Payload too large", f"the body is over {limit} bytes")
     result = publish_bytes(
-        request.app[CORE], session, topic, bytes(body), qos=qos, retain=retain, protocol="http"
+        request.app[CORE],
+        session,
+        topic,
+        bytes(body),
+        qos=qos,
+        retain=retain,
+        protocol="http",
+        meta=_metadata(request),
     )
     if not result.allowed:
         raise Problem(403, "Forbidden", result.reason or "refused by policy", topic=topic)
@@ -282,17 +342,38 @@ async def _get_retained(request: web.Request) -> web.Response:
     if denied is not None:
         raise Problem(403, "Forbidden", denied, topic=topic)
     message = core.retained(topic)
-    if message is None:
+    meta = None if message is None else message.meta
+    now = time.monotonic()
+    if message is None or (
+        meta is not None and meta.expires_at is not None and meta.expires_at <= now
+    ):
         raise Problem(404, "No retained message", f"no retained message on {topic}", topic=topic)
-    return web.Response(
-        body=message.payload,
-        content_type="application/octet-stream",
-        headers={
-            "X-Edgesim-Topic": urllib.parse.quote(message.topic, safe="/"),
-            "X-Edgesim-QoS": str(message.qos),
-            "X-Edgesim-Retain": "true",
-        },
-    )
+    content_type = "application/octet-stream"
+    # A list, not a dict: MQTT-User-Property repeats.
+    headers = [
+        ("X-Edgesim-Topic", urllib.parse.quote(message.topic, safe="/")),
+        ("X-Edgesim-QoS", str(message.qos)),
+        ("X-Edgesim-Retain", "true"),
+    ]
+    if meta is not None:
+        # The publish headers, given back (see the module docstring).
+        fields = metadata_fields(meta, now)
+        content_type = fields.pop("content_type", content_type)
+        for name, header in _META_HEADERS:
+            if name in fields:
+                headers.append((header, str(fields[name])))
+        for key, value in meta.user_properties:
+            headers.append(("MQTT-User-Property", f"{key}={value}"))
+    headers.append(("Content-Type", content_type))
+    return web.Response(body=message.payload, headers=headers)
+
+
+#: Metadata field -> the HTTP header that carries it (both ways).
+_META_HEADERS = (
+    ("message_expiry", "Message-Expiry"),
+    ("response_topic", "Response-Topic"),
+    ("correlation_data", "Correlation-Data"),
+)
 
 
 async def _upgrade_required(request: web.Request) -> web.Response:
@@ -414,16 +495,16 @@ async def _pump(response: web.StreamResponse, subscriber: SseSubscriber) -> str:
 
 def _sse_event(message: Message, retained: bool, sequence: int) -> bytes:
     text, encoding = encode_payload(message.payload)
-    data = json.dumps(
-        {
-            "topic": message.topic,
-            "payload": text,
-            "encoding": encoding,
-            "qos": 0,
-            "retain": retained,
-        },
-        separators=(",", ":"),
-    )
+    obj: dict[str, Any] = {
+        "topic": message.topic,
+        "payload": text,
+        "encoding": encoding,
+        "qos": 0,
+        "retain": retained,
+    }
+    if message.meta is not None:
+        obj.update(metadata_fields(message.meta, time.monotonic()))
+    data = json.dumps(obj, separators=(",", ":"))
     return f"id: {sequence}\nevent: message\ndata: {data}\n\n".encode()
 
 

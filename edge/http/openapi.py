@@ -272,6 +272,33 @@ _DOCUMENT: dict[str, Any] = {
                 "responses": {"200": _ok(_ref("Status")), **_errors()},
             }
         },
+        "/v1/devices/disconnect": {
+            "post": {
+                "summary": "End the live MQTT sessions of one device (identity set/name) or of"
+                " every device of a set; MQTT 5 devices get DISCONNECT 0x98 with the reason",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "identity": {"type": "string"},
+                                    "set": {"type": "string"},
+                                    "reason": {"type": "string"},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _ok(
+                        {"type": "object", "properties": {"disconnected": {"type": "integer"}}}
+                    ),
+                    **_errors("400"),
+                },
+            }
+        },
         "/v1/events": {
             "get": {
                 "summary": "The edge's event log, oldest first",

@@ -1,7 +1,8 @@
 """edge.mqtt: the edge's own MQTT implementation, sans-I/O at its heart.
 
-The codec speaks MQTT 3.1, 3.1.1 and 5.0; the broker speaks 3.1/3.1.1 (it answers
-an MQTT 5 CONNECT with return code 1, unsupported protocol level, for now).
+The codec and the broker speak MQTT 3.1, 3.1.1 and 5.0, chosen per connection by its
+CONNECT: one broker and one session model, the level confined to the codec and the
+connection's edge (the CONNACK, acknowledgements and PUBLISH encodings).
 
 =====================  ==========================================================
 :mod:`.codec`          packets, ``encode``, incremental ``Parser`` (client and
@@ -10,6 +11,8 @@ an MQTT 5 CONNECT with return code 1, unsupported protocol level, for now).
 :mod:`.reasons`        MQTT 5 reason codes: the table, ``reason_name``
 :mod:`.broker`         ``MqttBroker`` (sessions) and ``MqttConnection`` (one
                        connection: bytes in, bytes out, ``tick(now)``)
+:mod:`.profiles`       cloud profiles (aws-iot-core, mosquitto, emqx): limits,
+                       codes and CONNACK of a production broker, with sources
 :mod:`.protocol`       ``MqttServerProtocol``: the asyncio adapter, any transport
 :mod:`.errors`         the error tree below
 =====================  ==========================================================
@@ -23,6 +26,7 @@ Errors::
     └── MqttConfigError       an invalid [mqtt] setting (also a ValueError)
 
 The broker turns every packet error into a closed connection with a reason (an
-``mqtt.disconnected`` event); :class:`~edge.mqtt.broker.MqttConfig` raises
+``mqtt.disconnected`` event; an MQTT 5 client first gets a DISCONNECT, or a CONNACK,
+with the error's ``reason_code`` and the reason as its Reason String); :class:`~edge.mqtt.broker.MqttConfig` raises
 :class:`~edge.mqtt.errors.MqttConfigError` naming the key.
 """

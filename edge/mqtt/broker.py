@@ -1,4 +1,4 @@
-"""The MQTT 3.1/3.1.1 broker, sans-I/O: shared session state plus one state machine per connection.
+"""The MQTT 3.1/3.1.1/5.0 broker, sans-I/O: shared session state plus one state machine per connection.
 
 :class:`MqttBroker` holds what outlives a connection: sessions by (identity, client id) (clean
 and persistent), their subscriptions (kept in the core's router), QoS 1/2 messages
@@ -12,6 +12,14 @@ reports the end with :meth:`~MqttConnection.connection_lost`.
 Deliveries routed from other connections land in this connection's output buffer
 at any time; the connection then calls its ``wakeup`` callback (set by the I/O
 layer) once, when the buffer goes from empty to non-empty.
+
+MQTT 5 lives at the connection's edge: the CONNECT's level sets ``v5``, which selects
+the CONNACK, the acknowledgements with reason codes (and Reason Strings from the same
+decisions that produce events), the PUBLISH encoding with properties, and a
+DISCONNECT with a reason code before every close the broker decides. Sessions,
+routing and QoS flows are the same objects for every level; a session's
+``expiry`` is MQTT 5's Session Expiry Interval (None: 3.1.1, the broker's
+``session_expiry``).
 
 Behaviour worth knowing:
 
@@ -42,6 +50,8 @@ closes the connection with ``close_reason`` naming it; nothing escapes
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -49,13 +59,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge.core.hub import EdgeCore
-from edge.core.router import Message
+from edge.core.router import Message, Metadata, split_shared
 from edge.core.session import SessionInfo
+from edge.core.topics import matches
 from edge.mqtt.codec import (
     CONNACK_BAD_PROTOCOL_VERSION,
     CONNACK_IDENTIFIER_REJECTED,
     CONNACK_NOT_AUTHORIZED,
     SUBACK_FAILURE,
+    Auth,
     Connect,
     Disconnect,
     Packet,
@@ -70,17 +82,96 @@ from edge.mqtt.codec import (
     Unsubscribe,
     Will,
     encode_publish,
+    encode_publish5,
+    encode_varint,
     encode_varint_prefix,
 )
 from edge.mqtt.errors import MqttConfigError, MqttError, ProtocolViolation
+from edge.mqtt.profiles import apply_profile, mosquitto_code
+from edge.mqtt.properties import Properties
 
-__all__ = ["MqttBroker", "MqttConfig", "MqttConnection", "MqttSession"]
+__all__ = ["NEVER", "MqttBroker", "MqttConfig", "MqttConnection", "MqttSession"]
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _capabilities(config: MqttConfig) -> bytes:
+    """The CONNACK capability properties ``config`` states (without their length)."""
+    parts: list[bytes] = []
+    if config.connack_properties == "mosquitto":
+        # Mosquitto's three, in its order (the conformance data expects these bytes).
+        parts.append(b"\x22" + config.topic_alias_maximum.to_bytes(2, "big"))
+        parts.append(b"\x27" + config.max_packet_size.to_bytes(4, "big"))
+        parts.append(b"\x21" + config.receive_maximum.to_bytes(2, "big"))
+    else:
+        parts.append(b"\x21" + config.receive_maximum.to_bytes(2, "big"))
+        parts.append(b"\x22" + config.topic_alias_maximum.to_bytes(2, "big"))
+        if config.maximum_qos < 2:  # the value 2 may not be sent (3.2.2.3.4)
+            parts.append(bytes((0x24, config.maximum_qos)))
+        parts.append(bytes((0x25, int(config.retain_available))))
+        parts.append(b"\x27" + config.max_packet_size.to_bytes(4, "big"))
+        parts.append(bytes((0x28, int(config.wildcard_subscription_available))))
+        parts.append(bytes((0x29, int(config.subscription_identifier_available))))
+        parts.append(bytes((0x2A, int(config.shared_subscription_available))))
+    return b"".join(parts)
+
+
+def _props5(meta: Metadata | None, sub_ids: tuple[int, ...], alias: bytes, remaining: int) -> bytes:
+    """The property block of an outgoing PUBLISH, in identifier order.
+
+    ``remaining`` is the Message Expiry Interval left (0: the message has none).
+    """
+    parts: list[bytes] = []
+    if meta is not None:
+        if meta.payload_format is not None:
+            parts.append(bytes((0x01, meta.payload_format)))
+        if remaining:
+            parts.append(b"\x02" + remaining.to_bytes(4, "big"))
+        if meta.content_type is not None:
+            parts.append(b"\x03" + _str(meta.content_type))
+        if meta.response_topic is not None:
+            parts.append(b"\x08" + _str(meta.response_topic))
+        if meta.correlation_data is not None:
+            data = meta.correlation_data
+            parts.append(b"\x09" + len(data).to_bytes(2, "big") + data)
+    for sub_id in sub_ids:
+        parts.append(b"\x0b" + encode_varint(sub_id))
+    if alias:
+        parts.append(alias)
+    if meta is not None:
+        for key, value in meta.user_properties:
+            parts.append(b"\x26" + _str(key) + _str(value))
+    body = b"".join(parts)
+    return encode_varint(len(body)) + body
+
+
+def _str(text: str) -> bytes:
+    raw = text.encode()
+    return len(raw).to_bytes(2, "big") + raw
+
 
 _PINGRESP = b"\xd0\x00"
+#: The Reason String of every refused AUTH packet or Authentication Method.
+_CERT_ONLY = (
+    "devices authenticate by certificate (mutual TLS) here: no AUTH exchange"
+    " or Authentication Method is supported"
+)
 # Keys of this adapter's encodings in Message.encoded (strings: their hash is cached).
 _KEY_Q0 = "mqtt:0"
 _KEY_Q0R = "mqtt:0r"
 _KEYS_HEAD = ("", "", "mqtt:1", "mqtt:1r", "mqtt:2", "mqtt:2r")
+# MQTT 5 encodings: whole QoS 0 packets; for QoS 1/2 the head before the packet id
+# (by qos, retain, dup) and the properties plus payload after it.
+_KEY5_Q0 = "mqtt5:0"
+_KEY5_Q0R = "mqtt5:0r"
+_KEY5_TAIL = "mqtt5:tail"
+_KEYS5_HEAD = tuple(f"mqtt5:h{i}" for i in range(12))  # by qos * 4 + retain * 2 + dup
 # States of an outbound QoS 1/2 message.
 _AWAIT_ACK = 0  # PUBLISH sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2)
 _AWAIT_COMP = 1  # PUBREL sent; waiting for PUBCOMP
@@ -99,6 +190,26 @@ class MqttConfig:
     unsent output beyond which QoS 0 deliveries to that client are shed;
     ``session_expiry`` seconds an offline persistent session is kept (None:
     until the client cleans it), applied by :meth:`MqttBroker.expire_sessions`.
+
+    MQTT 5 only (announced in the CONNACK, enforced with the reason code the spec
+    gives): ``receive_maximum`` QoS 2 messages a client may have unreleased
+    (0x93 beyond); ``topic_alias_maximum`` client-to-edge aliases (0x94 beyond);
+    ``topic_alias_out`` lets the edge send aliases too, up to the client's own
+    Topic Alias Maximum (off by default, as Mosquitto: some clients mishandle them);
+    ``maximum_qos`` (0x9B above), ``retain_available`` (0x9A), the
+    ``*_available`` switches (SUBACK 0xA2 / 0x9E, DISCONNECT 0xA1);
+    ``server_keep_alive`` overrides the client's keepalive when set;
+    ``max_session_expiry`` caps the client's Session Expiry Interval (None: no cap);
+    ``reason_strings`` adds a Reason String to refusals (the client may still
+    opt out with Request Problem Information = 0); ``reason_codes`` is
+    ``"spec"`` (OASIS text) or ``"mosquitto"`` (Mosquitto's choices where the two
+    differ, :data:`edge.mqtt.profiles.MOSQUITTO_CODES`); ``connack_properties``
+    is ``"all"`` (every capability stated) or ``"mosquitto"`` (the three Mosquitto
+    sends, in its order). Profile limits (None: none; :mod:`edge.mqtt.profiles`):
+    ``max_client_id_length``, ``max_topic_length`` bytes, ``max_topic_levels``,
+    ``max_filters_per_subscribe``, ``max_payload`` bytes, ``max_publish_rate``
+    PUBLISH per second and ``max_throughput`` bytes per second per connection;
+    ``profile`` names the profile in effect (events carry it).
     """
 
     max_packet_size: int = 1 << 20
@@ -110,11 +221,42 @@ class MqttConfig:
     max_keepalive: int = 65535
     max_write_buffer: int = 4 << 20
     session_expiry: float | None = None
+    receive_maximum: int = 100
+    topic_alias_maximum: int = 10
+    topic_alias_out: bool = False
+    maximum_qos: int = 2
+    retain_available: bool = True
+    wildcard_subscription_available: bool = True
+    subscription_identifier_available: bool = True
+    shared_subscription_available: bool = True
+    server_keep_alive: int | None = None
+    max_session_expiry: int | None = None
+    reason_strings: bool = True
+    reason_codes: str = "spec"
+    connack_properties: str = "all"
+    max_client_id_length: int | None = None
+    max_topic_length: int | None = None
+    max_topic_levels: int | None = None
+    max_filters_per_subscribe: int | None = None
+    max_payload: int | None = None
+    max_publish_rate: float | None = None
+    max_throughput: float | None = None
+    profile: str = ""
 
     def __post_init__(self) -> None:
         for name in ("max_packet_size", "max_inflight", "max_write_buffer", "max_keepalive"):
             if getattr(self, name) < 1:
                 raise MqttConfigError(f"mqtt.{name}: must be at least 1")
+        if not 1 <= self.receive_maximum <= 65535:
+            raise MqttConfigError("mqtt.receive_maximum: must be 1 to 65535")
+        if not 0 <= self.topic_alias_maximum <= 65535:
+            raise MqttConfigError("mqtt.topic_alias_maximum: must be 0 to 65535")
+        if self.maximum_qos not in (0, 1, 2):
+            raise MqttConfigError("mqtt.maximum_qos: must be 0, 1 or 2")
+        if self.reason_codes not in ("spec", "mosquitto"):
+            raise MqttConfigError("mqtt.reason_codes: must be 'spec' or 'mosquitto'")
+        if self.connack_properties not in ("all", "mosquitto"):
+            raise MqttConfigError("mqtt.connack_properties: must be 'all' or 'mosquitto'")
         if self.max_queued < 0:
             raise MqttConfigError("mqtt.max_queued: must not be negative")
         if self.connect_timeout <= 0:
@@ -135,7 +277,7 @@ class MqttConfig:
                 raise MqttConfigError(
                     f"{where}: unknown key {key!r} (known: {', '.join(sorted(kinds))})"
                 )
-            if value is None and key in ("retry_interval", "session_expiry"):
+            if value is None and key in _OPTIONAL:
                 values[key] = None
                 continue
             # bool is an int in Python: refuse it where a number is meant, and vice versa.
@@ -143,7 +285,12 @@ class MqttConfig:
                 kind = "true or false" if expected == (bool,) else "a number"
                 raise MqttConfigError(f"{where}.{key}: expected {kind}, got {value!r}")
             values[key] = value
+        profile = values.pop("profile", "")
         try:
+            if profile:
+                # The profile's row first, then the table's own keys over it.
+                base: MqttConfig = apply_profile(cls(), profile)
+                return dataclasses.replace(base, **values)
             return cls(**values)
         except MqttConfigError as exc:
             raise MqttConfigError(exc.reason.replace("mqtt.", f"{where}.", 1)) from None
@@ -161,20 +308,60 @@ _CONFIG_KINDS: dict[str, tuple[type, ...]] = {
     "max_keepalive": (int,),
     "max_write_buffer": (int,),
     "session_expiry": (int, float),
+    "receive_maximum": (int,),
+    "topic_alias_maximum": (int,),
+    "topic_alias_out": (bool,),
+    "maximum_qos": (int,),
+    "retain_available": (bool,),
+    "wildcard_subscription_available": (bool,),
+    "subscription_identifier_available": (bool,),
+    "shared_subscription_available": (bool,),
+    "server_keep_alive": (int,),
+    "max_session_expiry": (int,),
+    "reason_strings": (bool,),
+    "reason_codes": (str,),
+    "connack_properties": (str,),
+    "max_client_id_length": (int,),
+    "max_topic_length": (int,),
+    "max_topic_levels": (int,),
+    "max_filters_per_subscribe": (int,),
+    "max_payload": (int,),
+    "max_publish_rate": (int, float),
+    "max_throughput": (int, float),
+    "profile": (str,),
 }
+#: Keys whose value may be None (absent in TOML, or set by a profile).
+_OPTIONAL = frozenset(
+    {
+        "retry_interval",
+        "session_expiry",
+        "server_keep_alive",
+        "max_session_expiry",
+        "max_client_id_length",
+        "max_topic_length",
+        "max_topic_levels",
+        "max_filters_per_subscribe",
+        "max_payload",
+        "max_publish_rate",
+        "max_throughput",
+    }
+)
 
 
 class _Outgoing:
     """One outbound QoS 1/2 message in flight."""
 
-    __slots__ = ("message", "qos", "retain", "sent_at", "state")
+    __slots__ = ("message", "qos", "retain", "sent_at", "state", "sub_ids")
 
-    def __init__(self, message: Message, qos: int, retain: bool, sent_at: float) -> None:
+    def __init__(
+        self, message: Message, qos: int, retain: bool, sent_at: float, sub_ids: tuple[int, ...]
+    ) -> None:
         self.message = message
         self.qos = qos
         self.retain = retain
         self.state = _AWAIT_ACK
         self.sent_at = sent_at
+        self.sub_ids = sub_ids
 
 
 class _Incoming:
@@ -190,7 +377,10 @@ class _Incoming:
 
 #: The queue of every session that has queued nothing yet (never appended to:
 #: MqttSession.deliver gives a session its own deque first).
-_NO_QUEUE: deque[tuple[Message, int, bool]] = deque(maxlen=0)
+_NO_QUEUE: deque[tuple[Message, int, bool, tuple[int, ...]]] = deque(maxlen=0)
+_NO_IDS: tuple[int, ...] = ()
+#: The 0xFFFFFFFF Session Expiry Interval: the session never expires.
+NEVER = 0xFFFFFFFF
 
 
 class MqttSession:
@@ -205,12 +395,16 @@ class MqttSession:
         "clean",
         "client_id",
         "connection",
+        "expiry",
         "incoming_qos2",
         "inflight",
+        "inflight_limit",
         "info",
         "key",
         "offline_since",
+        "options5",
         "queue",
+        "special5",
         "subscriber_id",
     )
 
@@ -226,7 +420,17 @@ class MqttSession:
         self.inflight: dict[int, _Outgoing] = {}
         # Most sessions never queue: they share one empty deque until their first
         # offline message (an empty deque is about 600 bytes per connected device).
-        self.queue: deque[tuple[Message, int, bool]] = _NO_QUEUE
+        self.queue: deque[tuple[Message, int, bool, tuple[int, ...]]] = _NO_QUEUE
+        #: Seconds this session outlives its connection (MQTT 5's Session Expiry
+        #: Interval); None: the broker's ``session_expiry`` (MQTT 3.1.1).
+        self.expiry: float | None = None
+        #: The receiving side's limit on messages in flight (MQTT 5 Receive Maximum).
+        self.inflight_limit = broker.config.max_inflight
+        #: MQTT 5 subscriptions: filter -> (options byte, subscription id, filter
+        #: without its $share prefix). ``special5`` counts those with No Local,
+        #: Retain As Published or an id: without any, delivery skips the lookup.
+        self.options5: dict[str, tuple[int, int, str]] = {}
+        self.special5 = 0
         # Inbound QoS 2 messages received, not yet released: packet id -> the message
         # and how often this connection re-sent it unchanged.
         self.incoming_qos2: dict[int, _Incoming] = {}
@@ -235,20 +439,68 @@ class MqttSession:
     def deliver(self, message: Message, qos: int, retained: bool) -> None:
         """Router entry point: send now, queue, or drop (QoS 0 while offline)."""
         conn = self.connection
+        sub_ids = _NO_IDS
+        # One test on the 3.1.1 hot path: metadata or MQTT 5 options take the slow one.
+        if message.meta is not None or self.special5:
+            meta = message.meta
+            if (
+                meta is not None
+                and meta.expires_at is not None
+                and conn is not None
+                and meta.expires_at <= self.broker.clock()
+            ):
+                # Expired (MQTT 5 Message Expiry): never delivered, whatever the level.
+                self.broker.core.metrics.messages_dropped += 1
+                return
+            if self.special5:
+                resolved = self._resolve5(message, retained)
+                if resolved is None:
+                    return
+                qos, retained, sub_ids = resolved
         if qos == 0:
             if conn is not None:
-                conn.send_qos0(message, retained)
+                if conn.v5:
+                    conn.send5(message, 0, retained, None, sub_ids, False)
+                else:
+                    conn.send_qos0(message, retained)
             else:
                 self.broker.core.metrics.messages_dropped += 1
             return
-        if conn is not None and len(self.inflight) < self.broker.config.max_inflight:
-            self._send_new(conn, message, qos, retained)
+        if conn is not None and len(self.inflight) < self.inflight_limit:
+            self._send_new(conn, message, qos, retained, sub_ids)
         elif len(self.queue) < self.broker.config.max_queued:
             if self.queue is _NO_QUEUE:
                 self.queue = deque()
-            self.queue.append((message, qos, retained))
+            self.queue.append((message, qos, retained, sub_ids))
         else:
             self.broker.core.metrics.messages_dropped += 1
+
+    def _resolve5(
+        self, message: Message, retained: bool
+    ) -> tuple[int, bool, tuple[int, ...]] | None:
+        """QoS, retain flag and subscription ids under this session's MQTT 5 options.
+
+        None when only No Local subscriptions match a message of this session's own.
+        """
+        own = message.source == self.subscriber_id
+        topic = message.topic
+        best = -1
+        rap = retained
+        ids: list[int] = []
+        for options, sub_id, pure in self.options5.values():
+            if not matches(pure, topic):
+                continue
+            if options & 0x04 and own:  # No Local
+                continue
+            if options & 0x03 > best:
+                best = options & 0x03
+            if options & 0x08:  # Retain As Published
+                rap = rap or message.retain
+            if sub_id:
+                ids.append(sub_id)
+        if best < 0:
+            return None
+        return (best if best < message.qos else message.qos), rap, tuple(ids)
 
     def _allocate_pid(self) -> int:
         pid = self._next_pid
@@ -258,24 +510,48 @@ class MqttSession:
         self._next_pid = pid + 1 if pid < 0xFFFF else 1
         return pid
 
-    def _send_new(self, conn: MqttConnection, message: Message, qos: int, retain: bool) -> None:
+    def _send_new(
+        self,
+        conn: MqttConnection,
+        message: Message,
+        qos: int,
+        retain: bool,
+        sub_ids: tuple[int, ...] = _NO_IDS,
+    ) -> None:
         pid = self._allocate_pid()
-        self.inflight[pid] = _Outgoing(message, qos, retain, conn.now)
+        if conn.v5:
+            # Expired, or larger than the client takes: dropped, not in flight.
+            if conn.send5(message, qos, retain, pid, sub_ids, False):
+                self.inflight[pid] = _Outgoing(message, qos, retain, conn.now, sub_ids)
+            return
+        meta = message.meta
+        if (
+            meta is not None
+            and meta.expires_at is not None
+            and meta.expires_at <= conn.broker.clock()
+        ):
+            self.broker.core.metrics.messages_dropped += 1  # expired while queued
+            return
+        self.inflight[pid] = _Outgoing(message, qos, retain, conn.now, sub_ids)
         conn.send_qos12(message, qos, retain, pid)
 
     def pump(self) -> None:
         """Move queued messages into flight while there is room and a connection."""
         conn = self.connection
-        limit = self.broker.config.max_inflight
+        limit = self.inflight_limit
         while self.queue and conn is not None and len(self.inflight) < limit:
-            message, qos, retain = self.queue.popleft()
-            self._send_new(conn, message, qos, retain)
+            message, qos, retain, sub_ids = self.queue.popleft()
+            self._send_new(conn, message, qos, retain, sub_ids)
 
     def resend_inflight(self, conn: MqttConnection) -> None:
         """After a reconnect: re-send unacknowledged PUBLISH (DUP) and PUBREL, in order."""
-        for pid, entry in self.inflight.items():
+        for pid, entry in list(self.inflight.items()):
             entry.sent_at = conn.now
-            if entry.state == _AWAIT_ACK:
+            if entry.state == _AWAIT_ACK and conn.v5:
+                # An expired message is not re-sent (MQTT 5 section 3.3.2.3.3).
+                if not conn.send5(entry.message, entry.qos, entry.retain, pid, entry.sub_ids, True):
+                    del self.inflight[pid]
+            elif entry.state == _AWAIT_ACK:
                 conn.write(
                     encode_publish(
                         entry.message.topic.encode(),
@@ -309,31 +585,66 @@ class MqttBroker:
         #: Sessions by (identity string, client id).
         self.sessions: dict[tuple[str, str], MqttSession] = {}
         self.connections: set[MqttConnection] = set()
+        #: MQTT 5 wills waiting for their Will Delay Interval, by session key:
+        #: (due time, the message, the publisher's session, its client id).
+        self.pending_wills: dict[tuple[str, str], tuple[float, Message, SessionInfo, str]] = {}
+        self._next_check = 0.0
+        c = self.config
+        #: The capability properties of every MQTT 5 CONNACK, encoded once.
+        self.connack5_properties = _capabilities(c)
+        #: Whether a profile limit on PUBLISH is set (most edges: no check at all).
+        self.publish_limits = any(
+            value is not None
+            for value in (
+                c.max_topic_length,
+                c.max_topic_levels,
+                c.max_payload,
+                c.max_publish_rate,
+                c.max_throughput,
+            )
+        )
 
     def session(self, identity: object, client_id: str) -> MqttSession | None:
         """The session of ``client_id`` for the device ``identity`` (``set/name``), if any."""
         return self.sessions.get((str(identity), client_id))
 
     def expire_sessions(self, now: float) -> int:
-        """Drop persistent sessions offline for ``session_expiry`` seconds; return how many.
+        """Drop offline sessions past their expiry, publish due wills; return how many expired.
 
-        The server calls this now and then (it is cheap when nothing expires).
+        A session's expiry is its MQTT 5 Session Expiry Interval, else the broker's
+        ``session_expiry`` (MQTT 3.1.1: None keeps it until the client cleans it).
+        Connections call this at most once a second (:meth:`maintain`).
         """
-        expiry = self.config.session_expiry
-        if expiry is None:
-            return 0
-        expired = [
-            session
-            for session in self.sessions.values()
-            if session.connection is None
-            and session.offline_since is not None
-            and now >= session.offline_since + expiry
-        ]
+        default = self.config.session_expiry
+        expired = []
+        for session in self.sessions.values():
+            if session.connection is not None or session.offline_since is None:
+                continue
+            limit = session.expiry if session.expiry is not None else default
+            if limit is not None and limit < NEVER and now >= session.offline_since + limit:
+                expired.append(session)
         for session in expired:
             self.core.unsubscribe_all(session)
             del self.sessions[session.key]
             self.core.metrics.messages_dropped += len(session.queue) + len(session.inflight)
+            # A will still waiting goes out when its session ends (section 3.1.3.2.2).
+            self._publish_will(session.key)
+        if self.pending_wills:
+            for key in [k for k, w in self.pending_wills.items() if now >= w[0]]:
+                self._publish_will(key)
         return len(expired)
+
+    def maintain(self, now: float) -> None:
+        """Expire sessions and fire delayed wills, at most once a second."""
+        if now >= self._next_check:
+            self._next_check = now + 1.0
+            self.expire_sessions(now)
+
+    def _publish_will(self, key: tuple[str, str]) -> None:
+        pending = self.pending_wills.pop(key, None)
+        if pending is not None:
+            _, message, info, client_id = pending
+            self.core.publish(message, info, client_id=client_id)
 
     def close(self, reason: str = "the edge is shutting down") -> int:
         """Close every connection (no wills: the devices did nothing wrong); return how many.
@@ -343,9 +654,24 @@ class MqttBroker:
         connections = list(self.connections)
         for conn in connections:
             conn.will = None
-            conn.close(reason)
+            conn.close(reason, 0x8B)  # MQTT 5: Server shutting down
             conn.wake()
         return len(connections)
+
+    def disconnect_devices(
+        self, matches: Callable[[SessionInfo], bool], reason: str, code: int = 0x98
+    ) -> int:
+        """Close the live connections whose session ``matches``; return how many.
+
+        For administrative action (a revoked certificate, a deleted set): an MQTT 5
+        client gets DISCONNECT ``code`` (0x98 Administrative action) with ``reason``;
+        wills are published, as for any connection the edge ends.
+        """
+        chosen = [c for c in self.connections if c.connected and matches(c.info)]
+        for conn in chosen:
+            conn.close(reason, code)
+            conn.wake()
+        return len(chosen)
 
     def connection(self, session_info: SessionInfo) -> MqttConnection:
         """Create the state machine for a newly accepted connection."""
@@ -356,27 +682,40 @@ class MqttConnection:
     """One client connection, sans-I/O (see the module docstring)."""
 
     __slots__ = (
+        "_alias_room",
+        "_aliases",
+        "_aliases_out",
         "_connect_deadline",
         "_graceful",
+        "_head",
         "_out",
         "_out_len",
+        "_rate_bytes",
+        "_rate_count",
+        "_rate_window",
         "_shut",
         "broker",
         "client_id",
+        "close_code",
         "close_reason",
         "connected",
         "core",
         "info",
         "keepalive",
         "last_received",
+        "max_out_packet",
         "now",
         "origin",
         "parser",
+        "problem_info",
         "protocol_level",
         "session",
         "should_close",
+        "v5",
         "wakeup",
         "will",
+        "will_delay",
+        "will_meta",
     )
 
     def __init__(self, broker: MqttBroker, session_info: SessionInfo, now: float) -> None:
@@ -401,6 +740,27 @@ class MqttConnection:
         self.wakeup: Callable[[], None] | None = None
         self._graceful = False
         self._shut = False
+        #: MQTT 5 state: the level of this connection's CONNECT, the client's
+        #: Request Problem Information and Maximum Packet Size, its topic aliases.
+        self.v5 = False
+        self.problem_info = True
+        self.max_out_packet = 0
+        self._aliases: dict[int, str] = {}
+        # Edge-to-client aliases (topic_alias_out): topic -> alias, and how many the
+        # client takes (its Topic Alias Maximum).
+        self._aliases_out: dict[str, int] = {}
+        self._alias_room = 0
+        self.will_delay = 0
+        self.will_meta: Metadata | None = None
+        #: The MQTT 5 reason code this connection was closed with (0: none sent).
+        self.close_code = 0
+        # The first bytes received, until the CONNECT is parsed: an unparsable
+        # CONNECT still gets an answer at its own protocol level.
+        self._head = b""
+        # Profile rate limits: the current one-second window, PUBLISH and bytes in it.
+        self._rate_window = 0.0
+        self._rate_count = 0
+        self._rate_bytes = 0
         broker.connections.add(self)
         broker.core.metrics.connections_opened += 1
 
@@ -412,6 +772,8 @@ class MqttConnection:
             return
         now = self.now = self.broker.clock()
         self.last_received = now
+        if not self.connected and len(self._head) < 16:
+            self._head += data[:16]
         try:
             packets = self.parser.feed(data)
             for packet in packets:
@@ -419,7 +781,29 @@ class MqttConnection:
                 if self.should_close:
                     return
         except MqttError as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: MqttError) -> None:
+        """Close on a packet or protocol error, telling an MQTT 5 client the reason code."""
+        code = exc.reason_code
+        if self.broker.config.reason_codes == "mosquitto":
+            code = mosquitto_code(exc.reason, code)
+        if self.connected:
+            self.close(exc.reason, code)
+        elif self._head_is_v5():
+            # Section 4.13.1: an error in CONNECT may be answered with a CONNACK.
+            self._refuse(code, code, exc.reason, v5=True)
+        else:
             self.close(exc.reason)
+
+    def _head_is_v5(self) -> bool:
+        head = self._head
+        if len(head) < 2 or head[0] != 0x10:
+            return False
+        i = 1
+        while i < len(head) and head[i] & 0x80 and i < 5:
+            i += 1
+        return head[i + 1 : i + 8] == b"\x00\x04MQTT\x05"
 
     def data_to_send(self) -> bytes:
         """Take every byte waiting to go to the client."""
@@ -447,11 +831,12 @@ class MqttConnection:
                 self.close("no CONNECT within the connect timeout")
                 return None
             return self._connect_deadline
+        self.broker.maintain(now)
         deadline: float | None = None
         if self.keepalive:
             deadline = self.last_received + self.keepalive * 1.5
             if now >= deadline:
-                self.close(f"keepalive timeout ({self.keepalive} s x 1.5 without a packet)")
+                self.close(f"keepalive timeout ({self.keepalive} s x 1.5 without a packet)", 0x8D)
                 return None
         retry = self.broker.config.retry_interval
         session = self.session
@@ -471,13 +856,43 @@ class MqttConnection:
             self.close_reason = reason
         self._shutdown()
 
-    def close(self, reason: str) -> None:
-        """Close the connection from the broker's side (the will is published)."""
+    def close(self, reason: str, code: int = 0) -> None:
+        """Close the connection from the broker's side (the will is published).
+
+        An MQTT 5 client is first sent a DISCONNECT with ``code`` (when not 0) and
+        ``reason`` as its Reason String.
+        """
         if self.should_close:
             return
+        if code and self.v5 and self.connected:
+            self.close_code = code
+            self.write(self._disconnect_packet(code, reason))
         self.should_close = True
         self.close_reason = reason
         self._shutdown()
+
+    def _disconnect_packet(self, code: int, reason: str) -> bytes:
+        props = self._reason_props(reason, always=True)
+        if not props:
+            return bytes((0xE0, 1, code))
+        body = bytes((code,)) + props
+        return encode_varint_prefix(0xE0, len(body)) + body
+
+    def _reason_props(self, reason: str, *, always: bool = False) -> bytes:
+        """A property block holding ``reason`` as the Reason String, or b"" when none is due.
+
+        None is due when the profile gives none, or (on acknowledgements, where
+        ``always`` is False) when the client asked for no problem information.
+        """
+        if not reason or not self.broker.config.reason_strings:
+            return b""
+        if not always and not self.problem_info:
+            return b""
+        raw = reason.encode()[:1024]
+        if self.max_out_packet and len(raw) + 16 > self.max_out_packet:
+            return b""  # section 3.1.2.11.4: never exceed the client's limit for it
+        prop = b"\x1f" + len(raw).to_bytes(2, "big") + raw
+        return encode_varint(len(prop)) + prop
 
     # --- output ------------------------------------------------------------------------
 
@@ -532,11 +947,14 @@ class MqttConnection:
             return
         # Most frequent first: PUBLISH and its acknowledgements.
         if isinstance(packet, Publish):
-            self._on_publish(packet)
+            if self.v5:
+                self._on_publish5(packet)
+            else:
+                self._on_publish(packet)
         elif isinstance(packet, Puback):
             self._on_puback(packet.packet_id)
         elif isinstance(packet, Pubrec):
-            self._on_pubrec(packet.packet_id)
+            self._on_pubrec(packet.packet_id, packet.reason_code)
         elif isinstance(packet, Pubrel):
             self._on_pubrel(packet.packet_id)
         elif isinstance(packet, Pubcomp):
@@ -544,18 +962,56 @@ class MqttConnection:
         elif isinstance(packet, Pingreq):
             self.write(_PINGRESP)
         elif isinstance(packet, Subscribe):
-            self._on_subscribe(packet)
+            if self.v5:
+                self._on_subscribe5(packet)
+            else:
+                self._on_subscribe(packet)
         elif isinstance(packet, Unsubscribe):
             self._on_unsubscribe(packet)
         elif isinstance(packet, Disconnect):
-            self._graceful = True
-            self.will = None
-            self.close("client sent DISCONNECT")
+            self._on_disconnect(packet)
+        elif isinstance(packet, Auth):
+            raise ProtocolViolation(_CERT_ONLY, 0x8C)
         else:  # CONNECT again (the server-side parser yields nothing else)
             raise ProtocolViolation(f"unexpected {type(packet).__name__} (second CONNECT?)")
 
-    def _refuse(self, code: int, reason: str) -> None:
-        self.write(bytes((0x20, 2, 0, code)))
+    def _on_disconnect(self, p: Disconnect) -> None:
+        props = p.properties
+        session = self.session
+        if props is not None and props.session_expiry_interval is not None and session:
+            if session.expiry == 0 and props.session_expiry_interval:
+                # Section 3.14.2.2.2: 0 at CONNECT cannot become non-zero.
+                raise ProtocolViolation(
+                    "DISCONNECT: Session Expiry Interval set where CONNECT had 0"
+                )
+            if session.expiry is not None:
+                session.expiry = self._cap_expiry(props.session_expiry_interval)
+                session.clean = session.expiry == 0
+        if p.reason_code != 0x04:  # 0x04: Disconnect with Will Message
+            self._graceful = True
+            self.will = None
+        self.close(
+            "client sent DISCONNECT"
+            if not p.reason_code
+            else f"client sent DISCONNECT {p.reason_code:#04x}"
+        )
+
+    def _not_found(self) -> int:
+        """The code for a PUBREC/PUBREL naming no message: the spec's 0x92, Mosquitto's 0."""
+        return 0 if self.broker.config.reason_codes == "mosquitto" else 0x92
+
+    def _cap_expiry(self, interval: int) -> float:
+        cap = self.broker.config.max_session_expiry
+        return float(interval if cap is None or interval <= cap else cap)
+
+    def _refuse(self, code: int, code5: int, reason: str, *, v5: bool | None = None) -> None:
+        if self.v5 if v5 is None else v5:
+            props = self._reason_props(reason, always=True) or b"\x00"
+            body = b"\x00" + bytes((code5,)) + props
+            self.write(encode_varint_prefix(0x20, len(body)) + body)
+            code = code5
+        else:
+            self.write(bytes((0x20, 2, 0, code)))
         self.core.events.emit(
             "mqtt.refused",
             "refused",
@@ -566,23 +1022,47 @@ class MqttConnection:
         )
         self.close(reason)
 
+    def _limit(self, limit: str, reason: str) -> str:
+        """Record an ``mqtt.limit`` event for a profile limit; return the reason."""
+        self.core.events.emit(
+            "mqtt.limit",
+            "denied",
+            identity=self.origin,
+            peer=self.info.peer,
+            client_id=self.client_id,
+            limit=limit,
+            profile=self.broker.config.profile,
+            reason=reason,
+        )
+        return reason
+
     def _on_connect(self, p: Connect) -> None:
         broker = self.broker
-        expected = 3 if p.protocol_name == "MQIsdp" else 4
-        if p.protocol_level != expected:
-            self._refuse(
-                CONNACK_BAD_PROTOCOL_VERSION,
-                f"unsupported protocol {p.protocol_name!r} level {p.protocol_level}",
-            )
-            return
+        config = broker.config
+        v5 = p.protocol_level == 5
+        if v5:
+            self.v5 = True
+            self._on_connect5_props(p)
+            if self.should_close:
+                return
+        else:
+            expected = 3 if p.protocol_name == "MQIsdp" else 4
+            if p.protocol_level != expected:
+                self._refuse(
+                    CONNACK_BAD_PROTOCOL_VERSION,
+                    0x84,
+                    f"unsupported protocol {p.protocol_name!r} level {p.protocol_level}",
+                )
+                return
         self.protocol_level = p.protocol_level
         client_id = p.client_id
+        assigned = ""
         if not client_id:
-            if p.protocol_level == 3 or not p.clean_session:
-                self._refuse(CONNACK_IDENTIFIER_REJECTED, "empty client id")
+            if p.protocol_level == 3 or (not v5 and not p.clean_session):
+                self._refuse(CONNACK_IDENTIFIER_REJECTED, 0x85, "empty client id")
                 return
-            if not broker.config.allow_zero_length_client_id:
-                self._refuse(CONNACK_IDENTIFIER_REJECTED, "empty client id not allowed")
+            if not config.allow_zero_length_client_id:
+                self._refuse(CONNACK_IDENTIFIER_REJECTED, 0x85, "empty client id not allowed")
                 return
             # The identity is the natural id for a device; "free" policies get a unique one.
             client_id = (
@@ -590,9 +1070,19 @@ class MqttConnection:
                 if broker.core.policy.config.client_id == "free"
                 else self.info.identity.name
             )
-        reason = self.core.check_client_id(self.info, client_id)
-        if reason is not None:
-            self._refuse(CONNACK_NOT_AUTHORIZED, reason)
+            assigned = client_id
+        limit = config.max_client_id_length
+        if limit is not None and len(client_id.encode()) > limit:
+            too_long = self._limit(
+                "max_client_id_length",
+                f"client id is {len(client_id.encode())} bytes; the {config.profile or 'edge'}"
+                f" limit is {limit}",
+            )
+            self._refuse(CONNACK_IDENTIFIER_REJECTED, 0x85, too_long)
+            return
+        rule = self.core.check_client_id(self.info, client_id)
+        if rule is not None:
+            self._refuse(CONNACK_NOT_AUTHORIZED, 0x87, rule)
             return
         if p.will is not None:
             if p.will.topic.startswith("$"):
@@ -601,39 +1091,72 @@ class MqttConnection:
                 )
             denied = self.core.policy.may_publish(self.info.identity, client_id, p.will.topic)
             if denied is not None:
-                self._refuse(CONNACK_NOT_AUTHORIZED, f"will: {denied}")
+                self._refuse(CONNACK_NOT_AUTHORIZED, 0x87, f"will: {denied}")
                 return
+            if v5:
+                self.will_meta, self.will_delay = self._will5(p.will)
+                if self.should_close:
+                    return
         self.client_id = client_id
         self.will = p.will
-        self.keepalive = min(p.keepalive, broker.config.max_keepalive)
+        self.keepalive = min(p.keepalive, config.max_keepalive)
+        if v5 and config.server_keep_alive is not None:
+            self.keepalive = config.server_keep_alive
         self._connect_deadline = None
         self.connected = True
 
         key = (self.origin, client_id)
+        # A will waiting for its delay is cancelled when the session resumes.
+        broker.pending_wills.pop(key, None)
         previous = broker.sessions.get(key)
         if previous is not None and previous.connection is not None:
             old = previous.connection
-            old.close(f"session taken over by connection {self.info.peer}")
+            old.close(f"session taken over by connection {self.info.peer}", 0x8E)
             old.wake()
             # Closing a clean session's connection discarded that session.
             previous = broker.sessions.get(key)
+        expiry: float | None = None
+        clean = p.clean_session
+        if v5:
+            props = p.properties
+            interval = 0 if props is None else props.session_expiry_interval or 0
+            expiry = self._cap_expiry(interval)
+            clean = expiry == 0
         present = False
         if previous is not None and (p.clean_session or previous.clean):
             self.core.unsubscribe_all(previous)
             del broker.sessions[key]
             previous = None
         if previous is None:
-            session = MqttSession(broker, client_id, p.clean_session, self.info)
+            session = MqttSession(broker, client_id, clean, self.info)
             broker.sessions[key] = session
         else:
             session = previous
             session.info = self.info
             session.offline_since = None
+            session.clean = clean
             present = True
+        session.expiry = expiry
         session.connection = self
         self.session = session
-        # MQTT 3.1 has no session-present flag: its CONNACK byte 1 is reserved (0).
-        self.write(bytes((0x20, 2, 1 if present and p.protocol_level == 4 else 0, 0)))
+        if v5:
+            props = p.properties
+            rm = None if props is None else props.receive_maximum
+            session.inflight_limit = min(config.max_inflight, rm or 65535)
+            connack = self._connack5(present, assigned, p.keepalive)
+            if self.max_out_packet and len(connack) > self.max_out_packet:
+                # Section 3.1.2.11.4: nothing larger than the client's limit is sent,
+                # not even the CONNACK; the client cannot be served.
+                self.close(
+                    f"the CONNACK ({len(connack)} bytes) exceeds the client's Maximum Packet"
+                    f" Size {self.max_out_packet}"
+                )
+                return
+            self.write(connack)
+        else:
+            session.inflight_limit = config.max_inflight
+            # MQTT 3.1 has no session-present flag: its CONNACK byte 1 is reserved (0).
+            self.write(bytes((0x20, 2, 1 if present and p.protocol_level == 4 else 0, 0)))
         self.core.events.emit(
             "mqtt.connected",
             "accepted",
@@ -648,6 +1171,365 @@ class MqttConnection:
         if present:
             session.resend_inflight(self)
             session.pump()
+
+    # --- MQTT 5 ------------------------------------------------------------------------
+
+    def _on_connect5_props(self, p: Connect) -> None:
+        """Take the CONNECT's MQTT 5 properties; refuse what the edge does not do."""
+        props = p.properties
+        if props is None:
+            return
+        if props.authentication_method is not None:
+            self._refuse(0x86, 0x8C, _CERT_ONLY)
+            return
+        if props.request_problem_information == 0:
+            self.problem_info = False
+        if props.maximum_packet_size is not None:
+            self.max_out_packet = props.maximum_packet_size
+        if props.topic_alias_maximum and self.broker.config.topic_alias_out:
+            self._alias_room = props.topic_alias_maximum
+
+    def _will5(self, will: Will) -> tuple[Metadata | None, int]:
+        """The will's metadata and delay; refuses (0x99) a UTF-8 will that is not UTF-8."""
+        props = will.properties
+        if props is None:
+            return None, 0
+        if props.payload_format_indicator == 1 and not _is_utf8(will.payload):
+            self._refuse(0x05, 0x99, "will payload is marked UTF-8 but is not valid UTF-8")
+            return None, 0
+        return self._meta(props), props.will_delay_interval or 0
+
+    def _meta(self, props: Properties) -> Metadata | None:
+        """The routable metadata of a PUBLISH's (or will's) properties, None when none."""
+        expiry = props.message_expiry_interval
+        if (
+            props.content_type is None
+            and props.response_topic is None
+            and props.correlation_data is None
+            and not props.user_properties
+            and props.payload_format_indicator is None
+            and expiry is None
+        ):
+            return None
+        return Metadata(
+            content_type=props.content_type,
+            response_topic=props.response_topic,
+            correlation_data=props.correlation_data,
+            user_properties=list(props.user_properties),
+            payload_format=props.payload_format_indicator,
+            expires_at=None if expiry is None else self.now + expiry,
+        )
+
+    def _connack5(self, present: bool, assigned: str, requested_keepalive: int) -> bytes:
+        """The CONNACK of an accepted MQTT 5 connection, with the edge's capabilities."""
+        parts: list[bytes] = [self.broker.connack5_properties]
+        if assigned:
+            raw = assigned.encode()
+            parts.append(b"\x12" + len(raw).to_bytes(2, "big") + raw)
+        if self.keepalive != requested_keepalive:
+            parts.append(b"\x13" + self.keepalive.to_bytes(2, "big"))
+        props = b"".join(parts)
+        body = bytes((1 if present else 0, 0)) + encode_varint(len(props)) + props
+        return encode_varint_prefix(0x20, len(body)) + body
+
+    def _ack5(self, first: int, pid: int, code: int, reason: str) -> None:
+        """Write a PUBACK/PUBREC/PUBREL/PUBCOMP with ``code`` (and a Reason String)."""
+        props = self._reason_props(reason) if code else b""
+        if props:
+            body = pid.to_bytes(2, "big") + bytes((code,)) + props
+            self.write(encode_varint_prefix(first, len(body)) + body)
+        elif code:
+            self.write(bytes((first, 3)) + pid.to_bytes(2, "big") + bytes((code,)))
+        else:
+            self.write(bytes((first, 2)) + pid.to_bytes(2, "big"))
+
+    def _check_limits(self, p: Publish, topic: str) -> tuple[int, str]:
+        """A profile limit this PUBLISH breaks, as (reason code, reason); (0, "") if none."""
+        config = self.broker.config
+        if config.max_topic_length is not None and len(topic.encode()) > config.max_topic_length:
+            return 0x90, self._limit(
+                "max_topic_length",
+                f"topic is {len(topic.encode())} bytes; the {config.profile} limit is"
+                f" {config.max_topic_length}",
+            )
+        levels = topic.count("/") + 1
+        if config.max_topic_levels is not None and levels > config.max_topic_levels:
+            return 0x90, self._limit(
+                "max_topic_levels",
+                f"topic has {levels} levels; the {config.profile} limit is"
+                f" {config.max_topic_levels} ({config.max_topic_levels - 1} slashes)",
+            )
+        if config.max_payload is not None and len(p.payload) > config.max_payload:
+            raise ProtocolViolation(
+                self._limit(
+                    "max_payload",
+                    f"payload is {len(p.payload)} bytes; the {config.profile} limit is"
+                    f" {config.max_payload}",
+                ),
+                0x95,
+            )
+        if config.max_publish_rate is not None or config.max_throughput is not None:
+            now = self.now
+            if now >= self._rate_window + 1.0:
+                self._rate_window = now
+                self._rate_count = 0
+                self._rate_bytes = 0
+            self._rate_count += 1
+            self._rate_bytes += len(p.payload)
+            rate = config.max_publish_rate
+            if rate is not None and self._rate_count > rate:
+                raise ProtocolViolation(
+                    self._limit(
+                        "max_publish_rate",
+                        f"more than {rate:g} PUBLISH per second; the {config.profile} limit",
+                    ),
+                    0x96,
+                )
+            through = config.max_throughput
+            if through is not None and self._rate_bytes > through:
+                raise ProtocolViolation(
+                    self._limit(
+                        "max_throughput",
+                        f"more than {through:g} bytes per second; the {config.profile} limit",
+                    ),
+                    0x97,
+                )
+        return 0, ""
+
+    def _on_publish5(self, p: Publish) -> None:
+        config = self.broker.config
+        props = p.properties
+        topic = p.topic
+        meta: Metadata | None = None
+        qos = p.qos
+        if qos > config.maximum_qos:
+            raise ProtocolViolation(
+                f"PUBLISH QoS {qos} above the Maximum QoS {config.maximum_qos}", 0x9B
+            )
+        if p.retain and not config.retain_available:
+            raise ProtocolViolation("PUBLISH with retain where Retain Available is 0", 0x9A)
+        if props is not None:
+            alias = props.topic_alias
+            if alias is not None:
+                if alias > config.topic_alias_maximum:
+                    raise ProtocolViolation(
+                        f"Topic Alias {alias} above the Topic Alias Maximum"
+                        f" {config.topic_alias_maximum}",
+                        0x94,
+                    )
+                if topic:
+                    self._aliases[alias] = topic
+                else:
+                    known = self._aliases.get(alias)
+                    if known is None:
+                        raise ProtocolViolation(f"Topic Alias {alias} was never set")
+                    topic = known
+            meta = self._meta(props)
+        code, reason = self._check_limits(p, topic) if self.broker.publish_limits else (0, "")
+        if not code and meta is not None and meta.payload_format == 1 and not _is_utf8(p.payload):
+            code, reason = 0x99, "payload is marked UTF-8 but is not valid UTF-8"
+        pid = p.packet_id
+        session = self.session
+        assert session is not None
+        if (
+            qos == 2
+            and pid is not None
+            and pid not in session.incoming_qos2
+            and len(session.incoming_qos2) >= config.receive_maximum
+        ):
+            raise ProtocolViolation(
+                f"more than the Receive Maximum {config.receive_maximum} QoS 2 messages unreleased",
+                0x93,
+            )
+        if code:
+            if qos == 0:
+                raise ProtocolViolation(reason, code)
+            assert pid is not None
+            self._ack5(0x40 if qos == 1 else 0x50, pid, code, reason)
+            return
+        message = Message(topic, p.payload, qos, p.retain, self.origin, "mqtt", self.now)
+        message.meta = meta
+        message.source = session.subscriber_id
+        if qos == 0:
+            self.core.publish(message, self.info, client_id=self.client_id)
+            return
+        assert pid is not None
+        if qos == 1:
+            result = self.core.publish(message, self.info, client_id=self.client_id)
+            if not result.allowed:
+                self._ack5(0x40, pid, 0x87, result.reason)
+            else:
+                self._ack5(0x40, pid, 0 if result.delivered else 0x10, "")
+            return
+        # QoS 2: authorized now (PUBREC carries the verdict), routed on PUBREL.
+        denied = self.core.check_publish(self.info, topic, self.client_id)
+        if denied is not None:
+            session.incoming_qos2.pop(pid, None)
+            self._ack5(0x50, pid, 0x87, denied)
+            return
+        held = session.incoming_qos2.get(pid)
+        if held is None or held.message.payload != p.payload or held.message.topic != topic:
+            session.incoming_qos2[pid] = _Incoming(message, self.info.connection_id)
+        self._ack5(0x50, pid, 0, "")
+
+    def send5(
+        self,
+        message: Message,
+        qos: int,
+        retain: bool,
+        pid: int | None,
+        sub_ids: tuple[int, ...],
+        dup: bool,
+    ) -> bool:
+        """Write an MQTT 5 PUBLISH; False when it is dropped (expired, too large, shed)."""
+        metrics = self.core.metrics
+        if qos == 0 and self._out_len > self.broker.config.max_write_buffer:
+            metrics.messages_dropped += 1
+            return False
+        meta = message.meta
+        if not sub_ids and not self._alias_room and (meta is None or meta.expires_at is None):
+            # The common case: the same bytes for every such subscriber, encoded once
+            # per message (the head before the packet id, and what follows it).
+            cache = message.encoded
+            if cache is None:
+                cache = message.encoded = {}
+            if qos == 0:
+                key = _KEY5_Q0R if retain else _KEY5_Q0
+                packet = cache.get(key)
+                if packet is None:
+                    packet = cache[key] = encode_publish5(
+                        message.topic.encode(), message.payload, 0, retain, False, None,
+                        b"\x00" if meta is None else _props5(meta, (), b"", 0),
+                    )  # fmt: skip
+            else:
+                assert pid is not None
+                tail = cache.get(_KEY5_TAIL)
+                if tail is None:
+                    props = b"\x00" if meta is None else _props5(meta, (), b"", 0)
+                    tail = cache[_KEY5_TAIL] = props + message.payload
+                key = _KEYS5_HEAD[qos * 4 + (2 if retain else 0) + (1 if dup else 0)]
+                head = cache.get(key)
+                if head is None:
+                    topic = message.topic.encode()
+                    first = 0x30 | (qos << 1) | (1 if retain else 0) | (0x08 if dup else 0)
+                    head = cache[key] = (
+                        encode_varint_prefix(first, 4 + len(topic) + len(tail))
+                        + len(topic).to_bytes(2, "big")
+                        + topic
+                    )
+                packet = b"".join((head, pid.to_bytes(2, "big"), tail))
+            if self.max_out_packet and len(packet) > self.max_out_packet:
+                # Section 3.1.2.11.4: a message larger than the client takes is dropped.
+                metrics.messages_dropped += 1
+                return False
+            self.write(packet)
+            return True
+        topic = message.topic.encode()
+        alias = b""
+        fresh = False
+        if self._alias_room:
+            # Topic Alias (edge to client): the first message on a topic carries the
+            # topic and its new alias, later ones only the alias.
+            number = self._aliases_out.get(message.topic)
+            if number is not None:
+                topic = b""
+            elif len(self._aliases_out) < self._alias_room:
+                number = self._aliases_out[message.topic] = len(self._aliases_out) + 1
+                fresh = True
+            if number is not None:
+                alias = b"\x23" + number.to_bytes(2, "big")
+        remaining = 0
+        if meta is not None and meta.expires_at is not None:
+            # The clock, not self.now: an idle subscriber's now is stale.
+            remaining = math.ceil(meta.expires_at - self.broker.clock())
+            if remaining <= 0:
+                metrics.messages_dropped += 1
+                return False
+        props = _props5(meta, sub_ids, alias, remaining)
+        packet = encode_publish5(topic, message.payload, qos, retain, dup, pid, props)
+        if self.max_out_packet and len(packet) > self.max_out_packet:
+            # Section 3.1.2.11.4: a message larger than the client takes is dropped.
+            metrics.messages_dropped += 1
+            if fresh:  # the client never learned this alias
+                del self._aliases_out[message.topic]
+            return False
+        self.write(packet)
+        return True
+
+    def _on_subscribe5(self, p: Subscribe) -> None:
+        session = self.session
+        assert session is not None
+        config = self.broker.config
+        props = p.properties
+        sub_id = 0
+        if props is not None and props.subscription_identifiers:
+            if not config.subscription_identifier_available:
+                raise ProtocolViolation(
+                    "SUBSCRIBE with a Subscription Identifier where they are not available"
+                    + (f" ({config.profile})" if config.profile else ""),
+                    0xA1,
+                )
+            sub_id = props.subscription_identifiers[0]
+        codes: list[int] = []
+        reasons: list[str] = []
+        limit = config.max_filters_per_subscribe
+        for n, (topic_filter, options) in enumerate(p.topics):
+            shared = split_shared(topic_filter)
+            qos = options & 0x03
+            if qos > config.maximum_qos:
+                qos = config.maximum_qos
+            if limit is not None and n >= limit:
+                codes.append(0x97)
+                reasons.append(
+                    self._limit(
+                        "max_filters_per_subscribe",
+                        f"{topic_filter}: more than {limit} filters in one SUBSCRIBE"
+                        f" ({config.profile} limit)",
+                    )
+                )
+                continue
+            if topic_filter.startswith("$share/") and (
+                shared is None or not config.shared_subscription_available
+            ):
+                codes.append(0x9E if shared is not None else 0x8F)
+                reasons.append(f"{topic_filter}: shared subscriptions are not available")
+                continue
+            pure = topic_filter if shared is None else shared[1]
+            if not config.wildcard_subscription_available and ("+" in pure or "#" in pure):
+                codes.append(0xA2)
+                reasons.append(f"{topic_filter}: wildcard subscriptions are not available")
+                continue
+            existed = topic_filter in session.options5
+            granted = self.core.subscribe(
+                session, topic_filter, qos, self.info, client_id=self.client_id, send_retained=False
+            )
+            if granted is None:
+                codes.append(0x87)
+                # The policy's own words, as in the policy.denied event.
+                denial = self.core.policy.may_subscribe(self.info.identity, self.client_id, pure)
+                reasons.append(f"{topic_filter}: {denial or 'not authorized'}")
+                continue
+            old = session.options5.get(topic_filter)
+            if old is not None and (old[0] & 0x0C or old[1]):
+                session.special5 -= 1
+            stored = (options & 0x3C) | granted
+            session.options5[topic_filter] = (stored, sub_id, pure)
+            if options & 0x0C or sub_id:
+                session.special5 += 1
+            codes.append(granted)
+            # Retain Handling: 0 always, 1 only for a new subscription, 2 never.
+            handling = (options >> 4) & 0x03
+            if handling == 0 or (handling == 1 and not existed):
+                reasons.append("")
+            else:
+                reasons.append("-")
+        why = "; ".join(r for r in reasons if r and r != "-")
+        props_bytes = self._reason_props(why) or b"\x00"
+        body = p.packet_id.to_bytes(2, "big") + props_bytes + bytes(codes)
+        self.write(encode_varint_prefix(0x90, len(body)) + body)
+        for (topic_filter, _), code, note in zip(p.topics, codes, reasons, strict=True):
+            if code < 0x80 and note != "-":
+                self.core.deliver_retained(session, topic_filter, code)
 
     def wake(self) -> None:
         """Tell the I/O layer to look at this connection (output or close pending)."""
@@ -704,6 +1586,12 @@ class MqttConnection:
         session = self.session
         assert session is not None
         held = session.incoming_qos2.pop(pid, None)
+        if self.v5:
+            if held is not None:
+                self.core.publish(held.message, self.info, client_id=self.client_id)
+            # 0x92: Packet Identifier not found (section 3.7.2.1); Mosquitto says 0.
+            self._ack5(0x70, pid, 0 if held is not None else self._not_found(), "")
+            return
         if held is not None:
             message = held.message
             self._route(message.topic, message.payload, 2, message.retain)
@@ -721,14 +1609,24 @@ class MqttConnection:
         if session.queue:
             session.pump()
 
-    def _on_pubrec(self, pid: int) -> None:
+    def _on_pubrec(self, pid: int, code: int = 0) -> None:
         session = self.session
         assert session is not None
         entry = session.inflight.get(pid)
         if entry is not None:
             if entry.qos != 2:
                 raise ProtocolViolation(f"PUBREC for QoS 1 message {pid}")
+            if code >= 0x80:
+                # MQTT 5: the client refused the message; the exchange ends here.
+                del session.inflight[pid]
+                if session.queue:
+                    session.pump()
+                return
             entry.state = _AWAIT_COMP
+        if self.v5:
+            if code < 0x80:
+                self._ack5(0x62, pid, 0 if entry is not None else self._not_found(), "")
+            return
         # Unknown ids get a PUBREL too, so a client that lost our state can finish.
         self.write(bytes((0x62, 2)) + pid.to_bytes(2, "big"))
 
@@ -765,9 +1663,20 @@ class MqttConnection:
     def _on_unsubscribe(self, p: Unsubscribe) -> None:
         session = self.session
         assert session is not None
+        if not self.v5:
+            for topic_filter in p.topics:
+                self.core.unsubscribe(session, topic_filter)
+            self.write(b"\xb0\x02" + p.packet_id.to_bytes(2, "big"))
+            return
+        codes = []
         for topic_filter in p.topics:
-            self.core.unsubscribe(session, topic_filter)
-        self.write(b"\xb0\x02" + p.packet_id.to_bytes(2, "big"))
+            existed = self.core.unsubscribe(session, topic_filter)
+            old = session.options5.pop(topic_filter, None)
+            if old is not None and (old[0] & 0x0C or old[1]):
+                session.special5 -= 1
+            codes.append(0 if existed else 0x11)  # 0x11: No subscription existed
+        body = p.packet_id.to_bytes(2, "big") + b"\x00" + bytes(codes)
+        self.write(encode_varint_prefix(0xB0, len(body)) + body)
 
     # --- teardown ----------------------------------------------------------------------
 
@@ -795,14 +1704,25 @@ class MqttConnection:
                 client_id=self.client_id,
                 reason=self.close_reason,
                 graceful=self._graceful,
+                reason_code=self.close_code,
             )
         will = self.will
         self.will = None
         if will is not None and not self._graceful:
-            self.core.publish(
-                Message(
-                    will.topic, will.payload, will.qos, will.retain, self.origin, "mqtt", self.now
-                ),
-                self.info,
-                client_id=self.client_id,
+            message = Message(
+                will.topic, will.payload, will.qos, will.retain, self.origin, "mqtt", self.now
             )
+            message.meta = self.will_meta
+            delay = self.will_delay
+            if delay and session is not None and not session.clean:
+                # MQTT 5 Will Delay: published after the delay, or when the session
+                # ends, whichever is first; a reconnect in between cancels it.
+                expiry = session.expiry if session.expiry is not None else delay
+                broker.pending_wills[session.key] = (
+                    self.now + min(delay, expiry),
+                    message,
+                    self.info,
+                    self.client_id,
+                )
+                return
+            self.core.publish(message, self.info, client_id=self.client_id)

@@ -75,11 +75,13 @@ from edge.mqtt.properties import (
     SERVER_REFERENCE,
     SESSION_EXPIRY_INTERVAL,
     STRING,
+    STRING_PAIR,
     SUBSCRIPTION_IDENTIFIER,
     SUBSCRIPTION_IDENTIFIER_AVAILABLE,
     TOPIC_ALIAS_MAXIMUM,
     TWO_BYTE_INT,
     USER_PROPERTY,
+    VARIABLE_BYTE_INT,
     WILDCARD_SUBSCRIPTION_AVAILABLE,
     WILL_DELAY_INTERVAL,
     WILL_PROPERTIES,
@@ -1381,6 +1383,21 @@ _REPEATABLE: Final = 1 << USER_PROPERTY
 _REPEATABLE_SERVER_PUBLISH: Final = _REPEATABLE | 1 << SUBSCRIPTION_IDENTIFIER
 
 
+def _skip_value(r: _Reader, wire: int, what: str) -> None:
+    if wire == BYTE:
+        r.u8(what)
+    elif wire == TWO_BYTE_INT:
+        r.u16(what)
+    elif wire == FOUR_BYTE_INT:
+        r.u32(what)
+    elif wire == VARIABLE_BYTE_INT:
+        r.varint(what)
+    else:
+        r.binary(what)
+        if wire == STRING_PAIR:
+            r.binary(what)
+
+
 def _properties(r: _Reader, kind: int, server_side: bool) -> Properties | None:
     """Read a property length and the properties of a packet of ``kind``.
 
@@ -1406,6 +1423,10 @@ def _properties(r: _Reader, kind: int, server_side: bool) -> Properties | None:
             raise MalformedPacket(f"{where}: unknown property identifier {ident:#04x}")
         what = info.name
         if kind not in info.packets:
+            # The value is read first: a value cut short is malformed whatever its
+            # identifier (0x81 either way; Mosquitto, which checks in this order,
+            # answers only a complete one with Protocol Error).
+            _skip_value(r, info.kind, what)
             raise MalformedPacket(f"{where}: {what} ({ident:#04x}) is not allowed here")
         bit = 1 << ident
         if seen & bit and not repeatable & bit:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 
 from edge.core.hub import EdgeCore, PublishResult
-from edge.core.router import Message
+from edge.core.router import Message, Metadata
 from edge.core.session import SessionInfo
 
 __all__ = ["check_read", "publish_bytes"]
@@ -29,8 +29,12 @@ def publish_bytes(
     qos: int,
     retain: bool,
     protocol: str,
+    meta: Metadata | None = None,
 ) -> PublishResult:
-    """Publish ``payload`` on ``topic`` for ``session`` through policy, router and handlers."""
+    """Publish ``payload`` on ``topic`` for ``session`` through policy, router and handlers.
+
+    ``meta`` is the message's MQTT 5 style metadata (content type, user properties, ...).
+    """
     message = Message(
         topic,
         payload,
@@ -39,6 +43,7 @@ def publish_bytes(
         origin=str(session.identity),
         protocol=protocol,
         published_at=time.monotonic(),
+        meta=meta,
     )
     return core.publish(message, session)
 

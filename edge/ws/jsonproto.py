@@ -13,6 +13,11 @@ Client to edge::
 
 ``id`` is any integer the client chooses; replies carry it back. ``encoding``
 defaults to ``"utf-8"``, ``qos`` to 0, ``retain`` to false, ``payload`` to ``""``.
+A publish may carry MQTT 5 metadata, which ``message`` ops (and MQTT 5 subscribers,
+as properties) carry on: ``"content_type"``, ``"response_topic"``,
+``"correlation_data"`` (base64), ``"user_properties"`` (a list of ``[key, value]``
+pairs, order kept) and ``"message_expiry"`` (seconds; a ``message`` op carries what
+remains, and an expired message is not delivered).
 ``FILTER`` may use the MQTT wildcards ``+`` and ``#``; ``TOPIC`` may not.
 
 Edge to client::
@@ -58,9 +63,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from edge.core.router import Metadata
 
 __all__ = [
     "OpError",
@@ -76,6 +85,7 @@ __all__ = [
     "encode_error",
     "encode_message",
     "encode_payload",
+    "metadata_fields",
     "parse_op",
 ]
 
@@ -139,6 +149,7 @@ class Publish:
     payload: bytes
     qos: int
     retain: bool
+    meta: Metadata | None = None
 
 
 ClientOp = Subscribe | Unsubscribe | Publish
@@ -253,8 +264,50 @@ def parse_op(text: str, *, max_topic_bytes: int = MAX_TOPIC_BYTES) -> ClientOp:
             payload = decode_payload(text_payload, encoding)
         except ValueError as exc:
             raise OpError(op_id, str(exc)) from None
-        return Publish(op_id, topic, payload, qos, retain)
+        return Publish(op_id, topic, payload, qos, retain, _metadata(obj, op_id))
     raise WsCloseError(CLOSE_UNSUPPORTED_DATA, f"unknown op {op[:40]!r}")
+
+
+_META_FIELDS = (
+    "content_type",
+    "response_topic",
+    "correlation_data",
+    "user_properties",
+    "message_expiry",
+)
+
+
+def _metadata(obj: dict[str, Any], op_id: int | None) -> Metadata | None:
+    """The MQTT 5 metadata fields of a publish op, None when it has none."""
+    if not any(name in obj for name in _META_FIELDS):
+        return None
+    meta = Metadata(
+        content_type=_field(obj, "content_type", str, op_id, default=None),
+        response_topic=_field(obj, "response_topic", str, op_id, default=None),
+    )
+    if meta.response_topic is not None:
+        _raise_if(check_topic_name(meta.response_topic), op_id)
+    correlation = _field(obj, "correlation_data", str, op_id, default=None)
+    if correlation is not None:
+        try:
+            meta.correlation_data = base64.b64decode(correlation.encode("ascii"), validate=True)
+        except (binascii.Error, UnicodeEncodeError):
+            raise OpError(op_id, '"correlation_data" must be base64') from None
+    pairs = _field(obj, "user_properties", list, op_id, default=[])
+    for pair in pairs:
+        if (
+            not isinstance(pair, list)
+            or len(pair) != 2
+            or not all(isinstance(item, str) for item in pair)
+        ):
+            raise OpError(op_id, '"user_properties" must be a list of [key, value] strings')
+        meta.user_properties.append((pair[0], pair[1]))
+    expiry = _field(obj, "message_expiry", int, op_id, default=None)
+    if expiry is not None:
+        if not 0 < expiry < 1 << 32:
+            raise OpError(op_id, '"message_expiry" must be 1 to 4294967295 seconds')
+        meta.expires_at = time.monotonic() + expiry
+    return meta
 
 
 def _field(
@@ -271,7 +324,12 @@ def _field(
     return value
 
 
-_KIND_NAMES: dict[type[Any], str] = {str: "a string", int: "an integer", bool: "true or false"}
+_KIND_NAMES: dict[type[Any], str] = {
+    str: "a string",
+    int: "an integer",
+    bool: "true or false",
+    list: "a list",
+}
 
 
 def _raise_if(reason: str | None, op_id: int | None) -> None:
@@ -293,19 +351,50 @@ def encode_error(op_id: int | None, reason: str) -> str:
     return _dumps({"op": "error", "id": op_id, "reason": reason})
 
 
-def encode_message(topic: str, payload: bytes, *, qos: int, retain: bool) -> str:
-    """``{"op": "message", ...}`` for one delivered message."""
+def metadata_fields(meta: Metadata, now: float) -> dict[str, Any]:
+    """The JSON fields of ``meta`` (``/ws`` message ops and SSE events share them).
+
+    ``now`` (monotonic seconds) turns the expiry into the seconds that remain.
+    """
+    fields: dict[str, Any] = {}
+    if meta.content_type is not None:
+        fields["content_type"] = meta.content_type
+    if meta.response_topic is not None:
+        fields["response_topic"] = meta.response_topic
+    if meta.correlation_data is not None:
+        fields["correlation_data"] = base64.b64encode(meta.correlation_data).decode("ascii")
+    if meta.user_properties:
+        fields["user_properties"] = [list(pair) for pair in meta.user_properties]
+    if meta.expires_at is not None:
+        fields["message_expiry"] = max(1, math.ceil(meta.expires_at - now))
+    return fields
+
+
+def encode_message(
+    topic: str,
+    payload: bytes,
+    *,
+    qos: int,
+    retain: bool,
+    meta: Metadata | None = None,
+    now: float = 0.0,
+) -> str:
+    """``{"op": "message", ...}`` for one delivered message, with its metadata fields.
+
+    ``now`` (monotonic seconds) turns the message's expiry into what remains.
+    """
     text, encoding = encode_payload(payload)
-    return _dumps(
-        {
-            "op": "message",
-            "topic": topic,
-            "payload": text,
-            "encoding": encoding,
-            "qos": qos,
-            "retain": retain,
-        }
-    )
+    obj: dict[str, Any] = {
+        "op": "message",
+        "topic": topic,
+        "payload": text,
+        "encoding": encoding,
+        "qos": qos,
+        "retain": retain,
+    }
+    if meta is not None:
+        obj.update(metadata_fields(meta, now))
+    return _dumps(obj)
 
 
 #: Signature of the callback a session calls when it has new texts to send.

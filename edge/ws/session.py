@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import time
 from collections.abc import Callable
 
 from edge.core.events import EventLog
@@ -120,6 +121,7 @@ class JsonWsSession:
                 qos=op.qos,
                 retain=op.retain,
                 protocol="ws",
+                meta=op.meta,
             )
             if not result.allowed:
                 reason = result.reason or "refused"
@@ -151,7 +153,17 @@ class JsonWsSession:
                     )
             self._wake()
             return
-        self._out.append(encode_message(message.topic, message.payload, qos=0, retain=retained))
+        meta = message.meta
+        now = 0.0
+        if meta is not None and meta.expires_at is not None:
+            now = time.monotonic()
+            if meta.expires_at <= now:
+                return  # expired: never delivered (MQTT 5 Message Expiry)
+        self._out.append(
+            encode_message(
+                message.topic, message.payload, qos=0, retain=retained, meta=meta, now=now
+            )
+        )
         self._wake()
 
     def _wake(self) -> None:

@@ -72,8 +72,8 @@ def _norm(text: str) -> str:
     return " ".join(text.split())
 
 
-def load_cases(directory: Path = DATA) -> list[Case]:
-    """Every enabled MQTT 3.1/3.1.1 case, in file order."""
+def load_cases(directory: Path = DATA, versions: tuple[int, ...] = (3, 4)) -> list[Case]:
+    """Every enabled case of the given protocol levels (default 3.1/3.1.1), in file order."""
     cases: list[Case] = []
     seen: set[str] = set()
     for path in sorted(directory.glob("*.json")):
@@ -82,7 +82,7 @@ def load_cases(directory: Path = DATA) -> list[Case]:
                 continue
             for test in group["tests"]:
                 ver = test.get("ver", group.get("ver", 4))
-                if ver not in (3, 4):
+                if ver not in versions:
                     continue
                 case_id = f"{path.stem}: {_norm(group['group'])}: {_norm(test['name'])}"
                 base, n = case_id, 2

@@ -14,6 +14,7 @@ from edge.core.events import EventLog
 from edge.http.admin import make_admin_app, start_admin
 from edge.trust.propagation import TrustService
 from edge.trust.sqlite import SqliteTrustStore
+from testkit.pytest_plugin import DeviceFailure
 
 pytestmark = pytest.mark.timeout(60)
 TOKEN = "t0ken"
@@ -113,3 +114,20 @@ async def test_console_files_are_served_with_a_strict_policy(edge: Any) -> None:
         for name, status in (("__init__.py", 404), ("missing.js", 404), ("../admin.py", 401)):
             async with http.get(edge.admin_url + "/ui/" + name) as r:
                 assert r.status == status, name
+
+
+async def test_disconnecting_an_mqtt5_device_says_administrative_action(
+    edge: Any, device: Any
+) -> None:
+    dev = device("dev-v5", protocol="mqtt", mqtt_version=5)
+    headers = {"Authorization": f"Bearer {edge.admin_token}"}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        async with http.get(edge.admin_url + "/v1/devices") as r:
+            (listed,) = (await r.json())["devices"]
+        assert listed["mqtt_protocol_level"] == 5
+        url = edge.admin_url + f"/v1/devices/{listed['connection_id']}/disconnect"
+        async with http.post(url) as r:
+            assert r.status == 200
+    with pytest.raises(DeviceFailure) as caught:
+        await dev.aio.receive(timeout=10)
+    assert caught.value.reason == "disconnect-0x98", caught.value

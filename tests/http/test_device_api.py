@@ -302,3 +302,63 @@ async def test_closing_the_frontend_ends_sse_streams_without_waiting(harness: Mo
         await edge.__aexit__(None, None, None)
     closed = edge.events.query(kind="http.stream_closed")
     assert closed[-1]["reason"] == "edge shutting down"
+
+
+async def test_publish_headers_become_mqtt5_metadata(harness: ModuleType) -> None:
+    headers = [
+        ("Content-Type", "application/json"),
+        ("Message-Expiry", "60"),
+        ("Response-Topic", "devices/dev1/reply"),
+        ("Correlation-Data", "AAE="),
+        ("MQTT-User-Property", "b=2"),
+        ("MQTT-User-Property", "a=1"),
+    ]
+    async with harness.EdgeHarness() as edge, aiohttp.ClientSession() as http:
+        collector = Collector()
+        edge.core.subscribe(collector, "devices/dev1/#", 0, None)
+        async with http.post(
+            f"{edge.base_url}/topics/devices/dev1/m", data=b"{}", headers=headers
+        ) as resp:
+            assert resp.status == 200
+        message, _, _ = await asyncio.wait_for(collector.queue.get(), 5)
+        meta = message.meta
+        assert meta is not None
+        assert meta.content_type == "application/json"
+        assert meta.response_topic == "devices/dev1/reply"
+        assert meta.correlation_data == b"\x00\x01"
+        assert meta.user_properties == [("b", "2"), ("a", "1")]
+        assert meta.expires_at is not None
+        async with http.post(
+            f"{edge.base_url}/topics/devices/dev1/m", data=b"x", headers={"Message-Expiry": "x"}
+        ) as resp:
+            assert resp.status == 400
+
+
+async def test_retained_read_and_sse_give_the_metadata_back(harness: ModuleType) -> None:
+    headers = [
+        ("Content-Type", "text/plain"),
+        ("Correlation-Data", "AAE="),
+        ("MQTT-User-Property", "b=2"),
+        ("MQTT-User-Property", "a=1"),
+    ]
+    async with harness.EdgeHarness() as edge, aiohttp.ClientSession() as http:
+        url = f"{edge.base_url}/topics/devices/dev1/state"
+        async with http.post(f"{url}?retain=true", data=b"on", headers=headers) as resp:
+            assert resp.status == 200
+        async with http.get(url) as resp:
+            assert resp.status == 200
+            assert await resp.read() == b"on"
+            assert resp.headers["Content-Type"] == "text/plain"
+            assert resp.headers["Correlation-Data"] == "AAE="
+            assert resp.headers.getall("MQTT-User-Property") == ["b=2", "a=1"]
+        sub_url = f"{edge.base_url}/subscribe?topic=devices/dev1/%23"
+        async with http.get(sub_url) as sse:
+            assert sse.status == 200
+            assert (await sse.content.readline()).startswith(b": subscribed")
+            data = None
+            while data is None:
+                line = (await asyncio.wait_for(sse.content.readline(), 5)).decode()
+                if line.startswith("data: "):
+                    data = json.loads(line.removeprefix("data: "))
+            assert data["content_type"] == "text/plain"
+            assert data["user_properties"] == [["b", "2"], ["a", "1"]]

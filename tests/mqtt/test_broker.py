@@ -106,20 +106,29 @@ def test_empty_client_id_takes_the_identity_and_protocol_levels() -> None:
     assert "unsupported protocol 'MQIsdp' level 4" in old.conn.close_reason
 
 
-def test_mqtt5_connect_is_refused_until_the_broker_speaks_5() -> None:
-    # The codec parses MQTT 5 now; the broker still answers return code 1 (in the
-    # 3.1.1 form) and closes. A CONNECT malformed by MQTT 5 rules closes at once.
+def test_mqtt5_connect_is_accepted_and_a_bad_one_gets_a_connack_reason_code() -> None:
+    # MQTT 5 is chosen per connection by its CONNECT (tests/mqtt/test_broker5.py has
+    # the rest). A CONNECT malformed by MQTT 5 rules is answered at its own level.
     broker, events, _ = make()
     client = Client(broker)
-    assert client.connect(protocol_level=5).return_code == 1
-    assert client.conn.close_reason == "unsupported protocol 'MQTT' level 5"
-    assert client.conn.parser.protocol_level == 5
-    (refused,) = events.query(kind="mqtt.refused")
-    assert refused["return_code"] == 1
+    client.parser.set_protocol_level(5)
+    client.conn.receive_data(encode(Connect(client_id="dev-1", protocol_level=5), 5))
+    (ack,) = client.recv()
+    assert isinstance(ack, Connack)
+    assert ack.reason_code == 0
+    assert client.conn.v5
+    assert not client.conn.should_close
+    (connected,) = events.query(kind="mqtt.connected")
+    assert connected["protocol_level"] == 5
     bad = Client(broker)
+    bad.parser.set_protocol_level(5)
     # Receive Maximum 0 is a protocol error (MQTT 5 section 3.1.2.11.3).
     bad.conn.receive_data(b"\x10\x11\x00\x04MQTT\x05\x02\x00\x0a\x03\x21\x00\x00\x00\x01p")
-    assert bad.conn.data_to_send() == b""
+    (refusal,) = bad.recv()
+    assert isinstance(refusal, Connack)
+    assert refusal.reason_code == 0x82
+    assert refusal.properties is not None
+    assert refusal.properties.reason_string == "CONNECT: Receive Maximum 0"
     assert bad.conn.close_reason == "CONNECT: Receive Maximum 0"
 
 

@@ -485,7 +485,15 @@ def _publish_props(props: bytes, first: int = 0x32) -> bytes:
         (b"\x82\x03\x00\x01\x00", P, 0x82, "SUBSCRIBE: no topic filter"),
         (b"\xa2\x03\x00\x01\x00", P, 0x82, "UNSUBSCRIBE: no topic filter"),
         (b"\xa2\x07\x00\x01\x00\x00\x02a#", M, 0x81, "invalid topic filter"),
-        (b"\xa2\x06\x00\x01\x01\x0b\x01\x00", M, 0x81, "Subscription Identifier .* not allowed"),
+        # A property the packet may not carry: its value is read first, so one cut
+        # short by the property length is named as such (0x81 either way).
+        (b"\xa2\x06\x00\x01\x01\x0b\x01\x00", M, 0x81, "truncated before Subscription Identifier"),
+        (
+            b"\xa2\x08\x00\x01\x02\x0b\x01\x00\x01p",
+            M,
+            0x81,
+            "Subscription Identifier .* not allowed",
+        ),
         # CONNECT specifics.
         (_connect(0x03, b"\x00", b"\x00\x01p"), M, 0x81, "reserved connect flag bit 0"),
         (_connect(0x1E, b"\x00", b"\x00\x01p\x00\x00\x01t\x00\x00"), M, 0x81, "will QoS 3"),

@@ -233,3 +233,16 @@ async def test_serve_reports_a_port_in_use_without_traceback(tmp_path: Path) -> 
     finally:
         server.close()
         await server.wait_closed()
+
+
+def test_profile_flag_and_mqtt_table_select_a_cloud_profile(tmp_path: Path) -> None:
+    args = build_parser().parse_args(["edge", "serve", "--profile", "aws-iot-core"])
+    cfg = build_config(args)
+    assert cfg.mqtt.profile == "aws-iot-core"
+    assert cfg.mqtt.maximum_qos == 1
+    assert cfg.mqtt.max_filters_per_subscribe == 8
+    path = write(tmp_path, '[mqtt]\nprofile = "mosquitto"\nreceive_maximum = 7\n')
+    mqtt = load_config(path).mqtt
+    assert (mqtt.profile, mqtt.reason_strings, mqtt.receive_maximum) == ("mosquitto", False, 7)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["edge", "serve", "--profile", "nope"])

@@ -101,3 +101,35 @@ async def test_malformed_mqtt_closes_the_websocket_with_the_reason(harness: Modu
         closed = await edge.events.wait_for(lambda e: e["kind"] == "ws.closed", timeout=5)
         assert closed["closed_by"] == "edge"
         assert "truncated" in closed["reason"]
+
+
+async def test_mqtt5_over_websocket_gets_reason_codes(harness: ModuleType) -> None:
+    # The same broker connection, so MQTT 5 is chosen by the CONNECT here too.
+    from edge.mqtt.codec import Connack, Parser, Puback, Suback, Subscribe
+    from edge.mqtt.properties import Properties
+
+    parser = Parser(server_side=False, protocol_level=5)
+    async with (
+        harness.EdgeHarness(mqtt=True) as edge,
+        connect(f"{edge.ws_url}/mqtt", subprotocols=["mqtt"]) as ws,  # type: ignore[list-item]
+    ):
+        await ws.send(encode(Connect(client_id="ws5", protocol_level=5), 5))
+        (connack,) = parser.feed(await asyncio.wait_for(ws.recv(), 5))  # type: ignore[arg-type]
+        assert isinstance(connack, Connack)
+        assert connack.reason_code == 0
+        assert connack.properties is not None
+        assert connack.properties.topic_alias_maximum == 10
+        await ws.send(encode(Subscribe(1, [("ws5/#", 1)]), 5))
+        (suback,) = parser.feed(await asyncio.wait_for(ws.recv(), 5))  # type: ignore[arg-type]
+        assert suback == Suback(1, [1])
+        props = Properties(user_properties=[("k", "v")])
+        await ws.send(encode(Publish("ws5/a", b"x", qos=1, packet_id=2, properties=props), 5))
+        got = parser.feed(await asyncio.wait_for(ws.recv(), 5))  # type: ignore[arg-type]
+        while len(got) < 2:
+            got += parser.feed(await asyncio.wait_for(ws.recv(), 5))  # type: ignore[arg-type]
+        delivered, ack = got
+        assert isinstance(delivered, Publish)
+        assert delivered.properties is not None
+        assert delivered.properties.user_properties == [("k", "v")]
+        assert ack == Puback(2)
+        assert edge.events.query(kind="mqtt.connected")[0]["protocol_level"] == 5

@@ -10,7 +10,7 @@ import pytest
 from edge.core.events import EventLog
 from edge.core.hub import EdgeCore
 from edge.core.policy import Policy
-from edge.core.router import Message
+from edge.core.router import Message, Metadata
 from edge.core.session import DeviceIdentity, SessionInfo
 from edge.ws.jsonproto import WsCloseError
 from edge.ws.session import JsonWsSession
@@ -104,3 +104,33 @@ def test_overflow_asks_for_1008_and_close_unsubscribes() -> None:
     ws.close()
     assert core.router.subscription_count == 0
     assert ws.data_to_send() == []
+
+
+def test_metadata_fields_travel_as_json_and_as_core_metadata() -> None:
+    core = EdgeCore(EventLog(log_events=False), Policy.open())
+    ws = JsonWsSession(core, make_session())
+    ws.receive_text('{"op":"subscribe","topic":"m","id":1}')
+    ws.data_to_send()
+    fields = {
+        "content_type": "application/json",
+        "response_topic": "m/reply",
+        "correlation_data": "AAE=",
+        "user_properties": [["b", "2"], ["a", "1"]],
+        "message_expiry": 30,
+    }
+    ws.receive_text(json.dumps({"op": "publish", "topic": "m", "payload": "{}", **fields}))
+    (message,) = replies(ws)
+    assert message["op"] == "message"
+    assert {k: message[k] for k in fields if k != "message_expiry"} == {
+        k: v for k, v in fields.items() if k != "message_expiry"
+    }
+    assert 0 < message["message_expiry"] <= 30
+    ws.receive_text('{"op":"publish","topic":"m","user_properties":[["x"]],"id":3}')
+    (error,) = replies(ws)
+    assert error["op"] == "error"
+    assert "user_properties" in error["reason"]
+    # An expired message is not delivered.
+    expired = Message("m", b"old", 0, False)
+    expired.meta = Metadata(expires_at=0.0)
+    core.publish(expired, None)
+    assert replies(ws) == []
