@@ -19,6 +19,11 @@ repeated for several rounds with the servers taking turns, medians reported:
    message (one delivery to one subscriber).
 3. **idle**: K devices connect and stay; server RSS growth per device.
 
+Phases 1 and 2 run twice per round: in MQTT 3.1.1 and in MQTT 5 (the same bytes
+with an empty property block, as a device that sends no properties does), so the
+MQTT 5 figures compare with the edge's own 3.1.1 ones (target: within 10 %) and
+with Mosquitto's MQTT 5 ones (target: at or under), side by side.
+
 Before the phases, what each server actually negotiates with the same client is
 read and reported (``openssl s_client``: protocol, suite, key exchange group,
 signature; the Python client: whether session tickets were issued), so that a
@@ -178,20 +183,25 @@ def _packet(first: int, body: bytes) -> bytes:
     return bytes([first]) + bytes(length) + body
 
 
-def connect_packet(client_id: str, keepalive: int = 0) -> bytes:
-    """MQTT 3.1.1 CONNECT, clean session."""
-    body = _string(b"MQTT") + bytes([4, 0x02]) + keepalive.to_bytes(2, "big")
-    return _packet(0x10, body + _string(client_id.encode()))
+def _props(version: int) -> bytes:
+    # MQTT 5 puts a property block (here empty: length 0) where 3.1.1 has none.
+    return b"\x00" if version == 5 else b""
 
 
-def subscribe_packet(topic: bytes, pid: int = 1) -> bytes:
+def connect_packet(client_id: str, keepalive: int = 0, version: int = 4) -> bytes:
+    """CONNECT, clean session/clean start; ``version`` 4 (3.1.1) or 5."""
+    body = _string(b"MQTT") + bytes([version, 0x02]) + keepalive.to_bytes(2, "big")
+    return _packet(0x10, body + _props(version) + _string(client_id.encode()))
+
+
+def subscribe_packet(topic: bytes, pid: int = 1, version: int = 4) -> bytes:
     """SUBSCRIBE to one filter at QoS 0."""
-    return _packet(0x82, pid.to_bytes(2, "big") + _string(topic) + b"\x00")
+    return _packet(0x82, pid.to_bytes(2, "big") + _props(version) + _string(topic) + b"\x00")
 
 
-def publish_packet(topic: bytes, payload: bytes) -> bytes:
+def publish_packet(topic: bytes, payload: bytes, version: int = 4) -> bytes:
     """PUBLISH at QoS 0."""
-    return _packet(0x30, _string(topic) + payload)
+    return _packet(0x30, _string(topic) + _props(version) + payload)
 
 
 DISCONNECT = b"\xe0\x00"
@@ -239,6 +249,7 @@ class MqttCounter(asyncio.Protocol):
             if kind == 3 and self._on_publish is not None:
                 self._on_publish()
             elif kind == 2 and not self.connack.done():
+                # The return code (3.1.1) or reason code (5): both follow the flags byte.
                 self.connack.set_result(buf[i + 1])
             elif kind == 9 and not self.suback.done():
                 self.suback.set_result(None)
@@ -269,14 +280,15 @@ async def open_client(
     ctx: ssl.SSLContext,
     client_id: str,
     on_publish: Callable[[], None] | None = None,
+    version: int = 4,
 ) -> MqttCounter:
-    """Connect with mTLS, send CONNECT, wait for a successful CONNACK."""
+    """Connect with mTLS, send CONNECT (MQTT ``version`` 4 or 5), wait for a CONNACK 0."""
     loop = asyncio.get_running_loop()
     _, proto = await loop.create_connection(
         lambda: MqttCounter(on_publish), "127.0.0.1", port, ssl=ctx, server_hostname="localhost"
     )
     assert proto.transport is not None
-    proto.transport.write(connect_packet(client_id))
+    proto.transport.write(connect_packet(client_id, version=version))
     code = await asyncio.wait_for(proto.connack, 30)
     if code != 0:
         raise RuntimeError(f"CONNACK return code {code}")
@@ -295,14 +307,16 @@ async def close_client(proto: MqttCounter) -> None:
 # -- phases -----------------------------------------------------------------------------
 
 
-async def phase_connect(server: Server, ctx: ssl.SSLContext, n: int, concurrency: int) -> float:
+async def phase_connect(
+    server: Server, ctx: ssl.SSLContext, n: int, concurrency: int, version: int = 4
+) -> float:
     """Server CPU seconds per mTLS connect + CONNECT/CONNACK (+ DISCONNECT)."""
     sem = asyncio.Semaphore(concurrency)
     tag = f"c{time.monotonic_ns()}"
 
     async def one(i: int) -> None:
         async with sem:
-            proto = await open_client(server.port, ctx, f"{tag}-{i}")
+            proto = await open_client(server.port, ctx, f"{tag}-{i}", version=version)
             await close_client(proto)
 
     before = server.cpu()
@@ -311,7 +325,12 @@ async def phase_connect(server: Server, ctx: ssl.SSLContext, n: int, concurrency
 
 
 async def phase_route(
-    server: Server, ctx: ssl.SSLContext, publishers: int, subscribers: int, messages: int
+    server: Server,
+    ctx: ssl.SSLContext,
+    publishers: int,
+    subscribers: int,
+    messages: int,
+    version: int = 4,
 ) -> float:
     """Server CPU seconds per routed QoS 0 message (one delivery to one subscriber)."""
     received = 0
@@ -326,18 +345,18 @@ async def phase_route(
             reached.set_result(None)
 
     subs = [
-        await open_client(server.port, ctx, f"s{i}-{time.monotonic_ns()}", on_publish)
+        await open_client(server.port, ctx, f"s{i}-{time.monotonic_ns()}", on_publish, version)
         for i in range(subscribers)
     ]
     for sub in subs:
         assert sub.transport is not None
-        sub.transport.write(subscribe_packet(topic))
+        sub.transport.write(subscribe_packet(topic, version=version))
         await asyncio.wait_for(sub.suback, 30)
     pubs = [
-        await open_client(server.port, ctx, f"p{i}-{time.monotonic_ns()}")
+        await open_client(server.port, ctx, f"p{i}-{time.monotonic_ns()}", version=version)
         for i in range(publishers)
     ]
-    packet = publish_packet(topic, b"x" * 64)
+    packet = publish_packet(topic, b"x" * 64, version)
     window = 200
     loop = asyncio.get_running_loop()
     before = server.cpu()
@@ -555,7 +574,8 @@ def run(quick: bool = False) -> dict[str, object]:
         pki = quickstart(work / "pki", devices=1).out
         ctx = client_context(pki)
         samples: dict[str, dict[str, list[float]]] = {
-            name: {"connect": [], "route": [], "idle": []} for name in ("edge", "mosquitto")
+            name: {"connect": [], "route": [], "connect5": [], "route5": [], "idle": []}
+            for name in ("edge", "mosquitto")
         }
         hold: dict[str, object] | None = None
         key_type = server_key_type(pki)
@@ -569,20 +589,21 @@ def run(quick: bool = False) -> dict[str, object]:
                     # server should see the same drift.
                     names = list(servers)
                     order = names[r % len(names) :] + names[: r % len(names)]
-                    spent = dict.fromkeys(order, 0.0)
-                    for _ in range(connects // _CONNECT_BATCH):
+                    for version, suffix in ((4, ""), (5, "5")):
+                        spent = dict.fromkeys(order, 0.0)
+                        for _ in range(connects // _CONNECT_BATCH):
+                            for name in order:
+                                per_connect = loop.run_until_complete(
+                                    phase_connect(servers[name], ctx, _CONNECT_BATCH, 8, version)
+                                )
+                                spent[name] += per_connect * _CONNECT_BATCH
                         for name in order:
-                            per_connect = loop.run_until_complete(
-                                phase_connect(servers[name], ctx, _CONNECT_BATCH, 8)
+                            samples[name]["connect" + suffix].append(spent[name] / connects)
+                            samples[name]["route" + suffix].append(
+                                loop.run_until_complete(
+                                    phase_route(servers[name], ctx, pubs, subs, messages, version)
+                                )
                             )
-                            spent[name] += per_connect * _CONNECT_BATCH
-                    for name in order:
-                        samples[name]["connect"].append(spent[name] / connects)
-                        samples[name]["route"].append(
-                            loop.run_until_complete(
-                                phase_route(servers[name], ctx, pubs, subs, messages)
-                            )
-                        )
                 for _ in range(idle_rounds):
                     # Memory on fresh processes only: an allocator that has already
                     # grown and freed would hide the growth of a second sample.
@@ -630,6 +651,26 @@ def run(quick: bool = False) -> dict[str, object]:
         "edge_cpu_us_per_routed_message": round(e["route"] * 1e6, 2),
         "mosquitto_cpu_us_per_routed_message": round(m["route"] * 1e6, 2),
         "ratio_cpu_per_routed_message": round(e["route"] / m["route"], 2),
+        "mqtt5": {
+            "edge_cpu_ms_per_connect": round(e["connect5"] * 1000, 3),
+            "mosquitto_cpu_ms_per_connect": round(m["connect5"] * 1000, 3),
+            "edge_cpu_us_per_routed_message": round(e["route5"] * 1e6, 2),
+            "mosquitto_cpu_us_per_routed_message": round(m["route5"] * 1e6, 2),
+            # Against Mosquitto's MQTT 5 (target <= 1.0) and the edge's 3.1.1 (<= 1.1).
+            "ratio_cpu_per_connect": round(e["connect5"] / m["connect5"], 2),
+            "ratio_cpu_per_routed_message": round(e["route5"] / m["route5"], 2),
+            "edge_5_over_311_connect": round(e["connect5"] / e["connect"], 2),
+            "edge_5_over_311_routed_message": round(e["route5"] / e["route"], 2),
+            "edge_5_over_311_routed_message_per_round_median": round(
+                statistics.median(
+                    a / b
+                    for a, b in zip(
+                        samples["edge"]["route5"], samples["edge"]["route"], strict=True
+                    )
+                ),
+                3,
+            ),
+        },
         "edge_rss_kib_per_idle_device": round(e["idle"] / 1024, 2),
         "mosquitto_rss_kib_per_idle_device": round(m["idle"] / 1024, 2),
         "ratio_memory_per_idle_device": round(e["idle"] / m["idle"], 2) if m["idle"] > 0 else None,
@@ -663,6 +704,19 @@ def _print_summary(f: dict[str, Any]) -> None:
         f"  routed QoS 0 message:  edge {f['edge_cpu_us_per_routed_message']} us CPU, "
         f"mosquitto {f['mosquitto_cpu_us_per_routed_message']} us -> ratio "
         f"{f['ratio_cpu_per_routed_message']} (target <= 0.8)"
+    )
+    v5 = f["mqtt5"]
+    print(
+        f"  MQTT 5 connect:        edge {v5['edge_cpu_ms_per_connect']} ms, mosquitto "
+        f"{v5['mosquitto_cpu_ms_per_connect']} ms -> ratio {v5['ratio_cpu_per_connect']} "
+        f"(target <= 1.0); edge 5 / 3.1.1 {v5['edge_5_over_311_connect']} (target <= 1.1)"
+    )
+    print(
+        f"  MQTT 5 routed message: edge {v5['edge_cpu_us_per_routed_message']} us, mosquitto "
+        f"{v5['mosquitto_cpu_us_per_routed_message']} us -> ratio "
+        f"{v5['ratio_cpu_per_routed_message']} (target <= 1.0); edge 5 / 3.1.1 "
+        f"{v5['edge_5_over_311_routed_message']} (target <= 1.1; per-round median "
+        f"{v5['edge_5_over_311_routed_message_per_round_median']})"
     )
     print(
         f"  idle device memory:    edge {f['edge_rss_kib_per_idle_device']} KiB, "

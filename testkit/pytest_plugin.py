@@ -584,7 +584,11 @@ class EdgeOptions:
     ``propagation_delay``: seconds a trust change takes to reach the edge;
     ``capture_tls13_certificates``: name the certificate of a device refused over
     TLS 1.3 in its ``tls.refused`` event (on by default: tests want to know who was
-    refused; see ``[tls] capture_tls13_certificates`` for what it costs).
+    refused; see ``[tls] capture_tls13_certificates`` for what it costs);
+    ``profile``: a cloud profile (``"aws-iot-core"``, ``"mosquitto"``, ``"emqx"``: the
+    table in :mod:`edge.mqtt.profiles`) whose limits and reason codes the edge's MQTT
+    broker applies; ``None`` takes ``--edgesim-profile`` from the pytest command line,
+    and without it the edge follows the MQTT specification.
     """
 
     policy: str | Mapping[str, Any] = "default"
@@ -594,6 +598,7 @@ class EdgeOptions:
     tls_min: str = "1.2"
     propagation_delay: float = 0.0
     capture_tls13_certificates: bool = True
+    profile: str | None = None
 
     @classmethod
     def from_kwargs(cls, options: Mapping[str, Any], where: str) -> EdgeOptions:
@@ -966,9 +971,13 @@ class EdgeHandle:
 class EdgeFactory:
     """Starts edges trusting ``pki`` on free loopback ports; :meth:`close` stops them all."""
 
-    def __init__(self, pki: Pki, make_dir: Callable[[], Path]) -> None:
+    def __init__(
+        self, pki: Pki, make_dir: Callable[[], Path], *, default_profile: str | None = None
+    ) -> None:
         self.pki = pki
         self._make_dir = make_dir
+        #: The profile of edges whose options name none (``--edgesim-profile``).
+        self.default_profile = default_profile
         self.edges: list[EdgeHandle] = []
 
     def __call__(self, **options: Any) -> EdgeHandle:
@@ -989,6 +998,9 @@ class EdgeFactory:
             TrustConfig,
         )
         from edge.identity import parse_rule
+        from edge.mqtt.broker import MqttConfig
+        from edge.mqtt.errors import MqttConfigError
+        from edge.mqtt.profiles import apply_profile
         from edge.server import EdgeServer, EdgeServerError
         from edge.tls.contexts import parse_tls_version
 
@@ -1003,6 +1015,13 @@ class EdgeFactory:
             raise UsageError(f"edge options: {exc}") from None
         if options.propagation_delay < 0:
             raise UsageError("edge option propagation_delay: must be >= 0 seconds")
+        profile = options.profile if options.profile is not None else self.default_profile
+        mqtt = MqttConfig()
+        if profile is not None:
+            try:
+                mqtt = apply_profile(mqtt, profile)
+            except MqttConfigError as exc:
+                raise UsageError(f"edge option profile: {exc}") from None
         folder = self._make_dir()
         any_port = HostPort(host=EdgeHandle.host, port=0)
         config = EdgeConfig(
@@ -1026,6 +1045,7 @@ class EdgeFactory:
             ),
             pki_dir=self.pki.dir,
             policy=options.policy,
+            mqtt=mqtt,
         )
         try:
             thread = EdgeServer.run_in_thread(config, timeout=30.0)
@@ -1576,12 +1596,26 @@ class FleetRunner:
 # --------------------------------------------------------------------------- fixtures
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--edgesim-profile NAME``: the cloud profile of every edge that names none."""
+    from edge.mqtt.profiles import PROFILES
+
+    parser.getgroup("edgesim").addoption(
+        "--edgesim-profile",
+        dest="edgesim_profile",
+        choices=sorted(PROFILES),
+        default=None,
+        help="start the plugin's edges with this cloud profile (MQTT limits and reason "
+        "codes of the production broker; edge.mqtt.profiles has the table)",
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Register the ``edgesim`` marker."""
     config.addinivalue_line(
         "markers",
         "edgesim(**options): options of the `edge` fixture's edge "
-        "(policy, identity_rule, https, admin, tls_min, propagation_delay, "
+        "(policy, identity_rule, https, admin, tls_min, propagation_delay, profile, "
         "capture_tls13_certificates)",
     )
 
@@ -1594,9 +1628,15 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 @pytest.fixture
-def edge_factory(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EdgeFactory]:
+def edge_factory(
+    request: pytest.FixtureRequest, pki: Pki, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[EdgeFactory]:
     """Start edges with options (``edge_factory(policy="open")``); all stopped at teardown."""
-    factory = EdgeFactory(pki, lambda: tmp_path_factory.mktemp("edgesim-edge"))
+    factory = EdgeFactory(
+        pki,
+        lambda: tmp_path_factory.mktemp("edgesim-edge"),
+        default_profile=request.config.getoption("edgesim_profile"),
+    )
     try:
         yield factory
     finally:

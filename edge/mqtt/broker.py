@@ -1351,6 +1351,10 @@ class MqttConnection:
         message.meta = meta
         message.source = session.subscriber_id
         if qos == 0:
+            if p.raw is not None:
+                # The codec kept the bytes of a property-less QoS 0 PUBLISH: what send5
+                # would encode for an MQTT 5 subscriber (3.1.1 ones get their own).
+                message.encoded = {_KEY5_Q0: p.raw}
             self.core.publish(message, self.info, client_id=self.client_id)
             return
         assert pid is not None

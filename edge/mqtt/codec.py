@@ -306,9 +306,9 @@ class Publish:
     retain: bool
     dup: bool
     packet_id: int | None
-    #: The packet's bytes as received, set by the parser for 3.1/3.1.1 QoS 0 without
-    #: retain or DUP: exactly what a QoS 0 subscriber of those levels gets, so the
-    #: broker forwards it unchanged. Never set for MQTT 5 (it holds properties).
+    #: The packet's bytes as received, set by the parser for QoS 0 without retain or
+    #: DUP (and, in MQTT 5, without properties): exactly what a QoS 0 subscriber of
+    #: the same protocol level gets, so the broker forwards it unchanged.
     raw: bytes | None = field(default=None, compare=False, repr=False)
     properties: Properties | None = None
     type: int = field(default=PUBLISH, init=False, repr=False)
@@ -1282,6 +1282,7 @@ class Parser:
         return _connack5(r)
 
     def _publish5(self, flags: int, r: _Reader) -> Publish:
+        start = r.pos
         qos = (flags >> 1) & 0x03
         if qos == 3:
             raise MalformedPacket("PUBLISH: QoS 3")
@@ -1302,6 +1303,11 @@ class Parser:
         props = _properties(r, PUBLISH, self.server_side)
         if not topic and (props is None or props.topic_alias is None):
             raise ProtocolViolation("PUBLISH: empty topic name and no Topic Alias")
+        if not flags and props is None:
+            # QoS 0, no retain, no properties: the packet an MQTT 5 subscriber gets is
+            # this one, byte for byte, so the broker forwards it (as for 3.1.1).
+            packet = encode_varint_prefix(0x30, r.end - start) + r.data[start : r.end]
+            return Publish(topic, r.data[r.pos : r.end], 0, False, False, None, packet)
         return Publish(
             topic, r.data[r.pos : r.end], qos, bool(flags & 0x01), dup, packet_id, None, props
         )

@@ -658,3 +658,26 @@ def test_aws_profile_publish_rate_and_payload_limits_disconnect() -> None:
     assert "131072" in (reason(disc) or "")
     limits = [e["limit"] for e in events.query(kind="mqtt.limit")]
     assert limits == ["max_publish_rate", "max_payload"]
+
+
+def test_a_property_less_qos0_publish_is_forwarded_byte_for_byte() -> None:
+    broker, _, _clock = make(policy=Policy.open())
+    v5, old, ided = Client(broker, "v5"), Client(broker, "old", level=4), Client(broker, "ids")
+    for client in (v5, old):
+        client.connect()
+        client.send(Subscribe(1, [("m", 0)]))
+        client.recv()
+    ided.connect()
+    ided.send(Subscribe(1, [("m", 0)], properties=Properties(subscription_identifiers=[7])))
+    ided.recv()
+    pub = Client(broker, "pub")
+    pub.connect()
+    sent = encode(Publish("m", b"hello"), 5)
+    pub.conn.receive_data(sent)
+    # The MQTT 5 subscriber gets the publisher's bytes; the others their own encoding.
+    assert v5.conn.data_to_send() == sent
+    assert old.recv() == [Publish("m", b"hello")]
+    (with_id,) = ided.recv()
+    assert isinstance(with_id, Publish)
+    assert with_id.properties is not None
+    assert with_id.properties.subscription_identifiers == [7]

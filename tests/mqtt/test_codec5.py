@@ -331,7 +331,15 @@ def test_the_connect_sets_the_level_for_the_rest_of_the_connection() -> None:
     assert parser.protocol_level == 5
     (again,) = parser.feed(encode(publish, 5))
     assert isinstance(again, Publish)
-    assert again.raw is None  # a v5 PUBLISH is never forwarded as raw 3.1.1 bytes
+    assert again.raw is None  # properties: the broker encodes for each subscriber
+    # QoS 0 without retain or properties: the bytes an MQTT 5 subscriber gets.
+    plain = encode(Publish("t", b"x"), 5)
+    (bare,) = parser.feed(plain)
+    assert isinstance(bare, Publish)
+    assert bare.raw == plain
+    (kept,) = parser.feed(encode(Publish("t", b"x", retain=True), 5))
+    assert isinstance(kept, Publish)
+    assert kept.raw is None
 
 
 def test_a_311_connection_stays_311() -> None:

@@ -1,12 +1,9 @@
 """The plugin's ``device(..., mqtt_version=5)``: option handling, Mosquitto, and the edge.
 
-The edge's broker does not speak MQTT 5 yet (it answers an MQTT 5 CONNECT with a
-3.1.1 CONNACK, return code 1), so the plumbing is tested end to end against an
-independent MQTT 5 broker instead: Mosquitto 2.0 over mTLS, trusting the plugin's
-own PKI, reached through a stand-in for the ``edge`` argument. Against the plugin's
-edge, :func:`test_against_the_plugins_edge` checks whichever is true today: the
-refusal (0x84, as the device reports it) or, once the edge speaks MQTT 5, the
-accepted session with its reason codes. It always runs and always asserts.
+The plumbing is tested end to end against two MQTT 5 brokers: an independent one
+(Mosquitto 2.0 over mTLS, trusting the plugin's own PKI, reached through a stand-in
+for the ``edge`` argument) and the plugin's own edge, with and without a cloud
+profile.
 """
 
 from __future__ import annotations
@@ -131,21 +128,7 @@ def test_a_refused_connack_carries_its_code(
 
 def test_against_the_plugins_edge(device: DeviceFactory, edge: EdgeHandle) -> None:
     result = device.run("dev-edge5", mqtt_version=5)
-    if result.reason == "connack-0x84":
-        # Today's edge: MQTT 3.1/3.1.1 only. The device says so in MQTT 5 terms.
-        (connack,) = [s for s in result.steps if s.name == "mqtt_connack"]
-        assert connack.detail["form"] == "MQTT 3.1.1"
-        assert connack.detail["return_code"] == 1
-        assert "does not speak MQTT 5" in connack.detail["summary"]
-        with pytest.raises(DeviceRefused) as info:
-            device("dev-edge5", mqtt_version=5)
-        assert info.value.reason_code == 0x84
-        events = edge.events.query(kind="mqtt.refused")
-        assert events
-        assert "level 5" in str(events[-1]["reason"])
-        return
-    # The edge speaks MQTT 5: the same device is accepted with reason codes.
-    assert (result.outcome, result.protocol) == ("connected", "mqtt5")
+    assert (result.outcome, result.protocol) == ("connected", "mqtt5"), result.reason
     dev = device("dev-edge5", mqtt_version=5)
     assert dev.connack is not None
     assert dev.connack.reason_code == 0
@@ -153,6 +136,24 @@ def test_against_the_plugins_edge(device: DeviceFactory, edge: EdgeHandle) -> No
     assert ack.reason_code in (0x00, 0x10)
     denied = dev.publish("devices/someone-else/t", "x", qos=1)
     assert (denied.ok, denied.reason_code) == (False, 0x87)
+    assert denied.reason_string, "an MQTT 5 refusal says why"
+    event = edge.wait_for_event(kind="policy.denied", timeout=5)
+    assert event["topic"] == "devices/someone-else/t"
+
+
+def test_profile_option_reaches_the_edge(device: DeviceFactory, edge_factory: Any) -> None:
+    aws = edge_factory(profile="aws-iot-core")
+    dev = device("dev-aws5", mqtt_version=5, edge=aws)
+    assert dev.connack is not None
+    assert dev.connack.properties is not None
+    # AWS IoT Core has no QoS 2 and no subscription identifiers (edge.mqtt.profiles).
+    assert dev.connack.properties.maximum_qos == 1
+    assert dev.connack.properties.subscription_identifier_available == 0
+    plain = device("dev-plain5", mqtt_version=5)
+    assert plain.connack is not None
+    assert plain.connack.properties is None or plain.connack.properties.maximum_qos is None
+    with pytest.raises(UsageError, match="unknown profile 'nimbus'"):
+        edge_factory(profile="nimbus")
 
 
 def test_cli_against_the_plugins_edge(
@@ -177,12 +178,7 @@ def test_cli_against_the_plugins_edge(
         argv += ["--chain", str(creds.chain_path)]
     code = main(argv)
     out = capsys.readouterr().out
-    if "connack-0x84" in out:  # today's edge (see the module docstring)
-        assert code == 1
-        assert "in MQTT 3.1.1 form: the server does not speak MQTT 5" in out
-        assert "hint: the server does not speak this MQTT version" in out
-        return
-    assert code == 0
+    assert code == 0, out
     assert "CONNACK 0x00 Success" in out
 
 
@@ -191,12 +187,5 @@ def test_fleet_mqtt_version(fleet: FleetRunner, edge: EdgeHandle) -> None:
         fleet(devices=2, protocol="mqtt", mqtt_version="6")
     report = fleet(devices=4, protocol="mqtt", mqtt_version="mix", timeout=30)
     codes = report["reason_codes"]
-    assert codes["connected"]["CONNACK 0 accepted"] == 2
-    if "refused" in codes:  # today's edge refuses MQTT 5 (see the module docstring)
-        assert codes == {
-            "connected": {"CONNACK 0 accepted": 2},
-            "refused": {"CONNACK 0x84 Unsupported Protocol Version": 2},
-        }
-    else:
-        assert codes["connected"]["CONNACK 0x00 Success"] == 2
-        assert report["protocols"]["mqtt5"]["connected"] == 2
+    assert codes == {"connected": {"CONNACK 0 accepted": 2, "CONNACK 0x00 Success": 2}}
+    assert report["protocols"]["mqtt5"]["connected"] == 2
