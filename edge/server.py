@@ -47,6 +47,7 @@ from edge.tls.contexts import ContextCache, TlsSettings
 from edge.tls.errors import TlsError
 from edge.tls.keylog import KeyLogTap
 from edge.trust.model import TrustSnapshot
+from edge.trust.revoke import plan_revocations
 
 __all__ = ["EdgeServer", "EdgeServerError", "ServerThread"]
 
@@ -275,6 +276,25 @@ class EdgeServer:
         self._cleanups.append(trust.close)
 
     def _apply_snapshot(self, snapshot: TrustSnapshot) -> None:
+        previous = self._snapshot
+        self._install_snapshot(snapshot)
+        # After the install, so a revoked device that reconnects at once is refused.
+        self._end_revoked_sessions(previous, snapshot)
+
+    def _end_revoked_sessions(self, previous: TrustSnapshot, snapshot: TrustSnapshot) -> None:
+        """Close the MQTT sessions that sets with ``disconnect_on_revoke`` on now refuse.
+
+        MQTT only: HTTP requests are short and each one is authorised anew, and a
+        ``/ws`` WebSocket has no reason code to carry (see the README).
+        """
+        broker = self.broker
+        if broker is None:
+            return
+        plan = plan_revocations(previous, snapshot)
+        if plan:
+            broker.disconnect_each(plan.reason_for, 0x98)  # Administrative action
+
+    def _install_snapshot(self, snapshot: TrustSnapshot) -> None:
         # New handshakes read self._snapshot; established sessions keep their context.
         if self.contexts is not None:
             # Build every context now, not in a handshake; a server certificate that

@@ -720,6 +720,13 @@ class EdgeTrust:
         """Delete set ``name`` with its versions, CRLs and bindings."""
         self._change(lambda: self.service.delete(name), f"delete set {name!r}")
 
+    def set_options(self, name: str = "default", *, disconnect_on_revoke: bool) -> SetInfo:
+        """Set a set's options (``disconnect_on_revoke``); returns once the change is active."""
+        return self._change(
+            lambda: self.service.set_options(name, disconnect_on_revoke=disconnect_on_revoke),
+            f"set the options of set {name!r}",
+        )
+
     def add_crl(self, pem: bytes, set_name: str = "default") -> CrlInfo:
         """Attach a CRL (``pki.crl_pem()``) to a set; its revoked devices are refused."""
         return self._change(

@@ -380,6 +380,16 @@ async def _delete_set(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def _set_options(request: web.Request) -> web.Response:
+    """``PATCH /v1/sets/{name}/options``: set ``disconnect_on_revoke`` (a JSON boolean)."""
+    body = await _json_body(request)
+    value = body.get("disconnect_on_revoke")
+    if not isinstance(value, bool):
+        raise _BadRequest("'disconnect_on_revoke' is required and must be true or false")
+    info = await _trust(request).set_options(request.match_info["name"], disconnect_on_revoke=value)
+    return _json(info.to_dict())
+
+
 async def _versions(request: web.Request) -> web.Response:
     versions = await _trust(request).versions(request.match_info["name"])
     return _json({"versions": [v.to_dict() for v in versions]})
@@ -613,6 +623,7 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/v1/sets", _upload_by_query),
     ("GET", "/v1/sets/{name}", _get_set),
     ("DELETE", "/v1/sets/{name}", _delete_set),
+    ("PATCH", "/v1/sets/{name}/options", _set_options),
     ("GET", "/v1/sets/{name}/versions", _versions),
     ("POST", "/v1/sets/{name}/versions", _upload_version),
     ("GET", "/v1/sets/{name}/versions/{version}", _get_version),

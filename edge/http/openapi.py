@@ -135,6 +135,28 @@ _DOCUMENT: dict[str, Any] = {
                 "responses": {"204": {"description": "deleted"}, **_errors("404")},
             },
         },
+        "/v1/sets/{name}/options": {
+            "parameters": [_NAME],
+            "patch": {
+                "summary": "Set the set's options. disconnect_on_revoke (default false): once"
+                " the change is active, a newly active CRL of this set closes the live MQTT"
+                " sessions of the devices it revokes, and deleting the set closes the sessions"
+                " it authenticated (MQTT 5: DISCONNECT 0x98 with a Reason String)",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["disconnect_on_revoke"],
+                                "properties": {"disconnect_on_revoke": {"type": "boolean"}},
+                            }
+                        }
+                    },
+                },
+                "responses": {"200": _ok(_ref("Set")), **_errors("400", "404")},
+            },
+        },
         "/v1/sets/{name}/versions": {
             "parameters": [_NAME],
             "get": {
@@ -406,6 +428,7 @@ _DOCUMENT: dict[str, Any] = {
                     "latest_version": {"type": "integer"},
                     "hosts": {"type": "array", "items": {"type": "string"}},
                     "crls": {"type": "array", "items": _ref("Crl")},
+                    "disconnect_on_revoke": {"type": "boolean"},
                 },
             },
             "SetDetail": {

@@ -673,6 +673,26 @@ class MqttBroker:
             conn.wake()
         return len(chosen)
 
+    def disconnect_each(
+        self, reason_for: Callable[[SessionInfo], str | None], code: int = 0x98
+    ) -> int:
+        """Close each live connection given a reason by ``reason_for``; return how many.
+
+        :meth:`disconnect_devices` with one reason per connection: a revocation
+        names each device's own certificate (see :mod:`edge.trust.revoke`).
+        """
+        chosen: list[tuple[MqttConnection, str]] = []
+        for conn in self.connections:
+            if conn.connected:
+                reason = reason_for(conn.info)
+                if reason is not None:
+                    chosen.append((conn, reason))
+        # Closing edits self.connections: choose first, then close.
+        for conn, reason in chosen:
+            conn.close(reason, code)
+            conn.wake()
+        return len(chosen)
+
     def connection(self, session_info: SessionInfo) -> MqttConnection:
         """Create the state machine for a newly accepted connection."""
         return MqttConnection(self, session_info, self.clock())

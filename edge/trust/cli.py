@@ -68,6 +68,7 @@ class _Backend(Protocol):
     def bind(self, name: str, host: str) -> Any: ...
     def unbind(self, host: str) -> Any: ...
     def delete(self, name: str) -> Any: ...
+    def set_options(self, name: str, *, disconnect_on_revoke: bool) -> Any: ...
     def add_crl(self, name: str, data: bytes) -> Any: ...
     def status(self) -> Any: ...
     def check(
@@ -116,6 +117,9 @@ class _Local:
         self.store.delete(name)
         return None
 
+    def set_options(self, name: str, *, disconnect_on_revoke: bool) -> Any:
+        return self.store.set_options(name, disconnect_on_revoke=disconnect_on_revoke).to_dict()
+
     def add_crl(self, name: str, data: bytes) -> Any:
         return self.store.add_crl(name, data).to_dict()
 
@@ -126,8 +130,13 @@ class _Local:
             "generation": stored["generation"],
             "note": f"no edge contacted: the state stored in {self.store.path}",
             "sets": [
-                {"name": n, "version": v, "state": "stored" if v else "no active version"}
-                for n, v in stored["sets"].items()
+                {
+                    "name": s.name,
+                    "version": s.active_version,
+                    "state": "stored" if s.active_version else "no active version",
+                    "disconnect_on_revoke": s.disconnect_on_revoke,
+                }
+                for s in self.store.list_sets()
             ],
             "bindings": [
                 {"host": h, "set": s, "state": "stored"} for h, s in self.store.bindings().items()
@@ -261,6 +270,10 @@ class _Remote:
 
     def delete(self, name: str) -> Any:
         return self._call("DELETE", f"/v1/sets/{_quote(name)}")
+
+    def set_options(self, name: str, *, disconnect_on_revoke: bool) -> Any:
+        body = json.dumps({"disconnect_on_revoke": disconnect_on_revoke}).encode()
+        return self._call("PATCH", f"/v1/sets/{_quote(name)}/options", body=body)
 
     def add_crl(self, name: str, data: bytes) -> Any:
         return self._call(
@@ -432,6 +445,7 @@ def _human_set(data: Any) -> str:
         f"set {data['name']}: active version {data['active_version'] or 'none'}, "
         f"latest {data['latest_version']}",
         f"hosts: {', '.join(data['hosts']) or 'none'}",
+        f"disconnect on revoke: {_on_off(data.get('disconnect_on_revoke', False))}",
     ]
     if "propagation" in data:
         lines.append(f"propagation: {data['propagation'].get('state')}")
@@ -444,6 +458,10 @@ def _human_set(data: Any) -> str:
     return "\n".join(lines)
 
 
+def _on_off(value: object) -> str:
+    return "on" if value else "off"
+
+
 def _human_status(data: Any) -> str:
     lines = [f"state: {data['state']} (generation {data['generation']})"]
     if data.get("note"):
@@ -454,8 +472,16 @@ def _human_status(data: Any) -> str:
             + (f", error: {w['error']}" if w.get("error") else "")
         )
     if data["sets"]:
-        rows = [["SET", "VERSION", "STATE"]]
-        rows += [[s["name"], str(s.get("version") or "-"), s["state"]] for s in data["sets"]]
+        rows = [["SET", "VERSION", "STATE", "DISCONNECT ON REVOKE"]]
+        rows += [
+            [
+                s["name"],
+                str(s.get("version") or "-"),
+                s["state"],
+                _on_off(s.get("disconnect_on_revoke")),
+            ]
+            for s in data["sets"]
+        ]
         lines.append(_table(rows))
     if data["bindings"]:
         rows = [["HOST", "SET", "STATE"]]
@@ -580,6 +606,15 @@ def _cmd_delete(args: argparse.Namespace) -> int:
     return _run(args, lambda b: b.delete(args.name), lambda d: f"deleted set {args.name}")
 
 
+def _cmd_set_option(args: argparse.Namespace) -> int:
+    on = args.disconnect_on_revoke == "on"
+    return _run(
+        args,
+        lambda b: b.set_options(args.name, disconnect_on_revoke=on),
+        lambda d: f"set {args.name}: disconnect on revoke {_on_off(d['disconnect_on_revoke'])}",
+    )
+
+
 def _cmd_crl(args: argparse.Namespace) -> int:
     data = _read(args.file, "CRL file")
     return _run(
@@ -681,6 +716,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         )
     p = verb("delete", _cmd_delete, "delete a set with its versions, bindings and CRLs")
     p.add_argument("name", metavar="NAME")
+    p = verb(
+        "set-option",
+        _cmd_set_option,
+        "set a set's options: --disconnect-on-revoke on closes the set's live MQTT sessions "
+        "(DISCONNECT 0x98) when a newly active CRL revokes them or the set is deleted",
+    )
+    p.add_argument("name", metavar="NAME")
+    p.add_argument(
+        "--disconnect-on-revoke",
+        choices=("on", "off"),
+        required=True,
+        help="default off: a revoked device stays connected until it reconnects",
+    )
     p = verb("crl", _cmd_crl, "attach a CRL (PEM or DER) signed by a CA of the set")
     p.add_argument("name", metavar="NAME")
     p.add_argument("file", metavar="FILE")

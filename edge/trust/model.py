@@ -116,6 +116,9 @@ class ActiveSet:
     #: All CRLs as PEM (``b""`` when none).
     crl_pem: bytes
     allow_sha1: bool
+    #: Close the set's live MQTT sessions (DISCONNECT 0x98) when a newly active CRL
+    #: revokes their certificate or the set is deleted; off by default.
+    disconnect_on_revoke: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -496,6 +499,8 @@ class SetInfo:
     latest_version: int
     hosts: tuple[str, ...]
     crls: tuple[CrlInfo, ...] = field(default=())
+    #: See :attr:`ActiveSet.disconnect_on_revoke`.
+    disconnect_on_revoke: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Return the set as a JSON-safe dict."""
@@ -506,4 +511,5 @@ class SetInfo:
             "latest_version": self.latest_version,
             "hosts": list(self.hosts),
             "crls": [c.to_dict() for c in self.crls],
+            "disconnect_on_revoke": self.disconnect_on_revoke,
         }

@@ -417,6 +417,17 @@ class TrustService:
         self.events.emit("trust.unbound", "info", host=host.lower())
         await self._schedule()
 
+    async def set_options(self, name: str, *, disconnect_on_revoke: bool) -> SetInfo:
+        """Set set ``name``'s options; propagated like any other change."""
+        info = await asyncio.to_thread(
+            lambda: self.store.set_options(name, disconnect_on_revoke=disconnect_on_revoke)
+        )
+        self.events.emit(
+            "trust.options_set", "info", set=name, disconnect_on_revoke=disconnect_on_revoke
+        )
+        await self._schedule()
+        return info
+
     async def delete(self, name: str) -> None:
         """Delete set ``name`` with its versions, CRLs and bindings."""
         await asyncio.to_thread(self.store.delete, name)
@@ -509,9 +520,11 @@ class TrustService:
         active, desired = self._active, self._desired
         moving = self._propagating or active
 
-        def key(snapshot: TrustSnapshot, name: str) -> tuple[int, bytes] | None:
+        def key(snapshot: TrustSnapshot, name: str) -> tuple[int, bytes, bool] | None:
             found = snapshot.sets.get(name)
-            return None if found is None else (found.version, found.crl_pem)
+            if found is None:
+                return None
+            return (found.version, found.crl_pem, found.disconnect_on_revoke)
 
         sets: list[dict[str, Any]] = []
         for name in sorted(set(active.sets) | set(desired.sets)):
@@ -523,6 +536,7 @@ class TrustService:
                     "version": want.version if want else None,
                     "applied_version": have.version if have else None,
                     "crls": len(want.crls) if want else 0,
+                    "disconnect_on_revoke": want.disconnect_on_revoke if want else False,
                     "state": self._item_state(
                         key(active, name), key(desired, name), key(moving, name)
                     ),

@@ -142,6 +142,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             name TEXT NOT NULL REFERENCES server_certs(name) ON DELETE CASCADE
         )""",
     ),
+    (
+        # Per-set option (issue 13): close live sessions on revocation or deletion.
+        # The default 0 makes every set of an older store file read as "off".
+        "ALTER TABLE sets ADD COLUMN disconnect_on_revoke INTEGER NOT NULL DEFAULT 0",
+    ),
 )
 
 
@@ -476,6 +481,9 @@ class SqliteTrustStore:
 
     def _set_info(self, db: sqlite3.Connection, name: str) -> SetInfo:
         _, created, active, _ = self._require_set(db, name)
+        option = db.execute(
+            "SELECT disconnect_on_revoke FROM sets WHERE name = ?", (name,)
+        ).fetchone()[0]
         latest = db.execute(
             "SELECT COALESCE(MAX(version), 0) FROM versions WHERE set_name = ?", (name,)
         ).fetchone()[0]
@@ -492,6 +500,7 @@ class SqliteTrustStore:
             latest_version=int(latest),
             hosts=hosts,
             crls=tuple(self._crls_in(db, name)),
+            disconnect_on_revoke=bool(option),
         )
 
     def versions(self, name: str) -> list[VersionInfo]:
@@ -546,6 +555,25 @@ class SqliteTrustStore:
             self._require_set(db, name)
             db.execute("DELETE FROM sets WHERE name = ?", (name,))
             self._bump(db)
+
+    def set_options(self, name: str, *, disconnect_on_revoke: bool) -> SetInfo:
+        """Set a set's options; returns the set.
+
+        A change bumps the generation: the option travels in the snapshot, so an
+        edge acts on it only once the change is active there.
+        """
+        with self._write() as db:
+            self._require_set(db, name)
+            current = db.execute(
+                "SELECT disconnect_on_revoke FROM sets WHERE name = ?", (name,)
+            ).fetchone()[0]
+            if bool(current) != disconnect_on_revoke:
+                db.execute(
+                    "UPDATE sets SET disconnect_on_revoke = ? WHERE name = ?",
+                    (int(disconnect_on_revoke), name),
+                )
+                self._bump(db)
+            return self._set_info(db, name)
 
     # -- bindings -------------------------------------------------------------
 
@@ -704,7 +732,8 @@ class SqliteTrustStore:
                 db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0]
             )
             rows = db.execute(
-                "SELECT s.name, v.version, v.pem, v.allow_sha1 FROM sets s JOIN versions v"
+                "SELECT s.name, v.version, v.pem, v.allow_sha1, s.disconnect_on_revoke"
+                " FROM sets s JOIN versions v"
                 " ON v.set_name = s.name AND v.version = s.active_version ORDER BY s.name"
             ).fetchall()
             crl_rows = db.execute("SELECT set_name, issuer, sha256, der FROM crls").fetchall()
@@ -721,7 +750,7 @@ class SqliteTrustStore:
                 " WHERE c.active_deployment IS NOT NULL"
             ).fetchone()
         sets: dict[str, ActiveSet] = {}
-        for name, version, pem, allow_sha1 in rows:
+        for name, version, pem, allow_sha1, disconnect_on_revoke in rows:
             certs = self._certs(bytes(pem))
             subjects = {describe_name(c.subject) for c in certs}
             # A CRL stays attached when its issuer leaves the active version (a
@@ -739,6 +768,7 @@ class SqliteTrustStore:
                 crls=crls,
                 crl_pem=b"".join(c.public_bytes(Encoding.PEM) for c in crls),
                 allow_sha1=bool(allow_sha1),
+                disconnect_on_revoke=bool(disconnect_on_revoke),
             )
         bindings = {h: s for h, s in binding_rows}
         server_certs = {row[0]: self._deployed(row) for row in cert_rows}

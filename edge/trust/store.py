@@ -87,6 +87,10 @@ class TrustStore(Protocol):
         """Return every binding: host -> set name."""
         ...
 
+    def set_options(self, name: str, *, disconnect_on_revoke: bool) -> SetInfo:
+        """Set a set's options (``disconnect_on_revoke``); returns the set."""
+        ...
+
     def delete(self, name: str) -> None:
         """Delete a set with its versions, CRLs and bindings."""
         ...

@@ -340,3 +340,23 @@ async def test_a_bug_is_a_500_problem_not_a_traceback(
     assert body["type"] == "urn:edgesim:problem:internal"
     assert "simulated bug" not in body["detail"]
     assert "simulated bug" in caplog.text
+
+
+async def test_set_options_patch_validates_and_round_trips(admin: Admin) -> None:
+    await call(admin, "POST", "/v1/sets?name=fleet", expect=201, data=root().cert_pem)
+    got = await call(admin, "GET", "/v1/sets/fleet", expect=200)
+    assert got["disconnect_on_revoke"] is False
+    body = await call(
+        admin, "PATCH", "/v1/sets/fleet/options", expect=200, json={"disconnect_on_revoke": True}
+    )
+    assert (body["name"], body["disconnect_on_revoke"]) == ("fleet", True)
+    assert (await call(admin, "GET", "/v1/sets/fleet", expect=200))["disconnect_on_revoke"]
+    bad = await call(
+        admin, "PATCH", "/v1/sets/fleet/options", expect=400, json={"disconnect_on_revoke": "on"}
+    )
+    assert "disconnect_on_revoke" in bad["detail"]
+    await call(
+        admin, "PATCH", "/v1/sets/ghost/options", expect=404, json={"disconnect_on_revoke": True}
+    )
+    doc = openapi_document()
+    assert "patch" in doc["paths"]["/v1/sets/{name}/options"]

@@ -67,6 +67,15 @@ async def test_upload_bind_status_through_the_admin_api(
         TOKEN,
     )
     assert result["ok"] is True
+    out, _ = await run(
+        admin, capsys, "set-option", "fleet", "--disconnect-on-revoke", "on", "--token", TOKEN
+    )
+    assert out == "set fleet: disconnect on revoke on\n"
+    await admin.trust.wait_active(timeout=5)
+    out, _ = await run(admin, capsys, "show", "fleet", "--token", TOKEN)
+    assert "disconnect on revoke: on\n" in out
+    status = await run_json(admin, capsys, "status", "--token", TOKEN)
+    assert [s["disconnect_on_revoke"] for s in status["sets"]] == [True]
     await run(admin, capsys, "unbind", "--default", "--token", TOKEN)
     await run(admin, capsys, "delete", "fleet", "--token", TOKEN)
     assert (await run_json(admin, capsys, "list", "--token", TOKEN))["sets"] == []

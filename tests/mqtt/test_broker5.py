@@ -681,3 +681,23 @@ def test_a_property_less_qos0_publish_is_forwarded_byte_for_byte() -> None:
     assert isinstance(with_id, Publish)
     assert with_id.properties is not None
     assert with_id.properties.subscription_identifiers == [7]
+
+
+def test_disconnect_each_gives_each_connection_its_own_reason() -> None:
+    broker, events, _ = make()
+    first, second, kept = Client(broker, "dev-1"), Client(broker, "dev-2"), Client(broker, "dev-3")
+    for client in (first, second, kept):
+        client.connect()
+    reasons = {"dev-1": "serial 1 revoked", "dev-2": "serial 2 revoked"}
+    count = broker.disconnect_each(lambda info: reasons.get(info.identity.name))
+    assert count == 2
+    for client, text in ((first, "serial 1 revoked"), (second, "serial 2 revoked")):
+        (disc,) = client.recv()
+        assert isinstance(disc, Disconnect)
+        assert (disc.reason_code, reason(disc)) == (0x98, text)
+    assert not kept.conn.should_close
+    got = {
+        e["client_id"]: (e["reason_code"], e["reason"])
+        for e in events.query(kind="mqtt.disconnected")
+    }
+    assert got == {"dev-1": (0x98, "serial 1 revoked"), "dev-2": (0x98, "serial 2 revoked")}

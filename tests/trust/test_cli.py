@@ -173,3 +173,26 @@ def test_check_honours_the_set_crl(cli: Cli, tmp_path: Path) -> None:
 def test_group_without_verb_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["trust"]) == 2
     assert "upload" in capsys.readouterr().err
+
+
+def test_set_option_disconnect_on_revoke_is_off_by_default_and_shown(
+    cli: Cli, tmp_path: Path
+) -> None:
+    cli("upload", "fleet", write(tmp_path, "root.pem", root().cert_pem))
+    out, _ = cli("show", "fleet")
+    assert "disconnect on revoke: off\n" in out
+    assert cli.json("show", "fleet")["disconnect_on_revoke"] is False
+    out, _ = cli("set-option", "fleet", "--disconnect-on-revoke", "on")
+    assert out == "set fleet: disconnect on revoke on\n"
+    out, _ = cli("show", "fleet")
+    assert "disconnect on revoke: on\n" in out
+    status = cli.json("status")
+    assert [(s["name"], s["disconnect_on_revoke"]) for s in status["sets"]] == [("fleet", True)]
+    out, _ = cli("status")
+    assert ["SET", "VERSION", "STATE", "DISCONNECT", "ON", "REVOKE"] in [
+        line.split() for line in out.splitlines()
+    ]
+    cli("set-option", "fleet", "--disconnect-on-revoke", "off")
+    assert cli.json("show", "fleet")["disconnect_on_revoke"] is False
+    _, err = cli("set-option", "ghost", "--disconnect-on-revoke", "on", expect=1)
+    assert "ghost" in err

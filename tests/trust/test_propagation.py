@@ -108,7 +108,14 @@ async def test_delay_makes_pending_and_propagating_observable(
         status = svc.status()
         assert status["state"] == "pending"
         assert status["sets"] == [
-            {"name": "fleet", "version": 1, "applied_version": None, "crls": 0, "state": "pending"}
+            {
+                "name": "fleet",
+                "version": 1,
+                "applied_version": None,
+                "crls": 0,
+                "disconnect_on_revoke": False,
+                "state": "pending",
+            }
         ]
         await events.wait_for(lambda e: e["kind"] == "trust.propagating", timeout=5)
         await svc.bind("fleet", "devices.example.com")
