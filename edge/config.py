@@ -48,6 +48,9 @@ An ``edge.toml`` (every key optional; relative paths are relative to the file)::
     [policy]                        # preset "open" or "default", or the policy table itself
     preset = "default"
 
+    [metrics]                       # GET /metrics on the admin listener
+    auth = true                     # false: no token needed (scrapers on loopback)
+
 Errors::
 
     EdgeConfigError      a key has a bad value or the file cannot be read;
@@ -208,6 +211,8 @@ class EdgeConfig:
     #: The MQTT broker's limits and timers (the ``[mqtt]`` table).
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     use_uvloop: bool = True
+    #: Whether the admin listener's ``/metrics`` needs the admin token.
+    metrics_auth: bool = True
 
     def with_overrides(self, **changes: Any) -> EdgeConfig:
         """Return a copy with top-level fields replaced."""
@@ -231,7 +236,9 @@ _KNOWN = {
         "policy",
         "ready_file",
         "mqtt",
+        "metrics",
     },
+    "metrics": {"auth"},
     "listeners": {"mqtt", "https", "multi", "admin"},
     "tls": {
         "cert",
@@ -394,6 +401,11 @@ def config_from_dict(data: Mapping[str, Any], *, base: Path, source: str) -> Edg
             changes["mqtt"] = MqttConfig.from_dict(mqtt, where=f"{source} [mqtt]")
         except MqttConfigError as exc:
             raise EdgeConfigError(str(exc)) from None
+    metrics = data.get("metrics", {})
+    if metrics:
+        _check_keys(metrics, "metrics", source)
+        if "auth" in metrics:
+            changes["metrics_auth"] = _get(metrics, "auth", bool, f"{source} [metrics]")
     policy = data.get("policy")
     if policy is not None:
         if not isinstance(policy, Mapping):

@@ -390,6 +390,8 @@ class EdgeServer:
             self.events,
             token=self.admin_token,
             disconnect=None if broker is None else broker.disconnect_devices,
+            edge=self,
+            metrics_auth=self.config.metrics_auth,
         )
         try:
             runner, port = await admin.start_admin(app, where.host, where.port)

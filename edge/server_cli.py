@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import gc
 import importlib
-import logging
 import signal
 from dataclasses import replace
 from pathlib import Path
@@ -26,7 +25,9 @@ from typing import Any
 from certs.cliutil import EXIT_OK, EXIT_USAGE, CliError, emit, say
 from edge._loader import status as compiled_status
 from edge.config import EdgeConfig, EdgeConfigError, load_config, parse_host_port
+from edge.core.events import EventLog
 from edge.core.handlers import HandlerRegistry
+from edge.logs import LOG_FORMATS, configure_logging, log_events_as_json
 from edge.mqtt.profiles import PROFILES, apply_profile
 from edge.server import EdgeServer, EdgeServerError, new_event_loop
 
@@ -73,6 +74,12 @@ def register(subparsers: Any) -> None:
         "(edge.mqtt.profiles has the table and its sources)",
     )
     serve.add_argument("-v", "--verbose", action="store_true", help="log every event")
+    serve.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="text (default) or json: one JSON object per line, events with all their fields",
+    )
     serve.set_defaults(func=_serve)
 
 
@@ -154,19 +161,26 @@ def _replace(obj: Any, name: str, value: Any) -> Any:
 def _serve(args: argparse.Namespace) -> int:
     cfg = build_config(args)
     handlers = load_handlers(args.handlers)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
+    configure_logging(args.log_format, verbose=args.verbose)
     loop = new_event_loop(cfg.use_uvloop)
     try:
-        return loop.run_until_complete(_run(cfg, handlers, as_json=args.json))
+        return loop.run_until_complete(
+            _run(cfg, handlers, as_json=args.json, json_logs=args.log_format == "json")
+        )
     finally:
         loop.close()
 
 
-async def _run(cfg: EdgeConfig, handlers: HandlerRegistry, *, as_json: bool) -> int:
-    server = EdgeServer(cfg, handlers=handlers)
+async def _run(
+    cfg: EdgeConfig, handlers: HandlerRegistry, *, as_json: bool, json_logs: bool = False
+) -> int:
+    if json_logs:
+        # Each event is logged whole by a listener, not as the log's text line.
+        events = EventLog(log_events=False)
+        log_events_as_json(events)
+        server = EdgeServer(cfg, handlers=handlers, events=events)
+    else:
+        server = EdgeServer(cfg, handlers=handlers)
     try:
         await server.start()
     except EdgeServerError as exc:

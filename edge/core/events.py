@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+from edge.core.metrics import HANDSHAKE_MS_BUCKETS, Histogram
 from edge.core.session import PeerCertificate
 
 Event = dict[str, Any]
@@ -74,6 +75,11 @@ _Record = tuple[Any, ...]
 # Shapes are per call site (a few dozen); a caller building fields dynamically
 # must not grow the cache without bound.
 _MAX_SHAPES = 1024
+# Tally keys are (kind, outcome, alert, set): bounded by the code's kinds and the
+# admin's sets, but a store with thousands of sets must not grow /metrics without end.
+_MAX_TALLY = 4096
+#: Where tallies beyond ``_MAX_TALLY`` keys go.
+TALLY_OVERFLOW: tuple[str, str, None, None] = ("other", "other", None, None)
 
 
 def _materialize(record: _Record) -> Event:
@@ -96,6 +102,13 @@ class EventLog:
         self._listeners: list[Callable[[Event], None]] = []
         self._waiters: set[asyncio.Future[None]] = set()
         self._log_events = log_events
+        #: Events counted by (kind, outcome, alert, set), for the Prometheus exporter,
+        #: which reads them at scrape time: one dict update per event, no labels built.
+        self.tally: dict[tuple[str, str, str | None, str | None], int] = {}
+        #: The time (ns since the epoch) of the newest event of each kind.
+        self.last_ns: dict[str, int] = {}
+        #: Durations of accepted handshakes (``tls.accepted``'s ``handshake_ms``).
+        self.handshake_ms = Histogram(HANDSHAKE_MS_BUCKETS)
 
     def emit(self, kind: str, outcome: str, **fields: Any) -> int:
         """Record an event; return its ``id`` (``time`` is filled in unless given).
@@ -115,6 +128,21 @@ class EventLog:
         self._next_id = event_id + 1
         record = (shape, event_id, when, kind, outcome, *fields.values())
         self._events.append(record)
+        key = (kind, outcome, fields.get("alert"), fields.get("set"))
+        tally = self.tally
+        count = tally.get(key)
+        if count is None:
+            count = 0
+            if len(tally) >= _MAX_TALLY:
+                key = TALLY_OVERFLOW
+                count = tally.get(key, 0)
+        tally[key] = count + 1
+        if isinstance(when, int):
+            self.last_ns[kind] = when
+        if kind == "tls.accepted":
+            ms = fields.get("handshake_ms")
+            if ms is not None:
+                self.handshake_ms.observe(ms)
         # The message is built only when it is logged: every connect emits several events.
         if self._log_events and log.isEnabledFor(logging.INFO):
             log.info(
@@ -141,6 +169,16 @@ class EventLog:
         """Call ``listener(event)`` for every new event; returns a function that removes it."""
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
+
+    @property
+    def capacity(self) -> int:
+        """How many events the ring keeps."""
+        return self._events.maxlen or 0
+
+    @property
+    def dropped(self) -> int:
+        """Events pushed out of the ring by newer ones (no longer readable)."""
+        return self.last_id - len(self._events)
 
     @property
     def last_id(self) -> int:

@@ -1,4 +1,4 @@
-"""Counters cheap enough to bump on the hot path.
+"""Counters cheap enough to bump on the hot path, and a fixed-bucket histogram.
 
 Plain integer attributes on a ``__slots__`` object: an increment is one attribute
 store, no lock (the edge runs on one event loop), no label lookup. ``snapshot()``
@@ -6,6 +6,8 @@ returns them as a dict for the admin API, events and benchmarks. Nothing here ra
 """
 
 from __future__ import annotations
+
+from bisect import bisect_left
 
 _FIELDS = (
     "connections_opened",
@@ -46,3 +48,31 @@ class Metrics:
         out = {name: int(getattr(self, name)) for name in _FIELDS}
         out["connections_open"] = self.connections_opened - self.connections_closed
         return out
+
+
+#: Handshake durations' bucket bounds, in milliseconds (Prometheus reports seconds).
+HANDSHAKE_MS_BUCKETS: tuple[float, ...] = (1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+
+
+class Histogram:
+    """Fixed buckets over plain lists: ``observe`` is a bisect and two stores.
+
+    The Prometheus exporter (``edge.http.metrics_export``) reads it at scrape time,
+    so the hot path does not touch prometheus-client's locks and label dicts.
+    ``counts[i]`` counts observations ``<= bounds[i]`` not counted before (the last
+    slot is ``+Inf``); the exporter makes them cumulative.
+    """
+
+    __slots__ = ("bounds", "count", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.count = 0
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        """Count one observation."""
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.count += 1
+        self.total += value

@@ -6,7 +6,8 @@ and the edge's :class:`~edge.core.events.EventLog`; :func:`start_admin` serves
 it and returns the bound port. Routes live under ``/v1/`` and are described by
 the OpenAPI document at ``/v1/openapi.json`` (:mod:`edge.http.openapi`).
 
-Authentication: every call except ``GET /v1/openapi.json`` needs
+Authentication: every call except ``GET /v1/openapi.json``, the console's
+static files under ``/ui/`` and, when configured so, ``GET /metrics`` needs
 ``Authorization: Bearer <token>`` (compared in constant time); a missing or
 wrong token is ``401`` with ``WWW-Authenticate``, changes nothing, and is
 recorded as an ``admin.denied`` event (without the token). With
@@ -46,6 +47,7 @@ from aiohttp import BodyPartReader, web
 from cryptography import x509
 
 from edge.core.events import EventLog
+from edge.http import console_api
 from edge.http.openapi import openapi_document
 from edge.trust.errors import (
     ConflictError,
@@ -225,6 +227,8 @@ def _unauthorized(request: web.Request, detail: str, error: str | None = None) -
 @web.middleware
 async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path == "/v1/openapi.json" and request.method in ("GET", "HEAD"):
+        return await handler(request)
+    if console_api.is_public(request):
         return await handler(request)
     expected = request.app[TOKEN_KEY]
     if expected:
@@ -640,6 +644,8 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("POST", "/v1/certs/{name}/deploy", _deploy_cert),
     ("POST", "/v1/certs/{name}/rollback", _rollback_cert),
     ("POST", "/v1/devices/disconnect", _disconnect_devices),
+    # Live views, test publishing, /metrics and the web console (edge.http.console_api).
+    *console_api.ROUTES,
 )
 
 
@@ -650,6 +656,8 @@ def make_admin_app(
     token: str | None,
     admin_ca_pem: bytes | None = None,
     disconnect: Callable[[Callable[[Any], bool], str], int] | None = None,
+    edge: Any = None,
+    metrics_auth: bool = True,
 ) -> web.Application:
     """Build the admin application.
 
@@ -658,6 +666,9 @@ def make_admin_app(
     :func:`admin_ssl_context`). At least one of them must be given: an admin API
     open to anyone on the listener is refused with ``ValueError``.
     ``disconnect`` is the broker's ``disconnect_devices`` (None: no MQTT served).
+    ``edge`` (the running :class:`~edge.server.EdgeServer`) backs the device list,
+    publishing, topic streams and the connection metrics; ``metrics_auth=False``
+    serves ``/metrics`` without the token.
     """
     if not token and not admin_ca_pem:
         raise ValueError("the admin API needs a token or an admin CA (or both)")
@@ -667,6 +678,7 @@ def make_admin_app(
     app[TOKEN_KEY] = token or ""
     app[ADMIN_CA_KEY] = x509.load_pem_x509_certificates(admin_ca_pem) if admin_ca_pem else []
     app[DISCONNECT_KEY] = disconnect
+    console_api.install(app, events, edge=edge, metrics_auth=metrics_auth)
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
     return app

@@ -676,6 +676,165 @@ _DOCUMENT["components"]["schemas"]["Status"]["properties"]["server_certs"] = {
 }
 
 
+# -- live views, test publishing, metrics and the console (edge.http.console_api) --
+
+_SSE = {"description": "a Server-Sent Events stream", "content": {"text/event-stream": {}}}
+_FILTERS = [
+    {"name": n, "in": "query", "schema": {"type": "string"}}
+    for n in ("kind", "outcome", "identity")
+]
+_CONSOLE_PATHS: dict[str, Any] = {
+    "/v1/events/stream": {
+        "get": {
+            "summary": "New events as Server-Sent Events (data: one Event as JSON; id: its id)",
+            "description": "Resumes after `since` or the Last-Event-ID header; a comment "
+            "line every 15 s keeps idle streams open.",
+            "parameters": [
+                {"name": "since", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                *_FILTERS,
+            ],
+            "responses": {"200": _SSE, **_errors("400")},
+        }
+    },
+    "/v1/devices": {
+        "get": {
+            "summary": "Connected devices (after a TLS handshake), oldest connection first",
+            "responses": {
+                "200": _ok(
+                    {
+                        "type": "object",
+                        "properties": {"devices": {"type": "array", "items": _ref("Device")}},
+                    }
+                ),
+                **_errors("503"),
+            },
+        }
+    },
+    "/v1/devices/{connection_id}/disconnect": {
+        "post": {
+            "summary": "Close a device's connection (MQTT 5: DISCONNECT 0x98, administrative action)",
+            "parameters": [
+                {
+                    "name": "connection_id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "integer"},
+                }
+            ],
+            "responses": {
+                "200": _ok(
+                    {
+                        "type": "object",
+                        "properties": {"ok": {"type": "boolean"}, "device": _ref("Device")},
+                    }
+                ),
+                **_errors("400", "404", "503"),
+            },
+        }
+    },
+    "/v1/publish": {
+        "post": {
+            "summary": "Publish a test message through the edge's router (as the edge: no policy)",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["topic"],
+                            "properties": {
+                                "topic": {"type": "string"},
+                                "payload": {"type": "string", "description": "sent as UTF-8"},
+                                "qos": {"type": "integer", "enum": [0, 1, 2]},
+                                "retain": {"type": "boolean"},
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": _ok(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "ok": {"type": "boolean"},
+                            "delivered": {"type": "integer"},
+                            "reason": {"type": "string"},
+                        },
+                    }
+                ),
+                **_errors("400", "503"),
+            },
+        }
+    },
+    "/v1/topics/stream": {
+        "get": {
+            "summary": "Messages matching a topic filter, as Server-Sent Events",
+            "parameters": [
+                {"name": "filter", "in": "query", "required": True, "schema": {"type": "string"}}
+            ],
+            "responses": {"200": _SSE, **_errors("400", "503")},
+        }
+    },
+    "/metrics": {
+        "get": {
+            "summary": "Prometheus metrics (text format, or OpenMetrics when Accept asks for it)",
+            "description": "Needs the token unless `[metrics] auth = false`.",
+            "responses": {
+                "200": {
+                    "description": "the metrics",
+                    "content": {"text/plain": {}, "application/openmetrics-text": {}},
+                },
+                **_errors(),
+            },
+        }
+    },
+    "/ui": {
+        "get": {
+            "summary": "The web console (redirects to /ui/)",
+            "security": [],
+            "responses": {"302": {"description": "to /ui/"}},
+        }
+    },
+    "/ui/": {
+        "get": {
+            "summary": "The web console's page (static; its calls send the token)",
+            "security": [],
+            "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}},
+        }
+    },
+    "/ui/{file}": {
+        "get": {
+            "summary": "The web console's static files",
+            "security": [],
+            "parameters": [
+                {"name": "file", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "responses": {"200": {"description": "the file"}, "404": _PROBLEM},
+        }
+    },
+}
+_DOCUMENT["paths"].update(_CONSOLE_PATHS)
+_DOCUMENT["components"]["schemas"]["Device"] = {
+    "type": "object",
+    "properties": {
+        "connection_id": {"type": "integer"},
+        "identity": {"type": "string"},
+        "set": {"type": "string"},
+        "version": {"type": "integer"},
+        "protocol": {"type": "string", "enum": ["mqtt", "http", "tls", "handshake"]},
+        "mqtt_protocol_level": {"type": ["integer", "null"]},
+        "client_id": {"type": ["string", "null"]},
+        "peer": {"type": "string"},
+        "sni": {"type": ["string", "null"]},
+        "tls_version": {"type": "string"},
+        "connected_since": {"type": "string", "format": "date-time"},
+        "subscriptions": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "certificate": {"type": ["object", "null"]},
+    },
+}
+
+
 def openapi_document() -> dict[str, Any]:
     """Return the OpenAPI 3.1 document (a fresh copy the caller may change)."""
     return copy.deepcopy(_DOCUMENT)

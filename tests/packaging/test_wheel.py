@@ -195,6 +195,14 @@ def test_wheel_ships_the_device_test_suites(dist: Path, venv: Path) -> None:
     assert "mqtt" in out, out
 
 
+def test_wheel_ships_the_web_console(dist: Path) -> None:
+    (wheel,) = dist.glob("*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+    files = ("index.html", "console.js", "console.css")
+    assert {f"edge/http/console/{n}" for n in files} <= names
+
+
 def test_installed_wheel_reports_compiled(venv: Path, tmp_path: Path) -> None:
     out = _run([venv / "edgesim", "--version"], cwd=tmp_path, env=_clean_env())
     assert out.startswith("edgesim 0."), out
