@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from certs.cliutil import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, CliError, emit, say
+from certs.cliutil import EXIT_USAGE, CliError, say
 from edge.trust.cli import (
     DEFAULT_STORE,
     TOKEN_ENV,
@@ -38,6 +38,7 @@ from edge.trust.cli import (
     _quote,
     _read,
     _Remote,
+    _run_with,
     _table,
     _token_beside,
 )
@@ -208,18 +209,7 @@ def _run(
     action: Callable[[_CertBackend], Any],
     human: Callable[[Any], str],
 ) -> int:
-    try:
-        with _backend(args) as backend:
-            data = action(backend)
-    except Refused as exc:
-        if args.json:
-            emit({"ok": False, "error": exc.message, "findings": exc.findings}, as_json=True)
-        say(f"edgesim: error: {exc.message}")
-        for f in exc.findings:
-            say(_finding_line(f))
-        return EXIT_CHECK_FAILED
-    emit(data if data is not None else {"ok": True}, as_json=args.json, human=human)
-    return EXIT_OK
+    return _run_with(_backend, args, action, human)
 
 
 # -- human output ---------------------------------------------------------------

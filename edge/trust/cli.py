@@ -28,10 +28,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from certs.cliutil import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, CliError, emit, say
 from edge.trust.check import check_in_store
@@ -52,6 +52,10 @@ class Refused(CliError):
     def __init__(self, message: str, findings: Sequence[dict[str, Any]]) -> None:
         super().__init__(message, EXIT_CHECK_FAILED)
         self.findings = list(findings)
+
+
+#: A CLI group's backend (trust sets, server certificates), for :func:`_run_with`.
+_B = TypeVar("_B")
 
 
 class _Backend(Protocol):
@@ -522,13 +526,19 @@ def _human_check(data: Any) -> str:
 # -- verbs ----------------------------------------------------------------------
 
 
-def _run(
+def _run_with(
+    backend_for: Callable[[argparse.Namespace], AbstractContextManager[_B]],
     args: argparse.Namespace,
-    action: Callable[[_Backend], Any],
+    action: Callable[[_B], Any],
     human: Callable[[Any], str],
 ) -> int:
+    """Run ``action`` on the backend ``backend_for(args)`` opens; print the result.
+
+    A refusal prints its findings (JSON with ``--json``) and exits 2. Shared by the
+    ``trust`` and ``cert`` groups, whose backends differ.
+    """
     try:
-        with _backend(args) as backend:
+        with backend_for(args) as backend:
             data = action(backend)
     except Refused as exc:
         if args.json:
@@ -539,6 +549,14 @@ def _run(
         return EXIT_CHECK_FAILED
     emit(data if data is not None else {"ok": True}, as_json=args.json, human=human)
     return EXIT_OK
+
+
+def _run(
+    args: argparse.Namespace,
+    action: Callable[[_Backend], Any],
+    human: Callable[[Any], str],
+) -> int:
+    return _run_with(_backend, args, action, human)
 
 
 def _cmd_upload(args: argparse.Namespace) -> int:
