@@ -222,7 +222,7 @@ def test_an_ended_session_with_expiry_is_dropped_from_the_store() -> None:
 
 def test_mqtt5_messages_and_retained_come_back_with_the_exact_bytes() -> None:
     store = MemoryStore()
-    broker, clock = make(store)
+    broker, _ = make(store)
     props = Properties(
         content_type="application/cbor",
         response_topic="reply/here",
