@@ -19,6 +19,7 @@ MODULES = (
     "pkicheck",
     "trust",
     "broker",
+    "persistence",
     "mqtt_core",
     "http_ws",
     "flood",

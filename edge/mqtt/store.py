@@ -21,7 +21,7 @@ transaction (and one fsync) per batch, so throughput holds.
 Implementations: :class:`MemoryStore` (here: state in dicts, committed when
 :meth:`MemoryStore.commit` is called; for sans-I/O tests and as the reference for
 other back ends) and :class:`~edge.mqtt.sqlite_store.SqliteMqttStore` (the
-default: an SQLite file in WAL mode written by one thread, a batch per commit).
+default: an SQLite file in WAL mode, a batch per transaction, fsynced off the event loop).
 No store at all (``MqttBroker(store=None)``) is persistence switched off: the
 broker then runs exactly the code it ran before persistence existed.
 
@@ -68,6 +68,7 @@ __all__ = [
     "MqttStore",
     "Snapshot",
     "StoreBase",
+    "coalesce",
     "decode_meta",
     "encode_meta",
 ]
@@ -214,6 +215,48 @@ def message_row(message: Message, clock: Callable[[], float]) -> tuple[Any, ...]
     )
 
 
+def coalesce(ops: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """``ops`` without the entries and messages both stored and deleted within them.
+
+    An outbound entry acknowledged by its subscriber before its batch was written
+    (the usual case with a subscriber online) never needs to reach the disk: its
+    ``out`` (with any ``outpid``/``outstate``) and ``delout`` cancel, and so do a
+    message's ``msg`` and ``delmsg``. The state after the batch is the same.
+    """
+    entries: dict[int, list[int]] = {}
+    messages: dict[int, int] = {}
+    dropped: set[int] = set()
+    for i, op in enumerate(ops):
+        kind = op[0]
+        if kind == "out":
+            entries[op[1]] = [i]
+        elif kind == "outpid" or kind == "outstate":
+            seen = entries.get(op[1])
+            if seen is not None:
+                seen.append(i)
+        elif kind == "delout":
+            seen = entries.pop(op[1], None)
+            if seen is not None:
+                dropped.update(seen)
+                dropped.add(i)
+        elif kind == "msg":
+            messages[op[1]] = i
+        elif kind == "delmsg":
+            first = messages.pop(op[1], None)
+            if first is not None:
+                dropped.add(first)
+                dropped.add(i)
+        elif kind == "drop":
+            # Deletes by session: entries of that session stored before it in this
+            # batch go with it (and need not be written at all).
+            key = (op[1], op[2])
+            for seq in [s for s, seen in entries.items() if ops[seen[0]][2:4] == key]:
+                dropped.update(entries.pop(seq))
+    if not dropped:
+        return ops
+    return [op for i, op in enumerate(ops) if i not in dropped]
+
+
 class StoreBase:
     """Bookkeeping every store shares: pending changes, held acks, id counters.
 
@@ -321,8 +364,12 @@ class MemoryStore(StoreBase):
         return snap
 
     def commit(self) -> int:
-        """Apply every pending change, then release the held acks; return the change count."""
+        """Apply the pending changes, then release the held acks; return how many were applied.
+
+        Changes that cancel out (:func:`coalesce`) are not counted.
+        """
         ops, held = self._take()
+        ops = coalesce(ops)
         for op in ops:
             self._apply(op)
         self.dirty = False

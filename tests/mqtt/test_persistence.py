@@ -35,7 +35,7 @@ from edge.mqtt.codec import (
     encode,
 )
 from edge.mqtt.properties import Properties
-from edge.mqtt.store import MemoryStore, MqttStore
+from edge.mqtt.store import MemoryStore, MqttStore, coalesce
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -416,3 +416,39 @@ def test_outbound_qos2_state_survives_between_pubrec_and_pubcomp() -> None:
     back.send(Pubcomp(out.packet_id))
     store.commit()
     assert store.outgoing == {}
+
+
+def test_entries_stored_and_deleted_in_one_batch_never_reach_the_store() -> None:
+    ops: list[tuple[Any, ...]] = [
+        ("msg", 1, "t", b"x", 1, False, "o", "mqtt", None),
+        ("out", 1, "i", "c", 1, 1, False, (), None, 0),
+        ("outpid", 1, 5),
+        ("out", 2, "i", "c", 1, 1, False, (), 6, 0),
+        ("delout", 1),
+        ("delout", 9),  # stored by an earlier batch: kept
+        ("delmsg", 7),
+    ]
+    assert coalesce(ops) == [ops[0], ops[3], ops[5], ops[6]]
+    assert coalesce([*ops, ("delout", 2), ("delmsg", 1)]) == [ops[5], ops[6]]
+    # A session dropped in the same batch takes its new entries with it.
+    assert coalesce([ops[3], ("drop", "i", "c"), ("delout", 2)]) == [
+        ("drop", "i", "c"),
+        ("delout", 2),
+    ]
+    nothing: list[tuple[Any, ...]] = [("retain", "t", b"x", 0, "o", "mqtt", None)]
+    assert coalesce(nothing) is nothing
+
+
+def test_a_subscriber_acking_before_the_commit_leaves_nothing_to_write() -> None:
+    store = MemoryStore()
+    broker, _ = make(store)
+    sub = subscribed(broker)
+    store.commit()
+    pub = Client(broker, "pub")
+    pub.connect(clean=True)
+    pub.send(Publish("t/1", b"x", qos=1, packet_id=1))
+    (got,) = sub.recv()
+    assert isinstance(got, Publish)
+    sub.send(Puback(got.packet_id or 0))
+    assert store.commit() == 0  # four changes that cancel out
+    assert pub.recv() == [Puback(1)]
