@@ -20,6 +20,7 @@ MODULES = (
     "trust",
     "broker",
     "persistence",
+    "durability",
     "mqtt_core",
     "http_ws",
     "flood",
