@@ -1,25 +1,28 @@
-"""Kill the edge with SIGKILL at random moments under QoS 1 load; count what was lost.
+"""Kill the edge with SIGKILL at random moments under QoS 1 (or 2) load; count what was lost.
 
 ``python -m bench.durability --kills 20`` (the test suite runs a few kills through
-:func:`run`, tests/server/test_durability.py). One edge child process
+:func:`run_async`, tests/server/test_durability.py). One edge child process
 (``edgesim edge serve``, persistence on) at a time, with the same state directory:
 
 - a subscriber holds a persistent session (clean session 0, client id
-  ``durable-sub``) subscribed to ``load/#`` at QoS 1, acknowledging what it gets;
-- publishers (clean sessions) send QoS 1 messages numbered 0, 1, 2, ... with a
-  window of unacknowledged messages each;
+  ``durable-sub``) subscribed to ``load/#`` at the QoS of the load, acknowledging
+  what it gets;
+- publishers (clean sessions) send QoS 1 (``--qos 2``: QoS 2) messages numbered
+  0, 1, 2, ... with a window of unacknowledged messages each;
 - the edge's ``max_queued`` is raised so that no message is dropped for want of
   room (that is a limit, not a loss);
 - after a random time under load (``--min``..``--max`` seconds) the edge gets
   SIGKILL, and a new edge starts on the same state; the clients reconnect.
 
 After the last kill a final edge runs until the subscriber has every
-acknowledged message (or ``--drain`` seconds pass without progress). Counted:
-messages *sent*, *acknowledged* (PUBACK received by a publisher) and *delivered*
-(distinct numbers the subscriber received); **lost** = acknowledged but never
-delivered, which must be 0. Delivered-but-unacknowledged (the kill came between
-the commit and the PUBACK) and duplicates (QoS 1 is at least once) are counted
-too. The clients speak MQTT 3.1.1 with the edge's own codec.
+acknowledged message (or 10 seconds pass without progress). Counted: messages
+*sent*, *acknowledged* (PUBACK, or with ``--qos 2`` PUBREC, received by a
+publisher) and *delivered* (distinct numbers the subscriber received); **lost** =
+acknowledged but never delivered, which must be 0. Delivered-but-unacknowledged
+(the kill came between the commit and the acknowledgement) and duplicates (QoS 1
+is at least once; a QoS 2 message re-sent after a crash, before the subscriber's
+PUBREC was committed, also counts) are counted too. The clients speak MQTT 3.1.1
+with the edge's own codec.
 """
 
 from __future__ import annotations
@@ -39,7 +42,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge.mqtt.codec import Connack, Connect, Parser, Puback, Publish, Suback, Subscribe, encode
+from edge.mqtt.codec import (
+    Connack,
+    Connect,
+    Parser,
+    Puback,
+    Pubcomp,
+    Publish,
+    Pubrec,
+    Pubrel,
+    Suback,
+    Subscribe,
+    encode,
+)
 
 __all__ = ["DurabilityResult", "run"]
 
@@ -168,13 +183,15 @@ class _Load:
         self.delivered: set[int] = set()
         self.received = 0
         self.progress = asyncio.Event()
+        #: The QoS of the publications and of the subscription.
+        self.qos = 1
 
 
 async def _subscriber(port: int, ctx: ssl.SSLContext, load: _Load, ready: asyncio.Event) -> None:
     client, present = await _Client.connect(port, ctx, "durable-sub", clean=False)
     try:
         if not present:
-            client.writer.write(encode(Subscribe(1, [("load/#", 1)])))
+            client.writer.write(encode(Subscribe(1, [("load/#", load.qos)])))
         else:
             ready.set()
         async for packet in client.packets():
@@ -186,7 +203,10 @@ async def _subscriber(port: int, ctx: ssl.SSLContext, load: _Load, ready: asynci
                 load.delivered.add(n)
                 load.progress.set()
                 assert packet.packet_id is not None
-                client.writer.write(encode(Puback(packet.packet_id)))
+                ack = Puback(packet.packet_id) if packet.qos == 1 else Pubrec(packet.packet_id)
+                client.writer.write(encode(ack))
+            elif isinstance(packet, Pubrel):
+                client.writer.write(encode(Pubcomp(packet.packet_id)))
     finally:
         client.close()
 
@@ -198,12 +218,19 @@ async def _publisher(port: int, ctx: ssl.SSLContext, name: str, load: _Load, win
     pid = 0
 
     async def acks() -> None:
+        # QoS 1: PUBACK acknowledges. QoS 2: PUBREC does (the edge owns the message
+        # from then on); the packet id stays in use until PUBCOMP.
         async for packet in client.packets():
-            if isinstance(packet, Puback):
+            if isinstance(packet, Puback | Pubcomp):
                 n = pending.pop(packet.packet_id, None)
                 if n is not None:
                     load.acked.add(n)
                     room.set()
+            elif isinstance(packet, Pubrec):
+                n = pending.get(packet.packet_id)
+                if n is not None:
+                    load.acked.add(n)
+                    client.writer.write(encode(Pubrel(packet.packet_id)))
 
     reading = asyncio.create_task(acks())
     try:
@@ -219,7 +246,8 @@ async def _publisher(port: int, ctx: ssl.SSLContext, name: str, load: _Load, win
             load.next_id += 1
             pending[pid] = n
             load.sent.add(n)
-            client.writer.write(encode(Publish(f"load/{name}", b"%d" % n, qos=1, packet_id=pid)))
+            publish = Publish(f"load/{name}", b"%d" % n, qos=load.qos, packet_id=pid)
+            client.writer.write(encode(publish))
             if len(pending) % 8 == 0:
                 await client.writer.drain()
     finally:
@@ -286,6 +314,7 @@ async def run_async(
     drain: float = 10.0,
     synchronous: str = "full",
     workdir: Path | None = None,
+    qos: int = 1,
 ) -> DurabilityResult:
     """Run ``kills`` kill cycles and the final drain; see the module docstring."""
     from certs.quickstart import quickstart
@@ -298,6 +327,7 @@ async def run_async(
         state = base / "state"
         state.mkdir()
         load = _Load()
+        load.qos = qos
         args = {
             "publishers": publishers, "window": window, "min": min_s, "max": max_s,
             "synchronous": synchronous,
@@ -332,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--publishers", type=int, default=2)
     parser.add_argument("--window", type=int, default=64, help="unacknowledged messages each")
+    parser.add_argument("--qos", type=int, choices=(1, 2), default=1)
     parser.add_argument("--min", type=float, default=0.05, help="shortest load before a kill (s)")
     parser.add_argument("--max", type=float, default=0.8, help="longest load before a kill (s)")
     parser.add_argument(
@@ -345,12 +376,13 @@ def main(argv: list[str] | None = None) -> int:
     result = asyncio.run(
         run_async(
             args.kills, seed=seed, publishers=args.publishers, window=args.window,
-            min_s=args.min, max_s=args.max, synchronous=args.synchronous,
+            min_s=args.min, max_s=args.max, synchronous=args.synchronous, qos=args.qos,
         )
     )  # fmt: skip
     out = asdict(result)
     out["seed"] = seed
     out["synchronous"] = args.synchronous
+    out["qos"] = args.qos
     print(json.dumps(out, indent=1))
     return 1 if result.lost else 0
 
