@@ -39,6 +39,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from edge.mqtt.errors import MqttStoreError
 from edge.mqtt.store import OPS, AckTarget, Snapshot, StoreBase, coalesce
 
 __all__ = ["MqttStoreError", "SqliteMqttStore"]
@@ -98,10 +99,6 @@ _DROP = (
     "DELETE FROM incoming WHERE ident = ? AND client_id = ?",
 )
 assert set(_SQL) | {"drop"} == OPS
-
-
-class MqttStoreError(Exception):
-    """The MQTT state file cannot be opened, locked or read."""
 
 
 class SqliteMqttStore(StoreBase):
