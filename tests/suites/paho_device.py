@@ -71,7 +71,7 @@ def main() -> int:
             published = True
             props = None
             if args.topic_alias is not None:
-                props = Properties(PacketTypes.PUBLISH)
+                props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
                 props.TopicAlias = args.topic_alias
             for _ in range(args.publish_count):
                 c.publish("edgesim/suite/qos1", b"x" * args.publish_size, qos=1, properties=props)
