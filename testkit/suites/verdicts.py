@@ -596,8 +596,8 @@ def _max_packet(
             f"largest {max(publishes)} bytes{exit_text}"
         )
     return Status.PASS, (
-        f"sent no PUBLISH over Maximum Packet Size {limit} (none at all: a message too large "
-        f"for the limit was held back{exit_text}); a device with nothing to send passes too"
+        f"sent no PUBLISH at all{exit_text}: it held back a message over Maximum Packet Size "
+        f"{limit}, or had nothing to send (publish one over {limit} bytes to exercise the case)"
     )
 
 
@@ -671,7 +671,11 @@ def _calm(
     allowed = int(case.params.get("max_reconnects", 3))
     window = float(case.params.get("observe_s", 10.0))
     if "disconnect_t" not in state:
-        return Status.ERROR, "the device never got to the DISCONNECT (no CONNECT accepted)"
+        after = float(case.params.get("after_s", 0.5))
+        return Status.ERROR, (
+            f"the device closed the connection before the edge's DISCONNECT (due {after:g} s "
+            "after CONNACK): the case needs a device that stays connected"
+        )
     delays = [b.opened - a.closed for a, b in itertools.pairwise(conns) if a.closed is not None]
     ev["delays_s"] = [round(d, 3) for d in delays]
     ev["rule"] = {"min_delay_s": min_delay, "max_reconnects": allowed, "observe_s": window}

@@ -316,7 +316,7 @@ def test_max_packet_sides() -> None:
     assert "PUBLISH of 329 bytes" in summary
     assert "0x95" in summary
     held = _conn(packets=[_pk(0.0, "CONNECT")])
-    assert "held back, exit code 1" in _judge(case, [held], _V5, rc=1)[1]
+    assert "sent no PUBLISH at all, exit code 1: it held back" in _judge(case, [held], _V5, rc=1)[1]
 
 
 def test_receive_maximum_sides() -> None:
@@ -363,6 +363,9 @@ def test_calm_sides_and_server_reference() -> None:
     assert gone[0] == Status.PASS
     assert "exited (code 0)" in gone[1]
     assert "did not reconnect within 10 s" in _judge(case, [first], state, rc=None)[1]
+    early = _judge(case, [first], _V5, rc=0)
+    assert early[0] == Status.ERROR
+    assert "closed the connection before the edge's DISCONNECT" in early[1]
 
 
 def test_assigned_id_sides() -> None:
