@@ -265,3 +265,12 @@ def test_mqtt_behaviours_answer_an_mqtt5_device_in_mqtt5() -> None:
     assert {p["return_code"] for p in connacks} == {0x87}
     # paho doubles after refused CONNACKs (no jitter), as under 3.1.1.
     assert "no jitter" in result.summary
+
+
+@pytest.mark.timeout(30)
+def test_protocol_option_skips_mqtt5_cases_for_a_311_device() -> None:
+    # --protocol mqtt (3.1.1): the MQTT 5 cases are skipped without starting the device.
+    options = RunOptions(device_cmd="false", protocol="mqtt", console=io.StringIO())
+    report = run_suite_sync(load_suite("mqtt5"), options)
+    assert {r.status for r in report.results} == {Status.SKIP}
+    assert "mqtt5 case; the device speaks mqtt" in report.results[0].summary
