@@ -291,22 +291,14 @@ async def watch(
                 msg = await sub.next_msg(timeout=min(left, 1.0))
             except NatsTimeout:
                 continue
-            parts = msg.subject.split(".")
-            kind, index = parts[3], int(parts[4])
-            if kind == "progress":
-                body = json.loads(msg.data)
-                shard = Shard.parse(body["shard"])
-                progress[index] = body["snapshot"]
-                elapsed[index] = float(body.get("elapsed_s", 0.0))
-            elif kind == "final":
-                headers = msg.headers or {}
-                shard = Shard.parse(headers.get("Edgesim-Shard", ""))
-                got = partial.setdefault(index, _Partial(int(headers.get("Edgesim-Chunks", "1"))))
-                got.parts[int(parts[5])] = msg.data
-                if len(got.parts) == got.chunks and index not in reports:
-                    data = b"".join(got.parts[i] for i in range(got.chunks))
-                    reports[index] = json.loads(data)
-            else:
+            try:
+                shard = _take(msg, progress, elapsed, partial, reports)
+            except (ValueError, KeyError, IndexError, TypeError, FleetError) as exc:
+                # Someone else's message under our subjects, or a damaged one.
+                raise FleetBusError(
+                    f"run {run!r}: cannot read the message on {msg.subject}: {exc}"
+                ) from exc
+            if shard is None:
                 continue
             if total_n is None:
                 total_n, n_from = shard.count, str(shard)
@@ -327,6 +319,31 @@ async def watch(
         return WatchResult(shards=total_n, reports=reports, progress=progress)
     finally:
         await nc.close()
+
+
+def _take(
+    msg: Any,
+    progress: dict[int, Snapshot],
+    elapsed: dict[int, float],
+    partial: dict[int, _Partial],
+    reports: dict[int, dict[str, Any]],
+) -> Shard | None:
+    """File one message of the run; returns the shard it came from (None: not ours)."""
+    parts = msg.subject.split(".")
+    kind, index = parts[3], int(parts[4])
+    if kind == "progress":
+        body = json.loads(msg.data)
+        progress[index] = dict(body["snapshot"])
+        elapsed[index] = float(body.get("elapsed_s", 0.0))
+        return Shard.parse(str(body["shard"]))
+    if kind != "final":
+        return None
+    headers = msg.headers or {}
+    got = partial.setdefault(index, _Partial(int(headers.get("Edgesim-Chunks", "1"))))
+    got.parts[int(parts[5])] = msg.data
+    if len(got.parts) == got.chunks and index not in reports:
+        reports[index] = json.loads(b"".join(got.parts[i] for i in range(got.chunks)))
+    return Shard.parse(headers.get("Edgesim-Shard", ""))
 
 
 def _missing(

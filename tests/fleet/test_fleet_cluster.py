@@ -156,3 +156,23 @@ def test_default_install_never_imports_nats() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+@pytest.mark.timeout(60)
+def test_a_damaged_message_is_named(fleet_nats_server: str) -> None:
+    from devices.fleetbus import STREAM, FleetBusError, ShardPublisher, watch
+
+    ShardPublisher(fleet_nats_server, "t-3", Shard(1, 1)).close()  # creates the stream
+
+    async def garbage() -> None:
+        import nats
+
+        nc = await nats.connect(fleet_nats_server)
+        try:
+            await nc.jetstream().publish("edgesim.fleet.t-3.progress.1", b"{nope", stream=STREAM)
+        finally:
+            await nc.close()
+
+    asyncio.run(garbage())
+    with pytest.raises(FleetBusError, match=r"cannot read the message on edgesim\.fleet\.t-3"):
+        asyncio.run(watch(fleet_nats_server, "t-3", timeout=10.0))
