@@ -341,6 +341,7 @@ def _run(args: argparse.Namespace) -> int:
     entries = load_manifest(pki.manifest)
     size = int(opts.get("devices") or len(entries))
     shard = Shard.parse(str(opts["shard"]))
+    _check_cluster(opts)
     ramp = parse_rate(opts["ramp"], "--ramp")
     hold = parse_duration(opts["duration"], "--duration") if opts.get("duration") else None
     msg_rate = parse_rate(opts["msg_rate"], "--msg-rate") if opts.get("msg_rate") else None
@@ -412,7 +413,6 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_OK
     if pki.ca is None:
         raise CliError("give --ca (the CA that signed the edge's certificate) or --pki", EXIT_USAGE)
-    publisher = _publisher(opts, shard)
     job = FleetJob(
         devices=tuple(devices),
         fleet_size=size,
@@ -435,6 +435,7 @@ def _run(args: argparse.Namespace) -> int:
         schedule_end=(size - 1) / ramp,
         loop=str(opts["loop"]),
     )
+    publisher = _publisher(opts, shard)
     try:
         report = _execute(job, processes, publisher)
     except BaseException:
@@ -476,15 +477,19 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_CHECK_FAILED
 
 
+def _check_cluster(opts: dict[str, Any]) -> None:
+    # Before any work: --cluster and --run go together.
+    if opts.get("run") and not opts.get("cluster"):
+        raise CliError("--run names a run on NATS: give --cluster nats://... too", EXIT_USAGE)
+    if opts.get("cluster") and not opts.get("run"):
+        raise CliError("--cluster needs --run ID (the same on every shard)", EXIT_USAGE)
+
+
 def _publisher(opts: dict[str, Any], shard: Shard) -> ShardPublisher | None:
     """The NATS publisher for ``--cluster`` (imported only then: see devices.fleetbus)."""
     url = opts.get("cluster")
     if not url:
-        if opts.get("run"):
-            raise CliError("--run names a run on NATS: give --cluster nats://... too", EXIT_USAGE)
         return None
-    if not opts.get("run"):
-        raise CliError("--cluster needs --run ID (the same on every shard)", EXIT_USAGE)
     from devices.fleetbus import ShardPublisher
 
     return ShardPublisher(str(url), str(opts["run"]), shard)

@@ -139,6 +139,8 @@ def test_bad_cluster_input_is_refused_by_name(
     run = ["fleet", "run", "--pki", str(qs.out), "--url", "mqtts://127.0.0.1:1"]
     assert main([*run, "--cluster", fleet_nats_server]) == 2
     assert "--cluster needs --run ID" in capsys.readouterr().err
+    assert main([*run, "--run", "r1"]) == 2
+    assert "--run names a run on NATS: give --cluster" in capsys.readouterr().err
 
 
 def test_default_install_never_imports_nats() -> None:
