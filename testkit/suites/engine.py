@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from testkit.suites.behaviour import play
-from testkit.suites.model import RUNS_CASES, Case, CaseResult, Status, Suite
+from testkit.suites.model import RUNS_CASES, Case, CaseResult, Status, Suite, SuiteError
 from testkit.suites.pki import PkiError, SuitePki
 from testkit.suites.server import CaseRuntime, SuiteServer, build_context
 from testkit.suites.verdicts import DeviceExit, done, judge
@@ -250,6 +250,11 @@ _MARK = {
 async def run_suite(suite: Suite, options: RunOptions) -> SuiteReport:
     """Run ``suite`` and return its report; prints one live line per case."""
     out = options.console or sys.stdout
+    if options.protocol is not None and options.protocol not in RUNS_CASES:
+        raise SuiteError(
+            f"protocol {options.protocol!r}: choose one of {', '.join(RUNS_CASES)} "
+            "(what the device speaks)"
+        )
     started_wall = datetime.now(UTC).isoformat(timespec="seconds")
     started = time.monotonic()
     tmp: tempfile.TemporaryDirectory[str] | None = None

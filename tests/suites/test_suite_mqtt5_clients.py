@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from testkit.suites import RunOptions, SuiteReport, load_suite, parse_suite, run_suite_sync
-from testkit.suites.model import Status
+from testkit.suites.model import Status, SuiteError
 
 pytestmark = pytest.mark.interop
 
@@ -274,3 +274,6 @@ def test_protocol_option_skips_mqtt5_cases_for_a_311_device() -> None:
     report = run_suite_sync(load_suite("mqtt5"), options)
     assert {r.status for r in report.results} == {Status.SKIP}
     assert "mqtt5 case; the device speaks mqtt" in report.results[0].summary
+    bad = RunOptions(device_cmd="false", protocol="mqtt3", console=io.StringIO())
+    with pytest.raises(SuiteError, match="protocol 'mqtt3': choose one of mqtt, mqtt5, https"):
+        run_suite_sync(load_suite("mqtt5"), bad)
