@@ -893,7 +893,8 @@ class DeviceModuleRunner:
                 f"device {device.id}: cannot read its material ({exc})", reason="bad-input"
             ) from exc
         if self._loader is not None:
-            identity = self._loader.load(cert, key or cert, chain)
+            # Only an HTTPS session reconnects (when the edge closes its connection).
+            identity = self._loader.load(cert, key or cert, chain, reusable=scheme == "https")
             if identity is not None:
                 return self._shared_context(target), identity
         context = make_device_context(

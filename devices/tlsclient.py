@@ -70,7 +70,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
-from devices.identity import Identity
+from devices.identity import Identity, connection_pointer, release_buffers, release_identity
 from edge.tls.wire import (
     ALERT_NAMES,
     CT_ALERT,
@@ -533,11 +533,21 @@ class TlsClient:
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
         self._ssl = context.wrap_bio(self._in, self._out, server_hostname=server_hostname)
-        if identity is not None and not identity.apply(self._ssl):
-            raise TlsFailure(
-                "cannot set the device's certificate and key on its connection",
-                reason="bad-device-cert",
-            )
+        # The connection's SSL * (0: not readable here), to release memory OpenSSL keeps.
+        self._ptr = 0
+        self._shared_identity = False
+        if identity is not None:
+            self._ptr = identity.apply(self._ssl)
+            if not self._ptr:
+                raise TlsFailure(
+                    "cannot set the device's certificate and key on its connection",
+                    reason="bad-device-cert",
+                )
+            # The certificate and key can be dropped after a TLS 1.3 handshake, unless
+            # the edge may ask for them again (post-handshake authentication).
+            self._shared_identity = not context.post_handshake_auth
+        else:
+            self._ptr = connection_pointer(self._ssl)
         self._events: list[TlsEvent] = []
         self._app_out = bytearray()
         self._held_out = bytearray()
@@ -649,6 +659,10 @@ class TlsClient:
             self._fail(exc)
             return
         self.handshake_done = True
+        if self._shared_identity and self._ssl.version() == "TLSv1.3":
+            # TLS 1.3 has no renegotiation: the device's certificate was sent for good.
+            # Its parsed leaf and key (about 9.6 KiB) are dropped from the connection.
+            release_identity(self._ptr)
         # With TLS 1.3 the device's last flight (Certificate, CertificateVerify,
         # Finished) was written by this very call: read it now, so that the trace
         # knows what the device sent before it reports the handshake done.
@@ -675,6 +689,8 @@ class TlsClient:
                 n = cast(int, self._ssl.read(_READ_SIZE, buffer))
                 chunk = bytes(view[:n])
             except ssl.SSLWantReadError:
+                # An idle connection: OpenSSL keeps its 16 KiB read buffer otherwise.
+                release_buffers(self._ptr)
                 return
             except ssl.SSLZeroReturnError:
                 self.closed = True
