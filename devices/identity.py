@@ -414,7 +414,11 @@ class Loader:
         return stack
 
     def close(self) -> None:
-        """Free the chains (connections that use them hold references of their own)."""
+        """Free the chains (connections that use them hold references of their own).
+
+        Call it when no identity of this loader will be set on a connection again
+        (the fleet does, once every device has finished).
+        """
         lib = self._lib
         for stack, members in self._chains.values():
             for x in members:
