@@ -51,7 +51,7 @@ class Metadata:
     expires_at: float | None = None
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(init=False, slots=True, eq=False)
 class Message:
     """One application message as the core routes it.
 
@@ -75,6 +75,30 @@ class Message:
     meta: Metadata | None = None
     #: The publishing subscriber's id when it is one (MQTT's No Local needs it).
     source: str = ""
+
+    def __init__(  # written out: compiled, it is native; dataclass's would be interpreted
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 0,
+        retain: bool = False,
+        origin: str = "",
+        protocol: str = "",
+        published_at: float = 0.0,
+        encoded: dict[object, bytes] | None = None,
+        meta: Metadata | None = None,
+        source: str = "",
+    ) -> None:
+        self.topic = topic
+        self.payload = payload
+        self.qos = qos
+        self.retain = retain
+        self.origin = origin
+        self.protocol = protocol
+        self.published_at = published_at
+        self.encoded = encoded
+        self.meta = meta
+        self.source = source
 
 
 SHARE_PREFIX = "$share/"

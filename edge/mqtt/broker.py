@@ -1367,14 +1367,14 @@ class MqttConnection:
             assert pid is not None
             self._ack5(0x40 if qos == 1 else 0x50, pid, code, reason)
             return
-        message = Message(topic, p.payload, qos, p.retain, self.origin, "mqtt", self.now)
-        message.meta = meta
-        message.source = session.subscriber_id
+        # The codec keeps the bytes of a property-less QoS 0 PUBLISH: what send5 would
+        # encode for an MQTT 5 subscriber (3.1.1 ones get their own).
+        raw = p.raw
+        message = Message(
+            topic, p.payload, qos, p.retain, self.origin, "mqtt", self.now,
+            None if raw is None else {_KEY5_Q0: raw}, meta, session.subscriber_id,
+        )  # fmt: skip
         if qos == 0:
-            if p.raw is not None:
-                # The codec kept the bytes of a property-less QoS 0 PUBLISH: what send5
-                # would encode for an MQTT 5 subscriber (3.1.1 ones get their own).
-                message.encoded = {_KEY5_Q0: p.raw}
             self.core.publish(message, self.info, client_id=self.client_id)
             return
         assert pid is not None
