@@ -1,7 +1,7 @@
 """Instructions the edge spends per mTLS connect, counted by callgrind: repeatable where timings are not.
 
 ``python -m bench.connect_cost [--connects N] [--server edge|bare] [--capture chain|tap|off]
-[--server-certs N [--ca-names]]``
+[--server-certs N [--ca-names]] [--mqtt-version 3.1.1|5]``
 re-runs itself under ``valgrind --tool=callgrind`` and prints the instructions
 executed on the server side per connect (TLS handshake, CONNECT/CONNACK,
 DISCONNECT, close), averaged over N connects after a warm-up.
@@ -59,9 +59,15 @@ def _server_call(fn: Callable[..., Any], *args: Any) -> Any:
     return functools.reduce(_call, [(fn, args)], None)
 
 
+#: The CONNECT's protocol level (4: MQTT 3.1.1, 5: MQTT 5 with an empty property block).
+_level = 4
+
+
 def _connect_packet(client_id: str) -> bytes:
     cid = client_id.encode()
-    body = b"\x00\x04MQTT\x04\x02\x00\x00" + len(cid).to_bytes(2, "big") + cid
+    props = b"\x00" if _level == 5 else b""
+    head = b"\x00\x04MQTT" + bytes((_level,)) + b"\x02\x00\x00" + props
+    body = head + len(cid).to_bytes(2, "big") + cid
     return bytes([0x10, len(body)]) + body
 
 
@@ -353,7 +359,15 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="with --server-certs: send the set's CA names in the CertificateRequest",
     )
+    parser.add_argument(
+        "--mqtt-version",
+        choices=("3.1.1", "5"),
+        default="3.1.1",
+        help="the device's MQTT level (5: CONNECT with an empty property block)",
+    )
     args = parser.parse_args(argv)
+    global _level
+    _level = 5 if args.mqtt_version == "5" else 4
     if os.environ.get(_MARK):
         asyncio.run(
             _drive(
@@ -397,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
             " with CA names" if args.ca_names else ""
         )
     print(
-        f"{args.server} (capture {args.capture}{certs}): {per:,.0f} instructions per connect "
+        f"{args.server} (capture {args.capture}{certs}, MQTT {args.mqtt_version}): "
+        f"{per:,.0f} instructions per connect "
         f"on the server side ({args.connects} connects after {args.warmup} of warm-up)"
     )
     return 0

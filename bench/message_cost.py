@@ -94,9 +94,7 @@ def _run(pair: str, messages: int, fanout: int, batch: int, warmup: int) -> None
     pub = broker.connection(session("p"))
     pub.receive_data(_connect("p", pub_level))
     pub.data_to_send()
-    one = _packet(
-        0x30, len(_TOPIC).to_bytes(2, "big") + _TOPIC + _props(pub_level) + b"x" * 64
-    )
+    one = _packet(0x30, len(_TOPIC).to_bytes(2, "big") + _TOPIC + _props(pub_level) + b"x" * 64)
     data = one * batch
     expected = len(_packet(0x30, b"\x00" * (2 + len(_TOPIC) + len(_props(sub_level)) + 64)))
 

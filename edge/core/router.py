@@ -25,6 +25,7 @@ subscribers are not affected.
 
 from __future__ import annotations
 
+import heapq
 import logging
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -126,11 +127,23 @@ class SharedGroup:
         self._next = 0
 
     def deliver(self, message: Message, qos: int, retained: bool) -> None:
-        """Give ``message`` to the next member (round robin)."""
+        """Give ``message`` to the next member that is online (round robin).
+
+        A member whose ``online`` attribute is False (an MQTT session kept for a
+        disconnected client) is passed over while another member is online; when
+        none is, the turn's member takes it (a persistent session queues it).
+        Members without the attribute count as online.
+        """
         members = list(self.members.values())
-        if not members:
+        count = len(members)
+        if not count:
             return
-        index = self._next % len(members)
+        index = self._next % count
+        for step in range(count):
+            candidate = (index + step) % count
+            if getattr(members[candidate][0], "online", True):
+                index = candidate
+                break
         self._next = index + 1
         subscriber, granted = members[index]
         mqos = message.qos
@@ -157,12 +170,24 @@ class Subscriber(Protocol):
 class Router:
     """Subscriptions and retained messages, shared by every protocol adapter."""
 
-    __slots__ = ("_fanout_cache", "_retained", "_shared", "_subscriptions", "_tree")
+    __slots__ = (
+        "_expiring",
+        "_fanout_cache",
+        "_retained",
+        "_sequence",
+        "_shared",
+        "_subscriptions",
+        "_tree",
+    )
 
     def __init__(self) -> None:
         self._tree: TopicTree[str, tuple[Subscriber, int]] = TopicTree()
         self._subscriptions: dict[str, dict[str, int]] = {}
         self._retained: dict[str, Message] = {}
+        # Retained messages with a Message Expiry, soonest first: (deadline, sequence,
+        # topic, message); the sequence keeps the tuples from comparing further.
+        self._expiring: list[tuple[float, int, str, Message]] = []
+        self._sequence = 0
         # topic -> deduplicated [(subscriber, qos)], valid until subscriptions change.
         self._fanout_cache: dict[str, list[tuple[Subscriber, int]]] = {}
         # "$share/group/filter" -> its group (also in the tree, under "filter").
@@ -254,6 +279,12 @@ class Router:
         if message.retain:
             if message.payload:
                 self._retained[message.topic] = message
+                meta = message.meta
+                if meta is not None and meta.expires_at is not None:
+                    self._sequence += 1
+                    heapq.heappush(
+                        self._expiring, (meta.expires_at, self._sequence, message.topic, message)
+                    )
             else:
                 # An empty retained payload clears the topic (and is still delivered).
                 self._retained.pop(message.topic, None)
@@ -271,6 +302,23 @@ class Router:
         return delivered
 
     # --- retained ----------------------------------------------------------------------
+
+    def purge_expired(self, now: float) -> int:
+        """Drop the retained messages whose Message Expiry has passed at ``now``.
+
+        ``now`` is on the clock of the messages' deadlines (monotonic seconds; see
+        :class:`Metadata`). Returns how many were dropped. Cheap when none is due:
+        one comparison.
+        """
+        expiring = self._expiring
+        dropped = 0
+        while expiring and expiring[0][0] <= now:
+            _, _, topic, message = heapq.heappop(expiring)
+            # Only if it is still the topic's retained message (not replaced or cleared).
+            if self._retained.get(topic) is message:
+                del self._retained[topic]
+                dropped += 1
+        return dropped
 
     def retained(self, topic: str) -> Message | None:
         """The retained message of ``topic``, if any."""

@@ -141,9 +141,9 @@ class Paho5:
         props.ResponseTopic = RESPONSE_TOPIC
         props.CorrelationData = CORRELATION
         props.MessageExpiryInterval = EXPIRY
-        self.client.publish(topic, payload, qos=1, retain=retain, properties=props).wait_for_publish(
-            WAIT
-        )
+        self.client.publish(
+            topic, payload, qos=1, retain=retain, properties=props
+        ).wait_for_publish(WAIT)
 
     def message(self) -> Any:
         return self.messages.get(timeout=WAIT)
@@ -169,7 +169,9 @@ def assert_properties(msg: Any, payload: bytes) -> None:
 
 
 def http_publish(edge: Edge, topic: str, payload: bytes, retain: bool = False) -> None:
-    conn = http.client.HTTPSConnection("127.0.0.1", edge.https, context=edge.context(0), timeout=WAIT)
+    conn = http.client.HTTPSConnection(
+        "127.0.0.1", edge.https, context=edge.context(0), timeout=WAIT
+    )
     try:
         path = f"/topics/{urllib.parse.quote(topic, safe='')}?qos=1&retain={str(retain).lower()}"
         conn.putrequest("POST", path)
@@ -189,7 +191,9 @@ def http_publish(edge: Edge, topic: str, payload: bytes, retain: bool = False) -
 
 
 def http_read(edge: Edge, topic: str) -> tuple[bytes, http.client.HTTPMessage]:
-    conn = http.client.HTTPSConnection("127.0.0.1", edge.https, context=edge.context(0), timeout=WAIT)
+    conn = http.client.HTTPSConnection(
+        "127.0.0.1", edge.https, context=edge.context(0), timeout=WAIT
+    )
     try:
         conn.request("GET", f"/topics/{urllib.parse.quote(topic, safe='')}")
         resp = conn.getresponse()
