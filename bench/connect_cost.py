@@ -34,14 +34,14 @@ import asyncio
 import contextlib
 import functools
 import os
-import shutil
 import ssl
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from bench import callgrind
 
 __all__ = ["main"]
 
@@ -313,23 +313,7 @@ async def _one(
 
 
 def _callgrind(flag: str) -> None:
-    """Zero (-z) or dump (-d) this process's callgrind counters; a no-op outside callgrind."""
-    if os.environ.get(_MARK):
-        subprocess.run(
-            ["callgrind_control", flag, str(os.getpid())], check=True, capture_output=True
-        )
-
-
-def _measured(out_dir: Path) -> int:
-    dumps = sorted(out_dir.glob("callgrind.out.*"))
-    # The dump requested after the measured connects is the second file (.1):
-    # the first (no suffix) is written when the process exits.
-    for path in dumps:
-        if path.suffix == ".1":
-            for line in path.read_text().splitlines():
-                if line.startswith("summary:"):
-                    return int(line.split()[1])
-    raise RuntimeError(f"no callgrind dump of the measured connects in {out_dir}")
+    callgrind.control(_MARK, flag)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -380,30 +364,16 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         return 0
-    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+    if not callgrind.available():
         print("error: valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory(prefix="edgesim-callgrind-") as tmp:
-        out = Path(tmp)
-        cmd = [
-            "valgrind",
-            "--tool=callgrind",
-            "--collect-atstart=no",
-            "--toggle-collect=functools_reduce",
-            f"--callgrind-out-file={out / 'callgrind.out'}",
-            sys.executable,
-            "-m",
-            "bench.connect_cost",
-            *(argv if argv is not None else sys.argv[1:]),
-        ]
-        root = Path(__file__).resolve().parents[1]
-        env = dict(os.environ, **{_MARK: "1"})
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
-        done = subprocess.run(cmd, env=env, cwd=root, capture_output=True, check=False)
-        if done.returncode != 0:
-            sys.stderr.write(done.stderr.decode(errors="replace")[-3000:])
-            return 1
-        total = _measured(out)
+    try:
+        total = callgrind.count(
+            "bench.connect_cost", list(argv if argv is not None else sys.argv[1:]), _MARK
+        )
+    except RuntimeError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 1
     per = total / args.connects
     certs = ""
     if args.server_certs:

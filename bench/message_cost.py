@@ -26,14 +26,11 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
+
+from bench import callgrind
 
 __all__ = ["count", "main"]
 
@@ -116,48 +113,20 @@ def _run(pair: str, messages: int, fanout: int, batch: int, warmup: int) -> None
 
 
 def _callgrind(flag: str) -> None:
-    if os.environ.get(_MARK):
-        subprocess.run(
-            ["callgrind_control", flag, str(os.getpid())], check=True, capture_output=True
-        )
-
-
-def _measured(out_dir: Path) -> int:
-    for path in sorted(out_dir.glob("callgrind.out.*")):
-        if path.suffix == ".1":  # the dump after the measured messages
-            for line in path.read_text().splitlines():
-                if line.startswith("summary:"):
-                    return int(line.split()[1])
-    raise RuntimeError(f"no callgrind dump of the measured messages in {out_dir}")
+    callgrind.control(_MARK, flag)
 
 
 def count(pair: str, messages: int, fanout: int, batch: int, warmup: int) -> float:
     """Instructions per routed message (one delivery) for ``pair``, e.g. ``"5>5"``."""
-    root = Path(__file__).resolve().parents[1]
-    with tempfile.TemporaryDirectory(prefix="edgesim-callgrind-") as tmp:
-        out = Path(tmp)
-        cmd = [
-            "valgrind",
-            "--tool=callgrind",
-            "--collect-atstart=no",
-            "--toggle-collect=functools_reduce",
-            f"--callgrind-out-file={out / 'callgrind.out'}",
-            sys.executable,
-            "-m",
-            "bench.message_cost",
-            "--child",
-            pair,
-            f"--messages={messages}",
-            f"--fanout={fanout}",
-            f"--batch={batch}",
-            f"--warmup={warmup}",
-        ]
-        env = dict(os.environ, **{_MARK: "1"})
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
-        done = subprocess.run(cmd, env=env, cwd=root, capture_output=True, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(done.stderr.decode(errors="replace")[-3000:])
-        return _measured(out) / (messages * fanout)
+    args = [
+        "--child",
+        pair,
+        f"--messages={messages}",
+        f"--fanout={fanout}",
+        f"--batch={batch}",
+        f"--warmup={warmup}",
+    ]
+    return callgrind.count("bench.message_cost", args, _MARK) / (messages * fanout)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         _run(args.child, args.messages, args.fanout, args.batch, args.warmup)
         return 0
-    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+    if not callgrind.available():
         print("error: valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
         return 2
     from edge.compiled import status

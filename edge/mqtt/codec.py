@@ -87,6 +87,7 @@ from edge.mqtt.properties import (
     WILL_PROPERTIES,
     Properties,
     encode_properties,
+    encode_varint,
 )
 from edge.mqtt.reasons import CLIENT_IDENTIFIER_NOT_VALID, allowed_in, reason_name
 
@@ -564,23 +565,6 @@ def valid_topic_filter(topic_filter: str) -> bool:
 
 
 # --- encoding --------------------------------------------------------------------------
-
-
-def encode_varint(value: int) -> bytes:
-    """Encode a remaining length (0 to 268,435,455) as the MQTT variable byte integer."""
-    if value < 128:
-        return bytes((value,))
-    if not 0 <= value <= 268_435_455:
-        raise ValueError(f"remaining length {value} out of range 0..268435455")
-    out = bytearray()
-    while True:
-        digit = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(digit | 0x80)
-        else:
-            out.append(digit)
-            return bytes(out)
 
 
 def _string(text: str) -> bytes:
