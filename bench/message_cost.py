@@ -73,6 +73,11 @@ def _run(pair: str, messages: int, fanout: int, batch: int, warmup: int) -> None
     from edge.core.session import DeviceIdentity, SessionInfo
     from edge.mqtt.broker import MqttBroker, MqttConfig
 
+    if messages % batch or warmup % batch:
+        # Whole batches only: the count is divided by the messages asked for.
+        raise ValueError(
+            f"messages ({messages}) and warmup ({warmup}) must be a multiple of the batch ({batch})"
+        )
     pub_level, sub_level = (int(x) for x in pair.split(">"))
     broker = MqttBroker(EdgeCore(EventLog(log_events=False), Policy.open()), MqttConfig())
 
