@@ -1,7 +1,7 @@
 """Instructions the edge spends per mTLS connect, counted by callgrind: repeatable where timings are not.
 
 ``python -m bench.connect_cost [--connects N] [--server edge|bare] [--capture chain|tap|off]
-[--server-certs N [--ca-names]]``
+[--server-certs N [--ca-names]] [--mqtt-version 3.1.1|5]``
 re-runs itself under ``valgrind --tool=callgrind`` and prints the instructions
 executed on the server side per connect (TLS handshake, CONNECT/CONNACK,
 DISCONNECT, close), averaged over N connects after a warm-up.
@@ -34,14 +34,14 @@ import asyncio
 import contextlib
 import functools
 import os
-import shutil
 import ssl
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from bench import callgrind
 
 __all__ = ["main"]
 
@@ -59,9 +59,15 @@ def _server_call(fn: Callable[..., Any], *args: Any) -> Any:
     return functools.reduce(_call, [(fn, args)], None)
 
 
+#: The CONNECT's protocol level (4: MQTT 3.1.1, 5: MQTT 5 with an empty property block).
+_level = 4
+
+
 def _connect_packet(client_id: str) -> bytes:
     cid = client_id.encode()
-    body = b"\x00\x04MQTT\x04\x02\x00\x00" + len(cid).to_bytes(2, "big") + cid
+    props = b"\x00" if _level == 5 else b""
+    head = b"\x00\x04MQTT" + bytes((_level,)) + b"\x02\x00\x00" + props
+    body = head + len(cid).to_bytes(2, "big") + cid
     return bytes([0x10, len(body)]) + body
 
 
@@ -311,23 +317,7 @@ async def _one(
 
 
 def _callgrind(flag: str) -> None:
-    """Zero (-z) or dump (-d) this process's callgrind counters; a no-op outside callgrind."""
-    if os.environ.get(_MARK):
-        subprocess.run(
-            ["callgrind_control", flag, str(os.getpid())], check=True, capture_output=True
-        )
-
-
-def _measured(out_dir: Path) -> int:
-    dumps = sorted(out_dir.glob("callgrind.out.*"))
-    # The dump requested after the measured connects is the second file (.1):
-    # the first (no suffix) is written when the process exits.
-    for path in dumps:
-        if path.suffix == ".1":
-            for line in path.read_text().splitlines():
-                if line.startswith("summary:"):
-                    return int(line.split()[1])
-    raise RuntimeError(f"no callgrind dump of the measured connects in {out_dir}")
+    callgrind.control(_MARK, flag)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -363,7 +353,15 @@ def main(argv: list[str] | None = None) -> int:
         default="on",
         help="the edge's durable MQTT state (on by default; the connects are clean sessions)",
     )
+    parser.add_argument(
+        "--mqtt-version",
+        choices=("3.1.1", "5"),
+        default="3.1.1",
+        help="the device's MQTT level (5: CONNECT with an empty property block)",
+    )
     args = parser.parse_args(argv)
+    global _level
+    _level = 5 if args.mqtt_version == "5" else 4
     if os.environ.get(_MARK):
         asyncio.run(
             _drive(
@@ -377,30 +375,16 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         return 0
-    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+    if not callgrind.available():
         print("error: valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory(prefix="edgesim-callgrind-") as tmp:
-        out = Path(tmp)
-        cmd = [
-            "valgrind",
-            "--tool=callgrind",
-            "--collect-atstart=no",
-            "--toggle-collect=functools_reduce",
-            f"--callgrind-out-file={out / 'callgrind.out'}",
-            sys.executable,
-            "-m",
-            "bench.connect_cost",
-            *(argv if argv is not None else sys.argv[1:]),
-        ]
-        root = Path(__file__).resolve().parents[1]
-        env = dict(os.environ, **{_MARK: "1"})
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
-        done = subprocess.run(cmd, env=env, cwd=root, capture_output=True, check=False)
-        if done.returncode != 0:
-            sys.stderr.write(done.stderr.decode(errors="replace")[-3000:])
-            return 1
-        total = _measured(out)
+    try:
+        total = callgrind.count(
+            "bench.connect_cost", list(argv if argv is not None else sys.argv[1:]), _MARK
+        )
+    except RuntimeError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 1
     per = total / args.connects
     certs = ""
     if args.server_certs:
@@ -408,8 +392,8 @@ def main(argv: list[str] | None = None) -> int:
             " with CA names" if args.ca_names else ""
         )
     print(
-        f"{args.server} (capture {args.capture}{certs}, persistence {args.persistence}):"
-        f" {per:,.0f} instructions per connect "
+        f"{args.server} (capture {args.capture}{certs}, MQTT {args.mqtt_version},"
+        f" persistence {args.persistence}): {per:,.0f} instructions per connect "
         f"on the server side ({args.connects} connects after {args.warmup} of warm-up)"
     )
     return 0

@@ -168,6 +168,13 @@ class EdgeCore:
         """Remove every subscription of ``subscriber``."""
         return self.router.unsubscribe_all(subscriber)
 
+    def purge_expired(self, now: float) -> int:
+        """Drop retained messages whose Message Expiry passed at ``now``; return how many.
+
+        ``now`` is monotonic seconds, the clock every adapter sets deadlines on.
+        """
+        return self.router.purge_expired(now)
+
     def retained(self, topic: str) -> Message | None:
         """The retained message on ``topic``, if any."""
         return self.router.retained(topic)

@@ -25,6 +25,7 @@ subscribers are not affected.
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,7 +53,7 @@ class Metadata:
     expires_at: float | None = None
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(init=False, slots=True, eq=False)
 class Message:
     """One application message as the core routes it.
 
@@ -81,6 +82,32 @@ class Message:
     #: several durable sessions stores the message once.
     store_id: int = 0
 
+    def __init__(  # written out: compiled, it is native; dataclass's would be interpreted
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 0,
+        retain: bool = False,
+        origin: str = "",
+        protocol: str = "",
+        published_at: float = 0.0,
+        encoded: dict[object, bytes] | None = None,
+        meta: Metadata | None = None,
+        source: str = "",
+        store_id: int = 0,
+    ) -> None:
+        self.topic = topic
+        self.payload = payload
+        self.qos = qos
+        self.retain = retain
+        self.origin = origin
+        self.protocol = protocol
+        self.published_at = published_at
+        self.encoded = encoded
+        self.meta = meta
+        self.source = source
+        self.store_id = store_id
+
 
 SHARE_PREFIX = "$share/"
 
@@ -107,11 +134,23 @@ class SharedGroup:
         self._next = 0
 
     def deliver(self, message: Message, qos: int, retained: bool) -> None:
-        """Give ``message`` to the next member (round robin)."""
+        """Give ``message`` to the next member that is online (round robin).
+
+        A member whose ``online`` attribute is False (an MQTT session kept for a
+        disconnected client) is passed over while another member is online; when
+        none is, the turn's member takes it (a persistent session queues it).
+        Members without the attribute count as online.
+        """
         members = list(self.members.values())
-        if not members:
+        count = len(members)
+        if not count:
             return
-        index = self._next % len(members)
+        index = self._next % count
+        for step in range(count):
+            candidate = (index + step) % count
+            if getattr(members[candidate][0], "online", True):
+                index = candidate
+                break
         self._next = index + 1
         subscriber, granted = members[index]
         mqos = message.qos
@@ -138,7 +177,16 @@ class Subscriber(Protocol):
 class Router:
     """Subscriptions and retained messages, shared by every protocol adapter."""
 
-    __slots__ = ("_fanout_cache", "_retained", "_shared", "_subscriptions", "_tree", "on_retain")
+    __slots__ = (
+        "_expiring",
+        "_fanout_cache",
+        "_retained",
+        "_sequence",
+        "_shared",
+        "_subscriptions",
+        "_tree",
+        "on_retain",
+    )
 
     def __init__(self) -> None:
         #: Called with (topic, message or None) whenever the retained copy of a topic
@@ -147,6 +195,10 @@ class Router:
         self._tree: TopicTree[str, tuple[Subscriber, int]] = TopicTree()
         self._subscriptions: dict[str, dict[str, int]] = {}
         self._retained: dict[str, Message] = {}
+        # Retained messages with a Message Expiry, soonest first: (deadline, sequence,
+        # topic, message); the sequence keeps the tuples from comparing further.
+        self._expiring: list[tuple[float, int, str, Message]] = []
+        self._sequence = 0
         # topic -> deduplicated [(subscriber, qos)], valid until subscriptions change.
         self._fanout_cache: dict[str, list[tuple[Subscriber, int]]] = {}
         # "$share/group/filter" -> its group (also in the tree, under "filter").
@@ -238,6 +290,12 @@ class Router:
         if message.retain:
             if message.payload:
                 self._retained[message.topic] = message
+                meta = message.meta
+                if meta is not None and meta.expires_at is not None:
+                    self._sequence += 1
+                    heapq.heappush(
+                        self._expiring, (meta.expires_at, self._sequence, message.topic, message)
+                    )
             else:
                 # An empty retained payload clears the topic (and is still delivered).
                 self._retained.pop(message.topic, None)
@@ -257,6 +315,23 @@ class Router:
         return delivered
 
     # --- retained ----------------------------------------------------------------------
+
+    def purge_expired(self, now: float) -> int:
+        """Drop the retained messages whose Message Expiry has passed at ``now``.
+
+        ``now`` is on the clock of the messages' deadlines (monotonic seconds; see
+        :class:`Metadata`). Returns how many were dropped. Cheap when none is due:
+        one comparison.
+        """
+        expiring = self._expiring
+        dropped = 0
+        while expiring and expiring[0][0] <= now:
+            _, _, topic, message = heapq.heappop(expiring)
+            # Only if it is still the topic's retained message (not replaced or cleared).
+            if self._retained.get(topic) is message:
+                del self._retained[topic]
+                dropped += 1
+        return dropped
 
     def retained(self, topic: str) -> Message | None:
         """The retained message of ``topic``, if any."""

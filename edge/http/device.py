@@ -345,12 +345,10 @@ async def _get_retained(request: web.Request) -> web.Response:
     denied = check_read(core, session, topic)
     if denied is not None:
         raise Problem(403, "Forbidden", denied, topic=topic)
-    message = core.retained(topic)
-    meta = None if message is None else message.meta
     now = time.monotonic()
-    if message is None or (
-        meta is not None and meta.expires_at is not None and meta.expires_at <= now
-    ):
+    core.purge_expired(now)  # an expired message is dropped from the store, not returned
+    message = core.retained(topic)
+    if message is None:
         raise Problem(404, "No retained message", f"no retained message on {topic}", topic=topic)
     content_type = "application/octet-stream"
     # A list, not a dict: MQTT-User-Property repeats.
@@ -359,6 +357,7 @@ async def _get_retained(request: web.Request) -> web.Response:
         ("X-Edgesim-QoS", str(message.qos)),
         ("X-Edgesim-Retain", "true"),
     ]
+    meta = message.meta
     if meta is not None:
         # The publish headers, given back (see the module docstring).
         fields = metadata_fields(meta, now)

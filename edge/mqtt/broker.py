@@ -464,6 +464,11 @@ class MqttSession:
         self.durable = False
         self.stored = False
 
+    @property
+    def online(self) -> bool:
+        """True while a connection is attached (shared subscriptions prefer such members)."""
+        return self.connection is not None
+
     def deliver(self, message: Message, qos: int, retained: bool) -> None:
         """Router entry point: send now, queue, or drop (QoS 0 while offline)."""
         conn = self.connection
@@ -883,10 +888,14 @@ class MqttBroker:
         }
 
     def maintain(self, now: float) -> None:
-        """Expire sessions and fire delayed wills, at most once a second."""
+        """Expire sessions, fire delayed wills and purge expired retained messages.
+
+        At most once a second.
+        """
         if now >= self._next_check:
             self._next_check = now + 1.0
             self.expire_sessions(now)
+            self.core.purge_expired(now)
 
     def _publish_will(self, key: tuple[str, str]) -> None:
         pending = self.pending_wills.pop(key, None)
@@ -964,8 +973,10 @@ class MqttConnection:
         "_shut",
         "broker",
         "client_id",
+        "close_by",
         "close_code",
         "close_reason",
+        "close_sent",
         "connected",
         "core",
         "info",
@@ -1020,8 +1031,14 @@ class MqttConnection:
         self._alias_room = 0
         self.will_delay = 0
         self.will_meta: Metadata | None = None
-        #: The MQTT 5 reason code this connection was closed with (0: none sent).
-        self.close_code = 0
+        #: Why this connection ended, as an MQTT 5 reason code, whatever the level: the
+        #: code of the edge's decision (an MQTT 5 client is sent it in a DISCONNECT, a
+        #: 3.1.1 one is closed), the code of the client's DISCONNECT, or None when the
+        #: connection was lost without one. ``close_by`` says which ("edge", "client",
+        #: "network"), ``close_sent`` whether a DISCONNECT carried the code.
+        self.close_code: int | None = None
+        self.close_by = ""
+        self.close_sent = False
         # The first bytes received, until the CONNECT is parsed: an unparsable
         # CONNECT still gets an answer at its own protocol level.
         self._head = b""
@@ -1122,21 +1139,29 @@ class MqttConnection:
         if not self.should_close:
             self.should_close = True
             self.close_reason = reason
+            self.close_by = "network"
         self._shutdown()
 
     def close(self, reason: str, code: int = 0) -> None:
         """Close the connection from the broker's side (the will is published).
 
-        An MQTT 5 client is first sent a DISCONNECT with ``code`` (when not 0) and
-        ``reason`` as its Reason String.
+        ``code`` is the MQTT 5 reason code of the decision. An MQTT 5 client is first
+        sent a DISCONNECT with it (when not 0) and ``reason`` as its Reason String;
+        MQTT 3.1.1 has no such packet, but the ``mqtt.disconnected`` event records the
+        code all the same, so the log says why at either level.
         """
         if self.should_close:
             return
         if code and self.v5 and self.connected:
-            self.close_code = code
             self.write(self._disconnect_packet(code, reason))
+            self.close_sent = True
+        self._end(reason, code, "edge")
+
+    def _end(self, reason: str, code: int, by: str) -> None:
         self.should_close = True
         self.close_reason = reason
+        self.close_code = code
+        self.close_by = by
         self._shutdown()
 
     def _disconnect_packet(self, code: int, reason: str) -> bytes:
@@ -1272,11 +1297,14 @@ class MqttConnection:
         if p.reason_code != 0x04:  # 0x04: Disconnect with Will Message
             self._graceful = True
             self.will = None
-        self.close(
-            "client sent DISCONNECT"
-            if not p.reason_code
-            else f"client sent DISCONNECT {p.reason_code:#04x}"
-        )
+        if not self.should_close:
+            self._end(
+                "client sent DISCONNECT"
+                if not p.reason_code
+                else f"client sent DISCONNECT {p.reason_code:#04x}",
+                p.reason_code,
+                "client",
+            )
 
     def _not_found(self) -> int:
         """The code for a PUBREC/PUBREL naming no message: the spec's 0x92, Mosquitto's 0."""
@@ -1433,9 +1461,11 @@ class MqttConnection:
             if self.max_out_packet and len(connack) > self.max_out_packet:
                 # Section 3.1.2.11.4: nothing larger than the client's limit is sent,
                 # not even the CONNACK; the client cannot be served.
-                self.close(
+                self._end(
                     f"the CONNACK ({len(connack)} bytes) exceeds the client's Maximum Packet"
-                    f" Size {self.max_out_packet}"
+                    f" Size {self.max_out_packet}",
+                    0x95,  # Packet too large; not sent: no DISCONNECT would fit either
+                    "edge",
                 )
                 return
             self.write(connack)
@@ -1633,14 +1663,14 @@ class MqttConnection:
             assert pid is not None
             self._ack5(0x40 if qos == 1 else 0x50, pid, code, reason)
             return
-        message = Message(topic, p.payload, qos, p.retain, self.origin, "mqtt", self.now)
-        message.meta = meta
-        message.source = session.subscriber_id
+        # The codec keeps the bytes of a property-less QoS 0 PUBLISH: what send5 would
+        # encode for an MQTT 5 subscriber (3.1.1 ones get their own).
+        raw = p.raw
+        message = Message(
+            topic, p.payload, qos, p.retain, self.origin, "mqtt", self.now,
+            None if raw is None else {_KEY5_Q0: raw}, meta, session.subscriber_id,
+        )  # fmt: skip
         if qos == 0:
-            if p.raw is not None:
-                # The codec kept the bytes of a property-less QoS 0 PUBLISH: what send5
-                # would encode for an MQTT 5 subscriber (3.1.1 ones get their own).
-                message.encoded = {_KEY5_Q0: p.raw}
             self.core.publish(message, self.info, client_id=self.client_id)
             return
         assert pid is not None
@@ -1822,6 +1852,7 @@ class MqttConnection:
         props_bytes = self._reason_props(why) or b"\x00"
         body = p.packet_id.to_bytes(2, "big") + props_bytes + bytes(codes)
         self.write(encode_varint_prefix(0x90, len(body)) + body)
+        self.core.purge_expired(self.now)
         for (topic_filter, _), code, note in zip(p.topics, codes, reasons, strict=True):
             if code < 0x80 and note != "-":
                 self.core.deliver_retained(session, topic_filter, code)
@@ -1980,6 +2011,7 @@ class MqttConnection:
         body = p.packet_id.to_bytes(2, "big") + bytes(codes)
         self.write(encode_varint_prefix(0x90, len(body)) + body)
         # Retained messages follow the SUBACK (MQTT 3.1.1 section 3.8.4).
+        self.core.purge_expired(self.now)
         for (topic_filter, _), code in zip(p.topics, codes, strict=True):
             if code != SUBACK_FAILURE:
                 self.core.deliver_retained(session, topic_filter, code)
@@ -2047,6 +2079,9 @@ class MqttConnection:
                 reason=self.close_reason,
                 graceful=self._graceful,
                 reason_code=self.close_code,
+                by=self.close_by,
+                disconnect_sent=self.close_sent,
+                protocol_level=self.protocol_level,
             )
         will = self.will
         self.will = None

@@ -87,6 +87,7 @@ from edge.mqtt.properties import (
     WILL_PROPERTIES,
     Properties,
     encode_properties,
+    encode_varint,
 )
 from edge.mqtt.reasons import CLIENT_IDENTIFIER_NOT_VALID, allowed_in, reason_name
 
@@ -566,23 +567,6 @@ def valid_topic_filter(topic_filter: str) -> bool:
 # --- encoding --------------------------------------------------------------------------
 
 
-def encode_varint(value: int) -> bytes:
-    """Encode a remaining length (0 to 268,435,455) as the MQTT variable byte integer."""
-    if value < 128:
-        return bytes((value,))
-    if not 0 <= value <= 268_435_455:
-        raise ValueError(f"remaining length {value} out of range 0..268435455")
-    out = bytearray()
-    while True:
-        digit = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(digit | 0x80)
-        else:
-            out.append(digit)
-            return bytes(out)
-
-
 def _string(text: str) -> bytes:
     raw = text.encode("utf-8")
     if len(raw) > 0xFFFF:
@@ -1014,7 +998,6 @@ class Parser:
 
     __slots__ = (
         "_buf",
-        "_fast",
         "_level",
         "_need",
         "_topics",
@@ -1033,10 +1016,6 @@ class Parser:
         self.server_side = server_side
         self.allowed = _CLIENT_TO_SERVER if server_side else _SERVER_TO_CLIENT
         self._level = 4
-        # The packet type feed() hands straight to the 3.1.1 PUBLISH reader: PUBLISH,
-        # or -1 (none) at level 5, where PUBLISH takes the general path. Comparing
-        # with an attribute costs the hot path what comparing with the constant did.
-        self._fast = PUBLISH
         self._buf = bytearray()
         self._need = 0  # bytes the buffered partial packet needs before parsing again
         # Validated PUBLISH topics by their raw bytes: devices repeat a few topics.
@@ -1058,7 +1037,6 @@ class Parser:
         if level not in (3, 4, 5):
             raise ValueError(f"protocol level {level} not in 3, 4, 5")
         self._level = level
-        self._fast = -1 if level == 5 else PUBLISH
         if level == 5:
             self.allowed = _CLIENT_TO_SERVER5 if self.server_side else _SERVER_TO_CLIENT5
         else:
@@ -1116,7 +1094,7 @@ class Parser:
             if end > size:
                 self._need = total
                 break
-            if first >> 4 == self._fast:  # the hot path skips the general dispatch
+            if first >> 4 == PUBLISH:  # the hot path skips the general dispatch
                 out.append(self._publish(first & 0x0F, buf, pos + header, end, pos))
             else:
                 out.append(self._decode(first, buf, pos + header, end))
@@ -1181,6 +1159,12 @@ class Parser:
         return _connack(reader)
 
     def _publish(self, flags: int, buf: bytes, start: int, end: int, first: int) -> Publish:
+        """PUBLISH at any level: the hot path, kept out of the general dispatch.
+
+        MQTT 5 adds only the property block after the packet id; an empty one
+        (what most devices send) is one byte checked here, and the packet then
+        takes the same steps as a 3.1.1 one.
+        """
         qos = (flags >> 1) & 0x03
         if qos == 3:
             raise MalformedPacket("PUBLISH: QoS 3")
@@ -1197,30 +1181,48 @@ class Parser:
         topic = self._topics.get(raw)
         if topic is None:
             topic = validate_string(raw, "PUBLISH topic")
-            if not topic:
-                raise ProtocolViolation("PUBLISH: empty topic name")
             if "+" in topic or "#" in topic:
                 raise ProtocolViolation(f"PUBLISH: wildcard in topic name {topic!r}")
-            if len(self._topics) >= 64:  # per connection: keep it small
-                self._topics.clear()
-            self._topics[raw] = topic
+            if topic:
+                if len(self._topics) >= 64:  # per connection: keep it small
+                    self._topics.clear()
+                self._topics[raw] = topic
+            elif self._level != 5:  # MQTT 5: allowed with a Topic Alias (checked below)
+                raise ProtocolViolation("PUBLISH: empty topic name")
+        packet_id: int | None = None
         if qos:
             if pos + 2 > end:
                 raise MalformedPacket("PUBLISH: truncated before packet identifier")
             packet_id = (buf[pos] << 8) | buf[pos + 1]
             if packet_id == 0:
                 raise MalformedPacket("PUBLISH: packet identifier 0")
-            return Publish(topic, buf[pos + 2 : end], qos, bool(flags & 0x01), dup, packet_id)
+            pos += 2
+        if self._level == 5:
+            if pos >= end:
+                raise MalformedPacket("PUBLISH: truncated before property length")
+            if buf[pos]:
+                r = _Reader(buf, pos, end, "PUBLISH")
+                props = _properties(r, PUBLISH, self.server_side)
+                if not topic and (props is None or props.topic_alias is None):
+                    raise ProtocolViolation("PUBLISH: empty topic name and no Topic Alias")
+                return Publish(
+                    topic, buf[r.pos : end], qos, bool(flags & 0x01), dup, packet_id, None, props
+                )
+            if not topic:
+                raise ProtocolViolation("PUBLISH: empty topic name and no Topic Alias")
+            pos += 1
+        if qos:
+            return Publish(topic, buf[pos:end], qos, bool(flags & 0x01), dup, packet_id)
         if flags:
             return Publish(topic, buf[pos:end], 0, True)
+        # QoS 0, no retain (nor, in MQTT 5, properties): what a subscriber of the same
+        # level gets is this packet, byte for byte, so the broker forwards it.
         return Publish(topic, buf[pos:end], 0, False, False, None, buf[first:end])
 
     # --- MQTT 5 ------------------------------------------------------------------------
 
     def _decode5(self, kind: int, flags: int, buf: bytes, start: int, end: int) -> Packet:
-        name = _NAMES5[kind]
-        if kind == PUBLISH:
-            return self._publish5(flags, _Reader(buf, start, end, name))
+        name = _NAMES5[kind]  # never PUBLISH: feed() hands that to _publish
         required = _REQUIRED_FLAGS[kind]
         if flags != required:
             raise MalformedPacket(
@@ -1280,37 +1282,6 @@ class Parser:
                 return Suback(packet_id, codes, props)
             return Unsuback(packet_id, codes, props)
         return _connack5(r)
-
-    def _publish5(self, flags: int, r: _Reader) -> Publish:
-        start = r.pos
-        qos = (flags >> 1) & 0x03
-        if qos == 3:
-            raise MalformedPacket("PUBLISH: QoS 3")
-        dup = bool(flags & 0x08)
-        if dup and not qos:
-            raise ProtocolViolation("PUBLISH: DUP set on a QoS 0 message")
-        raw = r.binary("topic")
-        topic = self._topics.get(raw)
-        if topic is None:
-            topic = validate_string(raw, "PUBLISH topic")
-            if "+" in topic or "#" in topic:
-                raise ProtocolViolation(f"PUBLISH: wildcard in topic name {topic!r}")
-            if topic:  # the empty topic is checked against the properties below
-                if len(self._topics) >= 64:  # per connection: keep it small
-                    self._topics.clear()
-                self._topics[raw] = topic
-        packet_id = r.packet_id() if qos else None
-        props = _properties(r, PUBLISH, self.server_side)
-        if not topic and (props is None or props.topic_alias is None):
-            raise ProtocolViolation("PUBLISH: empty topic name and no Topic Alias")
-        if not flags and props is None:
-            # QoS 0, no retain, no properties: the packet an MQTT 5 subscriber gets is
-            # this one, byte for byte, so the broker forwards it (as for 3.1.1).
-            packet = encode_varint_prefix(0x30, r.end - start) + r.data[start : r.end]
-            return Publish(topic, r.data[r.pos : r.end], 0, False, False, None, packet)
-        return Publish(
-            topic, r.data[r.pos : r.end], qos, bool(flags & 0x01), dup, packet_id, None, props
-        )
 
 
 def _connect(flags: int, buf: bytes, start: int, end: int) -> Connect:

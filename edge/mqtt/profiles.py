@@ -6,8 +6,10 @@ text, and applies one row of :data:`PROFILES`. A device that breaks a limit then
 meets the reason code and the disconnect the real service answers with, plus a
 Reason String and an ``mqtt.limit`` event naming the limit.
 
-Every value is cited in :data:`SOURCES`; ``[recalled]`` marks a value nobody here
-has checked against the provider's page yet (check it before relying on it).
+Every value is cited in :data:`SOURCES`; ``[unverified]`` marks a value that was
+looked for in the provider's documentation (the stored copies the project's search
+tool holds, 2026-12-07) and not found there: it is what the provider is believed to
+do, and should be checked before relying on it.
 
 =========================  ===============  ===============  ===============
 MqttConfig key             aws-iot-core     mosquitto        emqx
@@ -21,13 +23,14 @@ max_filters_per_subscribe  8 [b, c]         --               --
 max_payload                131072 [c, d]    --               --
 max_publish_rate           100 /s [b]       --               --
 max_throughput             524288 B/s [b]   --               --
-receive_maximum            100 [c]          20 [e]           32 [f, recalled]
-topic_alias_maximum        8 [recalled]     10 [e, g]        65535 [f]
+receive_maximum            100 [c, k]       20 [e]           32 [l; 32 is
+                                                             unverified]
+topic_alias_maximum        8 [unverified]   10 [e, g]        65535 [f]
 subscription identifiers   no [h]           yes              yes
-shared subscriptions       yes [recalled]   yes              yes
+shared subscriptions       yes [m]          yes              yes
 max_keepalive              1200 [c]         65535            65535
 max_packet_size            --               2000000 [e]      1048576 [f]
-reason strings             yes [recalled]   no [i]           yes
+reason strings             yes [unverified] no [i]           yes
 reason codes               spec             mosquitto [j]    spec
 CONNACK properties         all              mosquitto [e]    all
 =========================  ===============  ===============  ===============
@@ -49,7 +52,14 @@ from typing import Any, Final
 
 from edge.mqtt.errors import MqttConfigError
 
-__all__ = ["MOSQUITTO_CODES", "PROFILES", "SOURCES", "apply_profile", "mosquitto_code"]
+__all__ = [
+    "MOSQUITTO_CODES",
+    "PROFILES",
+    "SOURCES",
+    "UNVERIFIED",
+    "apply_profile",
+    "mosquitto_code",
+]
 
 #: The rows of the table above, as MqttConfig keyword overrides.
 PROFILES: Final[dict[str, dict[str, Any]]] = {
@@ -87,7 +97,11 @@ SOURCES: Final[dict[str, str]] = {
     "a": "https://docs.aws.amazon.com/iot/latest/developerguide/mqtt.html (QoS 0 and 1 only)",
     "b": "https://aws.github.io/aws-iot-device-sdk-js-v2/node/enums/"
     "mqtt5.ClientExtendedValidationAndFlowControl.html (AwsIotCoreDefaults: 8 subscriptions "
-    "per SUBSCRIBE, 7 slashes, topics <= 256 bytes, client id <= 128 bytes, 512 KB/s, 100 TPS)",
+    "per SUBSCRIBE, 7 slashes, topics <= 256 bytes, client id <= 128 bytes, 512 KB/s, 100 TPS);"
+    " the same values as the SDK's own constants in awslabs/aws-c-mqtt "
+    "include/aws/mqtt/private/v5/mqtt5_utils.h (AWS_IOT_CORE_MAXIMUM_CLIENT_ID_LENGTH 128, "
+    "_TOPIC_LENGTH 256, _TOPIC_SEGMENTS 8, _SUSBCRIPTIONS_PER_SUBSCRIBE 8, "
+    "PUBLISH_PER_SECOND_LIMIT 100, THROUGHPUT_LIMIT 512 * 1024), checked 2026-12-07",
     "c": "AWS IoT message broker quotas (mirror of the quota page: 128 KB payload, 7 slashes, "
     "8 subscriptions per SUBSCRIBE, 100 unacknowledged messages in flight each way, "
     "keepalive up to 1200 s): https://blog.csdn.net/whatnamecaniuse/article/details/78065968",
@@ -102,6 +116,24 @@ SOURCES: Final[dict[str, str]] = {
     "i": "https://mosquitto.org/blog/2019/02/mqtt5-test-release "
     "('no reason strings are provided by the broker')",
     "j": "Mosquitto's own test data; see MOSQUITTO_CODES",
+    "k": "https://docs.espressif.com/projects/esp-rainmaker-neo/en/latest/specs/limits.html "
+    "(a table of AWS IoT Core limits: unacknowledged outbound publishes per client 100, "
+    "8 filters per SUBSCRIBE, 128 KB payload, 7 slashes); the AWS quota page itself "
+    "(https://docs.aws.amazon.com/general/latest/gr/iot-core.html#message-broker-limits) "
+    "is stored only in part, without that table",
+    "l": "emqx/emqx changes/ce/fix-12492.en.md (CONNACK Receive-Maximum is the server's "
+    "max_inflight); the default of 32 was not found in the stored EMQX pages",
+    "m": "aws/aws-iot-device-sdk-python-v2 samples/mqtt5_shared_subscription.md (an AWS "
+    "sample of $share/<ShareName>/<TopicFilter> against AWS IoT Core, linking "
+    "https://docs.aws.amazon.com/iot/latest/developerguide/mqtt.html#mqtt5-shared-subscription)",
+}
+
+#: Values looked for in the provider's documentation and not found (see the table).
+UNVERIFIED: Final[dict[str, str]] = {
+    "aws-iot-core topic_alias_maximum": "8: no stored AWS page or AWS SDK source states "
+    "IoT Core's Topic Alias Maximum; the AWS SDKs read it from the CONNACK",
+    "aws-iot-core reason strings": "AWS's MQTT 5 reason-code page is not in the stored copies",
+    "emqx receive_maximum": "32 (EMQX's max_inflight default) is not in the stored EMQX pages",
 }
 
 #: Where Mosquitto's reason code differs from the OASIS text, by the codec's error

@@ -67,6 +67,7 @@ __all__ = [
     "Properties",
     "PropertyInfo",
     "encode_properties",
+    "encode_varint",
 ]
 
 # Property identifiers (section 2.2.2.2).
@@ -384,8 +385,17 @@ class Properties:
         return not self.items()
 
 
-def _varint(value: int, what: str) -> bytes:
-    if not 0 <= value <= 268_435_455:
+def encode_varint(value: int, what: str = "remaining length") -> bytes:
+    """Encode ``value`` (0 to 268,435,455) as an MQTT variable byte integer.
+
+    ``what`` names the field in the error for a value out of range. The codec's
+    remaining lengths and the property block's lengths and values share it.
+    """
+    if value < 128:
+        if value < 0:
+            raise ValueError(f"{what} {value} out of range 0..268435455")
+        return bytes((value,))
+    if value > 268_435_455:
         raise ValueError(f"{what} {value} out of range 0..268435455")
     out = bytearray()
     while True:
@@ -450,7 +460,7 @@ def encode_properties(properties: Properties | None, packet_type: int) -> bytes:
         elif kind == VARIABLE_BYTE_INT:
             if value == 0:
                 raise ValueError(f"{info.name} 0 is not allowed")
-            parts.append(_varint(value, info.name))
+            parts.append(encode_varint(value, info.name))
         else:
             if kind == BYTE and value not in (0, 1):
                 raise ValueError(f"{info.name} {value} is not 0 or 1")
@@ -459,4 +469,4 @@ def encode_properties(properties: Properties | None, packet_type: int) -> bytes:
             # The integer wire types are numbered by their size in bytes.
             parts.append(_uint(value, kind, info.name))
     body = b"".join(parts)
-    return _varint(len(body), "property length") + body
+    return encode_varint(len(body), "property length") + body

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench import connect_cost
+from bench import callgrind, connect_cost
 from edge.tls import verifiedchain
 
 
@@ -40,6 +40,6 @@ def test_counting_needs_valgrind_and_says_so(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.delenv("EDGESIM_CONNECT_COST_CHILD", raising=False)
-    monkeypatch.setattr(connect_cost.shutil, "which", lambda name: None)
+    monkeypatch.setattr(callgrind.shutil, "which", lambda name: None)
     assert connect_cost.main(["--connects", "1"]) == 2
     assert "valgrind is not installed" in capsys.readouterr().err

@@ -39,25 +39,14 @@ from edge.mqtt.protocol import MqttServerProtocol
 from tests.conformance.test_mqtt_sequences import (
     CONNACK_OK,
     DATA,
-    PINGREQ,
-    PINGRESP,
     SESSION,
-    SOCKET_WAIT,
-    Case,
     CaseFailed,
-    FakeClock,
-    SansIoClient,
-    _close,
-    _external_sansio,
-    _external_socket,
-    _read,
-    _send,
-    _string,
     _summary,
-    _varint,
+    default_connect5,
     load_cases,
     mosquitto_port,
-    parse_payload,
+    run_sansio,
+    run_socket,
 )
 
 HERE = Path(__file__).parent
@@ -77,112 +66,6 @@ pytestmark = pytest.mark.skipif(not CASES5, reason=f"no conformance data at {DAT
 def config_for(profile: str) -> MqttConfig:
     """The broker configuration a run uses: the default, or a profile's."""
     return MqttConfig() if profile == "default" else apply_profile(MqttConfig(), profile)
-
-
-def default_connect5(client_id: str) -> bytes:
-    """The runner's MQTT 5 CONNECT: clean start, keepalive 60, Receive Maximum 20."""
-    props = b"\x03\x21\x00\x14"
-    body = _string("MQTT") + b"\x05\x02" + (60).to_bytes(2, "big") + props + _string(client_id)
-    return b"\x10" + _varint(len(body)) + body
-
-
-def _connack_code(data: bytes) -> tuple[int, int] | None:
-    """(packet length, reason code) of a CONNACK at the start of ``data``; None if short."""
-    if len(data) < 2:
-        return None
-    length, shift, i = 0, 0, 1
-    while True:
-        if i >= len(data):
-            return None
-        byte = data[i]
-        length |= (byte & 0x7F) << shift
-        i += 1
-        if not byte & 0x80:
-            break
-        shift += 7
-    if len(data) < i + length or length < 2 or data[0] != 0x20:
-        return None
-    return i + length, data[i + 1]
-
-
-def run_sansio5(case: Case, config: MqttConfig) -> None:
-    """Run one case against a fresh broker; raise :class:`CaseFailed` on a mismatch."""
-    core = EdgeCore(EventLog(log_events=False), Policy.open())
-    broker = MqttBroker(core, config, clock=FakeClock())
-    client = SansIoClient(broker)
-    try:
-        if case.connect:
-            client.send(default_connect5(f"{case.group} {case.name}"))
-            client.pending += client.conn.data_to_send()
-            found = _connack_code(bytes(client.pending))
-            if found is None or found[1] != 0:
-                raise CaseFailed(f"default CONNECT: got {bytes(client.pending).hex(' ')}")
-            del client.pending[: found[0]]
-        for i, msg in enumerate(case.msgs):
-            where = f"msg {i} ({msg['type']})"
-            kind = msg["type"]
-            if kind == "send":
-                client.send(parse_payload(msg["payload"]))
-            elif kind == "recv":
-                client.recv(parse_payload(msg["payload"]), where)
-            elif kind == "external_publish":
-                _external_sansio(broker, msg)
-            else:
-                raise CaseFailed(f"{where}: unknown message type {kind!r}")
-        if case.expect_disconnect:
-            if not client.conn.should_close:
-                raise CaseFailed("expected the broker to disconnect; the connection is open")
-        else:
-            if client.conn.should_close:
-                raise CaseFailed(f"unexpected disconnect: {client.conn.close_reason}")
-            client.send(PINGREQ)
-            client.recv(PINGRESP, "final PINGREQ")
-    finally:
-        client.conn.connection_lost()
-
-
-async def run_socket5(case: Case, port: int) -> None:
-    """Run one case against a broker listening on 127.0.0.1:``port``."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        if case.connect:
-            await _send(writer, default_connect5(f"{case.group} {case.name}"))
-            head = b""
-            try:
-                async with asyncio.timeout(SOCKET_WAIT):
-                    while _connack_code(head) is None:
-                        chunk = await reader.read(1)
-                        if not chunk:
-                            break
-                        head += chunk
-            except TimeoutError:
-                pass
-            found = _connack_code(head)
-            if found is None or found[1] != 0:
-                raise CaseFailed(f"default CONNECT: got {head.hex(' ')}")
-        for i, msg in enumerate(case.msgs):
-            where = f"msg {i} ({msg['type']})"
-            kind = msg["type"]
-            if kind == "send":
-                await _send(writer, parse_payload(msg["payload"]))
-            elif kind == "recv":
-                await _read(reader, parse_payload(msg["payload"]), where)
-            elif kind == "external_publish":
-                await _external_socket(port, msg)
-        if case.expect_disconnect:
-            try:
-                async with asyncio.timeout(SOCKET_WAIT):
-                    while await reader.read(4096):
-                        pass
-            except TimeoutError:
-                raise CaseFailed("expected the broker to disconnect; still open") from None
-            except ConnectionError:
-                pass
-        else:
-            await _send(writer, PINGREQ)
-            await _read(reader, PINGRESP, "final PINGREQ")
-    finally:
-        await _close(writer)
 
 
 def load_known(profile: str) -> dict[str, str]:
@@ -205,7 +88,7 @@ def outcomes_sansio(profile: str) -> dict[str, str | None]:
     results: dict[str, str | None] = {}
     for case in CASES5:
         try:
-            run_sansio5(case, config)
+            run_sansio(case, config)
             results[case.case_id] = None
         except CaseFailed as exc:
             results[case.case_id] = str(exc)
@@ -269,14 +152,14 @@ async def test_every_mqtt5_case_over_loopback(broker_port: int, request: Any) ->
     results: dict[str, str | None] = {}
     for case in CASES5:
         try:
-            await run_socket5(case, broker_port)
+            await run_socket(case, broker_port)
             results[case.case_id] = None
         except CaseFailed as exc:
             results[case.case_id] = str(exc)
     _check(results, profile, f"MQTT 5 conformance over loopback ({profile})")
 
 
-__all__ = ["CONNACK_OK", "default_connect5", "mosquitto_port", "run_sansio5", "run_socket5"]
+__all__ = ["CONNACK_OK", "default_connect5", "mosquitto_port", "run_sansio", "run_socket"]
 
 
 #: A sample for a run against a real Mosquitto 2.0.11, to validate this runner: cases
@@ -302,7 +185,7 @@ async def test_socket_sample_against_mosquitto_validates_the_runner(mosquitto_po
     results: dict[str, str | None] = {}
     for case_id in MOSQUITTO_SAMPLE:
         try:
-            await run_socket5(by_id[case_id], mosquitto_port)
+            await run_socket(by_id[case_id], mosquitto_port)
             results[case_id] = None
         except CaseFailed as exc:
             results[case_id] = str(exc)

@@ -156,6 +156,32 @@ def default_connect(client_id: str, ver: int) -> bytes:
     return b"\x10" + _varint(len(body)) + body
 
 
+def default_connect5(client_id: str) -> bytes:
+    """The runner's MQTT 5 CONNECT: clean start, keepalive 60, Receive Maximum 20."""
+    props = b"\x03\x21\x00\x14"
+    body = _string("MQTT") + b"\x05\x02" + (60).to_bytes(2, "big") + props + _string(client_id)
+    return b"\x10" + _varint(len(body)) + body
+
+
+def _connack_code(data: bytes) -> tuple[int, int] | None:
+    """(packet length, reason code) of a CONNACK at the start of ``data``; None if short."""
+    if len(data) < 2:
+        return None
+    length, shift, i = 0, 0, 1
+    while True:
+        if i >= len(data):
+            return None
+        byte = data[i]
+        length |= (byte & 0x7F) << shift
+        i += 1
+        if not byte & 0x80:
+            break
+        shift += 7
+    if len(data) < i + length or length < 2 or data[0] != 0x20:
+        return None
+    return i + length, data[i + 1]
+
+
 def _publish(topic: str, payload: bytes, qos: int, retain: bool, pid: int) -> bytes:
     body = _string(topic) + (pid.to_bytes(2, "big") if qos else b"") + payload
     return bytes((0x30 | qos << 1 | int(retain),)) + _varint(len(body)) + body
@@ -229,13 +255,21 @@ def _external_sansio(broker: MqttBroker, msg: dict[str, Any]) -> None:
     client.conn.connection_lost()
 
 
-def run_sansio(case: Case) -> None:
-    """Run one case against a fresh broker; raise :class:`CaseFailed` on a mismatch."""
+def run_sansio(case: Case, config: MqttConfig | None = None) -> None:
+    """Run one case (any level) against a fresh broker; raise :class:`CaseFailed` on a mismatch."""
     core = EdgeCore(EventLog(log_events=False), Policy.open())
-    broker = MqttBroker(core, MqttConfig(), clock=FakeClock())
+    broker = MqttBroker(core, config or MqttConfig(), clock=FakeClock())
     client = SansIoClient(broker)
     try:
-        if case.connect:
+        if case.connect and case.ver == 5:
+            # Any accepting CONNACK: its properties depend on the configuration.
+            client.send(default_connect5(f"{case.group} {case.name}"))
+            client.pending += client.conn.data_to_send()
+            found = _connack_code(bytes(client.pending))
+            if found is None or found[1] != 0:
+                raise CaseFailed(f"default CONNECT: got {bytes(client.pending).hex(' ')}")
+            del client.pending[: found[0]]
+        elif case.connect:
             client.send(default_connect(f"{case.group} {case.name}", case.ver))
             client.recv(CONNACK_OK, "default CONNECT")
         for i, msg in enumerate(case.msgs):
@@ -247,10 +281,10 @@ def run_sansio(case: Case) -> None:
                 client.recv(parse_payload(msg["payload"]), where)
             elif kind == "external_publish":
                 _external_sansio(broker, msg)
-            elif kind == "subscribe":
+            elif kind == "subscribe" and case.ver != 5:
                 client.send(_subscribe(msg["topic"], int(msg["qos"])))
                 client.recv(bytes((0x90, 3, 0, 1, int(msg["qos"]))), where)
-            elif kind == "unsubscribe":
+            elif kind == "unsubscribe" and case.ver != 5:
                 client.send(_unsubscribe(msg["topic"]))
                 client.recv(b"\xb0\x02\x00\x01", where)
             else:
@@ -317,10 +351,25 @@ async def _external_socket(port: int, msg: dict[str, Any]) -> None:
 
 
 async def run_socket(case: Case, port: int) -> None:
-    """Run one case against a broker listening on 127.0.0.1:``port``."""
+    """Run one case (any level) against a broker listening on 127.0.0.1:``port``."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        if case.connect:
+        if case.connect and case.ver == 5:
+            await _send(writer, default_connect5(f"{case.group} {case.name}"))
+            head = b""
+            try:
+                async with asyncio.timeout(SOCKET_WAIT):
+                    while _connack_code(head) is None:
+                        chunk = await reader.read(1)
+                        if not chunk:
+                            break
+                        head += chunk
+            except TimeoutError:
+                pass
+            found = _connack_code(head)
+            if found is None or found[1] != 0:
+                raise CaseFailed(f"default CONNECT: got {head.hex(' ')}")
+        elif case.connect:
             await _send(writer, default_connect(f"{case.group} {case.name}", case.ver))
             await _read(reader, CONNACK_OK, "default CONNECT")
         for i, msg in enumerate(case.msgs):
@@ -332,12 +381,14 @@ async def run_socket(case: Case, port: int) -> None:
                 await _read(reader, parse_payload(msg["payload"]), where)
             elif kind == "external_publish":
                 await _external_socket(port, msg)
-            elif kind == "subscribe":
+            elif kind == "subscribe" and case.ver != 5:
                 await _send(writer, _subscribe(msg["topic"], int(msg["qos"])))
                 await _read(reader, bytes((0x90, 3, 0, 1, int(msg["qos"]))), where)
-            elif kind == "unsubscribe":
+            elif kind == "unsubscribe" and case.ver != 5:
                 await _send(writer, _unsubscribe(msg["topic"]))
                 await _read(reader, b"\xb0\x02\x00\x01", where)
+            else:
+                raise CaseFailed(f"{where}: unknown message type {kind!r}")
         if case.expect_disconnect:
             try:
                 async with asyncio.timeout(SOCKET_WAIT):

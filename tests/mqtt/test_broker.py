@@ -396,6 +396,34 @@ def test_keepalive_and_connect_timeouts() -> None:
     assert events.query(kind="mqtt.disconnected")[-1]["client_id"] == "k"
 
 
+def test_disconnected_events_of_311_say_who_ended_it_and_why() -> None:
+    # MQTT 3.1.1 has no server DISCONNECT, but the event still names the decision with
+    # the code an MQTT 5 client would get, and says that none was sent.
+    broker, events, clock = make(Policy.open())
+    polite, lost, idle = Client(broker, "polite"), Client(broker, "lost"), Client(broker, "idle")
+    polite.connect()
+    lost.connect()
+    idle.connect(keepalive=10)
+    taken = Client(broker, "taken")
+    taken.connect()
+    Client(broker, "taken").connect()
+    polite.send(Disconnect())
+    lost.conn.connection_lost("reset by peer")
+    clock.now += 15.0
+    idle.conn.tick(clock.now)
+    got = {
+        e["client_id"]: (e["reason_code"], e["by"], e["disconnect_sent"], e["protocol_level"])
+        for e in events.query(kind="mqtt.disconnected")
+    }
+    assert got == {
+        "taken": (0x8E, "edge", False, 4),  # session taken over
+        "polite": (0, "client", False, 4),  # normal disconnection, by the client
+        "lost": (None, "network", False, 4),  # no code: nobody decided
+        "idle": (0x8D, "edge", False, 4),  # keep alive timeout
+    }
+    assert idle.recv() == []  # and nothing was written to the 3.1.1 client
+
+
 def test_retry_interval_resends_with_dup_while_connected() -> None:
     broker, _, clock = make(Policy.open(), retry_interval=20.0)
     sub, pub = Client(broker, "sub"), Client(broker, "pub")

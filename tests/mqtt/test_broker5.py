@@ -15,6 +15,7 @@ from edge.mqtt.codec import (
     Disconnect,
     Packet,
     Parser,
+    Pingreq,
     Puback,
     Pubcomp,
     Publish,
@@ -471,6 +472,63 @@ def test_shared_subscription_one_member_per_group_across_protocols() -> None:
     assert len(got_b) == 2
 
 
+def test_shared_subscription_passes_over_an_offline_member_while_one_is_online() -> None:
+    broker, _, _ = make(policy=Policy.open())
+    members = []
+    for name in ("m1", "m2", "m3"):
+        member = Client(broker, name)
+        member.connect(clean_session=False, props=Properties(session_expiry_interval=600))
+        member.send(Subscribe(1, [("$share/g/jobs/#", 1)]))
+        member.recv()
+        members.append(member)
+    members[1].send(Disconnect())  # m2's session stays, offline
+    pub = Client(broker, "pub")
+    pub.connect()
+    for n in range(6):
+        pub.send(Publish("jobs/x", str(n).encode(), qos=1, packet_id=n + 1))
+    got = [
+        [p.payload for p in m.recv() if isinstance(p, Publish)] for m in (members[0], members[2])
+    ]
+    # Every message reached an online member, turn by turn; none waits in m2's queue.
+    assert sorted(got[0] + got[1]) == [str(n).encode() for n in range(6)]
+    assert len(got[0]) == 3
+    session = broker.session("fleet/m2", "m2")
+    assert session is not None
+    assert not session.online
+    assert len(session.queue) == 0
+    # With every member offline, the turn's member queues it (nothing is lost).
+    members[0].send(Disconnect())
+    members[2].send(Disconnect())
+    pub.send(Publish("jobs/x", b"later", qos=1, packet_id=7))
+    queued = [broker.session(f"fleet/{m}", m) for m in ("m1", "m2", "m3")]
+    assert sum(len(s.queue) for s in queued if s is not None) == 1
+
+
+def test_expired_retained_messages_are_purged_from_the_store() -> None:
+    broker, _, clock = make(policy=Policy.open())
+    pub = Client(broker, "pub")
+    pub.connect()
+    props = Properties(message_expiry_interval=10)
+    pub.send(Publish("r/soon", b"x", retain=True, properties=props))
+    pub.send(Publish("r/kept", b"y", retain=True))
+    # Replaced before it expires: the newer message (no expiry) must stay.
+    pub.send(Publish("r/replaced", b"old", retain=True, properties=props))
+    pub.send(Publish("r/replaced", b"new", retain=True))
+    router = broker.core.router
+    assert router.retained_count == 3
+    clock.now += 9
+    pub.conn.tick(clock.now)
+    assert router.retained_count == 3
+    clock.now += 2  # past the deadline: the next maintenance pass drops it
+    pub.send(Pingreq())
+    pub.conn.tick(clock.now)
+    assert router.retained_count == 2
+    assert broker.core.retained("r/soon") is None
+    kept = broker.core.retained("r/replaced")
+    assert kept is not None
+    assert kept.payload == b"new"
+
+
 # --- profiles ----------------------------------------------------------------------------------
 
 
@@ -596,8 +654,12 @@ def test_administrative_disconnect_is_0x98_for_the_matching_devices() -> None:
     assert old.conn.should_close  # 3.1.1: closed without a DISCONNECT
     assert old.recv() == []
     assert not other.conn.should_close
-    codes = {e["client_id"]: e["reason_code"] for e in events.query(kind="mqtt.disconnected")}
-    assert codes == {"dev-1": 0x98, "dev-3": 0}
+    codes = {
+        e["client_id"]: (e["reason_code"], e["disconnect_sent"])
+        for e in events.query(kind="mqtt.disconnected")
+    }
+    # The 3.1.1 device was closed for the same reason; only no DISCONNECT could say so.
+    assert codes == {"dev-1": (0x98, True), "dev-3": (0x98, False)}
 
 
 def test_capability_switches_answer_with_their_codes() -> None:
