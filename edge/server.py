@@ -149,6 +149,7 @@ class EdgeServer:
                     cert_file=pki.cert,
                     key_file=pki.key,
                     minimum_version=cfg.tls.minimum_version,
+                    profile=cfg.tls.profile,
                     num_tickets=cfg.tls.num_tickets,
                     alpn=cfg.tls.alpn,
                     keylog_file=keylog_file,
