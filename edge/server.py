@@ -104,6 +104,8 @@ class EdgeServer:
         self.store: Any = None
         self.contexts: ContextCache | None = None
         self.keylog: KeyLogTap | None = None
+        #: The HTTPS listener's device side (``edge.http.device.DeviceFrontend``), once started.
+        self.device_frontend: Any = None
         self.admin_token: str | None = None
         self._snapshot: TrustSnapshot = TrustSnapshot(0, {}, {})
         self._servers: list[asyncio.Server] = []
@@ -369,6 +371,7 @@ class EdgeServer:
             await frontend.start()
             self._cleanups.append(frontend.close)
             factories["http"] = frontend
+            self.device_frontend = frontend
         factories.update(self._extra_factories)
         return factories
 
