@@ -69,7 +69,7 @@ test: lint typecheck unit
 # The same checks on the newest release of every dependency that the ranges allow,
 # resolved afresh each time (the lock plays no part). The compiled build is shared
 # with `make test` (it depends on the sources and the Python, not on the packages).
-test-latest: $(UV) compile
+test-latest: $(UV) compile $(SSLYZE_STAMP)
 	rm -rf $(LATEST)
 	$(UV) venv -q --python $(PY) $(LATEST)
 	$(UV) pip install -q --python $(LATEST)/bin/python --refresh --resolution highest -e '.[dev]'
