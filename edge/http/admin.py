@@ -608,10 +608,13 @@ async def _rollback_cert(request: web.Request) -> web.Response:
 async def _disconnect_devices(request: web.Request) -> web.Response:
     """``POST /v1/devices/disconnect``: end live MQTT sessions (MQTT 5: DISCONNECT 0x98)."""
     body = await _json_body(request)
-    identity, set_name = body.get("identity"), body.get("set")
-    if (identity is None) == (set_name is None):
+    # Presence decides, not truth: {"identity": null, "set": "a"} names both (found by
+    # schemathesis: it was taken as "set" alone).
+    if ("identity" in body) == ("set" in body):
         raise _BadRequest("give exactly one of 'identity' (set/name) or 'set'")
-    if not isinstance(identity or set_name, str) or not (identity or set_name):
+    identity, set_name = body.get("identity"), body.get("set")
+    chosen_value = identity if "identity" in body else set_name
+    if not isinstance(chosen_value, str) or not chosen_value:
         raise _BadRequest("'identity' and 'set' are non-empty strings")
     reason = body.get("reason", "disconnected by an administrator")
     if not isinstance(reason, str):

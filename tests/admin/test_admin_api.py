@@ -217,6 +217,10 @@ async def test_what_schemathesis_found_is_a_bad_request_not_a_server_error(
     assert "activate='1': expected true or false" in body["detail"]
     after = await call(admin, "GET", "/v1/events?after=2000-01-01T00:00:00Z", expect=200)
     assert after["events"]
+    body = await call(
+        admin, "POST", "/v1/devices/disconnect", expect=400, json={"identity": None, "set": "a"}
+    )
+    assert "exactly one of 'identity'" in body["detail"]
     # 1.0 is the integer 1 in JSON Schema (and so in the OpenAPI description).
     check = {"certificate": root().cert_pem.decode(), "version": 1.0}
     await call(admin, "POST", "/v1/sets/fleet/check", expect=200, json=check)
