@@ -5,8 +5,9 @@ TLS beside the fleet (its own process), RLIMIT_NOFILE raised to the hard limit f
 so that both sides can hold ten thousand sockets. Two phases, one run:
 
 - *held*: ``N`` devices (10,000; 500 with ``quick``) arrive open-loop at ``--ramp``,
-  each connects with its own TLS context and stays connected until 8 s after the
-  last arrival. Reported: the most devices connected at once, connect latency
+  each connects with its own certificate and key (set on its own connection of a
+  context shared per scheme, :mod:`devices.identity`; a context of its own where
+  that is not available) and stays connected until 8 s after the last arrival. Reported: the most devices connected at once, connect latency
   percentiles from the scheduled start, and the fleet process's RSS growth divided
   by the devices held (device-side memory per held device, context included).
 - *rate*: ``M`` devices arrive faster than one core can connect them and disconnect
@@ -140,7 +141,8 @@ def _versus_edge(pki: Path, ports: dict[str, int], pid: int, n: int, rounds: int
     for r in range(rounds):
         for proto, url in _urls(ports).items():
             # Each round its own devices: every connect is a device's first (full
-            # handshake, its own context built), as a fleet of distinct devices is.
+            # handshake, its own certificate and key parsed), as a fleet of distinct
+            # devices is.
             job = _job(pki, 0, n, ramp=5000.0, hold=None, loop="uvloop", url=url, skip=r * n)
             cpu0, edge0 = time.process_time(), cpu_seconds(pid)
             report = _run(job)

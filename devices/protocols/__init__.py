@@ -157,7 +157,8 @@ class Inbox:
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
-        self._items: deque[Message] = deque()
+        # Made on the first message: an empty deque is about 600 bytes per held device.
+        self._items: deque[Message] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._error: DeviceError | None = None
         self.count = 0
@@ -172,6 +173,8 @@ class Inbox:
     ) -> None:
         """Add a message, stamped with the clock now."""
         self.count += 1
+        if self._items is None:
+            self._items = deque()
         self._items.append(Message(topic, payload, qos, retain, self._clock(), properties))
         self._wake()
 
@@ -200,4 +203,5 @@ class Inbox:
                 await self._waiter
             finally:
                 self._waiter = None
+        assert self._items is not None  # non-empty, so made
         return self._items.popleft()

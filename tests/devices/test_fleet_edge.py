@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import devices.fleet
 from certs.quickstart import QuickstartResult, quickstart
 from edge.cli import main
 from edge.config import EdgeConfig, HostPort, ListenersConfig, TrustConfig
@@ -96,10 +97,22 @@ def test_every_fault_refused_with_its_alert_by_the_edge(
 
 
 @pytest.mark.timeout(90)
+@pytest.mark.parametrize("contexts", ["shared", "per-device"])
 def test_mixed_protocols_held_and_publishing(
-    edge: tuple[ServerThread, QuickstartResult], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    edge: tuple[ServerThread, QuickstartResult],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    contexts: str,
 ) -> None:
+    """Also each device's own certificate, on one shared context or a context each.
+
+    ``per-device`` is the path of a Python where ``devices.identity`` cannot work.
+    """
+    if contexts == "per-device":
+        monkeypatch.setattr(devices.fleet, "identity_available", lambda: False)
     handle, qs = edge
+    since = handle.server.events.last_id
     port = handle.ports["multi"]
     urls = [
         f"mqtts://127.0.0.1:{port}",
@@ -129,3 +142,9 @@ def test_mixed_protocols_held_and_publishing(
     assert messages["sent"] >= healthy
     assert messages["received"] == messages["sent"]
     assert doc["latency"]["steps"]["first_message"]["count"] == healthy
+    # Every healthy device presented its own certificate (an HTTPS device may reconnect).
+    accepted = handle.server.events.query(since=since, kind="tls.accepted")
+    # The edge names an identity "<certificate set>/<device>".
+    identities = {str(e["identity"]).rsplit("/", 1)[-1] for e in accepted}
+    assert len(identities) == healthy
+    assert identities <= {f"dev-{i:05d}" for i in range(DEVICES)}
