@@ -15,7 +15,7 @@ UV_DIR := .uv
 UV := $(UV_DIR)/bin/uv
 LATEST := .venv-latest
 
-.PHONY: demo test test-latest lint typecheck unit bench clean venv compile lock wheel fuzz
+.PHONY: tls-audit-venv demo test test-latest lint typecheck unit bench clean venv compile lock wheel fuzz
 
 $(UV): uv.lock
 	$(PY) -m venv $(UV_DIR)
@@ -27,6 +27,18 @@ $(STAMP): pyproject.toml uv.lock $(UV)
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# sslyze (the TLS profile tests) in a venv of its own, from the same lock: it caps
+# cryptography below the edge's (pyproject.toml, extra tls-audit). Only its command
+# is used; the tests find it at $(SSLYZE).
+SSLYZE_VENV := .venv-sslyze
+SSLYZE := $(SSLYZE_VENV)/bin/sslyze
+SSLYZE_STAMP := $(SSLYZE_VENV)/.installed
+$(SSLYZE_STAMP): pyproject.toml uv.lock $(UV)
+	UV_PROJECT_ENVIRONMENT=$(SSLYZE_VENV) $(UV) sync --locked --no-install-project --extra tls-audit --python $(PY)
+	touch $(SSLYZE_STAMP)
+
+tls-audit-venv: $(SSLYZE_STAMP)
 
 # Refresh uv.lock after changing pyproject.toml (commit both together).
 lock: $(UV)
@@ -48,7 +60,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # The whole suite on the compiled modules, then the tests of those modules on their sources.
-unit: compile
+unit: compile $(SSLYZE_STAMP)
 	$(BIN)/pytest -q
 	EDGESIM_PURE_PYTHON=1 $(BIN)/pytest -q tests/tls tests/mqtt tests/core
 
@@ -57,7 +69,7 @@ test: lint typecheck unit
 # The same checks on the newest release of every dependency that the ranges allow,
 # resolved afresh each time (the lock plays no part). The compiled build is shared
 # with `make test` (it depends on the sources and the Python, not on the packages).
-test-latest: $(UV) compile
+test-latest: $(UV) compile $(SSLYZE_STAMP)
 	rm -rf $(LATEST)
 	$(UV) venv -q --python $(PY) $(LATEST)
 	$(UV) pip install -q --python $(LATEST)/bin/python --refresh --resolution highest -e '.[dev]'
@@ -95,4 +107,4 @@ fuzz: $(STAMP)
 	done
 
 clean:
-	rm -rf $(VENV) $(LATEST) $(UV_DIR) .edgesim .build build dist *.egg-info .fuzz .hypothesis
+	rm -rf $(VENV) $(LATEST) $(SSLYZE_VENV) $(UV_DIR) .edgesim .build build dist *.egg-info .fuzz .hypothesis

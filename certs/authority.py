@@ -508,7 +508,7 @@ class CertificateAuthority:
         key_type: str = "ec256",
         key: PrivateKey | None = None,
         eku: Iterable[str | ObjectIdentifier] = ("serverAuth",),
-        days: int = 398,
+        days: int = 366,
         not_before: datetime | None = None,
         not_after: datetime | None = None,
         now: datetime | None = None,

@@ -13,7 +13,8 @@ An ``edge.toml`` (every key optional; relative paths are relative to the file)::
     [tls]
     cert = "pki/server.pem"         # chain after the leaf; default: the embedded PKI
     key = "pki/server.key"
-    minimum_version = "1.2"
+    profile = "intermediate"        # Mozilla's modern | intermediate | old (edge.tls.profiles)
+    minimum_version = ""            # "": the profile's (1.3 | 1.2 | 1.0); may raise it
     num_tickets = 0
     alpn = ["mqtt", "x-amzn-mqtt-ca", "http/1.1"]
     keylog_file = ""                # SSLKEYLOGFILE-style, for Wireshark
@@ -77,6 +78,7 @@ from edge.identity import IdentityRule, parse_rule
 from edge.mqtt.broker import MqttConfig
 from edge.mqtt.errors import MqttConfigError
 from edge.tls.contexts import DEFAULT_ALPN, parse_tls_version
+from edge.tls.profiles import DEFAULT_PROFILE, get_profile
 
 __all__ = [
     "EdgeConfig",
@@ -145,7 +147,10 @@ class TlsConfig:
     #: Server certificate chain and key; ``None`` means the embedded / --pki PKI.
     cert: Path | None = None
     key: Path | None = None
-    minimum_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2
+    #: Mozilla's configuration the device listeners follow (:mod:`edge.tls.profiles`).
+    profile: str = DEFAULT_PROFILE
+    #: None: the profile's minimum version; a version here may raise it, never lower it.
+    minimum_version: ssl.TLSVersion | None = None
     num_tickets: int = 0
     alpn: tuple[str, ...] = DEFAULT_ALPN
     keylog_file: Path | None = None
@@ -275,6 +280,7 @@ _KNOWN = {
     "tls": {
         "cert",
         "key",
+        "profile",
         "minimum_version",
         "num_tickets",
         "alpn",
@@ -348,11 +354,23 @@ def config_from_dict(data: Mapping[str, Any], *, base: Path, source: str) -> Edg
         for key in ("cert", "key", "keylog_file"):
             if key in tls:
                 t[key] = _path(base, _get(tls, key, str, where))
-        if "minimum_version" in tls:
+        if "profile" in tls:
+            try:
+                t["profile"] = get_profile(_get(tls, "profile", str, where)).name
+            except ValueError as exc:
+                raise EdgeConfigError(f"{where}.profile: {exc}") from None
+        profile = get_profile(t.get("profile", cfg.tls.profile))
+        if "minimum_version" in tls and str(tls["minimum_version"]).strip():
             try:
                 t["minimum_version"] = parse_tls_version(str(tls["minimum_version"]))
             except ValueError as exc:
                 raise EdgeConfigError(f"{where}.minimum_version: {exc}") from None
+            if t["minimum_version"] < profile.minimum_version:
+                raise EdgeConfigError(
+                    f"{where}.minimum_version: {tls['minimum_version']!r} is below profile"
+                    f" {profile.name}'s minimum ({profile.minimum_version.name}); choose"
+                    ' profile = "old" for older clients'
+                )
         if "max_unauthenticated_per_source" in tls:
             value = _get(tls, "max_unauthenticated_per_source", int, where)
             if value < -1 or value == 0:

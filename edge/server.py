@@ -104,6 +104,8 @@ class EdgeServer:
         self.store: Any = None
         self.contexts: ContextCache | None = None
         self.keylog: KeyLogTap | None = None
+        #: The HTTPS listener's device side (``edge.http.device.DeviceFrontend``), once started.
+        self.device_frontend: Any = None
         self.admin_token: str | None = None
         self._snapshot: TrustSnapshot = TrustSnapshot(0, {}, {})
         self._servers: list[asyncio.Server] = []
@@ -149,6 +151,7 @@ class EdgeServer:
                     cert_file=pki.cert,
                     key_file=pki.key,
                     minimum_version=cfg.tls.minimum_version,
+                    profile=cfg.tls.profile,
                     num_tickets=cfg.tls.num_tickets,
                     alpn=cfg.tls.alpn,
                     keylog_file=keylog_file,
@@ -379,6 +382,7 @@ class EdgeServer:
             await frontend.start()
             self._cleanups.append(frontend.close)
             factories["http"] = frontend
+            self.device_frontend = frontend
         factories.update(self._extra_factories)
         return factories
 

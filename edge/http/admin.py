@@ -38,12 +38,13 @@ import logging
 import os
 import secrets
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from cryptography import x509
 
 from edge.core.events import EventLog
@@ -266,18 +267,24 @@ def _trust(request: web.Request) -> TrustService:
 
 def _flag(request: web.Request, name: str, default: bool) -> bool:
     raw = request.query.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
-    value = raw.lower()
-    if value in ("1", "true", "yes", "on"):
+    # JSON Schema's booleans, as the OpenAPI description says: anything else (1, yes,
+    # an empty value) is refused rather than guessed at.
+    if raw == "true":
         return True
-    if value in ("0", "false", "no", "off"):
+    if raw == "false":
         return False
     raise _BadRequest(f"query parameter {name}={raw!r}: expected true or false")
 
 
+#: The largest integer a query or path parameter may hold: SQLite's INTEGER (and
+#: the OpenAPI description's ``maximum``); beyond it no version or id can exist.
+MAX_INT = 2**63 - 1
+
+
 def _int(raw: str | None, name: str, *, minimum: int = 0) -> int | None:
-    if raw is None or raw == "":
+    if raw is None:
         return None
     try:
         value = int(raw)
@@ -285,6 +292,20 @@ def _int(raw: str | None, name: str, *, minimum: int = 0) -> int | None:
         raise _BadRequest(f"{name}={raw!r}: expected an integer") from None
     if value < minimum:
         raise _BadRequest(f"{name}={raw!r}: must be at least {minimum}")
+    if value > MAX_INT:
+        raise _BadRequest(f"{name}={raw!r}: must be at most {MAX_INT}")
+    return value
+
+
+def _body_int(body: dict[str, Any], key: str, *, minimum: int = 1) -> int | None:
+    """An optional integer field of a JSON body (``3.0`` is 3, as in JSON Schema)."""
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= MAX_INT:
+        raise _BadRequest(f"'{key}' must be an integer from {minimum} to {MAX_INT}")
     return value
 
 
@@ -297,18 +318,28 @@ def _version(request: web.Request) -> int:
 async def _file_body(request: web.Request) -> tuple[bytes, str]:
     """The uploaded file and its name: the raw body (``?filename=``), or one multipart file."""
     if request.content_type.startswith("multipart/"):
-        reader = await request.multipart()
         found: list[tuple[bytes, str]] = []
-        while True:
-            part = await reader.next()
-            if part is None:
-                break
-            if isinstance(part, BodyPartReader) and part.filename is not None:
-                found.append((bytes(await part.read(decode=True)), part.filename or "FILE"))
-            elif isinstance(part, BodyPartReader):
-                await part.release()
-            else:
-                raise _BadRequest("nested multipart bodies are not accepted")
+        try:
+            reader = await request.multipart()
+            while True:
+                part = await reader.next()
+                if part is None:
+                    break
+                if isinstance(part, BodyPartReader) and part.filename is not None:
+                    found.append((bytes(await part.read(decode=True)), part.filename or "FILE"))
+                elif isinstance(part, BodyPartReader):
+                    # A form field beside the file would be ignored: say so instead.
+                    raise _BadRequest(
+                        f"a multipart upload holds one file part only; part {part.name!r}"
+                        " is not a file (no filename)"
+                    )
+                else:
+                    raise _BadRequest("nested multipart bodies are not accepted")
+        except (HttpProcessingError, ValueError) as exc:
+            # aiohttp's multipart reader raises these for a body it cannot parse
+            # (a bad part header, a missing boundary, a bad transfer encoding).
+            detail = getattr(exc, "message", "") or str(exc) or type(exc).__name__
+            raise _BadRequest(f"the multipart body is malformed: {detail}") from None
         if len(found) != 1:
             raise _BadRequest(
                 f"a multipart upload must hold exactly one file, this one holds {len(found)}"
@@ -437,9 +468,7 @@ async def _check(request: web.Request) -> web.Response:
     chain = body.get("chain") or ""
     if not isinstance(chain, str):
         raise _BadRequest("'chain' must be PEM text")
-    version = body.get("version")
-    if version is not None and (not isinstance(version, int) or version < 1):
-        raise _BadRequest("'version' must be a positive integer")
+    version = _body_int(body, "version")
     at = _parse_time(body.get("at"), "at")
     result = await _trust(request).check(
         request.match_info["name"],
@@ -554,9 +583,7 @@ async def _deploy_cert(request: web.Request) -> web.Response:
     settings = body.get("settings", {})
     if not isinstance(settings, dict):
         raise _BadRequest("'settings' must be a JSON object")
-    version = body.get("version")
-    if version is not None and (not isinstance(version, int) or version < 1):
-        raise _BadRequest("'version' must be a positive integer")
+    version = _body_int(body, "version")
     default = body.get("default")
     if default is not None and not isinstance(default, bool):
         raise _BadRequest("'default' must be true, false or null")
@@ -584,10 +611,13 @@ async def _rollback_cert(request: web.Request) -> web.Response:
 async def _disconnect_devices(request: web.Request) -> web.Response:
     """``POST /v1/devices/disconnect``: end live MQTT sessions (MQTT 5: DISCONNECT 0x98)."""
     body = await _json_body(request)
-    identity, set_name = body.get("identity"), body.get("set")
-    if (identity is None) == (set_name is None):
+    # Presence decides, not truth: {"identity": null, "set": "a"} names both (found by
+    # schemathesis: it was taken as "set" alone).
+    if ("identity" in body) == ("set" in body):
         raise _BadRequest("give exactly one of 'identity' (set/name) or 'set'")
-    if not isinstance(identity or set_name, str) or not (identity or set_name):
+    identity, set_name = body.get("identity"), body.get("set")
+    chosen_value = identity if "identity" in body else set_name
+    if not isinstance(chosen_value, str) or not chosen_value:
         raise _BadRequest("'identity' and 'set' are non-empty strings")
     reason = body.get("reason", "disconnected by an administrator")
     if not isinstance(reason, str):
@@ -605,6 +635,22 @@ async def _disconnect_devices(request: web.Request) -> web.Response:
     return _json({"disconnected": count})
 
 
+def _log_time(query: Mapping[str, str], name: str) -> str | None:
+    """A time filter of the event log, checked, in the log's own format (UTC, ``Z``).
+
+    The log compares times as strings; a value that is not a time used to be compared
+    all the same (and matched nothing, or everything) instead of being refused.
+    """
+    raw = query.get(name)
+    if raw is None:
+        return None
+    when = _parse_time(raw, name)
+    if when is None:
+        raise _BadRequest(f"query parameter {name}=: expected an ISO-8601 time")
+    utc = when.astimezone(UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
 async def _events(request: web.Request) -> web.Response:
     q = request.query
     events = request.app[EVENTS_KEY].query(
@@ -612,8 +658,8 @@ async def _events(request: web.Request) -> web.Response:
         kind=q.get("kind") or None,
         outcome=q.get("outcome") or None,
         identity=q.get("identity") or None,
-        after_time=q.get("after") or None,
-        before_time=q.get("before") or None,
+        after_time=_log_time(q, "after"),
+        before_time=_log_time(q, "before"),
         limit=_int(q.get("limit"), "limit", minimum=1),
     )
     return _json({"events": events, "last_id": request.app[EVENTS_KEY].last_id})

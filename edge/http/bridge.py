@@ -20,6 +20,10 @@ Handlers find the device behind a request with :func:`session_of`, which reads
 the registry the bridge keeps per connection (the TLS transport's
 ``edgesim.session`` extra is used when the registry has none).
 
+A handler may switch its connection to another protocol with :func:`take_over`
+(a WebSocket upgrade on any request of a keep-alive connection): from then on
+the transport's callbacks go to that protocol, and aiohttp sees no more bytes.
+
 Errors (the root of the device side of :mod:`edge.http` is defined here,
 because :mod:`edge.http.device` builds on this module)::
 
@@ -42,10 +46,20 @@ from aiohttp.web_protocol import RequestHandler
 
 from edge.core.session import SessionInfo
 
-__all__ = ["SESSIONS", "AiohttpBridge", "BridgeError", "HttpEdgeError", "session_of"]
+__all__ = [
+    "CONNECTIONS",
+    "SESSIONS",
+    "AiohttpBridge",
+    "BridgeError",
+    "HttpEdgeError",
+    "session_of",
+    "take_over",
+]
 
 #: Per-connection sessions of one application: aiohttp's connection protocol -> session.
 SESSIONS = web.AppKey("edgesim_sessions", dict[RequestHandler, SessionInfo])
+#: aiohttp's connection protocol -> the bridge's wrapper of it (for :func:`take_over`).
+CONNECTIONS: web.AppKey[dict[RequestHandler, _SessionHandler]] = web.AppKey("edgesim_connections")
 
 
 class HttpEdgeError(Exception):
@@ -74,6 +88,7 @@ class AiohttpBridge:
     ) -> None:
         self._app = app
         app[SESSIONS] = {}
+        app[CONNECTIONS] = {}
         self._runner = web.AppRunner(
             app,
             handler_cancellation=True,
@@ -117,42 +132,122 @@ class AiohttpBridge:
         if self._server is None:
             raise BridgeError("the HTTP bridge is not started (await start() first)")
         handler = self._server()
-        return _SessionHandler(handler, session, self._app[SESSIONS])
+        return _SessionHandler(handler, session, self._app[SESSIONS], self._app[CONNECTIONS])
+
+
+class _TailForwarder:
+    """Takes the bytes aiohttp read past an upgrade request's head (aiohttp's
+    ``set_parser`` hands them over), for the protocol that took the connection."""
+
+    def __init__(self, protocol: asyncio.Protocol) -> None:
+        self._protocol = protocol
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        self._protocol.data_received(data)
+        return False, b""
+
+    def feed_eof(self) -> None:
+        """The end of the connection reaches the protocol through connection_lost."""
 
 
 class _SessionHandler(asyncio.Protocol):
-    """aiohttp's ``RequestHandler`` plus the session registry entry of its connection."""
+    """aiohttp's ``RequestHandler`` plus the session registry entry of its connection.
+
+    After :meth:`switch`, the transport's callbacks go to the new protocol; aiohttp
+    only hears of the connection's end (its handler task is then cancelled).
+    """
 
     def __init__(
         self,
         handler: RequestHandler,
         session: SessionInfo,
         registry: dict[RequestHandler, SessionInfo],
+        connections: dict[RequestHandler, _SessionHandler],
     ) -> None:
         self._handler = handler
         self._session = session
         self._registry = registry
+        self._connections = connections
+        self._transport: asyncio.Transport | None = None
+        self._switched: asyncio.Protocol | None = None
+        self._ended: asyncio.Future[None] | None = None
+        self._paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
         self._registry[self._handler] = self._session
+        self._connections[self._handler] = self
         self._handler.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        self._handler.data_received(data)
+        if self._switched is not None:
+            self._switched.data_received(data)
+        else:
+            self._handler.data_received(data)
 
     def eof_received(self) -> bool | None:
+        if self._switched is not None:
+            return self._switched.eof_received()
         self._handler.eof_received()
         return None
 
     def pause_writing(self) -> None:
-        self._handler.pause_writing()
+        self._paused = True
+        if self._switched is not None:
+            self._switched.pause_writing()
+        else:
+            self._handler.pause_writing()
 
     def resume_writing(self) -> None:
-        self._handler.resume_writing()
+        self._paused = False
+        if self._switched is not None:
+            self._switched.resume_writing()
+        else:
+            self._handler.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._registry.pop(self._handler, None)
+        self._connections.pop(self._handler, None)
         self._handler.connection_lost(exc)
+        if self._switched is not None:
+            self._switched.connection_lost(exc)
+        if self._ended is not None and not self._ended.done():
+            self._ended.set_result(None)
+
+    def switch(self, protocol: asyncio.Protocol, head: bytes) -> asyncio.Future[None]:
+        """Give the connection to ``protocol``, first feeding it ``head`` (see :func:`take_over`)."""
+        if self._switched is not None or self._transport is None:
+            raise BridgeError("this connection was already handed over, or is closed")
+        self._switched = protocol
+        self._ended = asyncio.get_running_loop().create_future()
+        protocol.connection_made(self._transport)
+        if self._paused:
+            protocol.pause_writing()
+        protocol.data_received(head)
+        # A client that did not wait for the answer may have sent more: aiohttp holds
+        # those bytes after an upgrade request and gives them to a parser set here.
+        self._handler.set_parser(_TailForwarder(protocol))  # type: ignore[arg-type]
+        return self._ended
+
+
+def take_over(
+    request: web.BaseRequest, protocol: asyncio.Protocol, head: bytes
+) -> asyncio.Future[None]:
+    """Switch the connection of ``request`` to ``protocol``, fed ``head`` first.
+
+    For a protocol switch on a later request of a keep-alive connection (a
+    WebSocket upgrade): ``head`` is the request head as the new protocol should
+    read it. The handler must then await the returned future, which is done when
+    the connection ends, and not answer the request itself (aiohttp cancels the
+    handler at that end). Raises :class:`BridgeError` for a request that did not
+    come through the bridge.
+    """
+    connections = request.app[CONNECTIONS] if isinstance(request, web.Request) else {}
+    connection = connections.get(request.protocol)
+    if connection is None:
+        raise BridgeError("request did not come through the bridge")
+    return connection.switch(protocol, head)
 
 
 def session_of(request: web.BaseRequest) -> SessionInfo:

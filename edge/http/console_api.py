@@ -38,7 +38,9 @@ from prometheus_client.registry import CollectorRegistry
 
 from edge.core.events import Event, EventLog
 from edge.core.router import Message
+from edge.core.topics import valid_name
 from edge.http.metrics_export import protocol_of, registry_for
+from edge.ws.jsonproto import MAX_TOPIC_BYTES
 
 __all__ = [
     "CONSOLE_FILES",
@@ -312,11 +314,15 @@ async def _publish(request: web.Request) -> web.Response:
     payload = body.get("payload", "")
     qos = body.get("qos", 0)
     retain = body.get("retain", False)
-    if not isinstance(topic, str) or not topic or "+" in topic or "#" in topic:
-        raise web.HTTPBadRequest(reason="topic must be a topic name (no wildcards)")
-    if not isinstance(payload, str):
+    if not isinstance(topic, str) or not valid_name(topic) or not _utf8(topic):
+        raise web.HTTPBadRequest(reason="topic must be a topic name (no wildcards, no NUL)")
+    if len(topic.encode("utf-8")) > MAX_TOPIC_BYTES:
+        raise web.HTTPBadRequest(reason=f"topic must be at most {MAX_TOPIC_BYTES} bytes of UTF-8")
+    if not isinstance(payload, str) or not _utf8(payload):
         raise web.HTTPBadRequest(reason="payload must be a string (sent as UTF-8)")
-    if qos not in (0, 1, 2) or not isinstance(retain, bool):
+    if isinstance(qos, float) and qos.is_integer():
+        qos = int(qos)  # 1.0 is the integer 1 in JSON Schema
+    if isinstance(qos, bool) or qos not in (0, 1, 2) or not isinstance(retain, bool):
         raise web.HTTPBadRequest(reason="qos must be 0, 1 or 2, retain a boolean")
     message = Message(
         topic,
@@ -329,6 +335,15 @@ async def _publish(request: web.Request) -> web.Response:
     )
     result = edge.core.publish(message, None)
     return _json({"ok": result.allowed, "delivered": result.delivered, "reason": result.reason})
+
+
+def _utf8(text: str) -> bool:
+    """False for text UTF-8 cannot carry (JSON may hold lone surrogates like \\ud800)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class _Watcher:

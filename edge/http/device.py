@@ -37,7 +37,9 @@ over the limit. Every refused request is an ``http.request`` event with
 WebSocket upgrades to ``/mqtt`` (MQTT over WebSocket, subprotocol ``mqtt``) and
 ``/ws`` (the JSON protocol of :mod:`edge.ws.jsonproto`) are recognised from the
 first request head of a connection and handed to :mod:`edge.ws`; everything
-else goes to aiohttp through :mod:`edge.http.bridge`.
+else goes to aiohttp through :mod:`edge.http.bridge`. An upgrade on a later
+request of a keep-alive connection reaches aiohttp, whose first middleware hands
+the connection to :mod:`edge.ws` the same way (:func:`edge.http.bridge.take_over`).
 
 Errors (the root, ``HttpEdgeError``, is in :mod:`edge.http.bridge`)::
 
@@ -67,7 +69,7 @@ from edge.core.events import EventLog
 from edge.core.hub import EdgeCore
 from edge.core.router import Message, Metadata
 from edge.core.session import SessionInfo
-from edge.http.bridge import AiohttpBridge, BridgeError, HttpEdgeError, session_of
+from edge.http.bridge import AiohttpBridge, BridgeError, HttpEdgeError, session_of, take_over
 from edge.ws.coreops import check_read, publish_bytes
 from edge.ws.endpoint import WebSocketConnection, WsRoute, WsSender
 from edge.ws.jsonapp import JsonWsApp
@@ -143,6 +145,11 @@ CORE = web.AppKey("edgesim_core", EdgeCore)
 EVENTS = web.AppKey("edgesim_events", EventLog)
 CONFIG = web.AppKey("edgesim_device_config", DeviceApiConfig)
 STREAMS: web.AppKey[set[SseSubscriber]] = web.AppKey("edgesim_sse_streams")
+#: ``connect(session) -> WebSocketConnection``: set by :class:`DeviceFrontend` so that an
+#: upgrade on a later request of a keep-alive connection is served like a first one.
+WS_CONNECT: web.AppKey[Callable[[SessionInfo], WebSocketConnection]] = web.AppKey(
+    "edgesim_ws_connect"
+)
 
 _message_ids = itertools.count(1)
 
@@ -151,7 +158,7 @@ def build_device_app(
     core: EdgeCore, events: EventLog, config: DeviceApiConfig | None = None
 ) -> web.Application:
     """Build the device HTTP API as an aiohttp application (see the module docstring)."""
-    app = web.Application(middlewares=[_problem_middleware])
+    app = web.Application(middlewares=[_websocket_middleware, _problem_middleware])
     app[CORE] = core
     app[EVENTS] = events
     app[CONFIG] = config or DeviceApiConfig()
@@ -166,6 +173,32 @@ def build_device_app(
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def _websocket_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A WebSocket upgrade on a later request of a connection: hand it to edge.ws.
+
+    The first request of a connection never gets here when it is an upgrade
+    (:class:`DeviceConnection` sees it first). Any path goes, as there: the
+    WebSocket layer answers 404 for one it does not serve.
+    """
+    connect = request.app.get(WS_CONNECT)
+    if connect is None or not _is_websocket_upgrade(_request_head(request)):
+        return await handler(request)
+    connection = connect(session_of(request))
+    # Done when the connection ends; aiohttp cancels this handler then, and the
+    # WebSocket layer has written every byte of the answer itself.
+    await take_over(request, connection, _request_head(request))
+    raise ConnectionResetError("the WebSocket connection ended")
+
+
+def _request_head(request: web.BaseRequest) -> bytes:
+    """The request head as it came (method, target, headers in their order and case)."""
+    version = request.version
+    lines = [f"{request.method} {request.raw_path} HTTP/{version.major}.{version.minor}".encode()]
+    lines.extend(name + b": " + value for name, value in request.raw_headers)
+    return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
 @web.middleware
@@ -380,11 +413,11 @@ _META_HEADERS = (
 
 
 async def _upgrade_required(request: web.Request) -> web.Response:
-    """``/mqtt`` and ``/ws`` without a WebSocket upgrade on a fresh connection."""
+    """``/mqtt`` and ``/ws`` without a WebSocket upgrade."""
     raise Problem(
         426,
         "Upgrade required",
-        f"{request.path} is a WebSocket endpoint: open a new connection with Upgrade: websocket",
+        f"{request.path} is a WebSocket endpoint: send Upgrade: websocket and Connection: Upgrade",
     )
 
 
@@ -676,6 +709,7 @@ class DeviceFrontend:
         self.events = events
         self.config = config or DeviceApiConfig()
         self.app = build_device_app(core, events, self.config)
+        self.app[WS_CONNECT] = self.websocket_connection
         self.bridge = AiohttpBridge(
             self.app,
             shutdown_timeout=self.config.shutdown_timeout,
@@ -718,6 +752,17 @@ class DeviceFrontend:
         return DeviceConnection(self, session)
 
     __call__ = protocol_factory
+
+    def add_ws_route(self, path: str, route: WsRoute) -> None:
+        """Serve ``route`` at ``path`` too (tests: the Autobahn echo; embedders: their apps).
+
+        Refuses the paths the edge serves itself, so ``/mqtt`` and ``/ws`` stay theirs.
+        """
+        if not path.startswith("/"):
+            raise ValueError(f"a WebSocket path starts with '/', got {path!r}")
+        if path in self._routes or path in ("/mqtt", "/ws"):
+            raise ValueError(f"the WebSocket path {path} is taken")
+        self._routes[path] = route
 
     def websocket_connection(self, session: SessionInfo) -> WebSocketConnection:
         """A WebSocket connection serving this frontend's paths."""

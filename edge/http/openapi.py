@@ -27,12 +27,25 @@ def _errors(*codes: str) -> dict[str, Any]:
     return {code: _PROBLEM for code in ("401", *codes)}
 
 
-_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+#: Largest integer a parameter may hold (SQLite's INTEGER; edge.http.admin.MAX_INT).
+_MAX_INT = 2**63 - 1
+#: Set and server certificate names (edge.trust.validate, edge.trust.servercerts).
+_NAME_SCHEMA = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"}
+#: PEM text: anything with a non-blank character (whether it is PEM is the server's 422).
+_PEM = {"type": "string", "pattern": "\\S", "description": "PEM"}
+_NAME = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "schema": _NAME_SCHEMA,
+    "example": "default",
+}
 _VERSION = {
     "name": "version",
     "in": "path",
     "required": True,
-    "schema": {"type": "integer", "minimum": 1},
+    "schema": {"type": "integer", "minimum": 1, "maximum": _MAX_INT},
+    "example": 1,
 }
 _HOST = {
     "name": "host",
@@ -40,6 +53,7 @@ _HOST = {
     "required": True,
     "description": "a hostname, a wildcard like *.example.com, or * for the default binding",
     "schema": {"type": "string"},
+    "example": "*",
 }
 _ACTIVATE = {
     "name": "activate",
@@ -68,7 +82,9 @@ _FILE_BODY = {
         "multipart/form-data": {
             "schema": {
                 "type": "object",
+                "required": ["file"],
                 "properties": {"file": {"type": "string", "format": "binary"}},
+                "additionalProperties": False,
             }
         },
     },
@@ -117,7 +133,7 @@ _DOCUMENT: dict[str, Any] = {
             "post": {
                 **_UPLOAD,
                 "parameters": [
-                    {"name": "name", "in": "query", "required": True, "schema": {"type": "string"}},
+                    {"name": "name", "in": "query", "required": True, "schema": _NAME_SCHEMA},
                     _ACTIVATE,
                     _SHA1,
                     _FILENAME,
@@ -150,7 +166,8 @@ _DOCUMENT: dict[str, Any] = {
                                 "type": "object",
                                 "required": ["disconnect_on_revoke"],
                                 "properties": {"disconnect_on_revoke": {"type": "boolean"}},
-                            }
+                            },
+                            "example": {"disconnect_on_revoke": False},
                         }
                     },
                 },
@@ -236,9 +253,13 @@ _DOCUMENT: dict[str, Any] = {
                                 "type": "object",
                                 "required": ["certificate"],
                                 "properties": {
-                                    "certificate": {"type": "string", "description": "PEM"},
+                                    "certificate": _PEM,
                                     "chain": {"type": "string", "description": "PEM"},
-                                    "version": {"type": "integer", "minimum": 1},
+                                    "version": {
+                                        "type": "integer",
+                                        "minimum": 1,
+                                        "maximum": _MAX_INT,
+                                    },
                                     "at": {"type": "string", "format": "date-time"},
                                 },
                             }
@@ -276,8 +297,9 @@ _DOCUMENT: dict[str, Any] = {
                             "schema": {
                                 "type": "object",
                                 "required": ["set"],
-                                "properties": {"set": {"type": "string"}},
-                            }
+                                "properties": {"set": _NAME_SCHEMA},
+                            },
+                            "example": {"set": "default"},
                         }
                     },
                 },
@@ -304,12 +326,15 @@ _DOCUMENT: dict[str, Any] = {
                         "application/json": {
                             "schema": {
                                 "type": "object",
+                                "description": "exactly one of identity and set",
+                                "oneOf": [{"required": ["identity"]}, {"required": ["set"]}],
                                 "properties": {
-                                    "identity": {"type": "string"},
-                                    "set": {"type": "string"},
+                                    "identity": {"type": "string", "minLength": 1},
+                                    "set": {"type": "string", "minLength": 1},
                                     "reason": {"type": "string"},
                                 },
-                            }
+                            },
+                            "example": {"set": "default", "reason": "maintenance"},
                         }
                     },
                 },
@@ -327,13 +352,13 @@ _DOCUMENT: dict[str, Any] = {
                 "parameters": [
                     {"name": n, "in": "query", "schema": s}
                     for n, s in (
-                        ("since", {"type": "integer", "minimum": 0}),
+                        ("since", {"type": "integer", "minimum": 0, "maximum": _MAX_INT}),
                         ("kind", {"type": "string"}),
                         ("outcome", {"type": "string"}),
                         ("identity", {"type": "string"}),
                         ("after", {"type": "string", "format": "date-time"}),
                         ("before", {"type": "string", "format": "date-time"}),
-                        ("limit", {"type": "integer", "minimum": 1}),
+                        ("limit", {"type": "integer", "minimum": 1, "maximum": _MAX_INT}),
                     )
                 ],
                 "responses": {
@@ -558,11 +583,11 @@ _CERT_PATHS: dict[str, Any] = {
                             "type": "object",
                             "required": ["certificate", "key"],
                             "properties": {
-                                "certificate": {"type": "string", "description": "PEM"},
-                                "key": {"type": "string", "description": "PEM, maybe encrypted"},
-                                "passphrase": {"type": "string"},
-                                "certificate_filename": {"type": "string"},
-                                "key_filename": {"type": "string"},
+                                "certificate": _PEM,
+                                "key": {**_PEM, "description": "PEM, maybe encrypted"},
+                                "passphrase": {"type": "string", "minLength": 1},
+                                "certificate_filename": {"type": "string", "minLength": 1},
+                                "key_filename": {"type": "string", "minLength": 1},
                             },
                         }
                     }
@@ -591,7 +616,7 @@ _CERT_PATHS: dict[str, Any] = {
                             "type": "object",
                             "properties": {
                                 "settings": _SETTINGS_SCHEMA,
-                                "version": {"type": "integer", "minimum": 1},
+                                "version": {"type": "integer", "minimum": 1, "maximum": _MAX_INT},
                                 "default": {"type": ["boolean", "null"]},
                             },
                         }
@@ -690,7 +715,11 @@ _CONSOLE_PATHS: dict[str, Any] = {
             "description": "Resumes after `since` or the Last-Event-ID header; a comment "
             "line every 15 s keeps idle streams open.",
             "parameters": [
-                {"name": "since", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                {
+                    "name": "since",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 0, "maximum": _MAX_INT},
+                },
                 *_FILTERS,
             ],
             "responses": {"200": _SSE, **_errors("400")},
@@ -743,12 +772,18 @@ _CONSOLE_PATHS: dict[str, Any] = {
                             "type": "object",
                             "required": ["topic"],
                             "properties": {
-                                "topic": {"type": "string"},
+                                "topic": {
+                                    "type": "string",
+                                    "description": "a topic name: no wildcards, no NUL",
+                                    "pattern": "^[^+#\\u0000]+$",
+                                    "maxLength": 65535,
+                                },
                                 "payload": {"type": "string", "description": "sent as UTF-8"},
                                 "qos": {"type": "integer", "enum": [0, 1, 2]},
                                 "retain": {"type": "boolean"},
                             },
-                        }
+                        },
+                        "example": {"topic": "demo/hello", "payload": "hi", "qos": 0},
                     }
                 },
             },

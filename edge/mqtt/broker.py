@@ -987,6 +987,7 @@ class MqttConnection:
         "origin",
         "parser",
         "problem_info",
+        "protocol_error",
         "protocol_level",
         "session",
         "should_close",
@@ -1010,6 +1011,9 @@ class MqttConnection:
         self._out_len = 0
         self.should_close = False
         self.close_reason = ""
+        #: True when the connection ends on a malformed packet or a protocol violation
+        #: (``/mqtt`` then closes its WebSocket with 1002, not 1000).
+        self.protocol_error = False
         self.connected = False
         self.client_id = ""
         self.protocol_level = 4
@@ -1070,6 +1074,7 @@ class MqttConnection:
 
     def _fail(self, exc: MqttError) -> None:
         """Close on a packet or protocol error, telling an MQTT 5 client the reason code."""
+        self.protocol_error = True
         code = exc.reason_code
         if self.broker.config.reason_codes == "mosquitto":
             code = mosquitto_code(exc.reason, code)

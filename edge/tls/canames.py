@@ -14,6 +14,9 @@ calls it, so a Python server sends none ("No client certificate CA names sent").
 :mod:`edge.tls.verifiedchain`, the read is proved first: a probe ``SSL`` made
 from the context must name the same ``SSL_CTX`` (``SSL_get_SSL_CTX``) before
 anything is written. It runs when a context is built, never during a handshake.
+
+:func:`set_groups_list` uses the same pointer for the other setting CPython 3.11
+lacks: the list of key exchange groups (the TLS profiles of :mod:`edge.tls.profiles`).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-__all__ = ["available", "client_ca_count", "set_client_ca_names"]
+__all__ = ["available", "client_ca_count", "set_client_ca_names", "set_groups_list"]
 
 _HEADER = object.__basicsize__
 _WORD = ctypes.sizeof(ctypes.c_void_p)
@@ -53,6 +56,9 @@ class _Lib:
         self.x509_free = lib.X509_free
         self.x509_free.restype = None
         self.x509_free.argtypes = [ctypes.c_void_p]
+        self.ctx_ctrl = lib.SSL_CTX_ctrl
+        self.ctx_ctrl.restype = ctypes.c_long
+        self.ctx_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
 
 
 _LIB: _Lib | None = None
@@ -80,7 +86,11 @@ def _word(address: int, index: int) -> int:
 def _ssl_ctx(lib: _Lib, context: ssl.SSLContext) -> int | None:
     """The ``SSL_CTX *`` of ``context``, or None when the object layout is not the expected one."""
     candidate = _word(id(context), 0)
-    probe = context.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=True)
+    if context.protocol == ssl.PROTOCOL_TLS_CLIENT:
+        # A client context (the tests' devices limit their groups this way too).
+        probe = context.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="probe.invalid")
+    else:
+        probe = context.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=True)
     raw = getattr(probe, "_sslobj", None)
     if type(raw) is not lib.socket_type:
         return None
@@ -136,3 +146,25 @@ def client_ca_count(context: ssl.SSLContext) -> int:
         return -1
     names = lib.get_client_ca_list(ctx_ptr)
     return int(lib.sk_num(names)) if names else 0
+
+
+#: ``SSL_CTRL_SET_GROUPS_LIST`` of ``ssl.h`` (``SSL_CTX_set1_groups_list`` is a macro over it).
+_SET_GROUPS_LIST = 92
+
+
+def set_groups_list(context: ssl.SSLContext, groups: str) -> bool:
+    """Limit the key exchange groups ``context`` accepts to ``groups`` (OpenSSL's list syntax).
+
+    Python 3.11's ``ssl`` can set one ECDH curve (``set_ecdh_curve``), not a list;
+    ``SSL_CTX_set1_groups_list`` sets the list. False when it cannot be called here;
+    a list OpenSSL rejects (an unknown name) raises ``ValueError``.
+    """
+    lib = _lib()
+    if lib is None:
+        return False
+    ctx_ptr = _ssl_ctx(lib, context)
+    if ctx_ptr is None:
+        return False
+    if lib.ctx_ctrl(ctx_ptr, _SET_GROUPS_LIST, 0, ctypes.c_char_p(groups.encode("ascii"))) != 1:
+        raise ValueError(f"OpenSSL rejected the groups list {groups!r}")
+    return True

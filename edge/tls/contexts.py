@@ -8,14 +8,14 @@ built with, new handshakes pick the new one.
 
 Each context: the edge's certificate chain and key, ``CERT_REQUIRED``, the set's
 CA certificates as the only trust anchors, the set's CRLs with
-``VERIFY_CRL_CHECK_LEAF`` when it has any, a minimum protocol version (TLS 1.2 by
-default), ``num_tickets`` (0 by default: a ticket costs server CPU on every full
-handshake and devices rarely resume), no TLS 1.2 renegotiation, ALPN, and an
-optional key log for Wireshark. The rest is OpenSSL 3.0's default, which is
-already the cheap choice for devices: X25519 first for key exchange, the server's
-suite order (AES-GCM, hardware-accelerated, before ChaCha20), no
-``VERIFY_X509_STRICT``. ``OP_IGNORE_UNEXPECTED_EOF`` is left off on purpose: a
-device that drops TCP without close_notify is reported as such.
+``VERIFY_CRL_CHECK_LEAF`` when it has any, the TLS profile's protocol versions,
+cipher suites, key exchange groups and suite order (:mod:`edge.tls.profiles`:
+Mozilla's modern, intermediate (the default) or old), ``num_tickets`` (0 by
+default: a ticket costs server CPU on every full handshake and devices rarely
+resume), no TLS 1.2 renegotiation, ALPN, and an optional key log for Wireshark.
+All of it is set once per context, so a handshake pays nothing for the profile.
+``VERIFY_X509_STRICT`` stays off. ``OP_IGNORE_UNEXPECTED_EOF`` is left off on
+purpose: a device that drops TCP without close_notify is reported as such.
 """
 
 from __future__ import annotations
@@ -25,12 +25,14 @@ import os
 import ssl
 import tempfile
 import threading
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from edge.tls.errors import TlsConfigError
+from edge.tls.profiles import DEFAULT_PROFILE, TlsProfile, apply_profile, get_profile
 
 __all__ = [
     "DEFAULT_ALPN",
@@ -127,14 +129,17 @@ class TlsSettings:
     cert_file: Path
     #: PEM file with the server private key.
     key_file: Path
-    minimum_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2
+    #: None: the profile's minimum (``[tls] profile``); a version may raise it, not lower it.
+    minimum_version: ssl.TLSVersion | None = None
     maximum_version: ssl.TLSVersion | None = None
     num_tickets: int = 0
     alpn: tuple[str, ...] = DEFAULT_ALPN
     #: SSLKEYLOGFILE-style file for decrypting captures; None disables it.
     keylog_file: Path | None = None
-    #: OpenSSL cipher string for TLS 1.2 (None keeps OpenSSL's default).
+    #: OpenSSL cipher string for TLS 1.2 (None: the profile's list).
     ciphers: str | None = None
+    #: One of :data:`edge.tls.profiles.PROFILES`: Mozilla's modern, intermediate or old.
+    profile: str = DEFAULT_PROFILE
 
 
 class ContextCache:
@@ -142,6 +147,14 @@ class ContextCache:
 
     def __init__(self, settings: TlsSettings) -> None:
         self.settings = settings
+        try:
+            self._profile: TlsProfile = get_profile(settings.profile)
+        except ValueError as exc:
+            raise TlsConfigError(str(exc)) from None
+        minimum = settings.minimum_version
+        if minimum is None or minimum < self._profile.minimum_version:
+            minimum = self._profile.minimum_version
+        self._minimum: ssl.TLSVersion = minimum
         self._contexts: dict[tuple[str, int, str], ssl.SSLContext] = {}
         # id(set object) -> (the object, its context); holding the object keeps the id valid.
         self._by_object: dict[int, tuple[TrustSetLike, ssl.SSLContext]] = {}
@@ -189,8 +202,7 @@ class ContextCache:
 
     def build(self, active: TrustSetLike) -> ssl.SSLContext:
         """Build a fresh server context for ``active`` (not cached)."""
-        s = self.settings
-        ctx = self._base(s.minimum_version)
+        ctx = self._base(self._minimum)
         self._load_chain(ctx)
         self._trust(ctx, active)
         self._finish(ctx)
@@ -199,15 +211,21 @@ class ContextCache:
     def _base(self, minimum: ssl.TLSVersion) -> ssl.SSLContext:
         s = self.settings
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.minimum_version = minimum
+        if minimum < ssl.TLSVersion.TLSv1_2:
+            # Only the old profile asks for TLS 1.0/1.1, knowingly: Python's
+            # DeprecationWarning says what its choice already says.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                ctx.minimum_version = minimum
+        else:
+            ctx.minimum_version = minimum
         if s.maximum_version is not None:
             ctx.maximum_version = s.maximum_version
         ctx.num_tickets = s.num_tickets
         # A device has no reason to renegotiate a TLS 1.2 session; refusing it
         # closes a CPU-exhaustion vector (TLS 1.3 has no renegotiation at all).
         ctx.options |= ssl.OP_NO_RENEGOTIATION
-        if s.ciphers:
-            ctx.set_ciphers(s.ciphers)
+        apply_profile(ctx, self._profile, s.ciphers)
         return ctx
 
     @staticmethod
@@ -265,8 +283,8 @@ class ContextCache:
         server = route.server
         assert server is not None
         settings = server.settings
-        minimum = ssl.TLSVersion.TLSv1_3 if settings.min_tls == "1.3" else ssl.TLSVersion.TLSv1_2
-        ctx = self._base(minimum)
+        minimum = ssl.TLSVersion.TLSv1_3 if settings.min_tls == "1.3" else self._minimum
+        ctx = self._base(max(minimum, self._minimum))
         _load_chain_pem(ctx, server.name, server.chain_pem, server.key_pem)
         active = route.active
         if settings.client_auth == "none" or active is None:

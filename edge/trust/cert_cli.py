@@ -499,7 +499,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--ca-cert", metavar="FILE", help="PEM: the issuing CA (then its chain)")
     p.add_argument("--ca-key", metavar="FILE", help="the issuing CA's key")
     p.add_argument("--passphrase-file", type=Path, help="passphrase of the CA key")
-    p.add_argument("--days", type=int, default=398, help="validity in days (default 398)")
+    p.add_argument(
+        "--days",
+        type=int,
+        default=366,
+        help="validity in days (default 366: Mozilla's limit for TLS server certificates)",
+    )
     p.add_argument("--key-type", default="ec256", help="ec256 (default), ec384, rsa2048...")
     verb("list", _cmd_list, "list server certificates with hostnames, deployment and expiry")
     p = verb("show", _cmd_show, "show one server certificate (never its key)")

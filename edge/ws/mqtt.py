@@ -7,10 +7,11 @@ adapter needs no framing of its own: every binary frame's data goes into the
 broker's sans-I/O connection (``edge.mqtt.broker.MqttConnection``), whatever
 the connection wants to send goes out as one binary message.
 
-A text frame is not MQTT: the connection closes with 1003. When the MQTT
-session ends (DISCONNECT, keep-alive expiry, a protocol error, a takeover) the WebSocket
-closes with 1000 and the broker's ``close_reason`` as the close reason (which
-also appears in the ``ws.closed`` event).
+A text frame is not MQTT: the connection closes with 1003. A malformed MQTT
+packet or a protocol violation closes it with 1002 (protocol error); any other
+end of the MQTT session (DISCONNECT, keep-alive expiry, a takeover) with 1000.
+Either way the broker's ``close_reason`` is the close reason (which also appears
+in the ``ws.closed`` event).
 """
 
 from __future__ import annotations
@@ -22,7 +23,12 @@ from typing import Protocol
 
 from edge.core.session import SessionInfo
 from edge.ws.endpoint import WsApp, WsSender
-from edge.ws.jsonproto import CLOSE_NORMAL, CLOSE_UNSUPPORTED_DATA, WsCloseError
+from edge.ws.jsonproto import (
+    CLOSE_NORMAL,
+    CLOSE_PROTOCOL_ERROR,
+    CLOSE_UNSUPPORTED_DATA,
+    WsCloseError,
+)
 
 __all__ = ["BrokerLike", "MqttConnectionLike", "MqttWsApp", "mqtt_ws_factory"]
 
@@ -33,6 +39,7 @@ class MqttConnectionLike(Protocol):
     wakeup: Callable[[], None] | None
     should_close: bool
     close_reason: str
+    protocol_error: bool
 
     def receive_data(self, data: bytes) -> None:
         """Feed bytes from the device."""
@@ -109,7 +116,11 @@ class MqttWsApp:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
-            self._sender.close(CLOSE_NORMAL, self._mqtt.close_reason or "MQTT session ended")
+            if self._mqtt.protocol_error:
+                reason = self._mqtt.close_reason or "malformed MQTT packet"
+                self._sender.close(CLOSE_PROTOCOL_ERROR, reason)
+            else:
+                self._sender.close(CLOSE_NORMAL, self._mqtt.close_reason or "MQTT session ended")
 
     def _tick(self) -> None:
         self._timer = None

@@ -178,6 +178,54 @@ async def test_multipart_with_two_files_is_a_bad_request(admin: Admin) -> None:
     assert "exactly one file, this one holds 2" in body["detail"]
 
 
+async def test_what_schemathesis_found_is_a_bad_request_not_a_server_error(
+    admin: Admin,
+) -> None:
+    await call(admin, "POST", "/v1/sets?name=fleet", expect=201, data=root().cert_pem)
+    # A version beyond SQLite's INTEGER made the store raise OverflowError (500).
+    body = await call(
+        admin, "POST", "/v1/sets/fleet/versions/16660361549837508608/activate", expect=400
+    )
+    assert "must be at most 9223372036854775807" in body["detail"]
+    # A multipart part header aiohttp cannot parse raised out of the handler (500).
+    raw = (
+        b'--b\r\nContent-Disposition: form-data; name="\x07"\r\n\r\nx\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.pem"\r\n\r\n'
+        + root().cert_pem
+        + b"\r\n--b--\r\n"
+    )
+    headers = {"Content-Type": "multipart/form-data; boundary=b"}
+    body = await call(
+        admin, "POST", "/v1/sets/fleet/versions", expect=400, data=raw, headers=headers
+    )
+    assert "the multipart body is malformed" in body["detail"]
+    # A form field beside the file was silently ignored: invalid input accepted.
+    form = aiohttp.FormData()
+    form.add_field("note", "ignored?")
+    form.add_field("file", root().cert_pem, filename="a.pem")
+    body = await call(admin, "POST", "/v1/sets/fleet/versions", expect=400, data=form)
+    assert "part 'note' is not a file" in body["detail"]
+    # Query values outside their schema were taken as absent, or guessed at.
+    for query, detail in (
+        ("before=", "before=: expected an ISO-8601 time"),
+        ("after=yesterday", "'after'='yesterday' is not an ISO-8601 time"),
+        ("since=", "since='': expected an integer"),
+    ):
+        body = await call(admin, "GET", f"/v1/events?{query}", expect=400)
+        assert detail in body["detail"], body
+    body = await call(admin, "POST", "/v1/sets?name=x&activate=1", expect=400, data=b"")
+    assert "activate='1': expected true or false" in body["detail"]
+    after = await call(admin, "GET", "/v1/events?after=2000-01-01T00:00:00Z", expect=200)
+    assert after["events"]
+    body = await call(
+        admin, "POST", "/v1/devices/disconnect", expect=400, json={"identity": None, "set": "a"}
+    )
+    assert "exactly one of 'identity'" in body["detail"]
+    # 1.0 is the integer 1 in JSON Schema (and so in the OpenAPI description).
+    check = {"certificate": root().cert_pem.decode(), "version": 1.0}
+    await call(admin, "POST", "/v1/sets/fleet/check", expect=200, json=check)
+
+
 async def test_refused_upload_is_a_problem_with_findings(admin: Admin) -> None:
     ca = root()
     device = ca.issue_device("device-1", now=NOW)

@@ -107,7 +107,7 @@ async def test_an_encrypted_key_with_its_passphrase(admin: Admin) -> None:
         ("/v1/certs/web", {"certificate": "x"}, 400, "'key' must be a non-empty string"),
         ("/v1/certs/none/deploy", {}, 404, "no server certificate named 'none'"),
         ("/v1/certs/web/deploy", {"settings": []}, 400, "'settings' must be a JSON object"),
-        ("/v1/certs/web/deploy", {"version": 0}, 400, "'version' must be a positive integer"),
+        ("/v1/certs/web/deploy", {"version": 0}, 400, "'version' must be an integer from 1 to"),
         ("/v1/certs/web/deploy", {"settings": {"set": "gone"}}, 404, "'gone'"),
         ("/v1/certs/web/deploy", {"settings": {"client_auth": "maybe"}}, 422, "refused"),
     ],

@@ -96,11 +96,30 @@ async def test_malformed_mqtt_closes_the_websocket_with_the_reason(harness: Modu
         with pytest.raises(ConnectionClosed) as info:
             await asyncio.wait_for(ws.recv(), 5)
         assert info.value.rcvd is not None
-        assert info.value.rcvd.code == 1000
+        assert info.value.rcvd.code == 1002  # protocol error, with the parser's reason
         assert "truncated" in info.value.rcvd.reason
         closed = await edge.events.wait_for(lambda e: e["kind"] == "ws.closed", timeout=5)
         assert closed["closed_by"] == "edge"
+        assert closed["code"] == 1002
         assert "truncated" in closed["reason"]
+
+
+async def test_a_clean_mqtt_disconnect_closes_the_websocket_with_1000(
+    harness: ModuleType,
+) -> None:
+    async with (
+        harness.EdgeHarness(mqtt=True) as edge,
+        connect(f"{edge.ws_url}/mqtt", subprotocols=["mqtt"]) as ws,  # type: ignore[list-item]
+    ):
+        await ws.send(encode(Connect(client_id="ws-clean", keepalive=30)))
+        assert (await asyncio.wait_for(ws.recv(), 5))[:1] == b"\x20"  # CONNACK
+        await ws.send(b"\xe0\x00")  # DISCONNECT
+        with pytest.raises(ConnectionClosed) as info:
+            await asyncio.wait_for(ws.recv(), 5)
+        assert info.value.rcvd is not None
+        assert info.value.rcvd.code == 1000
+        closed = await edge.events.wait_for(lambda e: e["kind"] == "ws.closed", timeout=5)
+        assert closed["code"] == 1000
 
 
 async def test_mqtt5_over_websocket_gets_reason_codes(harness: ModuleType) -> None:

@@ -6,6 +6,8 @@ import asyncio
 import base64
 import json
 import os
+import re
+import socket
 import struct
 from types import ModuleType
 from typing import Any
@@ -205,3 +207,67 @@ async def test_frontend_close_sends_1001(harness: ModuleType) -> None:
             assert info.value.rcvd.code == 1001
     finally:
         await edge.__aexit__(None, None, None)
+
+
+def keepalive_requests(port: int, count: int) -> socket.socket:
+    """A connection that has had ``count`` plain HTTP requests answered (kept alive)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    for _ in range(count):
+        sock.sendall(b"GET /topics/nothing/here HTTP/1.1\r\nHost: edge\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(4096)
+            assert chunk, "the edge closed the keep-alive connection"
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        found = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+        assert found is not None
+        while len(body) < int(found.group(1)):
+            body += sock.recv(4096)
+        assert head.startswith(b"HTTP/1.1 404"), head
+        assert not re.search(rb"(?im)^connection:\s*close", head)
+    return sock
+
+
+@pytest.mark.parametrize("earlier", [1, 3])
+async def test_upgrade_works_on_a_later_request_of_a_keep_alive_connection(
+    harness: ModuleType, earlier: int
+) -> None:
+    async with harness.EdgeHarness(mqtt=True) as edge:
+        sock = await asyncio.to_thread(keepalive_requests, edge.port, earlier)
+        async with connect(f"{edge.ws_url}/ws", sock=sock) as ws:
+            reply = await call(ws, {"op": "subscribe", "topic": "later/+", "id": 7})
+            assert reply == {"op": "ack", "id": 7, "granted_qos": 0}
+            edge.core.publish(Message("later/a", b"hi", 0), None)
+            message = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert (message["topic"], message["payload"]) == ("later/a", "hi")
+        closed = await edge.events.wait_for(lambda e: e["kind"] == "ws.closed", timeout=5)
+        assert closed["path"] == "/ws"
+        # /mqtt the same way: CONNECT -> CONNACK over the upgraded connection.
+        sock = await asyncio.to_thread(keepalive_requests, edge.port, earlier)
+        async with connect(
+            f"{edge.ws_url}/mqtt",
+            sock=sock,
+            subprotocols=["mqtt"],  # type: ignore[list-item]
+        ) as ws:
+            await ws.send(bytes.fromhex("101000044d5154540402003c000464657631"))
+            assert await asyncio.wait_for(ws.recv(), 5) == b"\x20\x02\x00\x00"
+
+
+async def test_later_upgrade_to_an_unknown_path_is_404_and_plain_get_is_426(
+    harness: ModuleType,
+) -> None:
+    async with harness.EdgeHarness() as edge:
+        sock = await asyncio.to_thread(keepalive_requests, edge.port, 1)
+        with pytest.raises(InvalidStatus) as info:
+            async with connect(f"{edge.ws_url}/nowhere", sock=sock):
+                pass
+        assert info.value.response.status_code == 404
+        refused = await edge.events.wait_for(lambda e: e["kind"] == "ws.refused", timeout=5)
+        assert refused["path"] == "/nowhere"
+        sock = await asyncio.to_thread(keepalive_requests, edge.port, 1)
+        with sock:
+            sock.sendall(b"GET /ws HTTP/1.1\r\nHost: edge\r\n\r\n")
+            answer = await asyncio.to_thread(sock.recv, 4096)
+        assert answer.startswith(b"HTTP/1.1 426")
+        assert b"Upgrade: websocket" in answer
