@@ -256,6 +256,10 @@ def _device(edge: Any, proto: Any) -> dict[str, Any]:
         "tls_version": info.tls_version,
         "connected_since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since)),
         "subscriptions": subscriptions,
+        "messages_in": info.messages_in,
+        "messages_out": info.messages_out,
+        "bytes_in": proto.bytes_in,
+        "bytes_out": proto.bytes_out,
         "certificate": cert.as_dict() if cert is not None else None,
     }
 

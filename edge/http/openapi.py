@@ -822,7 +822,11 @@ _DOCUMENT["components"]["schemas"]["Device"] = {
         "identity": {"type": "string"},
         "set": {"type": "string"},
         "version": {"type": "integer"},
-        "protocol": {"type": "string", "enum": ["mqtt", "http", "tls", "handshake"]},
+        "protocol": {
+            "type": "string",
+            "enum": ["mqtt", "http", "ws", "mqtt-ws", "tls", "handshake"],
+            "description": "ws: the /ws JSON protocol; mqtt-ws: MQTT over WebSocket (/mqtt)",
+        },
         "mqtt_protocol_level": {"type": ["integer", "null"]},
         "client_id": {"type": ["string", "null"]},
         "peer": {"type": "string"},
@@ -830,6 +834,17 @@ _DOCUMENT["components"]["schemas"]["Device"] = {
         "tls_version": {"type": "string"},
         "connected_since": {"type": "string", "format": "date-time"},
         "subscriptions": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "messages_in": {
+            "type": "integer",
+            "description": "messages the device published on this connection (allowed or not)",
+        },
+        "messages_out": {
+            "type": "integer",
+            "description": "messages handed to the device (MQTT PUBLISH packets sent, re-sends "
+            "included; /ws and SSE messages queued)",
+        },
+        "bytes_in": {"type": "integer", "description": "application bytes received (after TLS)"},
+        "bytes_out": {"type": "integer", "description": "application bytes sent (before TLS)"},
         "certificate": {"type": ["object", "null"]},
     },
 }
