@@ -684,13 +684,39 @@ _FILTERS = [
     for n in ("kind", "outcome", "identity")
 ]
 _CONSOLE_PATHS: dict[str, Any] = {
+    "/v1/whoami": {
+        "get": {
+            "summary": "How this request was authenticated: the console's login check",
+            "description": "With certificate login configured ([admin] client_ca), a "
+            "verified admin client certificate alone authenticates; otherwise the token.",
+            "responses": {
+                "200": _ok(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "admin": {
+                                "type": "string",
+                                "description": "'token', or 'certificate <subject>'",
+                            }
+                        },
+                    }
+                ),
+                **_errors("403"),
+            },
+        }
+    },
     "/v1/events/stream": {
         "get": {
             "summary": "New events as Server-Sent Events (data: one Event as JSON; id: its id)",
-            "description": "Resumes after `since` or the Last-Event-ID header; a comment "
-            "line every 15 s keeps idle streams open.",
+            "description": "Resumes after `since` or the Last-Event-ID header (`since=now`: "
+            "live events only); `kind` may list several kinds or prefixes, comma-separated "
+            "(`trust.,connection.closed`); a comment line every 15 s keeps idle streams open.",
             "parameters": [
-                {"name": "since", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                {
+                    "name": "since",
+                    "in": "query",
+                    "schema": {"oneOf": [{"type": "integer", "minimum": 0}, {"const": "now"}]},
+                },
                 *_FILTERS,
             ],
             "responses": {"200": _SSE, **_errors("400")},

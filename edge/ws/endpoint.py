@@ -134,6 +134,11 @@ class WebSocketConnection(asyncio.Protocol):
         self._writable = True
 
     @property
+    def app(self) -> WsApp | None:
+        """The application bound to the path (``None`` before the handshake)."""
+        return self._app
+
+    @property
     def protocol_name(self) -> str:
         """``mqtt-ws`` on the ``/mqtt`` path (MQTT over WebSocket), else ``ws``."""
         route = self._route

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from consolekit import start_admin_edge
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -233,3 +234,65 @@ def test_publish_and_watch_a_topic(console: Console, device: Any) -> None:
     assert page.locator("#messages-table b").count() == 0
     console.screenshot("topics")
     console.assert_no_errors()
+
+
+def test_login_with_an_admin_client_certificate(browser: Any, tmp_path: Path) -> None:
+    """No token: Chromium presents the admin certificate (Playwright's client_certificates)."""
+    edge = start_admin_edge(tmp_path)
+    admin = edge.ca.issue_device("admin-web")
+    (tmp_path / "admin-web.pem").write_bytes(admin.cert_pem)
+    (tmp_path / "admin-web.key").write_bytes(admin.key_pem())
+    try:
+        # The listener's certificate comes from a test CA Chromium does not know.
+        with_cert = browser.new_context(
+            ignore_https_errors=True,
+            client_certificates=[
+                {
+                    "origin": edge.base,
+                    "certPath": str(tmp_path / "admin-web.pem"),
+                    "keyPath": str(tmp_path / "admin-web.key"),
+                }
+            ],
+        )
+        with_cert.set_default_timeout(WAIT_MS)
+        try:
+            console = Console(with_cert.new_page(), edge)
+            page = console.page
+            page.goto(edge.base + "/ui")
+            # Logged in at once, as the certificate's subject, with no token anywhere.
+            sync_api.expect(page.locator("#edge-state")).to_have_text(
+                "logged in (certificate CN=admin-web)"
+            )
+            assert page.evaluate("sessionStorage.getItem('edgesim.token')") is None
+            for tab in ("handshakes", "devices", "sets", "topics"):
+                console.tab(tab)
+            # A state-changing call from the console passes the cross-site check.
+            page.fill("#pub-topic", "devices/x/cmd")
+            page.fill("#pub-payload", "hello")
+            page.click("#publish-form button[type=submit]")
+            sync_api.expect(page.locator("#pub-result")).to_have_text(
+                "published, delivered to 0 subscriber(s)"
+            )
+            console.assert_no_errors()
+        finally:
+            with_cert.close()
+        # Without the certificate: the login form, offering both ways; the token works.
+        without = browser.new_context(ignore_https_errors=True)
+        without.set_default_timeout(WAIT_MS)
+        try:
+            console = Console(without.new_page(), edge)
+            page = console.page
+            page.goto(edge.base + "/ui")
+            sync_api.expect(page.locator("#cert-login-row")).to_be_visible()
+            page.click("#cert-login")
+            sync_api.expect(page.locator("#login-error")).to_have_text(
+                "This browser presented no admin client certificate."
+            )
+            page.fill("#token", edge.token)
+            page.click("#login-form button")
+            sync_api.expect(page.locator("#edge-state")).to_have_text("logged in (token)")
+            console.assert_no_errors(401)  # the certificate probes, refused
+        finally:
+            without.close()
+    finally:
+        edge.handle.stop()

@@ -59,8 +59,10 @@ def test_every_protocol_counts_its_devices_messages(edge: Any, device: Any) -> N
     if http_row is not None:
         assert (http_row["messages_in"], http_row["messages_out"]) == (1, 0)
     assert set(listed) == {"mqtt", "mqtt-ws", "ws"}
+    assert listed["mqtt-ws"]["mqtt_protocol_level"] == 4  # MQTT over WebSocket is MQTT
     for protocol, row in listed.items():
         assert (row["messages_in"], row["messages_out"]) == (2, 2), (protocol, row)
+        assert row["subscriptions"] == {f"devices/{names[protocol]}/#": 0}, row
         assert row["bytes_in"] > 20, (protocol, row)
         assert row["bytes_out"] > 20, (protocol, row)
 
