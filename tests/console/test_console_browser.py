@@ -155,10 +155,20 @@ def test_a_refused_device_appears_live_with_its_reason(console: Console, device:
 def test_a_device_is_disconnected_from_the_console(console: Console, device: Any) -> None:
     dev = device("dev-d", protocol="mqtt")
     assert dev.subscribe("devices/dev-d/#").ok
-    device("dev-e", protocol="wss")
     console.tab("devices")
+    sync_api.expect(console.page.locator("#dev-live")).to_have_text("live")
+    # A device that connects while the page is open appears (the event stream says so).
+    device("dev-e", protocol="wss")
+    other = console.page.locator('#dev-table tr[data-identity="default/dev-e"]')
+    sync_api.expect(other).to_contain_text("mqtt-ws 3.1.1")  # MQTT over WebSocket
     row = console.page.locator('#dev-table tr[data-identity="default/dev-d"]')
     sync_api.expect(row).to_contain_text("devices/dev-d/#")
+    # Messages in and out: two published, their echoes delivered.
+    for n in range(2):
+        assert dev.publish(f"devices/dev-d/state{n}", b"on").ok
+        assert dev.receive(timeout=5).payload == b"on"
+    sync_api.expect(row.locator("td.messages-in")).to_have_text("2")
+    sync_api.expect(row.locator("td.messages-out")).to_have_text("2")
     console.screenshot("devices")
     row.locator("button.disconnect").click()
     sync_api.expect(row).to_have_count(0)
