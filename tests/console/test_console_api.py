@@ -127,6 +127,9 @@ async def test_devices_publish_and_topic_stream_on_a_running_edge(edge: Any, dev
         async with http.post(base + f"/v1/devices/{listed['connection_id']}/disconnect") as r:
             assert (await r.json())["ok"] is True
         await edge.wait_for_event_async(kind="connection.closed", identity="default/dev-api")
+        async with http.get(base + "/v1/events?kind=admin.disconnected") as r:
+            (done,) = (await r.json())["events"]
+        assert done["admin"] == "token"  # who did it (or "certificate CN=...")
         async with http.get(base + "/v1/devices") as r:
             assert (await r.json())["devices"] == []
 
