@@ -417,7 +417,7 @@ class EdgeServer:
             raise EdgeServerError(
                 f"cannot listen for admin on {where}: {exc.strerror or exc}"
             ) from None
-        self._cleanups.append(runner.cleanup)
+        self._cleanups.append(lambda: admin.stop_admin(runner))
         self.ports["admin"] = port
 
     # -- threads ---------------------------------------------------------------

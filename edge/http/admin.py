@@ -73,6 +73,7 @@ __all__ = [
     "make_admin_app",
     "problem",
     "start_admin",
+    "stop_admin",
 ]
 
 TRUST_KEY = web.AppKey("trust", TrustService)
@@ -799,3 +800,20 @@ async def start_admin(
         raise
     bound = runner.addresses[0][1]
     return runner, int(bound)
+
+
+async def stop_admin(runner: web.AppRunner) -> None:
+    """Stop a listener :func:`start_admin` started, leaving no connection open.
+
+    ``runner.cleanup()`` ends requests and closes connections, but over TLS a
+    close waits for the client's close_notify (up to 30 s), and a browser keeping
+    its connection does not send one: the event loop would then close under a
+    live socket. What is still open after the cleanup is aborted.
+    """
+    server = runner.server
+    handlers = list(server.connections) if server is not None else []
+    await runner.cleanup()
+    for handler in handlers:
+        transport = handler.transport
+        if transport is not None:
+            transport.abort()
