@@ -252,6 +252,10 @@ def test_login_with_an_admin_client_certificate(browser: Any, tmp_path: Path) ->
     admin = edge.ca.issue_device("admin-web")
     (tmp_path / "admin-web.pem").write_bytes(admin.cert_pem)
     (tmp_path / "admin-web.key").write_bytes(admin.key_pem())
+    # A browser of its own, closed before the edge stops: a browser keeps
+    # connections open after its pages close, and the edge's loop must not end
+    # under them (the module's browser lives until the module ends).
+    browser = browser.browser_type.launch(executable_path=CHROMIUM, args=ARGS, timeout=60_000)
     try:
         # The listener's certificate comes from a test CA Chromium does not know.
         with_cert = browser.new_context(
@@ -305,4 +309,5 @@ def test_login_with_an_admin_client_certificate(browser: Any, tmp_path: Path) ->
         finally:
             without.close()
     finally:
+        browser.close()
         edge.handle.stop()
