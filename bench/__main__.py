@@ -19,6 +19,8 @@ MODULES = (
     "pkicheck",
     "trust",
     "broker",
+    "persistence",
+    "durability",
     "mqtt_core",
     "http_ws",
     "flood",

@@ -159,9 +159,12 @@ async def _drive(
     capture: str,
     server_certs: int = 0,
     ca_names: bool = False,
+    persistence: str = "on",
 ) -> None:
     with tempfile.TemporaryDirectory(prefix="edgesim-cost-") as tmp:
-        await _drive_in(Path(tmp), connects, warmup, server, capture, server_certs, ca_names)
+        await _drive_in(
+            Path(tmp), connects, warmup, server, capture, server_certs, ca_names, persistence
+        )
 
 
 def _deploy_server_certs(store_path: Path, pki: Path, count: int, ca_names: bool) -> str:
@@ -187,6 +190,7 @@ async def _drive_in(
     capture: str,
     server_certs: int = 0,
     ca_names: bool = False,
+    persistence: str = "on",
 ) -> None:
     from dataclasses import replace
 
@@ -204,7 +208,7 @@ async def _drive_in(
     # The configuration `edgesim edge serve` builds, as the broker benchmark runs it.
     serve = ["edge", "serve", "--pki", str(pki), "--mqtt", "127.0.0.1:0", "--https", "off"]
     serve += ["--multi", "off", "--admin", "off", "--policy", "open"]
-    serve += ["--state-dir", str(work / "state")]
+    serve += ["--state-dir", str(work / "state"), "--persistence", persistence]
     config = build_config(build_parser().parse_args(serve))
     config = replace(config, tls=replace(config.tls, capture_tls13_certificates=capture != "off"))
     sni = "localhost"
@@ -353,6 +357,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="with --server-certs: send the set's CA names in the CertificateRequest",
     )
+    parser.add_argument(
+        "--persistence",
+        choices=("on", "off"),
+        default="on",
+        help="the edge's durable MQTT state (on by default; the connects are clean sessions)",
+    )
     args = parser.parse_args(argv)
     if os.environ.get(_MARK):
         asyncio.run(
@@ -363,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.capture,
                 args.server_certs,
                 args.ca_names,
+                args.persistence,
             )
         )
         return 0
@@ -397,7 +408,8 @@ def main(argv: list[str] | None = None) -> int:
             " with CA names" if args.ca_names else ""
         )
     print(
-        f"{args.server} (capture {args.capture}{certs}): {per:,.0f} instructions per connect "
+        f"{args.server} (capture {args.capture}{certs}, persistence {args.persistence}):"
+        f" {per:,.0f} instructions per connect "
         f"on the server side ({args.connects} connects after {args.warmup} of warm-up)"
     )
     return 0

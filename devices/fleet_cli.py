@@ -8,7 +8,10 @@ one did not (a fidelity failure: a faulty device accepted or refused for another
 reason, a healthy device refused or failed) or an input is bad, 2 on usage errors.
 
 ``merge`` adds the reports of ``--shard K/N`` runs into one (exactly: the HDR
-histograms travel encoded in the JSON).
+histograms travel encoded in the JSON). With ``--cluster nats://... --run ID`` the
+shards also publish their counters and reports on NATS, and ``watch`` follows them
+live and merges the reports the same way (:mod:`devices.fleetbus`, imported only
+then).
 
 Revoked devices: the fleet writes the CRL revoking them to
 ``WORK_DIR/revoked-crl.pem``; the edge must load it before the run (Mosquitto:
@@ -38,7 +41,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from certs.cliutil import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, CliError, emit, say
 from devices.faults import NEEDS_CA, FaultError, FaultMaker, parse_faults, select_faults
@@ -57,6 +60,9 @@ from devices.html import render_html
 from devices.progress import ProgressDisplay, Snapshot
 from devices.report import FleetReport, ReportError, load_report, merge_reports, summary_table
 from devices.scenario import ScenarioError, load_scenario
+
+if TYPE_CHECKING:
+    from devices.fleetbus import ShardPublisher
 
 #: Defaults applied after the scenario file and the command line.
 DEFAULTS: dict[str, Any] = {
@@ -153,12 +159,41 @@ def add_fleet_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) 
     dist.add_argument("--processes", type=int, help="local worker processes (default 1)")
     dist.add_argument("--shard", help="run part K of N of a fleet spread over machines: K/N")
     dist.add_argument("--loop", choices=("uvloop", "asyncio"), help="event loop (uvloop)")
+    dist.add_argument(
+        "--cluster",
+        metavar="NATS_URL",
+        help=(
+            "publish live counters and the final report on NATS (JetStream), for "
+            "`edgesim fleet watch` to merge: nats://HOST:4222; needs --run"
+        ),
+    )
+    dist.add_argument("--run", metavar="ID", help="the run id every shard of one fleet shares")
     out = run.add_argument_group("output")
     out.add_argument("--report", help="write the JSON report here")
     out.add_argument("--html", help="write the HTML report here")
     out.add_argument("--scenario", help="TOML file with these options (flags override it)")
     out.add_argument("--json", action="store_true", help="print the report as JSON")
     run.set_defaults(func=cmd_run)
+
+    watch = verbs.add_parser(
+        "watch",
+        help="follow the shards of a fleet on NATS and write the merged report",
+        description=(
+            "Show the live progress of every shard started with --cluster URL --run ID, "
+            "and once every shard K/N has sent its report, write the merged JSON and HTML "
+            "reports (what `fleet merge` makes of the shards' own reports). Exits 1 when "
+            "the merged run failed a check, or on timeout, naming the missing shards."
+        ),
+    )
+    watch.add_argument("--cluster", required=True, metavar="NATS_URL", help="nats://HOST:4222")
+    watch.add_argument("--run", required=True, metavar="ID", help="the shards' --run id")
+    watch.add_argument(
+        "--timeout", type=float, default=3600.0, help="seconds to wait for every shard (3600)"
+    )
+    watch.add_argument("--report", help="write the merged JSON report here")
+    watch.add_argument("--html", help="write the merged HTML report here")
+    watch.add_argument("--json", action="store_true", help="print the merged report as JSON")
+    watch.set_defaults(func=cmd_watch)
 
     merge = verbs.add_parser("merge", help="merge the reports of several shards")
     merge.add_argument("reports", nargs="+", help="JSON reports of `fleet run --shard`")
@@ -248,7 +283,9 @@ def _translated() -> Iterator[None]:
         raise
     except (FleetError, FaultError, ScenarioError, ReportError) as exc:
         text = str(exc)
-        usage = text.startswith(("--shard", "--ramp", "--devices", "--processes", "faults item"))
+        usage = text.startswith(
+            ("--shard", "--ramp", "--devices", "--processes", "faults item", "--run")
+        )
         raise CliError(text, EXIT_USAGE if usage else EXIT_CHECK_FAILED) from exc
 
 
@@ -304,6 +341,7 @@ def _run(args: argparse.Namespace) -> int:
     entries = load_manifest(pki.manifest)
     size = int(opts.get("devices") or len(entries))
     shard = Shard.parse(str(opts["shard"]))
+    _check_cluster(opts)
     ramp = parse_rate(opts["ramp"], "--ramp")
     hold = parse_duration(opts["duration"], "--duration") if opts.get("duration") else None
     msg_rate = parse_rate(opts["msg_rate"], "--msg-rate") if opts.get("msg_rate") else None
@@ -397,7 +435,13 @@ def _run(args: argparse.Namespace) -> int:
         schedule_end=(size - 1) / ramp,
         loop=str(opts["loop"]),
     )
-    report = _execute(job, processes)
+    publisher = _publisher(opts, shard)
+    try:
+        report = _execute(job, processes, publisher)
+    except BaseException:
+        if publisher is not None:
+            publisher.close()
+        raise
     for note in notes:
         report.note(note)
     revoked = report.fidelity.get("revoked")
@@ -418,8 +462,37 @@ def _run(args: argparse.Namespace) -> int:
         )
     doc = report.to_json()
     _write_outputs(doc, opts.get("report"), opts.get("html"))
+    if publisher is not None:
+        try:
+            chunks = publisher.final(doc)
+            say(
+                f"edgesim: shard {shard} report published on {publisher.url} "
+                f"(run {publisher.run}, {chunks} message(s))"
+            )
+            for error in publisher.errors:
+                say(f"edgesim: NATS: {error}")
+        finally:
+            publisher.close()
     emit(doc, as_json=bool(args.json), human=summary_table)
     return EXIT_OK if report.ok else EXIT_CHECK_FAILED
+
+
+def _check_cluster(opts: dict[str, Any]) -> None:
+    # Before any work: --cluster and --run go together.
+    if opts.get("run") and not opts.get("cluster"):
+        raise CliError("--run names a run on NATS: give --cluster nats://... too", EXIT_USAGE)
+    if opts.get("cluster") and not opts.get("run"):
+        raise CliError("--cluster needs --run ID (the same on every shard)", EXIT_USAGE)
+
+
+def _publisher(opts: dict[str, Any], shard: Shard) -> ShardPublisher | None:
+    """The NATS publisher for ``--cluster`` (imported only then: see devices.fleetbus)."""
+    url = opts.get("cluster")
+    if not url:
+        return None
+    from devices.fleetbus import ShardPublisher
+
+    return ShardPublisher(str(url), str(opts["run"]), shard)
 
 
 def _now(text: str | None) -> datetime:
@@ -432,13 +505,15 @@ def _now(text: str | None) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def _execute(job: FleetJob, processes: int) -> FleetReport:
+def _execute(job: FleetJob, processes: int, publisher: ShardPublisher | None = None) -> FleetReport:
     display = ProgressDisplay(sys.stderr)
     last: list[tuple[Snapshot, float]] = []
 
     def on_tick(snap: Snapshot, elapsed: float) -> None:
         last[:] = [(snap, elapsed)]
         display.update(snap, elapsed)
+        if publisher is not None:
+            publisher.progress(snap, elapsed)
 
     begin = time.monotonic()
     report = run_processes(job, processes, on_tick=on_tick)
@@ -460,6 +535,38 @@ def _write_outputs(doc: dict[str, Any], report: str | None, html: str | None) ->
 
 
 # -- merge --------------------------------------------------------------------------
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """``edgesim fleet watch``."""
+    import asyncio
+
+    from devices.fleetbus import watch
+
+    display = ProgressDisplay(sys.stderr)
+    shown: dict[int, str] = {}
+
+    def on_progress(total: Snapshot, elapsed: float, states: dict[int, str]) -> None:
+        for k, state in states.items():
+            if shown.get(k) != state:
+                shown[k] = state
+                say(f"edgesim: shard {k}: {state}")
+        display.update(total, elapsed)
+
+    with _translated():
+        result = asyncio.run(
+            watch(args.cluster, args.run, timeout=args.timeout, on_progress=on_progress)
+        )
+        reports = [
+            FleetReport.from_json(result.reports[k], source=f"shard {k}/{result.shards}")
+            for k in sorted(result.reports)
+        ]
+        merged = merge_reports(reports)
+        doc = merged.to_json()
+        say(f"edgesim: run {args.run}: all {result.shards} shard report(s) merged")
+        _write_outputs(doc, args.report, args.html)
+        emit(doc, as_json=bool(args.json), human=summary_table)
+        return EXIT_OK if merged.ok else EXIT_CHECK_FAILED
 
 
 def cmd_merge(args: argparse.Namespace) -> int:

@@ -44,6 +44,13 @@ An ``edge.toml`` (every key optional; relative paths are relative to the file)::
     [mqtt]                          # edge.mqtt.broker.MqttConfig's fields
     max_packet_size = 268435460
     connect_timeout = 10.0
+    queue_qos0_messages = false     # queue QoS 0 for offline persistent sessions
+
+    [persistence]                   # durable MQTT sessions, messages, retained
+    enabled = true
+    path = ""                       # default: next to the trust store, <store>.mqtt
+    synchronous = "full"            # full: fsync each batch; normal: survive kill -9 only
+    batch_delay = 0.0               # seconds to gather a batch (0: one loop iteration)
 
     [policy]                        # preset "open" or "default", or the policy table itself
     preset = "default"
@@ -85,6 +92,7 @@ __all__ = [
     "HttpConfig",
     "IdentityConfig",
     "ListenersConfig",
+    "PersistenceConfig",
     "TlsConfig",
     "TrustConfig",
     "load_config",
@@ -220,6 +228,20 @@ class TrustConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PersistenceConfig:
+    """Durable MQTT state (:mod:`edge.mqtt.sqlite_store`): what survives a restart or crash."""
+
+    enabled: bool = True
+    #: The SQLite file; ``None``: ``<trust store>.mqtt`` (one per edge, like the token).
+    path: Path | None = None
+    #: ``"full"``: each batch is fsynced before its acks; ``"normal"``: written to
+    #: the OS before its acks (survives ``kill -9``, not a power cut).
+    synchronous: str = "full"
+    #: Seconds the first change of a batch waits for more (0: one loop iteration).
+    batch_delay: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class EdgeConfig:
     """Everything ``EdgeServer`` needs."""
 
@@ -242,6 +264,8 @@ class EdgeConfig:
     metrics_auth: bool = True
     #: The admin listener's TLS and certificate login (the ``[admin]`` table).
     admin: AdminConfig = field(default_factory=AdminConfig)
+    #: Durable MQTT state (the ``[persistence]`` table).
+    persistence: PersistenceConfig = field(default_factory=PersistenceConfig)
 
     def with_overrides(self, **changes: Any) -> EdgeConfig:
         """Return a copy with top-level fields replaced."""
@@ -251,6 +275,12 @@ class EdgeConfig:
     def store_path(self) -> Path:
         """The trust store file."""
         return self.trust.store or self.state_dir / "trust.db"
+
+    @property
+    def mqtt_state_path(self) -> Path:
+        """The MQTT state file (``[persistence].path``, else ``<trust store>.mqtt``)."""
+        store = self.store_path
+        return self.persistence.path or store.with_name(store.name + ".mqtt")
 
 
 _KNOWN = {
@@ -267,9 +297,11 @@ _KNOWN = {
         "mqtt",
         "metrics",
         "admin",
+        "persistence",
     },
     "metrics": {"auth"},
     "admin": {"cert", "key", "client_ca", "client_cert"},
+    "persistence": {"enabled", "path", "synchronous", "batch_delay"},
     "listeners": {"mqtt", "https", "multi", "admin"},
     "tls": {
         "cert",
@@ -453,6 +485,28 @@ def config_from_dict(data: Mapping[str, Any], *, base: Path, source: str) -> Edg
             changes["mqtt"] = MqttConfig.from_dict(mqtt, where=f"{source} [mqtt]")
         except MqttConfigError as exc:
             raise EdgeConfigError(str(exc)) from None
+    persistence = data.get("persistence", {})
+    if persistence:
+        _check_keys(persistence, "persistence", source)
+        where = f"{source} [persistence]"
+        pc: dict[str, Any] = {}
+        if "enabled" in persistence:
+            pc["enabled"] = _get(persistence, "enabled", bool, where)
+        if "path" in persistence:
+            pc["path"] = _path(base, _get(persistence, "path", str, where))
+        if "synchronous" in persistence:
+            sync = _get(persistence, "synchronous", str, where)
+            if sync not in ("full", "normal"):
+                raise EdgeConfigError(
+                    f'{where}.synchronous: expected "full" or "normal", got {sync!r}'
+                )
+            pc["synchronous"] = sync
+        if "batch_delay" in persistence:
+            delay = float(_get(persistence, "batch_delay", (int, float), where))
+            if not 0 <= delay <= 1:
+                raise EdgeConfigError(f"{where}.batch_delay: must be 0 to 1 seconds, got {delay}")
+            pc["batch_delay"] = delay
+        changes["persistence"] = PersistenceConfig(**pc)
     metrics = data.get("metrics", {})
     if metrics:
         _check_keys(metrics, "metrics", source)

@@ -345,7 +345,18 @@ class EdgeServer:
         if wants_mqtt and "mqtt" not in self._extra_factories:
             from edge.mqtt.broker import MqttBroker
 
-            self.broker = MqttBroker(core, self.config.mqtt)
+            store = await self._start_mqtt_store()
+            self.broker = MqttBroker(core, self.config.mqtt, store=store)
+            if store is not None:
+                from edge.mqtt.sqlite_store import MqttStoreError
+
+                try:
+                    counts = await asyncio.to_thread(self.broker.restore)
+                except MqttStoreError as exc:
+                    raise EdgeServerError(str(exc)) from None
+                store.start(asyncio.get_running_loop())
+                log.info("MQTT state %s restored: %s", store.path, counts)
+                self.events.emit("mqtt.restored", "info", path=str(store.path), **counts)
             factories["mqtt"] = _mqtt_factory(self.broker)
             closer = getattr(self.broker, "close", None)
             if closer is not None:
@@ -371,6 +382,28 @@ class EdgeServer:
             factories["http"] = frontend
         factories.update(self._extra_factories)
         return factories
+
+    async def _start_mqtt_store(self) -> Any:
+        """Open the MQTT state file (None: persistence is off)."""
+        persistence = self.config.persistence
+        if not persistence.enabled:
+            return None
+        from edge.mqtt.sqlite_store import MqttStoreError, SqliteMqttStore
+
+        path = self.config.mqtt_state_path
+        try:
+            store = await asyncio.to_thread(
+                SqliteMqttStore,
+                path,
+                synchronous=persistence.synchronous,
+                batch_delay=persistence.batch_delay,
+            )
+        except MqttStoreError as exc:
+            raise EdgeServerError(str(exc)) from None
+        # Cleanups run last-in first-out: the store closes after the broker, so the
+        # broker's last changes (sessions going offline) are written.
+        self._cleanups.append(store.close)
+        return store
 
     async def _start_admin(self) -> None:
         where = self.config.listeners.admin

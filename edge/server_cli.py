@@ -73,6 +73,12 @@ def register(subparsers: Any) -> None:
         help="answer MQTT like a production broker: its limits, codes and CONNACK "
         "(edge.mqtt.profiles has the table and its sources)",
     )
+    serve.add_argument(
+        "--persistence",
+        metavar="on|off|PATH",
+        help="durable MQTT sessions, in-flight and queued messages and retained messages "
+        "(default on, in <trust store>.mqtt; PATH: that SQLite file; off: kept in memory only)",
+    )
     serve.add_argument("-v", "--verbose", action="store_true", help="log every event")
     serve.add_argument(
         "--log-format",
@@ -109,6 +115,14 @@ def build_config(args: argparse.Namespace) -> EdgeConfig:
         changes["ready_file"] = args.ready_file
     if args.no_uvloop:
         changes["use_uvloop"] = False
+    persistence = getattr(args, "persistence", None)
+    if persistence is not None:
+        if persistence in ("on", "off"):
+            changes["persistence"] = replace(cfg.persistence, enabled=persistence == "on")
+        elif persistence:
+            changes["persistence"] = replace(cfg.persistence, enabled=True, path=Path(persistence))
+        else:
+            raise CliError("--persistence: expected on, off or a file path", EXIT_USAGE)
     if getattr(args, "profile", None):
         changes["mqtt"] = apply_profile(cfg.mqtt, args.profile)
     return cfg.with_overrides(**changes)

@@ -26,6 +26,7 @@ subscribers are not affected.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -75,6 +76,10 @@ class Message:
     meta: Metadata | None = None
     #: The publishing subscriber's id when it is one (MQTT's No Local needs it).
     source: str = ""
+    #: The id a persistence store gave this message (0: not stored); set by the
+    #: store when a durable session first takes the message, so that a fan-out to
+    #: several durable sessions stores the message once.
+    store_id: int = 0
 
 
 SHARE_PREFIX = "$share/"
@@ -133,9 +138,12 @@ class Subscriber(Protocol):
 class Router:
     """Subscriptions and retained messages, shared by every protocol adapter."""
 
-    __slots__ = ("_fanout_cache", "_retained", "_shared", "_subscriptions", "_tree")
+    __slots__ = ("_fanout_cache", "_retained", "_shared", "_subscriptions", "_tree", "on_retain")
 
     def __init__(self) -> None:
+        #: Called with (topic, message or None) whenever the retained copy of a topic
+        #: is set or cleared; a persistence store records it (None: nobody listens).
+        self.on_retain: Callable[[str, Message | None], None] | None = None
         self._tree: TopicTree[str, tuple[Subscriber, int]] = TopicTree()
         self._subscriptions: dict[str, dict[str, int]] = {}
         self._retained: dict[str, Message] = {}
@@ -233,6 +241,8 @@ class Router:
             else:
                 # An empty retained payload clears the topic (and is still delivered).
                 self._retained.pop(message.topic, None)
+            if self.on_retain is not None:
+                self.on_retain(message.topic, message if message.payload else None)
         targets = self.subscribers_of(message.topic)
         mqos = message.qos
         delivered = 0
@@ -275,6 +285,10 @@ class Router:
         for message in found:
             subscriber.deliver(message, min(qos, message.qos), True)
         return len(found)
+
+    def restore_retained(self, message: Message) -> None:
+        """Put back a retained message from a persistence store, delivering nothing."""
+        self._retained[message.topic] = message
 
     @property
     def retained_count(self) -> int:

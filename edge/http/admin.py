@@ -119,6 +119,9 @@ def load_or_create_token(store_path: str | Path) -> tuple[str, bool]:
     if token:
         return token, False
     token = secrets.token_urlsafe(32)
+    while token.startswith("-"):
+        # A token that starts with '-' reads as an option in `--token T` (argparse).
+        token = secrets.token_urlsafe(32)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Created with 0600 from the start: no window where others could read it.

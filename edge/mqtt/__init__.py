@@ -14,6 +14,10 @@ connection's edge (the CONNACK, acknowledgements and PUBLISH encodings).
 :mod:`.profiles`       cloud profiles (aws-iot-core, mosquitto, emqx): limits,
                        codes and CONNACK of a production broker, with sources
 :mod:`.protocol`       ``MqttServerProtocol``: the asyncio adapter, any transport
+:mod:`.store`          durable state: the ``MqttStore`` interface the broker
+                       records changes through, ``MemoryStore``
+:mod:`.sqlite_store`   ``SqliteMqttStore``: the default store (SQLite, WAL,
+                       group commit; acks wait for the commit)
 :mod:`.errors`         the error tree below
 =====================  ==========================================================
 
@@ -23,7 +27,8 @@ Errors::
     ├── MalformedPacket       bytes that do not parse as MQTT                    0x81
     ├── ProtocolViolation     a packet the protocol forbids there                0x82
     │   └── PacketTooLarge    over the configured maximum, refused unbuffered    0x95
-    └── MqttConfigError       an invalid [mqtt] setting (also a ValueError)
+    ├── MqttConfigError       an invalid [mqtt] setting (also a ValueError)
+    └── MqttStoreError        the MQTT state file cannot be opened, locked or read
 
 The broker turns every packet error into a closed connection with a reason (an
 ``mqtt.disconnected`` event; an MQTT 5 client first gets a DISCONNECT, or a CONNACK,

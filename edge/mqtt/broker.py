@@ -41,7 +41,12 @@ Behaviour worth knowing:
   persistent session; beyond ``max_inflight`` messages wait in a queue of at most
   ``max_queued`` (then they are dropped and counted);
 - the ``$`` namespace belongs to the edge: devices' publications there are
-  acknowledged but not routed, and wills there are refused.
+  acknowledged but not routed, and wills there are refused;
+- with a store (:mod:`edge.mqtt.store`), persistent sessions, their subscriptions and
+  outbound messages, inbound QoS 2 messages awaiting PUBREL and retained messages are
+  recorded as they change, and PUBACK/PUBREC/PUBREL/PUBCOMP wait until the store has
+  committed what was recorded before them; without one (persistence off) none of
+  this runs: the hot paths test one attribute.
 
 Errors: every decoding or protocol error (:class:`~edge.mqtt.errors.MqttError`)
 closes the connection with ``close_reason`` naming it; nothing escapes
@@ -60,7 +65,7 @@ from typing import Any
 
 from edge.core.hub import EdgeCore
 from edge.core.router import Message, Metadata, split_shared
-from edge.core.session import SessionInfo
+from edge.core.session import DeviceIdentity, SessionInfo
 from edge.core.topics import matches
 from edge.mqtt.codec import (
     CONNACK_BAD_PROTOCOL_VERSION,
@@ -89,6 +94,7 @@ from edge.mqtt.codec import (
 from edge.mqtt.errors import MqttConfigError, MqttError, ProtocolViolation
 from edge.mqtt.profiles import apply_profile, mosquitto_code
 from edge.mqtt.properties import Properties
+from edge.mqtt.store import MqttStore, decode_meta, message_row
 
 __all__ = ["NEVER", "MqttBroker", "MqttConfig", "MqttConnection", "MqttSession"]
 
@@ -224,6 +230,10 @@ class MqttConfig:
     ``max_filters_per_subscribe``, ``max_payload`` bytes, ``max_publish_rate``
     PUBLISH per second and ``max_throughput`` bytes per second per connection;
     ``profile`` names the profile in effect (events carry it).
+
+    ``queue_qos0_messages`` (Mosquitto's option of that name, off by default):
+    QoS 0 messages for an offline persistent session are queued like QoS 1/2
+    ones (within ``max_queued``, and persisted with them) instead of dropped.
     """
 
     max_packet_size: int = 1 << 20
@@ -256,6 +266,7 @@ class MqttConfig:
     max_publish_rate: float | None = None
     max_throughput: float | None = None
     profile: str = ""
+    queue_qos0_messages: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_packet_size", "max_inflight", "max_write_buffer", "max_keepalive"):
@@ -343,6 +354,7 @@ _CONFIG_KINDS: dict[str, tuple[type, ...]] = {
     "max_publish_rate": (int, float),
     "max_throughput": (int, float),
     "profile": (str,),
+    "queue_qos0_messages": (bool,),
 }
 #: Keys whose value may be None (absent in TOML, or set by a profile).
 _OPTIONAL = frozenset(
@@ -365,10 +377,16 @@ _OPTIONAL = frozenset(
 class _Outgoing:
     """One outbound QoS 1/2 message in flight."""
 
-    __slots__ = ("message", "qos", "retain", "sent_at", "state", "sub_ids")
+    __slots__ = ("message", "qos", "retain", "sent_at", "seq", "state", "sub_ids")
 
     def __init__(
-        self, message: Message, qos: int, retain: bool, sent_at: float, sub_ids: tuple[int, ...]
+        self,
+        message: Message,
+        qos: int,
+        retain: bool,
+        sent_at: float,
+        sub_ids: tuple[int, ...],
+        seq: int = 0,
     ) -> None:
         self.message = message
         self.qos = qos
@@ -376,6 +394,8 @@ class _Outgoing:
         self.state = _AWAIT_ACK
         self.sent_at = sent_at
         self.sub_ids = sub_ids
+        #: The store's row of this entry (0: not stored).
+        self.seq = seq
 
 
 class _Incoming:
@@ -391,7 +411,7 @@ class _Incoming:
 
 #: The queue of every session that has queued nothing yet (never appended to:
 #: MqttSession.deliver gives a session its own deque first).
-_NO_QUEUE: deque[tuple[Message, int, bool, tuple[int, ...]]] = deque(maxlen=0)
+_NO_QUEUE: deque[tuple[Message, int, bool, tuple[int, ...], int]] = deque(maxlen=0)
 _NO_IDS: tuple[int, ...] = ()
 #: The 0xFFFFFFFF Session Expiry Interval: the session never expires.
 NEVER = 0xFFFFFFFF
@@ -409,6 +429,7 @@ class MqttSession:
         "clean",
         "client_id",
         "connection",
+        "durable",
         "expiry",
         "incoming_qos2",
         "inflight",
@@ -419,6 +440,7 @@ class MqttSession:
         "options5",
         "queue",
         "special5",
+        "stored",
         "subscriber_id",
     )
 
@@ -434,7 +456,8 @@ class MqttSession:
         self.inflight: dict[int, _Outgoing] = {}
         # Most sessions never queue: they share one empty deque until their first
         # offline message (an empty deque is about 600 bytes per connected device).
-        self.queue: deque[tuple[Message, int, bool, tuple[int, ...]]] = _NO_QUEUE
+        # Entries: (message, qos, retain, subscription ids, store seq or 0).
+        self.queue: deque[tuple[Message, int, bool, tuple[int, ...], int]] = _NO_QUEUE
         #: Seconds this session outlives its connection (MQTT 5's Session Expiry
         #: Interval); None: the broker's ``session_expiry`` (MQTT 3.1.1).
         self.expiry: float | None = None
@@ -449,6 +472,11 @@ class MqttSession:
         # and how often this connection re-sent it unchanged.
         self.incoming_qos2: dict[int, _Incoming] = {}
         self._next_pid = 1
+        #: Persistence (a broker with a store): ``durable`` sessions store their
+        #: subscriptions and outbound messages; ``stored`` says something of this
+        #: session's (durable state, or an inbound QoS 2 message) is in the store.
+        self.durable = False
+        self.stored = False
 
     def deliver(self, message: Message, qos: int, retained: bool) -> None:
         """Router entry point: send now, queue, or drop (QoS 0 while offline)."""
@@ -477,17 +505,60 @@ class MqttSession:
                     conn.send5(message, 0, retained, None, sub_ids, False)
                 else:
                     conn.send_qos0(message, retained)
+            elif (
+                self.broker.config.queue_qos0_messages
+                and len(self.queue) < self.broker.config.max_queued
+            ):
+                self._enqueue(message, 0, retained, sub_ids)
             else:
                 self.broker.core.metrics.messages_dropped += 1
             return
         if conn is not None and len(self.inflight) < self.inflight_limit:
             self._send_new(conn, message, qos, retained, sub_ids)
         elif len(self.queue) < self.broker.config.max_queued:
-            if self.queue is _NO_QUEUE:
-                self.queue = deque()
-            self.queue.append((message, qos, retained, sub_ids))
+            self._enqueue(message, qos, retained, sub_ids)
         else:
             self.broker.core.metrics.messages_dropped += 1
+
+    def _enqueue(self, message: Message, qos: int, retain: bool, sub_ids: tuple[int, ...]) -> None:
+        if self.queue is _NO_QUEUE:
+            self.queue = deque()
+        seq = self._track(0, message, qos, retain, sub_ids, None) if self.durable else 0
+        self.queue.append((message, qos, retain, sub_ids, seq))
+
+    def _track(
+        self,
+        seq: int,
+        message: Message,
+        qos: int,
+        retain: bool,
+        sub_ids: tuple[int, ...],
+        pid: int | None,
+    ) -> int:
+        """Store an outbound entry (or, with ``seq``, its new packet id); return its seq."""
+        store = self.broker.store
+        assert store is not None
+        if seq:
+            store.record(("outpid", seq, pid))
+            return seq
+        if not message.store_id:
+            message.store_id = store.new_message_id()
+            store.record(("msg", message.store_id, *message_row(message, self.broker.clock)))
+        refs = self.broker.message_refs
+        refs[message.store_id] = refs.get(message.store_id, 0) + 1
+        seq = store.new_seq()
+        key = self.key
+        store.record(
+            ("out", seq, key[0], key[1], message.store_id, qos, retain, sub_ids, pid, _AWAIT_ACK)
+        )
+        return seq
+
+    def _untrack(self, seq: int, message: Message) -> None:
+        """Remove a stored outbound entry, and its message when no entry needs it."""
+        store = self.broker.store
+        assert store is not None
+        store.record(("delout", seq))
+        self.broker.release_message(message)
 
     def _resolve5(
         self, message: Message, retained: bool
@@ -531,12 +602,17 @@ class MqttSession:
         qos: int,
         retain: bool,
         sub_ids: tuple[int, ...] = _NO_IDS,
+        seq: int = 0,
     ) -> None:
         pid = self._allocate_pid()
         if conn.v5:
             # Expired, or larger than the client takes: dropped, not in flight.
             if conn.send5(message, qos, retain, pid, sub_ids, False):
-                self.inflight[pid] = _Outgoing(message, qos, retain, conn.now, sub_ids)
+                if self.durable:
+                    seq = self._track(seq, message, qos, retain, sub_ids, pid)
+                self.inflight[pid] = _Outgoing(message, qos, retain, conn.now, sub_ids, seq)
+            elif seq:
+                self._untrack(seq, message)
             return
         meta = message.meta
         if (
@@ -545,8 +621,12 @@ class MqttSession:
             and meta.expires_at <= conn.broker.clock()
         ):
             self.broker.core.metrics.messages_dropped += 1  # expired while queued
+            if seq:
+                self._untrack(seq, message)
             return
-        self.inflight[pid] = _Outgoing(message, qos, retain, conn.now, sub_ids)
+        if self.durable:
+            seq = self._track(seq, message, qos, retain, sub_ids, pid)
+        self.inflight[pid] = _Outgoing(message, qos, retain, conn.now, sub_ids, seq)
         conn.send_qos12(message, qos, retain, pid)
 
     def pump(self) -> None:
@@ -554,8 +634,16 @@ class MqttSession:
         conn = self.connection
         limit = self.inflight_limit
         while self.queue and conn is not None and len(self.inflight) < limit:
-            message, qos, retain, sub_ids = self.queue.popleft()
-            self._send_new(conn, message, qos, retain, sub_ids)
+            message, qos, retain, sub_ids, seq = self.queue.popleft()
+            if qos == 0:  # queued under queue_qos0_messages
+                if conn.v5:
+                    conn.send5(message, 0, retain, None, sub_ids, False)
+                else:
+                    conn.send_qos0(message, retain)
+                if seq:
+                    self._untrack(seq, message)
+                continue
+            self._send_new(conn, message, qos, retain, sub_ids, seq)
 
     def resend_inflight(self, conn: MqttConnection) -> None:
         """After a reconnect: re-send unacknowledged PUBLISH (DUP) and PUBREL, in order."""
@@ -565,6 +653,8 @@ class MqttSession:
                 # An expired message is not re-sent (MQTT 5 section 3.3.2.3.3).
                 if not conn.send5(entry.message, entry.qos, entry.retain, pid, entry.sub_ids, True):
                     del self.inflight[pid]
+                    if entry.seq:
+                        self._untrack(entry.seq, entry.message)
             elif entry.state == _AWAIT_ACK:
                 conn.write(
                     encode_publish(
@@ -584,6 +674,9 @@ class MqttBroker:
     """Sessions and connections of one MQTT endpoint, on top of an :class:`EdgeCore`.
 
     ``clock`` gives the current time in seconds (monotonic); tests pass a fake one.
+    ``store`` makes sessions, their messages and retained messages durable
+    (:mod:`edge.mqtt.store`; call :meth:`restore` once before serving); None:
+    persistence off.
     """
 
     def __init__(
@@ -592,10 +685,16 @@ class MqttBroker:
         config: MqttConfig | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
+        store: MqttStore | None = None,
     ) -> None:
         self.core = core
         self.config = config or MqttConfig()
         self.clock = clock
+        self.store = store
+        #: Stored message id -> how many stored outbound entries need it.
+        self.message_refs: dict[int, int] = {}
+        if store is not None:
+            core.router.on_retain = self._on_retain
         #: Sessions by (identity string, client id).
         self.sessions: dict[tuple[str, str], MqttSession] = {}
         self.connections: set[MqttConnection] = set()
@@ -640,6 +739,8 @@ class MqttBroker:
         for session in expired:
             self.core.unsubscribe_all(session)
             del self.sessions[session.key]
+            if session.stored:
+                self.drop_stored(session)
             self.core.metrics.messages_dropped += len(session.queue) + len(session.inflight)
             # A will still waiting goes out when its session ends (section 3.1.3.2.2).
             self._publish_will(session.key)
@@ -647,6 +748,153 @@ class MqttBroker:
             for key in [k for k, w in self.pending_wills.items() if now >= w[0]]:
                 self._publish_will(key)
         return len(expired)
+
+    # --- persistence -------------------------------------------------------------------
+
+    def release_message(self, message: Message) -> None:
+        """One stored entry fewer needs ``message``; delete it from the store at none."""
+        store = self.store
+        mid = message.store_id
+        if store is None or not mid:
+            return
+        refs = self.message_refs
+        left = refs.get(mid, 0) - 1
+        if left > 0:
+            refs[mid] = left
+            return
+        refs.pop(mid, None)
+        store.record(("delmsg", mid))
+        # A later durable delivery of the same object stores it again, afresh.
+        message.store_id = 0
+
+    def drop_stored(self, session: MqttSession) -> None:
+        """Delete everything stored for ``session`` (it ended)."""
+        store = self.store
+        if store is None or not session.stored:
+            return
+        for entry in session.inflight.values():
+            if entry.seq:
+                entry.seq = 0
+                self.release_message(entry.message)
+        for queued in session.queue:
+            if queued[4]:
+                self.release_message(queued[0])
+        session.queue = deque((*q[:4], 0) for q in session.queue) if session.queue else _NO_QUEUE
+        store.record(("drop", session.key[0], session.key[1]))
+        session.stored = False
+        session.durable = False
+
+    def _store_session(self, session: MqttSession) -> None:
+        store = self.store
+        assert store is not None
+        identity = session.info.identity
+        session.durable = session.stored = True
+        store.record(
+            ("session", session.key[0], session.key[1], identity.namespace, identity.name,
+             session.expiry)
+        )  # fmt: skip
+
+    def _on_retain(self, topic: str, message: Message | None) -> None:
+        store = self.store
+        assert store is not None
+        if message is None:
+            store.record(("unretain", topic))
+        else:
+            row = message_row(message, self.clock)
+            store.record(("retain", topic, row[1], row[2], row[4], row[5], row[6]))
+
+    def _message(self, row: tuple[Any, ...], store_id: int = 0) -> Message:
+        topic, payload, qos, retain, origin, protocol, meta = row
+        message = Message(topic, bytes(payload), qos, bool(retain), origin, protocol, self.clock())
+        message.meta = decode_meta(meta, self.clock)
+        message.store_id = store_id
+        return message
+
+    def restore(self) -> dict[str, int]:
+        """Load the store's state: sessions, subscriptions, messages, retained.
+
+        Sessions come back offline, as of their stored offline time (now, for those
+        that were connected when the edge stopped: a crash). Inbound QoS 2
+        messages of sessions that did not persist were acknowledged (PUBREC) and are
+        routed now: their publishers cannot release them any more. Returns counts.
+        """
+        store = self.store
+        if store is None:
+            return {}
+        snap = store.load()
+        now = self.clock()
+        wall = time.time()
+        messages = {mid: self._message(row, mid) for mid, row in snap.messages.items()}
+        restored: dict[tuple[str, str], MqttSession] = {}
+        for ident, cid, namespace, name, expiry, offline in snap.sessions:
+            if expiry == 0:
+                store.record(("drop", ident, cid))  # it ended as the edge stopped
+                continue
+            info = SessionInfo(
+                identity=DeviceIdentity(namespace=namespace, name=name), peer="(restored)"
+            )
+            session = MqttSession(self, cid, False, info)
+            session.expiry = expiry
+            session.offline_since = now if offline is None else now - max(0.0, wall - offline)
+            session.durable = session.stored = True
+            restored[session.key] = session
+            self.sessions[session.key] = session
+        for ident, cid, topic_filter, qos, options, sub_id in snap.subscriptions:
+            owner = restored.get((ident, cid))
+            if owner is None:
+                continue
+            self.core.router.subscribe(owner, topic_filter, qos)
+            if options >= 0:
+                shared = split_shared(topic_filter)
+                pure = topic_filter if shared is None else shared[1]
+                owner.options5[topic_filter] = (options, sub_id, pure)
+                if options & 0x0C or sub_id:
+                    owner.special5 += 1
+        refs = self.message_refs
+        count_out = 0
+        for seq, ident, cid, mid, qos, retain, sub_ids, pid, state in snap.outgoing:
+            target = restored.get((ident, cid))
+            message = messages.get(mid)
+            if target is None or message is None:
+                store.record(("delout", seq))
+                continue
+            refs[mid] = refs.get(mid, 0) + 1
+            count_out += 1
+            if pid is None:
+                if target.queue is _NO_QUEUE:
+                    target.queue = deque()
+                target.queue.append((message, qos, retain, tuple(sub_ids), seq))
+            else:
+                entry = _Outgoing(message, qos, retain, now, tuple(sub_ids), seq)
+                entry.state = state
+                target.inflight[pid] = entry
+                target._next_pid = pid + 1 if pid < 0xFFFF else 1
+        for mid in messages:
+            if mid not in refs:
+                store.record(("delmsg", mid))
+        routed = 0
+        for ident, cid, pid, *row in snap.incoming:
+            message = self._message(tuple(row))
+            publisher = restored.get((ident, cid))
+            if publisher is not None:
+                publisher.incoming_qos2[pid] = _Incoming(message, 0)
+                continue
+            # The publisher's session did not persist: release the message ourselves
+            # (it was acknowledged), then forget it.
+            self.core.publish(message, None)
+            store.record(("delin", ident, cid, pid))
+            routed += 1
+        for topic, payload, qos, origin, protocol, meta in snap.retained:
+            message = self._message((topic, payload, qos, True, origin, protocol, meta))
+            self.core.router.restore_retained(message)
+        return {
+            "sessions": len(restored),
+            "subscriptions": len(snap.subscriptions),
+            "messages": count_out,
+            "incoming": len(snap.incoming) - routed,
+            "released": routed,
+            "retained": len(snap.retained),
+        }
 
     def maintain(self, now: float) -> None:
         """Expire sessions and fire delayed wills, at most once a second."""
@@ -945,6 +1193,18 @@ class MqttConnection:
         if len(out) == 1 and self.wakeup is not None:
             self.wakeup()
 
+    def _ack(self, data: bytes) -> None:
+        """Write an acknowledgement of the publish flow, after the store commits.
+
+        With persistence on and changes not yet committed, the store holds the ack
+        until they are (group commit): an acknowledged message is on disk.
+        """
+        store = self.broker.store
+        if store is not None and store.dirty:
+            store.hold(self, data)
+        else:
+            self.write(data)
+
     def send_qos0(self, message: Message, retain: bool) -> None:
         """Write a QoS 0 PUBLISH of ``message``, encoded once per message and retain flag."""
         if self._out_len > self.broker.config.max_write_buffer:
@@ -1028,6 +1288,8 @@ class MqttConnection:
             if session.expiry is not None:
                 session.expiry = self._cap_expiry(props.session_expiry_interval)
                 session.clean = session.expiry == 0
+                if session.durable and not session.clean:
+                    self.broker._store_session(session)
         if p.reason_code != 0x04:  # 0x04: Disconnect with Will Message
             self._graceful = True
             self.will = None
@@ -1167,6 +1429,8 @@ class MqttConnection:
         if previous is not None and (p.clean_session or previous.clean):
             self.core.unsubscribe_all(previous)
             del broker.sessions[key]
+            if previous.stored:
+                broker.drop_stored(previous)
             previous = None
         if previous is None:
             session = MqttSession(broker, client_id, clean, self.info)
@@ -1180,6 +1444,8 @@ class MqttConnection:
         session.expiry = expiry
         session.connection = self
         self.session = session
+        if not clean and broker.store is not None:
+            broker._store_session(session)
         if v5:
             props = p.properties
             rm = None if props is None else props.receive_maximum
@@ -1278,11 +1544,11 @@ class MqttConnection:
         props = self._reason_props(reason) if code else b""
         if props:
             body = pid.to_bytes(2, "big") + bytes((code,)) + props
-            self.write(encode_varint_prefix(first, len(body)) + body)
+            self._ack(encode_varint_prefix(first, len(body)) + body)
         elif code:
-            self.write(bytes((first, 3)) + pid.to_bytes(2, "big") + bytes((code,)))
+            self._ack(bytes((first, 3)) + pid.to_bytes(2, "big") + bytes((code,)))
         else:
-            self.write(bytes((first, 2)) + pid.to_bytes(2, "big"))
+            self._ack(bytes((first, 2)) + pid.to_bytes(2, "big"))
 
     def _check_limits(self, p: Publish, topic: str) -> tuple[int, str]:
         """A profile limit this PUBLISH breaks, as (reason code, reason); (0, "") if none."""
@@ -1409,12 +1675,15 @@ class MqttConnection:
         # QoS 2: authorized now (PUBREC carries the verdict), routed on PUBREL.
         denied = self.core.check_publish(self.info, topic, self.client_id)
         if denied is not None:
-            session.incoming_qos2.pop(pid, None)
+            if session.incoming_qos2.pop(pid, None) is not None and self.broker.store is not None:
+                self.broker.store.record(("delin", session.key[0], session.key[1], pid))
             self._ack5(0x50, pid, 0x87, denied)
             return
         held = session.incoming_qos2.get(pid)
         if held is None or held.message.payload != p.payload or held.message.topic != topic:
             session.incoming_qos2[pid] = _Incoming(message, self.info.connection_id)
+            if self.broker.store is not None:
+                self._store_incoming(pid, message)
         self._ack5(0x50, pid, 0, "")
 
     def send5(
@@ -1559,6 +1828,8 @@ class MqttConnection:
                 session.special5 -= 1
             stored = (options & 0x3C) | granted
             session.options5[topic_filter] = (stored, sub_id, pure)
+            if session.durable:
+                self._store_sub(topic_filter, granted, stored, sub_id)
             if options & 0x0C or sub_id:
                 session.special5 += 1
             codes.append(granted)
@@ -1596,7 +1867,7 @@ class MqttConnection:
         elif qos == 1:
             self._route(p.topic, p.payload, 1, p.retain)
             assert p.packet_id is not None  # the parser guarantees it for QoS > 0
-            self.write(b"\x40\x02" + p.packet_id.to_bytes(2, "big"))
+            self._ack(b"\x40\x02" + p.packet_id.to_bytes(2, "big"))
         else:
             pid = p.packet_id
             assert pid is not None
@@ -1614,6 +1885,8 @@ class MqttConnection:
                 # gave up on the old one, and the newer message is the one released.
                 message = Message(p.topic, p.payload, 2, p.retain, self.origin, "mqtt", self.now)
                 session.incoming_qos2[pid] = _Incoming(message, conn_id)
+                if self.broker.store is not None:
+                    self._store_incoming(pid, message)
             elif held.connection_id != conn_id:
                 # Re-sent after a reconnect: expected, and the count starts again.
                 held.connection_id = conn_id
@@ -1625,22 +1898,37 @@ class MqttConnection:
                     raise ProtocolViolation(
                         f"QoS 2 message {pid} re-sent {held.resent} times before PUBREL"
                     )
-            self.write(b"\x50\x02" + pid.to_bytes(2, "big"))
+            self._ack(b"\x50\x02" + pid.to_bytes(2, "big"))
+
+    def _store_incoming(self, pid: int, message: Message) -> None:
+        store = self.broker.store
+        assert store is not None
+        session = self.session
+        assert session is not None
+        session.stored = True
+        row = message_row(message, self.broker.clock)
+        store.record(("in", session.key[0], session.key[1], pid, *row))
 
     def _on_pubrel(self, pid: int) -> None:
         session = self.session
         assert session is not None
         held = session.incoming_qos2.pop(pid, None)
+        store = self.broker.store
         if self.v5:
             if held is not None:
                 self.core.publish(held.message, self.info, client_id=self.client_id)
+                if store is not None:
+                    # After routing: a crash in between re-routes rather than loses.
+                    store.record(("delin", session.key[0], session.key[1], pid))
             # 0x92: Packet Identifier not found (section 3.7.2.1); Mosquitto says 0.
             self._ack5(0x70, pid, 0 if held is not None else self._not_found(), "")
             return
         if held is not None:
             message = held.message
             self._route(message.topic, message.payload, 2, message.retain)
-        self.write(b"\x70\x02" + pid.to_bytes(2, "big"))
+            if store is not None:
+                store.record(("delin", session.key[0], session.key[1], pid))
+        self._ack(b"\x70\x02" + pid.to_bytes(2, "big"))
 
     def _on_puback(self, pid: int) -> None:
         session = self.session
@@ -1651,6 +1939,8 @@ class MqttConnection:
         if entry.qos != 1:
             raise ProtocolViolation(f"PUBACK for QoS 2 message {pid}")
         del session.inflight[pid]
+        if entry.seq:
+            session._untrack(entry.seq, entry.message)
         if session.queue:
             session.pump()
 
@@ -1664,16 +1954,22 @@ class MqttConnection:
             if code >= 0x80:
                 # MQTT 5: the client refused the message; the exchange ends here.
                 del session.inflight[pid]
+                if entry.seq:
+                    session._untrack(entry.seq, entry.message)
                 if session.queue:
                     session.pump()
                 return
+            if entry.seq and entry.state != _AWAIT_COMP:
+                store = self.broker.store
+                assert store is not None
+                store.record(("outstate", entry.seq, _AWAIT_COMP))
             entry.state = _AWAIT_COMP
         if self.v5:
             if code < 0x80:
                 self._ack5(0x62, pid, 0 if entry is not None else self._not_found(), "")
             return
         # Unknown ids get a PUBREL too, so a client that lost our state can finish.
-        self.write(bytes((0x62, 2)) + pid.to_bytes(2, "big"))
+        self._ack(bytes((0x62, 2)) + pid.to_bytes(2, "big"))
 
     def _on_pubcomp(self, pid: int) -> None:
         session = self.session
@@ -1686,6 +1982,8 @@ class MqttConnection:
         if entry.state != _AWAIT_COMP:
             raise ProtocolViolation(f"PUBCOMP before PUBREC for message {pid}")
         del session.inflight[pid]
+        if entry.seq:
+            session._untrack(entry.seq, entry.message)
         if session.queue:
             session.pump()
 
@@ -1698,6 +1996,8 @@ class MqttConnection:
                 session, topic_filter, qos, self.info, client_id=self.client_id, send_retained=False
             )
             codes.append(SUBACK_FAILURE if granted is None else granted)
+            if granted is not None and session.durable:
+                self._store_sub(topic_filter, granted, -1, 0)
         body = p.packet_id.to_bytes(2, "big") + bytes(codes)
         self.write(encode_varint_prefix(0x90, len(body)) + body)
         # Retained messages follow the SUBACK (MQTT 3.1.1 section 3.8.4).
@@ -1705,9 +2005,21 @@ class MqttConnection:
             if code != SUBACK_FAILURE:
                 self.core.deliver_retained(session, topic_filter, code)
 
+    def _store_sub(self, topic_filter: str, qos: int, options: int, sub_id: int) -> None:
+        store = self.broker.store
+        session = self.session
+        assert store is not None
+        assert session is not None
+        store.record(("sub", session.key[0], session.key[1], topic_filter, qos, options, sub_id))
+
     def _on_unsubscribe(self, p: Unsubscribe) -> None:
         session = self.session
         assert session is not None
+        if session.durable:
+            store = self.broker.store
+            assert store is not None
+            for topic_filter in p.topics:
+                store.record(("unsub", session.key[0], session.key[1], topic_filter))
         if not self.v5:
             for topic_filter in p.topics:
                 self.core.unsubscribe(session, topic_filter)
@@ -1740,6 +2052,12 @@ class MqttConnection:
                 self.core.unsubscribe_all(session)
                 if broker.sessions.get(session.key) is session:
                     del broker.sessions[session.key]
+                if session.stored:
+                    broker.drop_stored(session)
+            elif session.durable:
+                store = broker.store
+                assert store is not None
+                store.record(("offline", session.key[0], session.key[1], time.time()))
         if self.connected:
             self.core.events.emit(
                 "mqtt.disconnected",

@@ -64,3 +64,11 @@ class PacketTooLarge(ProtocolViolation):
 
 class MqttConfigError(MqttError, ValueError):
     """An invalid broker setting; ``reason`` names the key (``mqtt.max_inflight: ...``)."""
+
+
+class MqttStoreError(MqttError):
+    """The MQTT state file cannot be opened, locked or read (:mod:`edge.mqtt.sqlite_store`).
+
+    Raised when the edge starts, never on a connection: the message names the file
+    and what is wrong.
+    """

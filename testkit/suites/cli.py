@@ -63,8 +63,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument(
         "--protocol",
-        choices=("mqtt", "https"),
-        help="what the device speaks: cases for the other protocol are skipped",
+        choices=("mqtt", "mqtt5", "https"),
+        help="what the device speaks (mqtt is 3.1.1): cases for another protocol are skipped",
     )
     p.add_argument(
         "--case", action="append", default=[], metavar="ID", help="run only this case (repeatable)"

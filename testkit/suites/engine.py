@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from testkit.suites.behaviour import play
-from testkit.suites.model import Case, CaseResult, Status, Suite
+from testkit.suites.model import RUNS_CASES, Case, CaseResult, Status, Suite, SuiteError
 from testkit.suites.pki import PkiError, SuitePki
 from testkit.suites.server import CaseRuntime, SuiteServer, build_context
 from testkit.suites.verdicts import DeviceExit, done, judge
@@ -46,7 +46,8 @@ class RunOptions:
     listen_port: int = 0
     #: The name the device dials, and the good certificate's SAN.
     server_name: str = "localhost"
-    #: Skip cases for another protocol (``mqtt`` or ``https``; ``None`` runs all).
+    #: What the device speaks (``mqtt``, ``mqtt5`` or ``https``): cases for another
+    #: protocol are skipped (:data:`~testkit.suites.model.RUNS_CASES`); ``None`` runs all.
     protocol: str | None = None
     #: Run only these case ids (all when empty).
     only: tuple[str, ...] = ()
@@ -249,6 +250,11 @@ _MARK = {
 async def run_suite(suite: Suite, options: RunOptions) -> SuiteReport:
     """Run ``suite`` and return its report; prints one live line per case."""
     out = options.console or sys.stdout
+    if options.protocol is not None and options.protocol not in RUNS_CASES:
+        raise SuiteError(
+            f"protocol {options.protocol!r}: choose one of {', '.join(RUNS_CASES)} "
+            "(what the device speaks)"
+        )
     started_wall = datetime.now(UTC).isoformat(timespec="seconds")
     started = time.monotonic()
     tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -280,7 +286,7 @@ async def run_suite(suite: Suite, options: RunOptions) -> SuiteReport:
             for i, case in enumerate(suite.cases, 1):
                 if options.only and case.id not in options.only:
                     continue
-                if options.protocol and case.protocol not in ("any", options.protocol):
+                if options.protocol and case.protocol not in RUNS_CASES[options.protocol]:
                     result = CaseResult(
                         case=case,
                         status=Status.SKIP,

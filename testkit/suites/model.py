@@ -22,11 +22,18 @@ Expectations (:data:`EXPECTS`):
 ``session``        on session-present=1, keep working without re-subscribing
 ``retry_after``    after HTTP 503 with Retry-After, wait at least that long
 ``truncated``      report a response cut short (non-zero exit) or retry it
+``max_packet``     MQTT 5: send no packet over the CONNACK's Maximum Packet Size
+``receive_maximum`` MQTT 5: keep at most the CONNACK's Receive Maximum QoS 1/2 PUBLISHes
+                   unacknowledged
+``topic_alias``    MQTT 5: use no Topic Alias above the CONNACK's Topic Alias Maximum
+``calm``           after a server DISCONNECT, no reconnect sooner than ``min_delay_s``
+                   and at most ``max_reconnects`` within ``observe_s``
+``assigned_id``    MQTT 5: reconnect with the Assigned Client Identifier it was given
 =================  ====================================================================
 
-MQTT 5 cases (Maximum Packet Size, server DISCONNECT with a reason) slot in as new
-``behaviour`` names with ``protocol = "mqtt5"`` once the codec speaks MQTT 5; the
-loader rejects them until then (:data:`BEHAVIOURS`).
+MQTT 5 cases have ``protocol = "mqtt5"``: the edge answers at the level the device's
+CONNECT asked for, and a device that speaks 3.1.1 gets ``skip`` on them. The MQTT 3.1.1
+behaviours answer an MQTT 5 device in MQTT 5 (a refused CONNACK says 0x87).
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ __all__ = [
     "CERT_PROFILES",
     "EXPECTS",
     "PROTOCOLS",
+    "RUNS_CASES",
     "BackoffRule",
     "Case",
     "CaseResult",
@@ -83,6 +91,11 @@ EXPECTS: tuple[str, ...] = (
     "session",
     "retry_after",
     "truncated",
+    "max_packet",
+    "receive_maximum",
+    "topic_alias",
+    "calm",
+    "assigned_id",
 )
 
 #: What the edge does after the handshake. ``serve`` is a well-behaved MQTT broker
@@ -98,10 +111,25 @@ BEHAVIOURS: dict[str, str] = {
     "session_present": "mqtt",
     "http_503": "https",
     "http_close_mid_response": "https",
+    # MQTT 5: the CONNACK advertises a limit, or the edge ends the session with a reason.
+    "max_packet_size": "mqtt5",
+    "receive_maximum": "mqtt5",
+    "topic_alias_maximum": "mqtt5",
+    "server_keep_alive": "mqtt5",
+    "assigned_client_id": "mqtt5",
+    "server_disconnect": "mqtt5",
 }
 
 #: Protocols a case may be restricted to (``any`` runs for every device).
-PROTOCOLS: tuple[str, ...] = ("any", "mqtt", "https")
+PROTOCOLS: tuple[str, ...] = ("any", "mqtt", "mqtt5", "https")
+
+#: What a device that speaks a protocol (``--protocol``) is tested with: an MQTT 5
+#: device also takes the MQTT 3.1.1 behaviour cases (answered in MQTT 5).
+RUNS_CASES: dict[str, tuple[str, ...]] = {
+    "mqtt": ("any", "mqtt"),
+    "mqtt5": ("any", "mqtt", "mqtt5"),
+    "https": ("any", "https"),
+}
 
 
 class SuiteError(Exception):

@@ -208,6 +208,12 @@ class AppConn:
         self._raw_buf = b""
         self.closed = False
 
+    @property
+    def local_port(self) -> int:
+        """The endpoint's port as this connection reached it (for a Server Reference)."""
+        sock = self._writer.get_extra_info("sockname")
+        return int(sock[1]) if sock else 0
+
     # -- raw I/O ----------------------------------------------------------------------
 
     def _flush(self) -> None:

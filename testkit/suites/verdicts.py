@@ -24,6 +24,8 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
+from edge.mqtt.codec import DISCONNECT
+from edge.mqtt.reasons import reason_name
 from testkit.suites.model import BackoffRule, Case, Status
 from testkit.suites.server import ConnRecord
 
@@ -81,6 +83,24 @@ def done(case: Case, conns: list[ConnRecord], now: float, state: dict[str, Any])
         return len(_packets(conns, "HTTP request")) >= 2
     if expect == "truncated":
         return len(_packets(conns, "HTTP request")) >= 2
+    if expect in ("max_packet", "topic_alias"):
+        if "oversize" in state or "bad_alias" in state or first.closed is not None:
+            return True
+        t = state.get("connack_t")
+        return t is not None and now > t + float(case.params.get("observe_s", 3.0))
+    if expect == "receive_maximum":
+        if "exceeded" in state or first.closed is not None:
+            return True
+        t = state.get("released_t")
+        return t is not None and now > t + float(case.params.get("observe_s", 2.0))
+    if expect == "calm":
+        if len(conns) > int(case.params.get("max_reconnects", 3)) + 1:
+            return True  # a storm: the answer is known
+        t = state.get("disconnect_t")
+        return t is not None and now > t + float(case.params.get("observe_s", 10.0))
+    if expect == "assigned_id":
+        connects = _packets(conns, "CONNECT")
+        return len(connects) >= 2 or (bool(connects) and connects[0][1]["client_id"] != "")
     return False
 
 
@@ -107,6 +127,16 @@ def judge(
         ("the device's own certificate", "the device did not start TLS")
     ):
         return Status.ERROR, f"the edge refused the device: {first.edge_refusal}", evidence
+    if case.protocol == "mqtt5":
+        level = state.get("protocol_level")
+        if level is None:
+            return Status.ERROR, "the device sent no MQTT CONNECT (an MQTT 5 case)", evidence
+        if level != 5:
+            return (
+                Status.SKIP,
+                f"the device spoke MQTT protocol level {level} (3.1.1); this case is for MQTT 5",
+                evidence,
+            )
     fn = _JUDGES[case.expect]
     status, summary = fn(case, conns, state, device, evidence)
     return status, summary, evidence
@@ -306,8 +336,12 @@ def _backoff(
     }
     if len(conns) < rule.attempts:
         ev["delays_s"] = [round(d, 3) for d in delays]
+        why = "the case ended"
+        # A negative code is the engine's SIGTERM at the case's end, not the device's choice.
+        if device.returncode is not None and device.returncode >= 0:
+            why = f"the device exited (code {device.returncode})"
         return Status.FAIL, (
-            f"only {len(conns)} of {rule.attempts} connection attempts before the case ended "
+            f"only {len(conns)} of {rule.attempts} connection attempts before {why} "
             f"(delays {', '.join(f'{d:.2f}' for d in delays) or 'none'} s)"
         )
     ok, problems, measures = score_backoff(delays[: rule.attempts - 1], rule)
@@ -423,20 +457,28 @@ def _keepalive(
     pings = [p["t"] for p in c.packets if p["dir"] == "in" and p["packet"] == "PINGREQ"]
     gaps = [b - a for a, b in itertools.pairwise(ins)]
     ev["keepalive_s"] = ka
+    whose = ""
+    if case.behaviour == "server_keep_alive":
+        # The server's value is the one that counts (MQTT 5 3.2.2.3.14).
+        whose = f", the Server Keep Alive; the device asked for {state.get('asked_keepalive')} s"
+        ev["device_keepalive_s"] = state.get("asked_keepalive")
     ev["pingreq_times_s"] = pings
     tolerance = float(case.params.get("tolerance_s", 0.5))
     late = [g for g in gaps if g > ka + tolerance]
     if late:
-        return Status.FAIL, f"silent for {max(late):.2f} s with keep-alive {ka} s"
+        return Status.FAIL, f"silent for {max(late):.2f} s with keep-alive {ka} s{whose}"
     if not pings:
         if c.closed is not None and c.closed_by.startswith("device"):
             return (
                 Status.FAIL,
                 f"disconnected after {c.closed - ins[0]:.2f} s before any PINGREQ (keep-alive {ka} s)",
             )
-        return Status.FAIL, f"no PINGREQ within {1.5 * ka:g} s (keep-alive {ka} s)"
+        return Status.FAIL, f"no PINGREQ within {1.5 * ka:g} s (keep-alive {ka} s{whose})"
     first_gap = pings[0] - (ins[ins.index(pings[0]) - 1] if ins.index(pings[0]) else ins[0])
-    return Status.PASS, f"PINGREQ {first_gap:.2f} s after its previous packet (keep-alive {ka} s)"
+    return (
+        Status.PASS,
+        f"PINGREQ {first_gap:.2f} s after its previous packet (keep-alive {ka} s{whose})",
+    )
 
 
 def _session(
@@ -517,6 +559,200 @@ def _truncated(
     return Status.FAIL, "exited 0 after a response cut at 100 of 1000 bytes, and did not retry"
 
 
+def _sizes(conns: list[ConnRecord]) -> list[tuple[str, int]]:
+    return [
+        (p["packet"], p["size"])
+        for c in conns
+        for p in c.packets
+        if p["dir"] == "in" and "size" in p
+    ]
+
+
+def _max_packet(
+    case: Case,
+    conns: list[ConnRecord],
+    state: dict[str, Any],
+    device: DeviceExit,
+    ev: dict[str, Any],
+) -> tuple[str, str]:
+    limit = int(case.params.get("max_packet_size", 128))
+    ev["maximum_packet_size"] = limit
+    over = state.get("oversize")
+    if over is not None:
+        ev["oversize"] = over
+        return Status.FAIL, (
+            f"sent a {over['packet']} of {over['size']} bytes although CONNACK said Maximum "
+            f"Packet Size {limit} (MQTT 5 3.2.2.3.6: the client MUST NOT); the edge answered "
+            "DISCONNECT 0x95 Packet too large. Check the limit before encoding, and drop or "
+            "split the message instead"
+        )
+    sizes = _sizes(conns)
+    publishes = [n for name, n in sizes if name == "PUBLISH"]
+    ev["largest_packet"] = max((n for _, n in sizes), default=0)
+    exit_text = "" if device.returncode is None else f", exit code {device.returncode}"
+    if publishes:
+        return Status.PASS, (
+            f"kept every packet within Maximum Packet Size {limit}: {len(publishes)} PUBLISH(es), "
+            f"largest {max(publishes)} bytes{exit_text}"
+        )
+    return Status.PASS, (
+        f"sent no PUBLISH at all{exit_text}: it held back a message over Maximum Packet Size "
+        f"{limit}, or had nothing to send (publish one over {limit} bytes to exercise the case)"
+    )
+
+
+def _receive_maximum(
+    case: Case,
+    conns: list[ConnRecord],
+    state: dict[str, Any],
+    device: DeviceExit,
+    ev: dict[str, Any],
+) -> tuple[str, str]:
+    window = int(case.params.get("receive_maximum", 2))
+    ev["receive_maximum"] = window
+    ev["max_in_flight"] = state.get("max_in_flight", 0)
+    ev["qos_publishes"] = state.get("qos_publishes", 0)
+    over = state.get("exceeded")
+    if over is not None:
+        ev["exceeded"] = over
+        return Status.FAIL, (
+            f"had {over['in_flight']} QoS 1/2 PUBLISHes unacknowledged although CONNACK said "
+            f"Receive Maximum {window} (MQTT 5 4.9); the edge answered DISCONNECT 0x93. Its "
+            "in-flight window must shrink to the server's Receive Maximum"
+        )
+    if not state.get("qos_publishes"):
+        return Status.ERROR, (
+            f"the device sent no QoS 1/2 PUBLISH; the case needs more than {window} of them"
+        )
+    sent = state["qos_publishes"]
+    if sent <= window:
+        return Status.PASS, (
+            f"sent {sent} QoS 1/2 PUBLISH(es), never more than Receive Maximum {window} "
+            "unacknowledged (the window was never full: publish more to test it)"
+        )
+    return Status.PASS, (
+        f"waited for acknowledgements: {sent} QoS 1/2 PUBLISHes, at most "
+        f"{state['max_in_flight']} unacknowledged (Receive Maximum {window})"
+    )
+
+
+def _topic_alias(
+    case: Case,
+    conns: list[ConnRecord],
+    state: dict[str, Any],
+    device: DeviceExit,
+    ev: dict[str, Any],
+) -> tuple[str, str]:
+    maximum = int(case.params.get("topic_alias_maximum", 2))
+    ev["topic_alias_maximum"] = maximum
+    used = sorted(state.get("aliases", set()))
+    ev["aliases_used"] = used
+    bad = state.get("bad_alias")
+    if bad is not None:
+        ev["bad_alias"] = bad
+        return Status.FAIL, (
+            f"sent Topic Alias {bad['alias']} although CONNACK said Topic Alias Maximum "
+            f"{maximum} (MQTT 5 3.3.2.3.4); the edge answered DISCONNECT 0x94 Topic Alias invalid"
+        )
+    if used:
+        return Status.PASS, f"used Topic Alias(es) {used}, all within the maximum {maximum}"
+    return Status.PASS, f"used no Topic Alias (the maximum was {maximum})"
+
+
+def _calm(
+    case: Case,
+    conns: list[ConnRecord],
+    state: dict[str, Any],
+    device: DeviceExit,
+    ev: dict[str, Any],
+) -> tuple[str, str]:
+    code = int(case.params.get("reason_code", 0x8B))
+    min_delay = float(case.params.get("min_delay_s", 1.0))
+    allowed = int(case.params.get("max_reconnects", 3))
+    window = float(case.params.get("observe_s", 10.0))
+    if "disconnect_t" not in state:
+        after = float(case.params.get("after_s", 0.5))
+        return Status.ERROR, (
+            f"the device closed the connection before the edge's DISCONNECT (due {after:g} s "
+            "after CONNACK): the case needs a device that stays connected"
+        )
+    delays = [b.opened - a.closed for a, b in itertools.pairwise(conns) if a.closed is not None]
+    ev["delays_s"] = [round(d, 3) for d in delays]
+    ev["rule"] = {"min_delay_s": min_delay, "max_reconnects": allowed, "observe_s": window}
+    if case.params.get("server_reference") is not None:
+        # Dialling the reference (an IP address) sends no SNI where the first dial did.
+        followed = [c.index for c in conns[1:] if c.sni != conns[0].sni]
+        ev["followed_server_reference"] = bool(followed)
+    code_text = f"DISCONNECT {code:#04x} {reason_name(code, DISCONNECT)}"
+    reconnects = len(conns) - 1
+    if reconnects == 0:
+        if device.returncode is not None and device.returncode >= 0:
+            return Status.PASS, (
+                f"exited (code {device.returncode}) after {code_text} and did not reconnect: "
+                "no storm (a device that never reconnects passes this case)"
+            )
+        return Status.PASS, f"did not reconnect within {window:g} s after {code_text}"
+    short = [d for d in delays if d < min_delay]
+    problems = []
+    if short:
+        problems.append(f"reconnected {min(short):.2f} s after the close (minimum {min_delay:g} s)")
+    if reconnects > allowed:
+        problems.append(f"{reconnects} reconnections in {window:g} s (at most {allowed})")
+    shown = ", ".join(f"{d:.2f}" for d in delays)
+    follow = ""
+    if ev.get("followed_server_reference"):
+        follow = "; it followed the Server Reference"
+    elif "followed_server_reference" in ev:
+        follow = "; it came back to the same server, not the Server Reference"
+    if problems:
+        return Status.FAIL, (
+            f"reconnect storm after {code_text}: "
+            + "; ".join(problems)
+            + f" (delays {shown} s){follow}"
+        )
+    return Status.PASS, (
+        f"{reconnects} reconnection(s) after {code_text}, delays {shown} s{follow}"
+    )
+
+
+def _assigned_id(
+    case: Case,
+    conns: list[ConnRecord],
+    state: dict[str, Any],
+    device: DeviceExit,
+    ev: dict[str, Any],
+) -> tuple[str, str]:
+    connects = [p for _, p in _packets(conns, "CONNECT")]
+    if not connects:
+        return Status.ERROR, "the device sent no CONNECT"
+    if connects[0]["client_id"] != "":
+        return Status.SKIP, (
+            f"the device sent its own client id {connects[0]['client_id']!r}; the case is for "
+            "devices that let the server assign one (empty client id)"
+        )
+    assigned = state.get("assigned", "")
+    ev["assigned_client_identifier"] = assigned
+    if len(connects) < 2:
+        first = conns[0]
+        how = "after the edge dropped the connection"
+        if first.closed_by.startswith("device"):
+            how = "(it disconnected by itself first)"
+        return Status.FAIL, (
+            f"got Assigned Client Identifier {assigned!r} but never reconnected {how}, so "
+            "never used it"
+        )
+    again = connects[1]["client_id"]
+    ev["reconnect_client_id"] = again
+    if again == assigned:
+        return Status.PASS, f"reconnected with the Assigned Client Identifier {assigned!r}"
+    if again == "":
+        return Status.FAIL, (
+            f"reconnected with an empty client id again, not {assigned!r}: each reconnect "
+            "starts a new session, so its subscriptions and unacknowledged QoS 1 are lost"
+        )
+    return Status.FAIL, f"reconnected as {again!r}, not the assigned {assigned!r}"
+
+
 _JUDGES = {
     "refuse": _refuse,
     "accept": _accept,
@@ -529,4 +765,9 @@ _JUDGES = {
     "session": _session,
     "retry_after": _retry_after,
     "truncated": _truncated,
+    "max_packet": _max_packet,
+    "receive_maximum": _receive_maximum,
+    "topic_alias": _topic_alias,
+    "calm": _calm,
+    "assigned_id": _assigned_id,
 }

@@ -360,3 +360,13 @@ async def test_set_options_patch_validates_and_round_trips(admin: Admin) -> None
     )
     doc = openapi_document()
     assert "patch" in doc["paths"]["/v1/sets/{name}/options"]
+
+
+def test_a_new_token_never_starts_with_a_dash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `--token T` would read such a token as an option (seen in a fleet test run).
+    drawn = iter(["-looks-like-an-option", "plain-token"])
+    monkeypatch.setattr("edge.http.admin.secrets.token_urlsafe", lambda n: next(drawn))
+    token, created = load_or_create_token(tmp_path / "trust.db")
+    assert (token, created) == ("plain-token", True)

@@ -12,6 +12,8 @@ import sys
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 
@@ -29,15 +31,28 @@ def main() -> int:
         "--publish-qos1", action="store_true", help="publish one QoS 1 message after connecting"
     )
     ap.add_argument("--insecure", action="store_true", help="skip the hostname check")
+    ap.add_argument("--mqtt5", action="store_true", help="speak MQTT 5 (protocol=MQTTv5)")
+    ap.add_argument("--client-id", default="suite-paho", help="'' lets the server assign one")
+    ap.add_argument("--publish-size", type=int, default=5, help="payload bytes of each publish")
+    ap.add_argument("--publish-count", type=int, default=1, help="QoS 1 messages published at once")
+    ap.add_argument("--topic-alias", type=int, help="MQTT 5: send this Topic Alias")
     ap.add_argument(
         "--resubscribe-on-failure",
         action="store_true",
         help="a buggy device: re-subscribe at once when SUBACK says 0x80",
     )
     args = ap.parse_args()
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id="suite-paho", clean_session=not args.persistent
-    )
+    if args.mqtt5:
+        # MQTT 5 has no clean_session argument: Clean Start goes to connect().
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=args.client_id, protocol=mqtt.MQTTv5
+        )
+    else:
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=args.client_id,
+            clean_session=not args.persistent,
+        )
     client.tls_set(
         ca_certs=args.ca, certfile=args.cert, keyfile=args.key, tls_version=ssl.PROTOCOL_TLS_CLIENT
     )
@@ -54,7 +69,12 @@ def main() -> int:
             c.subscribe(args.subscribe, qos=1)
         if args.publish_qos1 and not published:
             published = True
-            c.publish("edgesim/suite/qos1", b"hello", qos=1)
+            props = None
+            if args.topic_alias is not None:
+                props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                props.TopicAlias = args.topic_alias
+            for _ in range(args.publish_count):
+                c.publish("edgesim/suite/qos1", b"x" * args.publish_size, qos=1, properties=props)
 
     def on_subscribe(
         c: mqtt.Client, userdata: object, mid: int, codes: list[ReasonCode], props: object
@@ -65,7 +85,12 @@ def main() -> int:
 
     client.on_connect = on_connect
     client.on_subscribe = on_subscribe
-    client.connect(args.host, int(args.port), keepalive=args.keepalive)
+    if args.mqtt5:
+        client.connect(
+            args.host, int(args.port), keepalive=args.keepalive, clean_start=not args.persistent
+        )
+    else:
+        client.connect(args.host, int(args.port), keepalive=args.keepalive)
     client.loop_forever(retry_first_connection=True)
     return 0
 

@@ -70,7 +70,7 @@ def test_loader_names_file_case_and_field(body: str, message: str) -> None:
 
 
 def test_unknown_suite_name_lists_builtins() -> None:
-    with pytest.raises(SuiteError, match="built-in: https, mqtt, tls"):
+    with pytest.raises(SuiteError, match="built-in: https, mqtt, mqtt5, tls"):
         load_suite("nonesuch")
 
 
@@ -286,3 +286,124 @@ def test_a_device_without_tls_is_an_error_not_a_refusal() -> None:
     status, summary = _judge(_case("refuse"), [plain])
     assert status == Status.ERROR
     assert "did not start TLS" in summary
+
+
+def _m5(expect: str, behaviour: str, **kw: Any) -> Case:
+    return Case(id="c", title="t", expect=expect, behaviour=behaviour, protocol="mqtt5", **kw)
+
+
+_V5 = {"protocol_level": 5, "connack_t": 0.05}
+
+
+def test_mqtt5_case_skips_a_311_device_and_errors_without_connect() -> None:
+    case = _m5("max_packet", "max_packet_size")
+    conn = _conn(packets=[_pk(0.0, "CONNECT")])
+    status, summary = _judge(case, [conn], {"protocol_level": 4})
+    assert status == Status.SKIP
+    assert "spoke MQTT protocol level 4 (3.1.1)" in summary
+    assert _judge(case, [conn], {})[0] == Status.ERROR
+
+
+def test_max_packet_sides() -> None:
+    case = _m5("max_packet", "max_packet_size", params={"max_packet_size": 128})
+    small = _conn(packets=[_pk(0.0, "CONNECT"), _pk(0.1, "PUBLISH", size=40)])
+    status, summary = _judge(case, [small], _V5)
+    assert status == Status.PASS
+    assert "largest 40 bytes" in summary
+    big = {**_V5, "oversize": {"packet": "PUBLISH", "size": 329, "t": 0.1}}
+    status, summary = _judge(case, [small], big)
+    assert status == Status.FAIL
+    assert "PUBLISH of 329 bytes" in summary
+    assert "0x95" in summary
+    held = _conn(packets=[_pk(0.0, "CONNECT")])
+    assert "sent no PUBLISH at all, exit code 1: it held back" in _judge(case, [held], _V5, rc=1)[1]
+
+
+def test_receive_maximum_sides() -> None:
+    case = _m5("receive_maximum", "receive_maximum", params={"receive_maximum": 2})
+    conn = _conn(packets=[_pk(0.0, "CONNECT")])
+    ok = {**_V5, "qos_publishes": 5, "max_in_flight": 2}
+    assert _judge(case, [conn], ok)[0] == Status.PASS
+    over = {**ok, "exceeded": {"in_flight": 3, "t": 0.2}}
+    status, summary = _judge(case, [conn], over)
+    assert status == Status.FAIL
+    assert "3 QoS 1/2 PUBLISHes unacknowledged" in summary
+    assert "window was never full" in _judge(case, [conn], {**_V5, "qos_publishes": 1})[1]
+    assert _judge(case, [conn], _V5)[0] == Status.ERROR
+
+
+def test_topic_alias_sides() -> None:
+    case = _m5("topic_alias", "topic_alias_maximum", params={"topic_alias_maximum": 2})
+    conn = _conn(packets=[_pk(0.0, "CONNECT")])
+    assert "[1, 2]" in _judge(case, [conn], {**_V5, "aliases": {1, 2}})[1]
+    assert "no Topic Alias" in _judge(case, [conn], _V5)[1]
+    bad = {**_V5, "bad_alias": {"alias": 3, "t": 0.1}}
+    status, summary = _judge(case, [conn], bad)
+    assert status == Status.FAIL
+    assert "Topic Alias 3" in summary
+
+
+def test_calm_sides_and_server_reference() -> None:
+    params = {"reason_code": 0x9C, "server_reference": "127.0.0.1:{port}", "max_reconnects": 2}
+    case = _m5("calm", "server_disconnect", params=params)
+    state = {**_V5, "disconnect_t": 0.5}
+    first = _conn(sni="localhost", closed=0.6, closed_by="edge")
+    followed = _conn(2, opened=2.0, sni=None, closed=2.6)
+    status, summary = _judge(case, [first, followed], state, rc=None)
+    assert status == Status.PASS
+    assert "followed the Server Reference" in summary
+    storm = [first] + [
+        _conn(i, opened=0.6 + i * 0.3, sni="localhost", closed=0.8 + i * 0.3) for i in range(2, 6)
+    ]
+    status, summary = _judge(case, storm, state, rc=None)
+    assert status == Status.FAIL
+    assert "4 reconnections" in summary
+    assert "came back to the same server" in summary
+    gone = _judge(case, [first], state, rc=0)
+    assert gone[0] == Status.PASS
+    assert "exited (code 0)" in gone[1]
+    assert "did not reconnect within 10 s" in _judge(case, [first], state, rc=None)[1]
+    early = _judge(case, [first], _V5, rc=0)
+    assert early[0] == Status.ERROR
+    assert "closed the connection before the edge's DISCONNECT" in early[1]
+
+
+def test_assigned_id_sides() -> None:
+    case = _m5("assigned_id", "assigned_client_id")
+    state = {**_V5, "assigned": "edgesim-assigned-1"}
+    first = _conn(packets=[_pk(0.0, "CONNECT", client_id="")], closed=1.0, closed_by="edge")
+    good = _conn(2, opened=2.0, packets=[_pk(2.0, "CONNECT", client_id="edgesim-assigned-1")])
+    assert _judge(case, [first, good], state)[0] == Status.PASS
+    empty = _conn(2, opened=2.0, packets=[_pk(2.0, "CONNECT", client_id="")])
+    status, summary = _judge(case, [first, empty], state)
+    assert status == Status.FAIL
+    assert "empty client id again" in summary
+    assert "never reconnected" in _judge(case, [first], state)[1]
+    own = _conn(packets=[_pk(0.0, "CONNECT", client_id="dev-1")])
+    assert _judge(case, [own], state)[0] == Status.SKIP
+
+
+def test_server_keep_alive_names_both_values() -> None:
+    case = _m5("keepalive", "server_keep_alive")
+    ok = _conn(packets=[_pk(0.0, "CONNECT"), _pk(1.5, "PINGREQ")])
+    state = {**_V5, "keepalive": 2, "asked_keepalive": 60}
+    status, summary = _judge(case, [ok], state)
+    assert status == Status.PASS
+    assert "Server Keep Alive; the device asked for 60 s" in summary
+    late = _conn(packets=[_pk(0.0, "CONNECT"), _pk(45.0, "PINGREQ")])
+    assert _judge(case, [late], state)[0] == Status.FAIL
+
+
+def test_mqtt5_suite_loads_and_protocol_filter() -> None:
+    from testkit.suites.model import RUNS_CASES
+
+    suite = load_suite("mqtt5")
+    assert {c.protocol for c in suite.cases} == {"mqtt5"}
+    assert {c.params.get("reason_code") for c in suite.cases} >= {0x8B, 0x89, 0x8E, 0x9C, 0x9D}
+    assert "mqtt5" not in RUNS_CASES["mqtt"]
+    assert "mqtt" in RUNS_CASES["mqtt5"]
+    with pytest.raises(SuiteError, match="behaviour 'server_disconnect' is mqtt5 only"):
+        parse_suite(
+            _HEAD
+            + '[[case]]\nid = "a"\ntitle = "t"\nexpect = "calm"\nbehaviour = "server_disconnect"\nprotocol = "mqtt"\n'
+        )
