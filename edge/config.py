@@ -59,6 +59,12 @@ An ``edge.toml`` (every key optional; relative paths are relative to the file)::
     [metrics]                       # GET /metrics on the admin listener
     auth = true                     # false: no token needed (scrapers on loopback)
 
+    [admin]                         # the admin listener (API, web console, /metrics)
+    cert = ""                       # HTTPS instead of HTTP: its certificate chain (PEM)
+    key = ""
+    client_ca = ""                  # admin CA(s), PEM: their client certificates log in
+    client_cert = "optional"        # optional: token or certificate; required: certificate
+
 Errors::
 
     EdgeConfigError      a key has a bad value or the file cannot be read;
@@ -81,6 +87,7 @@ from edge.tls.contexts import DEFAULT_ALPN, parse_tls_version
 from edge.tls.profiles import DEFAULT_PROFILE, get_profile
 
 __all__ = [
+    "AdminConfig",
     "EdgeConfig",
     "EdgeConfigError",
     "HostPort",
@@ -185,6 +192,26 @@ class HttpConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AdminConfig:
+    """The admin listener's TLS and certificate login (its address is in ``[listeners]``).
+
+    With ``client_ca`` a client certificate issued by one of those CAs logs in
+    as the admin, without the token (the web console in a browser holding the
+    certificate). Use CAs that issue admin certificates only, never a device CA:
+    every certificate they issue is an administrator. ``client_cert``:
+    ``"optional"`` asks for a certificate and accepts the token from clients
+    without one; ``"required"`` refuses a TLS handshake without one.
+    """
+
+    #: The listener's certificate chain and key; ``None``: plain HTTP.
+    cert: Path | None = None
+    key: Path | None = None
+    #: PEM file of the admin CAs; ``None``: no certificate login.
+    client_ca: Path | None = None
+    client_cert: str = "optional"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class IdentityConfig:
     """How a device is named from its certificate."""
 
@@ -240,6 +267,8 @@ class EdgeConfig:
     use_uvloop: bool = True
     #: Whether the admin listener's ``/metrics`` needs the admin token.
     metrics_auth: bool = True
+    #: The admin listener's TLS and certificate login (the ``[admin]`` table).
+    admin: AdminConfig = field(default_factory=AdminConfig)
     #: Durable MQTT state (the ``[persistence]`` table).
     persistence: PersistenceConfig = field(default_factory=PersistenceConfig)
 
@@ -272,9 +301,11 @@ _KNOWN = {
         "ready_file",
         "mqtt",
         "metrics",
+        "admin",
         "persistence",
     },
     "metrics": {"auth"},
+    "admin": {"cert", "key", "client_ca", "client_cert"},
     "persistence": {"enabled", "path", "synchronous", "batch_delay"},
     "listeners": {"mqtt", "https", "multi", "admin"},
     "tls": {
@@ -325,6 +356,27 @@ def _path(base: Path, text: str) -> Path | None:
         return None
     p = Path(text).expanduser()
     return p if p.is_absolute() else base / p
+
+
+def _admin_config(table: Mapping[str, Any], base: Path, where: str) -> AdminConfig:
+    paths = {
+        key: _path(base, _get(table, key, str, where))
+        for key in ("cert", "key", "client_ca")
+        if key in table
+    }
+    mode = _get(table, "client_cert", str, where) if "client_cert" in table else "optional"
+    if mode not in ("optional", "required"):
+        raise EdgeConfigError(
+            f'{where}.client_cert: expected "optional" or "required", got {mode!r}'
+        )
+    cert, key = paths.get("cert"), paths.get("key")
+    if (cert is None) != (key is None):
+        raise EdgeConfigError(f"{where}: cert and key go together (HTTPS on the admin listener)")
+    if paths.get("client_ca") is not None and cert is None:
+        raise EdgeConfigError(
+            f"{where}.client_ca: client certificates need HTTPS: set cert and key as well"
+        )
+    return AdminConfig(cert=cert, key=key, client_ca=paths.get("client_ca"), client_cert=mode)
 
 
 def config_from_dict(data: Mapping[str, Any], *, base: Path, source: str) -> EdgeConfig:
@@ -478,6 +530,10 @@ def config_from_dict(data: Mapping[str, Any], *, base: Path, source: str) -> Edg
         _check_keys(metrics, "metrics", source)
         if "auth" in metrics:
             changes["metrics_auth"] = _get(metrics, "auth", bool, f"{source} [metrics]")
+    admin = data.get("admin", {})
+    if admin:
+        _check_keys(admin, "admin", source)
+        changes["admin"] = _admin_config(admin, base, f"{source} [admin]")
     policy = data.get("policy")
     if policy is not None:
         if not isinstance(policy, Mapping):

@@ -160,6 +160,12 @@ class MuxProtocol(asyncio.Protocol):
         #: The protocol chosen, once known (for tests and events).
         self.selected: Selected | None = None
 
+    @property
+    def protocol_name(self) -> str:
+        """The chosen protocol's label (see ``EdgeTlsProtocol``), ``tls`` until chosen."""
+        name = getattr(self._inner, "protocol_name", None)
+        return name if isinstance(name, str) else "tls"
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Decide at once when ALPN (or the listener kind) is enough; else wait for bytes."""
         assert isinstance(transport, asyncio.Transport)

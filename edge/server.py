@@ -30,6 +30,7 @@ import contextlib
 import json
 import logging
 import os
+import ssl
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -422,21 +423,38 @@ class EdgeServer:
         if created:
             log.info("admin token written to %s.token", self.config.store_path)
         broker = self.broker
-        app = admin.make_admin_app(
-            self.trust,
-            self.events,
-            token=self.admin_token,
-            disconnect=None if broker is None else broker.disconnect_devices,
-            edge=self,
-            metrics_auth=self.config.metrics_auth,
-        )
+        settings = self.config.admin
+        admin_ca_pem: bytes | None = None
+        ssl_context = None
         try:
-            runner, port = await admin.start_admin(app, where.host, where.port)
+            if settings.client_ca is not None:
+                admin_ca_pem = settings.client_ca.read_bytes()
+            if settings.cert is not None and settings.key is not None:
+                ssl_context = admin.admin_ssl_context(
+                    settings.cert,
+                    settings.key,
+                    admin_ca_pem,
+                    require_client_cert=settings.client_cert == "required",
+                )
+            app = admin.make_admin_app(
+                self.trust,
+                self.events,
+                token=self.admin_token,
+                admin_ca_pem=admin_ca_pem,
+                certificate_login=admin_ca_pem is not None,
+                disconnect=None if broker is None else broker.disconnect_devices,
+                edge=self,
+                metrics_auth=self.config.metrics_auth,
+            )
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise EdgeServerError(f"admin listener [admin]: {exc}") from None
+        try:
+            runner, port = await admin.start_admin(app, where.host, where.port, ssl_context)
         except OSError as exc:
             raise EdgeServerError(
                 f"cannot listen for admin on {where}: {exc.strerror or exc}"
             ) from None
-        self._cleanups.append(runner.cleanup)
+        self._cleanups.append(lambda: admin.stop_admin(runner))
         self.ports["admin"] = port
 
     # -- threads ---------------------------------------------------------------

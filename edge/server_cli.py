@@ -219,6 +219,14 @@ async def _run(
         say(f"edgesim edge: connect path {compiled_status()}")
         if server.admin_token is not None:
             say(f"edgesim edge: admin token in {cfg.store_path}.token")
+        admin_port = server.ports.get("admin")
+        if admin_port is not None and cfg.listeners.admin is not None:
+            scheme = "https" if cfg.admin.cert is not None else "http"
+            login = " (or an admin client certificate)" if cfg.admin.client_ca else ""
+            say(
+                f"edgesim edge: web console {scheme}://{cfg.listeners.admin.host}:{admin_port}/ui"
+                f", log in with the token{login}"
+            )
         if as_json:
             emit({"ports": server.ports, "listen": where}, as_json=True)
         await stop.wait()

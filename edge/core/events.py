@@ -109,6 +109,9 @@ class EventLog:
         self.last_ns: dict[str, int] = {}
         #: Durations of accepted handshakes (``tls.accepted``'s ``handshake_ms``).
         self.handshake_ms = Histogram(HANDSHAKE_MS_BUCKETS)
+        #: Durations of refused ones (``tls.refused``'s ``handshake_ms``): from the
+        #: first byte to the refusal, so a stalled device shows as a slow refusal.
+        self.refused_handshake_ms = Histogram(HANDSHAKE_MS_BUCKETS)
 
     def emit(self, kind: str, outcome: str, **fields: Any) -> int:
         """Record an event; return its ``id`` (``time`` is filled in unless given).
@@ -143,6 +146,10 @@ class EventLog:
             ms = fields.get("handshake_ms")
             if ms is not None:
                 self.handshake_ms.observe(ms)
+        elif kind == "tls.refused":
+            ms = fields.get("handshake_ms")
+            if ms is not None:
+                self.refused_handshake_ms.observe(ms)
         # The message is built only when it is logged: every connect emits several events.
         if self._log_events and log.isEnabledFor(logging.INFO):
             log.info(

@@ -101,6 +101,8 @@ class EdgeCore:
         """Authorize and route ``message``; run matching handlers."""
         metrics = self.metrics
         metrics.messages_in += 1
+        if session is not None:
+            session.messages_in += 1
         if session is not None and message.topic[:1] == "$":
             # The "$" namespace belongs to the edge, whatever the policy says.
             metrics.publish_denied += 1

@@ -14,8 +14,6 @@ _FIELDS = (
     "connections_closed",
     "messages_in",
     "messages_out",
-    "bytes_in",
-    "bytes_out",
     "publish_denied",
     "subscribe_denied",
     "messages_dropped",
@@ -23,25 +21,54 @@ _FIELDS = (
 )
 
 
-class Metrics:
-    """The edge's counters (all start at 0)."""
+#: MQTT control packet names by type number (the fixed header's high nibble); 0 and
+#: anything unnamed count as ``reserved``. The label set is these 16 values at most.
+MQTT_PACKET_TYPES: tuple[str, ...] = (
+    "reserved",
+    "connect",
+    "connack",
+    "publish",
+    "puback",
+    "pubrec",
+    "pubrel",
+    "pubcomp",
+    "subscribe",
+    "suback",
+    "unsubscribe",
+    "unsuback",
+    "pingreq",
+    "pingresp",
+    "disconnect",
+    "auth",
+)
 
-    __slots__ = _FIELDS
+
+class Metrics:
+    """The edge's counters (all start at 0).
+
+    ``mqtt_packets_in`` and ``mqtt_packets_out`` count MQTT control packets by
+    type number (index into :data:`MQTT_PACKET_TYPES`): a list index, not a dict
+    of labels, so that counting one costs the broker one indexed store.
+    """
+
+    __slots__ = (*_FIELDS, "mqtt_packets_in", "mqtt_packets_out")
 
     connections_opened: int
     connections_closed: int
     messages_in: int
     messages_out: int
-    bytes_in: int
-    bytes_out: int
     publish_denied: int
     subscribe_denied: int
     messages_dropped: int
     handler_failures: int
+    mqtt_packets_in: list[int]
+    mqtt_packets_out: list[int]
 
     def __init__(self) -> None:
         for name in _FIELDS:
             setattr(self, name, 0)
+        self.mqtt_packets_in = [0] * 16
+        self.mqtt_packets_out = [0] * 16
 
     def snapshot(self) -> dict[str, int]:
         """All counters by name, plus ``connections_open``."""

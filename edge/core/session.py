@@ -93,7 +93,15 @@ class PeerCertificate:
 
 @dataclass(init=False, eq=True, unsafe_hash=True, slots=True)
 class SessionInfo:
-    """An accepted, mutually authenticated connection, as protocol adapters see it. Immutable.
+    """An accepted, mutually authenticated connection, as protocol adapters see it.
+
+    Immutable but for two counters: ``messages_in`` (application messages the
+    device published, counted by the core whether or not policy allowed them) and
+    ``messages_out`` (messages handed to the device's connection: an MQTT PUBLISH
+    written, a ``/ws`` or SSE message queued). They live here because every
+    adapter holds this object: one attribute store per message, no lookup; the
+    device list and the per-protocol metrics read them. They take no part in
+    equality, hashing or ``repr``.
 
     ``connection_id`` defaults to the next process-unique id.
     """
@@ -108,6 +116,8 @@ class SessionInfo:
     set_name: Final[str]
     set_version: Final[int]
     connection_id: Final[int]
+    messages_in: int = field(init=False, default=0, repr=False, compare=False, hash=False)
+    messages_out: int = field(init=False, default=0, repr=False, compare=False, hash=False)
 
     def __init__(
         self,
@@ -133,3 +143,5 @@ class SessionInfo:
         self.set_name = set_name
         self.set_version = set_version
         self.connection_id = next_connection_id() if connection_id is None else connection_id
+        self.messages_in = 0
+        self.messages_out = 0

@@ -63,6 +63,8 @@ from edge.trust.propagation import TrustService
 
 __all__ = [
     "ADMIN_CA_KEY",
+    "ADMIN_KEY",
+    "CERT_LOGIN_KEY",
     "DISCONNECT_KEY",
     "EVENTS_KEY",
     "TOKEN_KEY",
@@ -72,12 +74,18 @@ __all__ = [
     "make_admin_app",
     "problem",
     "start_admin",
+    "stop_admin",
 ]
 
 TRUST_KEY = web.AppKey("trust", TrustService)
 EVENTS_KEY = web.AppKey("events", EventLog)
 TOKEN_KEY = web.AppKey("token", str)
 ADMIN_CA_KEY = web.AppKey("admin_ca", list[x509.Certificate])
+#: Whether a verified admin client certificate alone logs in (no token needed).
+CERT_LOGIN_KEY = web.AppKey("certificate_login", bool)
+#: On each authenticated request: how the admin was recognised (defined next to
+#: the console's routes, which record it in their events).
+ADMIN_KEY = console_api.ADMIN_KEY
 #: Closes the live MQTT sessions a predicate on the session picks (the broker's
 #: ``disconnect_devices``), or None when the edge serves no MQTT.
 DISCONNECT_KEY = web.AppKey("disconnect", object)
@@ -128,15 +136,26 @@ def load_or_create_token(store_path: str | Path) -> tuple[str, bool]:
 
 
 def admin_ssl_context(
-    certfile: str | Path, keyfile: str | Path, admin_ca_pem: bytes | None = None
+    certfile: str | Path,
+    keyfile: str | Path,
+    admin_ca_pem: bytes | None = None,
+    *,
+    require_client_cert: bool = True,
 ) -> ssl.SSLContext:
-    """A server context for the admin listener; with ``admin_ca_pem`` it requires client certs."""
+    """A server context for the admin listener, verifying client certificates against
+    ``admin_ca_pem`` when given.
+
+    ``require_client_cert`` (the default) refuses a handshake without a certificate;
+    False asks for one but lets a client without one in (it then needs the token).
+    Either way a certificate that is presented must verify against the admin CAs,
+    for the client-authentication purpose, or the handshake fails.
+    """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(certfile, keyfile)
     if admin_ca_pem:
         context.load_verify_locations(cadata=admin_ca_pem.decode("ascii"))
-        context.verify_mode = ssl.CERT_REQUIRED
+        context.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
     return context
 
 
@@ -228,6 +247,44 @@ def _unauthorized(request: web.Request, detail: str, error: str | None = None) -
     )
 
 
+def _admin_certificate(request: web.Request) -> x509.Certificate | None:
+    """The client certificate of the request's connection when one of the admin CAs
+    issued it, else None.
+
+    The TLS layer verified the chain (:func:`admin_ssl_context`); the issuer check
+    guards against a listener whose context trusts more than the admin CAs.
+    """
+    admin_cas = request.app[ADMIN_CA_KEY]
+    if not admin_cas or request.transport is None:
+        return None
+    ssl_object = request.transport.get_extra_info("ssl_object")
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    if not der:
+        return None
+    cert = x509.load_der_x509_certificate(der)
+    if not any(ca.subject == cert.issuer for ca in admin_cas):
+        return None
+    return cert
+
+
+def _cross_site(request: web.Request) -> str | None:
+    """Why a request authenticated by its client certificate alone looks cross-site, or None.
+
+    A browser presents its client certificate to any page's request, so unlike the
+    bearer token (which only the console's own script sends) it is an ambient
+    credential: without this check another site could make an admin's browser call
+    the API (CSRF). Browsers say where a request comes from in ``Sec-Fetch-Site``
+    (and ``Origin``); tools such as curl send neither and are let through.
+    """
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site not in ("same-origin", "none"):
+        return f"a {site} request cannot use the admin client certificate"
+    origin = request.headers.get("Origin")
+    if origin is not None and origin != f"{request.scheme}://{request.host}":
+        return f"a request from {origin} cannot use the admin client certificate"
+    return None
+
+
 @web.middleware
 async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path == "/v1/openapi.json" and request.method in ("GET", "HEAD"):
@@ -235,27 +292,56 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     if console_api.is_public(request):
         return await handler(request)
     expected = request.app[TOKEN_KEY]
+    header = request.headers.get("Authorization", "")
+    if request.app[CERT_LOGIN_KEY] and not header:
+        # Certificate login: a verified admin client certificate alone is enough.
+        cert = _admin_certificate(request)
+        if cert is not None:
+            why = _cross_site(request)
+            if why is not None:
+                return _forbidden(request, why)
+            request[ADMIN_KEY] = f"certificate {cert.subject.rfc4514_string()}"
+            return await handler(request)
+        if not expected:
+            return _unauthorized(request, "present an admin client certificate")
     if expected:
-        header = request.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")
         if not header:
-            return _unauthorized(request, "send 'Authorization: Bearer <token>' (the admin token)")
+            detail = "send 'Authorization: Bearer <token>' (the admin token)"
+            if request.app[CERT_LOGIN_KEY]:
+                detail += " or present an admin client certificate"
+            return _unauthorized(request, detail)
         if scheme.lower() != "bearer" or not hmac.compare_digest(
             given.strip().encode(), expected.encode()
         ):
             return _unauthorized(request, "the bearer token is wrong", "invalid_token")
-    admin_cas = request.app[ADMIN_CA_KEY]
-    if admin_cas:
-        ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
-        peer = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-        if not peer:
-            return _unauthorized(request, "an admin client certificate is required")
-        # The TLS layer verified the chain (admin_ssl_context); this guards against a
-        # listener whose context trusts more than the admin CA.
-        issuer = x509.load_der_x509_certificate(peer).issuer
-        if not any(ca.subject == issuer for ca in admin_cas):
-            return _unauthorized(request, "the client certificate is not issued by the admin CA")
+    request[ADMIN_KEY] = "token"
+    if request.app[ADMIN_CA_KEY] and not request.app[CERT_LOGIN_KEY]:
+        # Token and certificate both required.
+        cert = _admin_certificate(request)
+        if cert is None:
+            return _unauthorized(
+                request, "an admin client certificate from the admin CA is required"
+            )
+        request[ADMIN_KEY] = f"token and certificate {cert.subject.rfc4514_string()}"
     return await handler(request)
+
+
+def _forbidden(request: web.Request, detail: str) -> web.Response:
+    request.app[EVENTS_KEY].emit(
+        "admin.denied",
+        "denied",
+        peer=request.remote,
+        method=request.method,
+        path=request.path,
+        reason=detail,
+    )
+    return problem(403, "forbidden", "Forbidden", detail)
+
+
+async def _whoami(request: web.Request) -> web.Response:
+    """``GET /v1/whoami``: how this request was authenticated (the console's login check)."""
+    return _json({"admin": request[ADMIN_KEY]})
 
 
 # -- request helpers ------------------------------------------------------------
@@ -668,6 +754,7 @@ async def _events(request: web.Request) -> web.Response:
 #: (method, path, handler): the whole API; :mod:`edge.http.openapi` describes each.
 ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("GET", "/v1/openapi.json", _openapi),
+    ("GET", "/v1/whoami", _whoami),
     ("GET", "/v1/sets", _list_sets),
     ("POST", "/v1/sets", _upload_by_query),
     ("GET", "/v1/sets/{name}", _get_set),
@@ -704,6 +791,7 @@ def make_admin_app(
     *,
     token: str | None,
     admin_ca_pem: bytes | None = None,
+    certificate_login: bool = False,
     disconnect: Callable[[Callable[[Any], bool], str], int] | None = None,
     edge: Any = None,
     metrics_auth: bool = True,
@@ -711,9 +799,14 @@ def make_admin_app(
     """Build the admin application.
 
     ``token`` is the bearer token every call needs; ``admin_ca_pem`` additionally
-    requires a client certificate (the listener must then use
-    :func:`admin_ssl_context`). At least one of them must be given: an admin API
-    open to anyone on the listener is refused with ``ValueError``.
+    requires a client certificate issued by one of those CAs (the listener must
+    then use :func:`admin_ssl_context`). With ``certificate_login`` such a
+    certificate alone logs in instead, the token staying an alternative: this is
+    how the web console logs in with an admin's browser certificate (requests it
+    authenticates must not come from another site: see ``_cross_site``). At
+    least one of token and CA must be given: an admin API open to anyone on the
+    listener is refused with ``ValueError``, and so is ``certificate_login``
+    without a CA.
     ``disconnect`` is the broker's ``disconnect_devices`` (None: no MQTT served).
     ``edge`` (the running :class:`~edge.server.EdgeServer`) backs the device list,
     publishing, topic streams and the connection metrics; ``metrics_auth=False``
@@ -721,11 +814,14 @@ def make_admin_app(
     """
     if not token and not admin_ca_pem:
         raise ValueError("the admin API needs a token or an admin CA (or both)")
+    if certificate_login and not admin_ca_pem:
+        raise ValueError("certificate_login needs admin_ca_pem (the admin CAs)")
     app = web.Application(middlewares=[_problems, _auth], client_max_size=MAX_BODY)
     app[TRUST_KEY] = trust
     app[EVENTS_KEY] = events
     app[TOKEN_KEY] = token or ""
     app[ADMIN_CA_KEY] = x509.load_pem_x509_certificates(admin_ca_pem) if admin_ca_pem else []
+    app[CERT_LOGIN_KEY] = certificate_login
     app[DISCONNECT_KEY] = disconnect
     console_api.install(app, events, edge=edge, metrics_auth=metrics_auth)
     for method, path, handler in ROUTES:
@@ -753,3 +849,20 @@ async def start_admin(
         raise
     bound = runner.addresses[0][1]
     return runner, int(bound)
+
+
+async def stop_admin(runner: web.AppRunner) -> None:
+    """Stop a listener :func:`start_admin` started, leaving no connection open.
+
+    ``runner.cleanup()`` ends requests and closes connections, but over TLS a
+    close waits for the client's close_notify (up to 30 s), and a browser keeping
+    its connection does not send one: the event loop would then close under a
+    live socket. What is still open after the cleanup is aborted.
+    """
+    server = runner.server
+    handlers = list(server.connections) if server is not None else []
+    await runner.cleanup()
+    for handler in handlers:
+        transport = handler.transport
+        if transport is not None:
+            transport.abort()

@@ -4,7 +4,10 @@ Handlers :mod:`edge.http.admin` mounts next to its certificate-set routes (and
 :mod:`edge.http.openapi` describes):
 
 - ``GET /v1/events/stream``: the event log as Server-Sent Events, with the same
-  filters as ``/v1/events``; resumes from ``since`` or ``Last-Event-ID``.
+  filters as ``/v1/events`` (and ``kind`` may list several, comma-separated);
+  resumes from ``since`` or ``Last-Event-ID``; ``since=now`` sends live events only.
+  The console's device and certificate-set views refresh on these events instead
+  of polling.
 - ``GET /v1/devices``, ``POST /v1/devices/{connection_id}/disconnect``: the
   connected devices, and closing one (an MQTT client through the broker's
   ``disconnect_devices``: MQTT 5 gets DISCONNECT 0x98, "administrative action").
@@ -43,6 +46,7 @@ from edge.http.metrics_export import protocol_of, registry_for
 from edge.ws.jsonproto import MAX_TOPIC_BYTES
 
 __all__ = [
+    "ADMIN_KEY",
     "CONSOLE_FILES",
     "EDGE_KEY",
     "METRICS_AUTH_KEY",
@@ -51,6 +55,9 @@ __all__ = [
     "install",
 ]
 
+#: On each authenticated request: how the admin was recognised (``token``, or
+#: ``certificate <subject>``); set by the admin API's auth middleware.
+ADMIN_KEY = web.RequestKey("admin", str)
 #: The running :class:`~edge.server.EdgeServer`, when there is one.
 EDGE_KEY = web.AppKey("edge", object)
 #: Whether ``/metrics`` needs the token (scrapers on loopback often send none).
@@ -136,12 +143,14 @@ def _event_filter(request: web.Request) -> dict[str, str | None]:
     }
 
 
-def _since(request: web.Request) -> int:
+def _since(request: web.Request, events: EventLog) -> int:
     raw = request.headers.get("Last-Event-ID") or request.query.get("since") or "0"
+    if raw == "now":  # live events only, no history
+        return events.last_id
     try:
         return max(0, int(raw))
     except ValueError:
-        raise web.HTTPBadRequest(reason="since must be an event id") from None
+        raise web.HTTPBadRequest(reason="since must be an event id or 'now'") from None
 
 
 async def _events_stream(request: web.Request) -> web.StreamResponse:
@@ -151,7 +160,7 @@ async def _events_stream(request: web.Request) -> web.StreamResponse:
 async def _run_events_stream(request: web.Request) -> web.StreamResponse:
     events = request.app[_EVENTS_KEY]
     filters = _event_filter(request)
-    since = _since(request)
+    since = _since(request, events)
     loop = asyncio.get_running_loop()
     owner = threading.get_ident()
     queue: asyncio.Queue[Event] = asyncio.Queue(_STREAM_QUEUE)
@@ -175,13 +184,16 @@ async def _run_events_stream(request: web.Request) -> web.StreamResponse:
         response = await _sse(request)
         # Tells the browser the stream is open before the first event arrives.
         await response.write(b": open\n\n")
+        kinds = filters["kind"]
         history = events.query(
             since=since,
-            kind=filters["kind"],
+            kind=kinds if kinds is None or "," not in kinds else None,
             outcome=filters["outcome"],
             identity=filters["identity"],
         )
         for event in history:
+            if not _matches(event, filters):  # several kinds: filtered here
+                continue
             await response.write(_frame(event["id"], event))
             since = event["id"]
         while True:
@@ -200,11 +212,15 @@ async def _run_events_stream(request: web.Request) -> web.StreamResponse:
 
 
 def _matches(event: Event, filters: dict[str, str | None]) -> bool:
-    """The same filters as :meth:`EventLog.query` (``kind`` ending in ``.`` is a prefix)."""
-    kind = filters["kind"]
-    if kind is not None:
+    """The same filters as :meth:`EventLog.query` (``kind`` ending in ``.`` is a prefix),
+    and ``kind`` may list several, separated by commas (``trust.,connection.closed``)."""
+    kinds = filters["kind"]
+    if kinds is not None:
         got = event["kind"]
-        if not (got == kind or (kind.endswith(".") and got.startswith(kind))):
+        if not any(
+            got == kind or (kind.endswith(".") and got.startswith(kind))
+            for kind in kinds.split(",")
+        ):
             return False
     outcome, identity = filters["outcome"], filters["identity"]
     if outcome is not None and event["outcome"] != outcome:
@@ -229,20 +245,36 @@ def _connections(edge: Any) -> list[Any]:
     ]
 
 
+def _application(proto: Any) -> Any:
+    """The innermost application of a connection: through the HTTPS port's
+    ``DeviceConnection`` and a WebSocket to the MQTT or ``/ws`` app behind it."""
+    app = proto.app
+    inner = getattr(app, "inner", None)
+    if inner is not None:
+        app = getattr(inner, "app", None) or inner
+    return app
+
+
 def _device(edge: Any, proto: Any) -> dict[str, Any]:
     info = proto.info
     protocol = protocol_of(proto)
-    app = proto.app
+    app = _application(proto)
     client_id = None
     subscriptions: dict[str, int] = {}
     mqtt_level = None
+    router = edge.core.router
     conn = getattr(app, "connection", None)
-    if conn is not None and hasattr(conn, "protocol_level"):
+    if conn is not None and hasattr(conn, "protocol_level"):  # MQTT, over TCP or WebSocket
         client_id = conn.client_id or None
         mqtt_level = conn.protocol_level
         session = conn.session
         if session is not None:
-            subscriptions = edge.core.router.subscriptions(session.subscriber_id)
+            subscriptions = router.subscriptions(session.subscriber_id)
+    else:
+        ws_session = getattr(app, "session", None)  # the /ws JSON protocol
+        subscriber_id = getattr(ws_session, "subscriber_id", None)
+        if isinstance(subscriber_id, str):
+            subscriptions = router.subscriptions(subscriber_id)
     cert = info.certificate
     since = time.time() - (time.monotonic() - proto._started)
     return {
@@ -258,6 +290,10 @@ def _device(edge: Any, proto: Any) -> dict[str, Any]:
         "tls_version": info.tls_version,
         "connected_since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since)),
         "subscriptions": subscriptions,
+        "messages_in": info.messages_in,
+        "messages_out": info.messages_out,
+        "bytes_in": proto.bytes_in,
+        "bytes_out": proto.bytes_out,
         "certificate": cert.as_dict() if cert is not None else None,
     }
 
@@ -294,6 +330,7 @@ async def _disconnect(request: web.Request) -> web.Response:
             peer=device["peer"],
             connection_id=wanted,
             reason=reason,
+            admin=request.get(ADMIN_KEY, ""),
         )
         return _json({"ok": True, "device": device})
     raise web.HTTPNotFound(reason=f"no connected device with connection id {wanted}")

@@ -425,6 +425,7 @@ class SseSubscriber:
     """One ``GET /subscribe`` stream as the router's subscriber: a bounded queue."""
 
     def __init__(self, session: SessionInfo, max_queue: int) -> None:
+        self._session = session
         self.subscriber_id = f"sse:{session.connection_id}:{next(_message_ids)}"
         self._queue: asyncio.Queue[tuple[Message, bool] | str] = asyncio.Queue()
         self._max = max_queue
@@ -438,6 +439,7 @@ class SseSubscriber:
             self.end(f"client too slow: more than {self._max} messages unsent")
             return
         self._queue.put_nowait((message, retained))
+        self._session.messages_out += 1
 
     def end(self, reason: str) -> None:
         """End the stream with an ``error`` event carrying ``reason``."""
@@ -578,6 +580,14 @@ class DeviceConnection(asyncio.Protocol):
     def inner(self) -> asyncio.Protocol | None:
         """The protocol the connection was handed to (``None`` while reading the head)."""
         return self._inner
+
+    @property
+    def protocol_name(self) -> str:
+        """``ws`` or ``mqtt-ws`` once upgraded to a WebSocket, else ``http``."""
+        inner = self._inner
+        if isinstance(inner, WebSocketConnection):
+            return inner.protocol_name
+        return "http"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Keep the transport until the first request head decides."""

@@ -8,8 +8,9 @@ sessions, the router's retained store, the trust service's status);
 prometheus-client then writes the text format or OpenMetrics, whichever the
 scraper's ``Accept`` header prefers.
 
-Labels are bounded: protocol, set, outcome, alert, event kind, direction and
-reason. No label names a device; a set name is chosen by the admin.
+Labels are bounded: protocol, set, outcome, alert, event kind, direction,
+MQTT packet type and reason. No label names a device; a set name is chosen by
+the admin.
 """
 
 from __future__ import annotations
@@ -25,22 +26,22 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from edge.core.metrics import MQTT_PACKET_TYPES
+from edge.tls.connection import protocol_name
+
 __all__ = ["EdgeCollector", "protocol_of", "registry_for"]
 
 _PROPAGATION_STATES = ("active", "propagating", "pending", "error")
 
 
 def protocol_of(proto: Any) -> str:
-    """``mqtt``, ``http`` (HTTP and WebSocket share the frontend), or ``handshake``/``tls``."""
-    if getattr(proto, "info", None) is None:
-        return "handshake"
-    app = getattr(proto, "app", None)
-    if app is None:
-        return "tls"
-    module = type(app).__module__
-    if module.startswith("edge.mqtt"):
-        return "mqtt"
-    return "http"
+    """The protocol label of an edge connection (``EdgeTlsProtocol``).
+
+    ``handshake`` (not yet accepted), ``tls`` (accepted, protocol not chosen yet),
+    ``mqtt``, ``http``, ``ws`` (the ``/ws`` JSON protocol) or ``mqtt-ws`` (MQTT
+    over WebSocket): :func:`edge.tls.connection.protocol_name`.
+    """
+    return protocol_name(proto)
 
 
 class EdgeCollector(Collector):
@@ -84,18 +85,23 @@ class EdgeCollector(Collector):
             by_kind.add_metric([kind, outcome], count)
         yield handshakes
         yield by_kind
-        hist = events.handshake_ms
-        buckets: list[tuple[str, float]] = []
-        running = 0
-        for bound, count in zip((*hist.bounds, float("inf")), hist.counts, strict=True):
-            running += count
-            buckets.append(("+Inf" if bound == float("inf") else repr(bound / 1000), running))
-        yield HistogramMetricFamily(
+        durations = HistogramMetricFamily(
             "edgesim_handshake_duration_seconds",
-            "Accepted TLS handshakes' duration, from the first byte to the verified certificate",
-            buckets=buckets,
-            sum_value=hist.total / 1000,
+            "TLS handshakes' duration by outcome: from the first byte to the verified "
+            "certificate (accepted) or to the refusal (refused)",
+            labels=("outcome",),
         )
+        for outcome, hist in (
+            ("accepted", events.handshake_ms),
+            ("refused", events.refused_handshake_ms),
+        ):
+            buckets: list[tuple[str, float]] = []
+            running = 0
+            for bound, count in zip((*hist.bounds, float("inf")), hist.counts, strict=True):
+                running += count
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound / 1000), running))
+            durations.add_metric([outcome], buckets, sum_value=hist.total / 1000)
+        yield durations
         yield CounterMetricFamily(
             "edgesim_events_written", "Events written to the event log", value=events.last_id
         )
@@ -112,14 +118,47 @@ class EdgeCollector(Collector):
             labels=("protocol", "set"),
         )
         counts: dict[tuple[str, str], int] = {}
+        # [messages in, messages out, bytes in, bytes out] by protocol: the closed
+        # connections' totals plus the open ones' own counters.
+        traffic: dict[str, list[int]] = {}
         for endpoint in list(server.endpoints.values()):
+            for protocol, totals in list(endpoint.closed_traffic.items()):
+                into = traffic.setdefault(protocol, [0, 0, 0, 0])
+                for i in range(4):
+                    into[i] += totals[i]
             for proto in list(endpoint.open_protocols):
                 info = proto.info
-                key = (protocol_of(proto), info.set_name if info is not None else "")
+                protocol = protocol_of(proto)
+                key = (protocol, info.set_name if info is not None else "")
                 counts[key] = counts.get(key, 0) + 1
+                if info is None:
+                    continue
+                into = traffic.setdefault(protocol, [0, 0, 0, 0])
+                into[0] += info.messages_in
+                into[1] += info.messages_out
+                into[2] += proto.bytes_in
+                into[3] += proto.bytes_out
         for (protocol, set_name), count in sorted(counts.items()):
             family.add_metric([protocol, set_name], count)
         yield family
+        messages = CounterMetricFamily(
+            "edgesim_device_messages",
+            "Application messages by the device connection's protocol (in: published by "
+            "the device, allowed or not; out: handed to the device)",
+            labels=("protocol", "direction"),
+        )
+        data = CounterMetricFamily(
+            "edgesim_bytes",
+            "Application bytes (after TLS) by protocol and direction",
+            labels=("protocol", "direction"),
+        )
+        for protocol, (m_in, m_out, b_in, b_out) in sorted(traffic.items()):
+            messages.add_metric([protocol, "in"], m_in)
+            messages.add_metric([protocol, "out"], m_out)
+            data.add_metric([protocol, "in"], b_in)
+            data.add_metric([protocol, "out"], b_out)
+        yield messages
+        yield data
 
     def _core(self, snap: dict[str, int]) -> Iterator[Metric]:
         messages = CounterMetricFamily(
@@ -130,12 +169,6 @@ class EdgeCollector(Collector):
         messages.add_metric(["in"], snap["messages_in"])
         messages.add_metric(["out"], snap["messages_out"])
         yield messages
-        data = CounterMetricFamily(
-            "edgesim_bytes", "Bytes of device traffic", labels=("direction",)
-        )
-        data.add_metric(["in"], snap["bytes_in"])
-        data.add_metric(["out"], snap["bytes_out"])
-        yield data
         dropped = CounterMetricFamily(
             "edgesim_messages_dropped",
             "Messages not delivered, by reason",
@@ -156,6 +189,23 @@ class EdgeCollector(Collector):
     def _broker(self, broker: Any) -> Iterator[Metric]:
         if broker is None or not hasattr(broker, "sessions"):
             return
+        core = getattr(broker, "core", None)
+        metrics = getattr(core, "metrics", None)
+        if metrics is not None:
+            packets = CounterMetricFamily(
+                "edgesim_mqtt_packets",
+                "MQTT control packets by type (connect, publish, puback...) and direction "
+                "(in: parsed from devices; out: written to them), MQTT over WebSocket included",
+                labels=("type", "direction"),
+            )
+            for direction, counts in (
+                ("in", metrics.mqtt_packets_in),
+                ("out", metrics.mqtt_packets_out),
+            ):
+                for number, count in enumerate(counts):
+                    if count:
+                        packets.add_metric([MQTT_PACKET_TYPES[number], direction], count)
+            yield packets
         depth = GaugeMetricFamily(
             "edgesim_queue_depth",
             "MQTT messages waiting: inflight (sent, unacknowledged) and queued (offline sessions)",

@@ -709,16 +709,43 @@ _FILTERS = [
     for n in ("kind", "outcome", "identity")
 ]
 _CONSOLE_PATHS: dict[str, Any] = {
+    "/v1/whoami": {
+        "get": {
+            "summary": "How this request was authenticated: the console's login check",
+            "description": "With certificate login configured ([admin] client_ca), a "
+            "verified admin client certificate alone authenticates; otherwise the token.",
+            "responses": {
+                "200": _ok(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "admin": {
+                                "type": "string",
+                                "description": "'token', or 'certificate <subject>'",
+                            }
+                        },
+                    }
+                ),
+                **_errors("403"),
+            },
+        }
+    },
     "/v1/events/stream": {
         "get": {
             "summary": "New events as Server-Sent Events (data: one Event as JSON; id: its id)",
-            "description": "Resumes after `since` or the Last-Event-ID header; a comment "
-            "line every 15 s keeps idle streams open.",
+            "description": "Resumes after `since` or the Last-Event-ID header (`since=now`: "
+            "live events only); `kind` may list several kinds or prefixes, comma-separated "
+            "(`trust.,connection.closed`); a comment line every 15 s keeps idle streams open.",
             "parameters": [
                 {
                     "name": "since",
                     "in": "query",
-                    "schema": {"type": "integer", "minimum": 0, "maximum": _MAX_INT},
+                    "schema": {
+                        "oneOf": [
+                            {"type": "integer", "minimum": 0, "maximum": _MAX_INT},
+                            {"const": "now"},
+                        ]
+                    },
                 },
                 *_FILTERS,
             ],
@@ -857,7 +884,11 @@ _DOCUMENT["components"]["schemas"]["Device"] = {
         "identity": {"type": "string"},
         "set": {"type": "string"},
         "version": {"type": "integer"},
-        "protocol": {"type": "string", "enum": ["mqtt", "http", "tls", "handshake"]},
+        "protocol": {
+            "type": "string",
+            "enum": ["mqtt", "http", "ws", "mqtt-ws", "tls", "handshake"],
+            "description": "ws: the /ws JSON protocol; mqtt-ws: MQTT over WebSocket (/mqtt)",
+        },
         "mqtt_protocol_level": {"type": ["integer", "null"]},
         "client_id": {"type": ["string", "null"]},
         "peer": {"type": "string"},
@@ -865,6 +896,17 @@ _DOCUMENT["components"]["schemas"]["Device"] = {
         "tls_version": {"type": "string"},
         "connected_since": {"type": "string", "format": "date-time"},
         "subscriptions": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "messages_in": {
+            "type": "integer",
+            "description": "messages the device published on this connection (allowed or not)",
+        },
+        "messages_out": {
+            "type": "integer",
+            "description": "messages handed to the device (MQTT PUBLISH packets sent, re-sends "
+            "included; /ws and SSE messages queued)",
+        },
+        "bytes_in": {"type": "integer", "description": "application bytes received (after TLS)"},
+        "bytes_out": {"type": "integer", "description": "application bytes sent (before TLS)"},
         "certificate": {"type": ["object", "null"]},
     },
 }

@@ -163,6 +163,20 @@ def _str(text: str) -> bytes:
 
 
 _PINGRESP = b"\xd0\x00"
+#: What a client may send, by class, as the packet type numbers the metrics count by.
+_PACKET_NUMBER: dict[type, int] = {
+    Connect: 1,
+    Publish: 3,
+    Puback: 4,
+    Pubrec: 5,
+    Pubrel: 6,
+    Pubcomp: 7,
+    Subscribe: 8,
+    Unsubscribe: 10,
+    Pingreq: 12,
+    Disconnect: 14,
+    Auth: 15,
+}
 #: The Reason String of every refused AUTH packet or Authentication Method.
 _CERT_ONLY = (
     "devices authenticate by certificate (mutual TLS) here: no AUTH exchange"
@@ -1065,7 +1079,9 @@ class MqttConnection:
             self._head += data[:16]
         try:
             packets = self.parser.feed(data)
+            counts = self.core.metrics.mqtt_packets_in
             for packet in packets:
+                counts[_PACKET_NUMBER.get(type(packet), 0)] += 1
                 self._handle(packet)
                 if self.should_close:
                     return
@@ -1199,6 +1215,11 @@ class MqttConnection:
         out = self._out
         out.append(data)
         self._out_len += len(data)
+        # Every write is one whole packet: its first byte names the type.
+        kind = data[0] >> 4
+        self.core.metrics.mqtt_packets_out[kind] += 1
+        if kind == 3:  # PUBLISH, re-sends included: the device list's "messages out"
+            self.info.messages_out += 1
         if len(out) == 1 and self.wakeup is not None:
             self.wakeup()
 

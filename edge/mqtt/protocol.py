@@ -84,6 +84,11 @@ class MqttServerProtocol(asyncio.Protocol):
                 self._closed.set_result(None)
         return self._closed
 
+    @property
+    def protocol_name(self) -> str:
+        """``mqtt``: the label metrics and the device list give this connection."""
+        return "mqtt"
+
     # --- asyncio.Protocol --------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -103,7 +108,6 @@ class MqttServerProtocol(asyncio.Protocol):
         """Feed the bytes, write the replies, close if the connection asks."""
         conn = self.connection
         assert conn is not None
-        self.broker.core.metrics.bytes_in += len(data)
         # The _flush() below sends whatever this writes: no wake-up callback for it.
         self._flush_scheduled = True
         try:
@@ -167,14 +171,12 @@ class MqttServerProtocol(asyncio.Protocol):
             self._closing = True
             data = conn.data_to_send()
             if data:
-                self.broker.core.metrics.bytes_out += len(data)
                 transport.write(data)
             transport.close()
             return
         if not self._paused:
             data = conn.data_to_send()
             if data:
-                self.broker.core.metrics.bytes_out += len(data)
                 transport.write(data)
         if self._timer is None and self.broker.config.retry_interval is not None:
             # A client without keepalive has no timer; new in-flight messages need one.

@@ -62,6 +62,7 @@ __all__ = [
     "SnapshotLike",
     "TlsEndpoint",
     "TlsTransport",
+    "protocol_name",
 ]
 
 log = logging.getLogger("edgesim.tls")
@@ -170,6 +171,25 @@ class TlsEndpoint:
         self._trips: dict[tuple[str, str], float] = {}
         #: Handshake (and first-bytes) deadlines of this listener's connections.
         self.deadlines = Deadlines(self.options.handshake_timeout)
+        #: Traffic of the connections closed so far, by protocol label
+        #: (:func:`protocol_name`): ``[messages in, messages out, bytes in, bytes
+        #: out]``. Open connections keep theirs (messages on their SessionInfo,
+        #: bytes on the connection); the metrics report the sum of both, so a
+        #: message costs no label lookup.
+        self.closed_traffic: dict[str, list[int]] = {}
+
+    def count_closed(self, conn: EdgeTlsProtocol) -> None:
+        """Fold a closing connection's counters into :attr:`closed_traffic`."""
+        protocol = protocol_name(conn)
+        totals = self.closed_traffic.get(protocol)
+        if totals is None:
+            totals = self.closed_traffic[protocol] = [0, 0, 0, 0]
+        info = conn.info
+        if info is not None:
+            totals[0] += info.messages_in
+            totals[1] += info.messages_out
+        totals[2] += conn.bytes_in
+        totals[3] += conn.bytes_out
 
     def take_handshake_token(self, source: str, now: float) -> bool:
         """Spend one of ``source``'s handshake tokens; False when its rate is exhausted."""
@@ -270,6 +290,8 @@ class EdgeTlsProtocol(asyncio.Protocol):
         "_started",
         "_timer",
         "app",
+        "bytes_in",
+        "bytes_out",
         "endpoint",
         "hello",
         "info",
@@ -301,6 +323,9 @@ class EdgeTlsProtocol(asyncio.Protocol):
         self._route: EdgeRouteLike | None = None
         self._close_reason = ""
         self._started = 0.0
+        #: Application bytes (decrypted) received from and sent to the device.
+        self.bytes_in = 0
+        self.bytes_out = 0
         #: The source address while it counts as unauthenticated, else "".
         self._source = ""
 
@@ -417,6 +442,8 @@ class EdgeTlsProtocol(asyncio.Protocol):
                     self.app.connection_lost(exc)
                 except Exception:  # an application bug must not take the edge down
                     log.exception("application connection_lost failed")
+            # After the application's own teardown, which may still count (a will).
+            ep.count_closed(self)
             ep.events.emit(
                 "connection.closed",
                 "closed",
@@ -718,6 +745,7 @@ class EdgeTlsProtocol(asyncio.Protocol):
         session = self.session
         assert session is not None
         plain = session.application_data()
+        self.bytes_in += len(plain)
         if self._phase == _PHASE_SELECT:
             self._select(plain)
             plain = b""
@@ -805,6 +833,7 @@ class EdgeTlsProtocol(asyncio.Protocol):
             library_reason=verdict.library_reason if verdict else "",
             reason=reason,
             hint=hint,
+            handshake_ms=round((time.monotonic() - self._started) * 1000, 2),
         )
 
     def _presented_certificate(self) -> PeerCertificate | None:
@@ -905,6 +934,7 @@ class EdgeTlsProtocol(asyncio.Protocol):
         session = self.session
         if session is None or session.state is not TlsState.ESTABLISHED:
             return
+        self.bytes_out += len(data)
         session.send(data)
         self._flush()
 
@@ -922,6 +952,20 @@ class EdgeTlsProtocol(asyncio.Protocol):
             self.app_close(reason)
         elif self.raw is not None:
             self.raw.abort()
+
+
+def protocol_name(conn: EdgeTlsProtocol) -> str:
+    """The label of what ``conn`` carries, for metrics and the device list.
+
+    ``handshake`` until the handshake is accepted, ``tls`` until the application
+    protocol is chosen, then the application's own ``protocol_name``: ``mqtt``,
+    ``http``, ``ws`` (the ``/ws`` JSON protocol) or ``mqtt-ws`` (MQTT over
+    WebSocket). A fixed set: metrics may use it as a label.
+    """
+    if conn.info is None:
+        return "handshake"
+    name = getattr(conn.app, "protocol_name", None)
+    return name if isinstance(name, str) else "tls"
 
 
 def _subjects(active: ActiveSetLike | None) -> tuple[str, ...]:

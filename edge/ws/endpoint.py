@@ -133,6 +133,17 @@ class WebSocketConnection(asyncio.Protocol):
         self._ended = False
         self._writable = True
 
+    @property
+    def app(self) -> WsApp | None:
+        """The application bound to the path (``None`` before the handshake)."""
+        return self._app
+
+    @property
+    def protocol_name(self) -> str:
+        """``mqtt-ws`` on the ``/mqtt`` path (MQTT over WebSocket), else ``ws``."""
+        route = self._route
+        return "mqtt-ws" if route is not None and route.name == "mqtt" else "ws"
+
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

@@ -85,6 +85,11 @@ class MqttWsApp:
         connection.wakeup = self._flush
         self._tick()
 
+    @property
+    def connection(self) -> MqttConnectionLike:
+        """The broker connection this WebSocket carries (the device list reads it)."""
+        return self._mqtt
+
     def on_message(self, data: bytes, text: bool, fin: bool) -> None:
         """Feed one frame's bytes to the broker connection."""
         if text:

@@ -164,6 +164,7 @@ class JsonWsSession:
                 message.topic, message.payload, qos=0, retain=retained, meta=meta, now=now
             )
         )
+        self._session.messages_out += 1
         self._wake()
 
     def _wake(self) -> None:

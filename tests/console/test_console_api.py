@@ -59,6 +59,43 @@ async def test_the_event_stream_filters_resumes_and_ends_on_shutdown(tmp_path: P
         await trust.close()
 
 
+async def test_the_event_stream_takes_several_kinds_and_live_only(tmp_path: Path) -> None:
+    events = EventLog(log_events=False)
+    trust = TrustService(SqliteTrustStore(tmp_path / "store.db"), events=events)
+    await trust.start()
+    runner, port = await start_admin(make_admin_app(trust, events, token=TOKEN), "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{port}/v1/events/stream?kind=trust.,connection.closed"
+    try:
+        old = events.emit("connection.closed", "closed", identity="default/old")
+        async with aiohttp.ClientSession(headers=AUTH) as http:
+            events.emit("tls.accepted", "accepted", identity="default/skipped")
+            # History holds both kinds (the trust service's start, the closed
+            # connection) and nothing else.
+            expected = [
+                e["id"]
+                for e in events.query()
+                if e["kind"].startswith("trust.") or e["kind"] == "connection.closed"
+            ]
+            assert old in expected
+            assert len(expected) < events.last_id
+            async with http.get(url) as r:
+                assert [(await _next_data(r))["id"] for _ in expected] == expected
+            # since=now: live events only; the list keeps both kinds, drops the rest.
+            async with http.get(url + "&since=now") as r:
+                await asyncio.wait_for(r.content.readline(), 10)  # ": open": listening
+                events.emit("tls.accepted", "accepted", identity="default/a")
+                bound = events.emit("trust.bound", "info", host="h")
+                closed = events.emit("connection.closed", "closed", identity="default/b")
+                assert (await _next_data(r))["id"] == bound
+                assert (await _next_data(r))["id"] == closed
+            async with http.get(url + "&since=later") as r:
+                assert r.status == 400
+                assert "since must be an event id or 'now'" in (await r.json())["detail"]
+    finally:
+        await runner.cleanup()
+        await trust.close()
+
+
 async def test_devices_publish_and_topic_stream_on_a_running_edge(edge: Any, device: Any) -> None:
     dev = device("dev-api", protocol="mqtt")
     assert dev.subscribe("devices/dev-api/#").ok
@@ -100,6 +137,9 @@ async def test_devices_publish_and_topic_stream_on_a_running_edge(edge: Any, dev
         async with http.post(base + f"/v1/devices/{listed['connection_id']}/disconnect") as r:
             assert (await r.json())["ok"] is True
         await edge.wait_for_event_async(kind="connection.closed", identity="default/dev-api")
+        async with http.get(base + "/v1/events?kind=admin.disconnected") as r:
+            (done,) = (await r.json())["events"]
+        assert done["admin"] == "token"  # who did it (or "certificate CN=...")
         async with http.get(base + "/v1/devices") as r:
             assert (await r.json())["devices"] == []
 

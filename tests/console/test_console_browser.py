@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from consolekit import start_admin_edge
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -154,10 +155,20 @@ def test_a_refused_device_appears_live_with_its_reason(console: Console, device:
 def test_a_device_is_disconnected_from_the_console(console: Console, device: Any) -> None:
     dev = device("dev-d", protocol="mqtt")
     assert dev.subscribe("devices/dev-d/#").ok
-    device("dev-e", protocol="wss")
     console.tab("devices")
+    sync_api.expect(console.page.locator("#dev-live")).to_have_text("live")
+    # A device that connects while the page is open appears (the event stream says so).
+    device("dev-e", protocol="wss")
+    other = console.page.locator('#dev-table tr[data-identity="default/dev-e"]')
+    sync_api.expect(other).to_contain_text("mqtt-ws 3.1.1")  # MQTT over WebSocket
     row = console.page.locator('#dev-table tr[data-identity="default/dev-d"]')
     sync_api.expect(row).to_contain_text("devices/dev-d/#")
+    # Messages in and out: two published, their echoes delivered.
+    for n in range(2):
+        assert dev.publish(f"devices/dev-d/state{n}", b"on").ok
+        assert dev.receive(timeout=5).payload == b"on"
+    sync_api.expect(row.locator("td.messages-in")).to_have_text("2")
+    sync_api.expect(row.locator("td.messages-out")).to_have_text("2")
     console.screenshot("devices")
     row.locator("button.disconnect").click()
     sync_api.expect(row).to_have_count(0)
@@ -233,3 +244,70 @@ def test_publish_and_watch_a_topic(console: Console, device: Any) -> None:
     assert page.locator("#messages-table b").count() == 0
     console.screenshot("topics")
     console.assert_no_errors()
+
+
+def test_login_with_an_admin_client_certificate(browser: Any, tmp_path: Path) -> None:
+    """No token: Chromium presents the admin certificate (Playwright's client_certificates)."""
+    edge = start_admin_edge(tmp_path)
+    admin = edge.ca.issue_device("admin-web")
+    (tmp_path / "admin-web.pem").write_bytes(admin.cert_pem)
+    (tmp_path / "admin-web.key").write_bytes(admin.key_pem())
+    # A browser of its own, closed before the edge stops: a browser keeps
+    # connections open after its pages close, and the edge's loop must not end
+    # under them (the module's browser lives until the module ends).
+    browser = browser.browser_type.launch(executable_path=CHROMIUM, args=ARGS, timeout=60_000)
+    try:
+        # The listener's certificate comes from a test CA Chromium does not know.
+        with_cert = browser.new_context(
+            ignore_https_errors=True,
+            client_certificates=[
+                {
+                    "origin": edge.base,
+                    "certPath": str(tmp_path / "admin-web.pem"),
+                    "keyPath": str(tmp_path / "admin-web.key"),
+                }
+            ],
+        )
+        with_cert.set_default_timeout(WAIT_MS)
+        try:
+            console = Console(with_cert.new_page(), edge)
+            page = console.page
+            page.goto(edge.base + "/ui")
+            # Logged in at once, as the certificate's subject, with no token anywhere.
+            sync_api.expect(page.locator("#edge-state")).to_have_text(
+                "logged in (certificate CN=admin-web)"
+            )
+            assert page.evaluate("sessionStorage.getItem('edgesim.token')") is None
+            for tab in ("handshakes", "devices", "sets", "topics"):
+                console.tab(tab)
+            # A state-changing call from the console passes the cross-site check.
+            page.fill("#pub-topic", "devices/x/cmd")
+            page.fill("#pub-payload", "hello")
+            page.click("#publish-form button[type=submit]")
+            sync_api.expect(page.locator("#pub-result")).to_have_text(
+                "published, delivered to 0 subscriber(s)"
+            )
+            console.assert_no_errors()
+        finally:
+            with_cert.close()
+        # Without the certificate: the login form, offering both ways; the token works.
+        without = browser.new_context(ignore_https_errors=True)
+        without.set_default_timeout(WAIT_MS)
+        try:
+            console = Console(without.new_page(), edge)
+            page = console.page
+            page.goto(edge.base + "/ui")
+            sync_api.expect(page.locator("#cert-login-row")).to_be_visible()
+            page.click("#cert-login")
+            sync_api.expect(page.locator("#login-error")).to_have_text(
+                "This browser presented no admin client certificate."
+            )
+            page.fill("#token", edge.token)
+            page.click("#login-form button")
+            sync_api.expect(page.locator("#edge-state")).to_have_text("logged in (token)")
+            console.assert_no_errors(401)  # the certificate probes, refused
+        finally:
+            without.close()
+    finally:
+        browser.close()
+        edge.handle.stop()

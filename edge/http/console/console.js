@@ -4,6 +4,10 @@
 // - The admin token lives in sessionStorage and goes out only as an
 //   "Authorization: Bearer" header. No cookie carries it, so no other site can make
 //   the browser send an authenticated request (no CSRF).
+// - Certificate login (the edge's [admin] client_ca): the browser presents the
+//   admin client certificate in TLS and no token is sent. That credential is
+//   ambient, so the edge refuses certificate-authenticated requests that browsers
+//   mark as coming from another site (Sec-Fetch-Site, Origin).
 // - Every value from the edge (certificate subjects, reasons, topics, payloads...)
 //   is inserted with textContent through el(); nothing is ever set with innerHTML.
 // - Streams (SSE) are read with fetch(), which can send the header; EventSource cannot.
@@ -15,6 +19,8 @@ let token = sessionStorage.getItem(TOKEN_KEY) || "";
 let handshakeStream = null;
 let topicStream = null;
 let pollTimer = null;
+let liveStream = null;
+let liveTimer = null;
 let selectedSet = null;
 const handshakes = [];
 
@@ -46,8 +52,11 @@ class ApiError extends Error {
   }
 }
 
+// With certificate login the token is empty and no header is sent.
+function authHeaders() { return token ? { Authorization: `Bearer ${token}` } : {}; }
+
 async function api(method, path, body, contentType) {
-  const headers = { Authorization: `Bearer ${token}` };
+  const headers = authHeaders();
   let payload = body;
   if (body !== undefined && contentType === undefined) {
     headers["Content-Type"] = "application/json";
@@ -59,7 +68,7 @@ async function api(method, path, body, contentType) {
   const text = await response.text();
   let data = null;
   try { data = text ? JSON.parse(text) : null; } catch (_) { data = null; }
-  if (response.status === 401) { logout("the token was refused"); }
+  if (response.status === 401) { logout(token ? "the token was refused" : "the certificate was not accepted"); }
   if (!response.ok) throw new ApiError(response.status, data);
   return data;
 }
@@ -71,7 +80,7 @@ function stream(path, onData, onState) {
   (async () => {
     try {
       const response = await fetch(path, {
-        headers: { Authorization: `Bearer ${token}`, Accept: "text/event-stream" },
+        headers: { ...authHeaders(), Accept: "text/event-stream" },
         signal: controller.signal,
         cache: "no-store",
       });
@@ -146,18 +155,37 @@ function dropZone(zone, input, onFile) {
 
 async function login(candidate) {
   token = candidate;
+  let who;
   try {
-    await api("GET", "/v1/status");
+    who = await api("GET", "/v1/whoami");
   } catch (err) {
     token = "";
     $("login-error").textContent = err.status === 401 ? "That token is not the admin token." : err.message;
     return;
   }
   sessionStorage.setItem(TOKEN_KEY, token);
+  enter(who.admin);
+}
+
+// Logs in with the client certificate the browser presented in TLS, if the edge
+// accepts it as an admin's; quietly shows the token form otherwise.
+async function certificateLogin(quiet) {
+  token = "";
+  let who;
+  try {
+    who = await api("GET", "/v1/whoami");
+  } catch (err) {
+    if (!quiet) $("login-error").textContent = err.status === 401 ? "This browser presented no admin client certificate." : err.message;
+    return;
+  }
+  enter(who.admin);
+}
+
+function enter(who) {
   $("login").hidden = true;
   $("tabs").hidden = false;
   $("logout").hidden = false;
-  $("edge-state").textContent = "logged in";
+  $("edge-state").textContent = `logged in (${who})`;
   show(location.hash.slice(1) || "handshakes");
 }
 
@@ -175,8 +203,33 @@ function logout(why) {
 
 function stopStreams() {
   if (handshakeStream) { handshakeStream.abort(); handshakeStream = null; }
-  if (pollTimer) { clearInterval(pollTimer); pollTimer = null; }
+  stopLive();
 }
+
+function stopLive() {
+  if (pollTimer) { clearInterval(pollTimer); pollTimer = null; }
+  if (liveStream) { liveStream.abort(); liveStream = null; }
+  if (liveTimer) { clearTimeout(liveTimer); liveTimer = null; }
+}
+
+// Keeps a view fresh from the event stream: each event of the given kinds
+// schedules one refresh (many events in a burst make one), instead of polling.
+// A slow timer catches what no event announces (message counters).
+function live(kinds, refresh, stateId, slowMs) {
+  stopLive();
+  refresh();
+  const kick = () => {
+    if (liveTimer) return;
+    liveTimer = setTimeout(() => { liveTimer = null; refresh(); }, 250);
+  };
+  liveStream = stream(`/v1/events/stream?since=now&kind=${encodeURIComponent(kinds)}`, kick,
+    (state) => { $(stateId).textContent = state; });
+  pollTimer = setInterval(refresh, slowMs);
+}
+
+// What changes the device list: a handshake, a protocol connecting or closing,
+// a subscription stream, an administrator's disconnect.
+const DEVICE_EVENTS = "tls.accepted,mqtt.,ws.connected,ws.closed,http.subscribed,http.stream_closed,connection.closed,admin.disconnected";
 
 function show(tab) {
   if (!["handshakes", "devices", "sets", "topics"].includes(tab)) tab = "handshakes";
@@ -184,11 +237,11 @@ function show(tab) {
     button.classList.toggle("active", button.dataset.tab === tab);
   }
   for (const id of ["handshakes", "devices", "sets", "topics"]) $(id).hidden = id !== tab;
-  if (pollTimer) { clearInterval(pollTimer); pollTimer = null; }
+  stopLive();
   history.replaceState(null, "", `#${tab}`);
   if (tab === "handshakes" && !handshakeStream) startHandshakes();
-  if (tab === "devices") { refreshDevices(); pollTimer = setInterval(refreshDevices, 2000); }
-  if (tab === "sets") { refreshSets(); pollTimer = setInterval(refreshPropagation, 1000); }
+  if (tab === "devices") live(DEVICE_EVENTS, refreshDevices, "dev-live", 5000);
+  if (tab === "sets") { refreshSets(); live("trust.", refreshPropagation, "sets-live", 15000); }
 }
 
 // -- handshakes ---------------------------------------------------------------------
@@ -238,10 +291,12 @@ async function refreshDevices() {
   fill($("dev-table").tBodies[0], data.devices.map((d) => el("tr", { "data-identity": d.identity },
     el("td", {}, d.identity, d.client_id ? el("div", { class: "muted" }, `client id ${d.client_id}`) : null),
     el("td", {}, `${d.set} v${d.version}`),
-    el("td", {}, d.mqtt_protocol_level ? `mqtt ${d.mqtt_protocol_level === 5 ? "5" : "3.1.1"}` : d.protocol),
+    el("td", {}, d.mqtt_protocol_level ? `${d.protocol} ${d.mqtt_protocol_level === 5 ? "5" : "3.1.1"}` : d.protocol),
     el("td", {}, d.peer),
     el("td", {}, d.connected_since),
     el("td", {}, Object.keys(d.subscriptions).join(", ") || "—"),
+    el("td", { class: "messages-in" }, d.messages_in),
+    el("td", { class: "messages-out" }, d.messages_out),
     el("td", {}, el("button", { class: "disconnect", on: { click: () => disconnect(d) } }, "Disconnect")))));
 }
 
@@ -413,7 +468,12 @@ function wire() {
     if (topicStream) { topicStream.abort(); topicStream = null; }
     $("sub-state").textContent = "not subscribed";
   });
+  $("cert-login").addEventListener("click", () => certificateLogin(false));
+  // Client certificates travel only over HTTPS: offer (and try) certificate login there.
+  const https = location.protocol === "https:";
+  $("cert-login-row").hidden = !https;
   if (token) login(token);
+  else if (https) certificateLogin(true);
 }
 
 wire();
