@@ -31,7 +31,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,11 @@ EMBEDDED_HOSTS = ("localhost", "127.0.0.1")
 EMBEDDED_DEVICES = 10
 
 
+#: Builds a trust service (not started) from the edge's event log and the PKI's CA
+#: bundle (``None`` without one): how cluster mode swaps in its replicated store.
+TrustFactory = Callable[[EventLog, bytes | None], Awaitable[Any]]
+
+
 class EdgeServerError(Exception):
     """The edge could not start (or stop) cleanly; the message says why and where."""
 
@@ -84,8 +89,13 @@ class EdgeServer:
         factories: Mapping[str, AppProtocolFactory] | None = None,
         events: EventLog | None = None,
         handlers: HandlerRegistry | None = None,
+        trust_factory: TrustFactory | None = None,
     ) -> None:
         self.config = config or EdgeConfig()
+        #: Builds the trust service instead of the local SQLite one (cluster mode:
+        #: :func:`edge.cluster.trust.open_cluster_trust`); called with the event log
+        #: and the PKI's CA chain (the seed of an empty store), returns it unstarted.
+        self._trust_factory = trust_factory
         # Formatting every event for a log nobody reads costs CPU on every connect.
         self.events = (
             events
@@ -257,6 +267,15 @@ class EdgeServer:
         from edge.trust.sqlite import SqliteTrustStore
 
         cfg = self.config
+        if self._trust_factory is not None:
+            seed = pki.ca_chain.read_bytes() if pki.ca_chain is not None else None
+            built = await self._trust_factory(self.events, seed)
+            self.trust = built
+            self.store = built.store
+            built.register_worker(f"edge-{os.getpid()}-{id(self):x}", self._apply_snapshot)
+            await built.start()
+            self._cleanups.append(built.close)
+            return
         store = await asyncio.to_thread(SqliteTrustStore, cfg.store_path)
         self.store = store
         self._cleanups.append(store.close)
