@@ -154,8 +154,28 @@ def _decode(value: Any) -> Any:
     return value
 
 
-async def _bucket(js: Any, config: KeyValueConfig) -> KeyValue:
-    """Bind ``config.bucket``, creating it when it does not exist yet."""
+async def _bucket(js: Any, config: KeyValueConfig, timeout: float = 30.0) -> KeyValue:
+    """Bind ``config.bucket`` (creating it), retrying while JetStream has no leader yet.
+
+    Right after a cluster starts, or during an election, JetStream API calls time out
+    or find no responders; that is not an error worth failing a worker start for.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            return await _bucket_once(js, config)
+        except _TRANSIENT as exc:
+            if loop.time() >= deadline:
+                raise StoreError(
+                    f"cannot open the NATS KV bucket {config.bucket}: {exc!r} "
+                    f"(is JetStream enabled, with a quorum?)"
+                ) from None
+            log.info("bucket %s not ready yet: %r", config.bucket, exc)
+            await asyncio.sleep(0.5)
+
+
+async def _bucket_once(js: Any, config: KeyValueConfig) -> KeyValue:
     try:
         kv: KeyValue = await js.key_value(config.bucket)
         return kv
@@ -226,6 +246,7 @@ class TrustLog:
                 storage=StorageType.FILE,
                 description="edgesim certificate sets: the change log (op.<seq>)",
             ),
+            timeout,
         )
         self.cache = await asyncio.to_thread(self._fresh_cache)
         self._task = asyncio.get_running_loop().create_task(self._follow(), name="trust-log")
@@ -412,12 +433,22 @@ class TrustLog:
                 "origin": self.origin,
             }
         ).encode()
-        try:
-            await self.kv.create(_op_key(1), payload)
-        except KeyWrongLastSequenceError:
-            return False
-        await self._wait_applied(1, self.submit_timeout)
-        return True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.submit_timeout
+        while self.applied < 1:
+            try:
+                await self.kv.create(_op_key(1), payload)
+                await self._wait_applied(1, max(0.0, deadline - loop.time()))
+                return True
+            except KeyWrongLastSequenceError:
+                # Another worker seeded first: start with what it wrote.
+                await self._wait_applied(1, max(0.0, deadline - loop.time()))
+                return False
+            except _TRANSIENT as exc:
+                if loop.time() >= deadline:
+                    raise StoreError(f"cannot seed the cluster trust store: {exc!r}") from None
+                await self._wait_applied(1, 0.5)
+        return False
 
 
 class ReplicatedStore:
@@ -490,7 +521,7 @@ class ClusterTrustService(TrustService):
         node_id: str,
         worker_id: str,
         events: EventLog | None = None,
-        heartbeat_ttl: float = 6.0,
+        heartbeat_ttl: float = 15.0,
         propagation_delay: float = 0.0,
         expiry_warn_days: float = 30.0,
     ) -> None:
@@ -696,7 +727,7 @@ def cluster_status(workers: list[dict[str, Any]], generation: int) -> dict[str, 
 
 
 async def open_workers_bucket(
-    nc: NatsClient, *, replicas: int = 1, heartbeat_ttl: float = 6.0
+    nc: NatsClient, *, replicas: int = 1, heartbeat_ttl: float = 15.0, timeout: float = 30.0
 ) -> KeyValue:
     """Bind (or create) the heartbeat bucket: keys expire ``heartbeat_ttl`` after their last put."""
     return await _bucket(
@@ -711,6 +742,7 @@ async def open_workers_bucket(
             limit_marker_ttl=max(1.0, heartbeat_ttl),
             description="edgesim workers: heartbeats and applied trust generations",
         ),
+        timeout,
     )
 
 
@@ -722,7 +754,7 @@ async def open_cluster_trust(
     events: EventLog | None = None,
     cache_dir: str | Path | None = None,
     replicas: int = 1,
-    heartbeat_ttl: float = 6.0,
+    heartbeat_ttl: float = 15.0,
     seed: bytes | None = None,
     propagation_delay: float = 0.0,
     expiry_warn_days: float = 30.0,
@@ -744,7 +776,9 @@ async def open_cluster_trust(
     try:
         if seed is not None and trust_log.applied == 0:
             await trust_log.seed(seed)
-        workers_kv = await open_workers_bucket(nc, replicas=replicas, heartbeat_ttl=heartbeat_ttl)
+        workers_kv = await open_workers_bucket(
+            nc, replicas=replicas, heartbeat_ttl=heartbeat_ttl, timeout=start_timeout
+        )
     except BaseException:
         await trust_log.close()
         raise
