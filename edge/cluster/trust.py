@@ -53,6 +53,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import nats
 import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.js.api import KeyValueConfig, StorageType
@@ -72,10 +73,12 @@ __all__ = [
     "MUTATIONS",
     "TRUST_BUCKET",
     "WORKERS_BUCKET",
+    "ClusterTrustClient",
     "ClusterTrustService",
     "ReplicatedStore",
     "TrustLog",
     "cluster_status",
+    "default_replicas",
     "open_cluster_trust",
 ]
 
@@ -753,7 +756,7 @@ async def open_cluster_trust(
     worker_id: str,
     events: EventLog | None = None,
     cache_dir: str | Path | None = None,
-    replicas: int = 1,
+    replicas: int | None = None,
     heartbeat_ttl: float = 15.0,
     seed: bytes | None = None,
     propagation_delay: float = 0.0,
@@ -767,8 +770,10 @@ async def open_cluster_trust(
     caller registers its ``apply`` callable and calls ``start()``, as with
     :class:`TrustService`. ``seed`` (a CA bundle) becomes set ``default`` bound to
     every host when the cluster has no change at all yet. ``replicas`` is the R of
-    both buckets when this call creates them (3 on a 3-node NATS cluster).
+    both buckets when this call creates them (default: :func:`default_replicas`).
     """
+    if replicas is None:
+        replicas = default_replicas(nc)
     folder = Path(cache_dir) if cache_dir is not None else Path(tempfile.mkdtemp(prefix="edgesim-"))
     name = f"trust-cache-{_key_part(node_id)}-{_key_part(worker_id)}.db"
     trust_log = TrustLog(nc, folder / name, replicas=replicas, origin=f"{node_id}/{worker_id}")
@@ -792,3 +797,125 @@ async def open_cluster_trust(
         propagation_delay=propagation_delay,
         expiry_warn_days=expiry_warn_days,
     )
+
+
+def default_replicas(nc: NatsClient) -> int:
+    """3 when the NATS cluster has at least 3 servers (given or discovered), else 1."""
+    return 3 if len({u.netloc for u in nc.servers}) >= 3 else 1
+
+
+class ClusterTrustClient:
+    """Synchronous access to the cluster store for the CLI (``edgesim trust --cluster``).
+
+    Runs its own event loop in a thread, connects to ``servers`` (comma-separated
+    ``nats://`` URLs), replays the log into a temporary cache and offers a
+    :class:`ReplicatedStore`: reads from the cache, changes through the log.
+    """
+
+    def __init__(self, servers: str, *, timeout: float = 30.0) -> None:
+        self.urls = [u.strip() for u in servers.split(",") if u.strip()]
+        if not self.urls:
+            raise TrustError(f"--cluster {servers!r}: no nats:// URL given")
+        self.timeout = timeout
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._dir = tempfile.TemporaryDirectory(prefix="edgesim-cli-")
+        self.nc: NatsClient | None = None
+        self.log: TrustLog | None = None
+        self.workers_kv: KeyValue | None = None
+        try:
+            self.store = self._call(self._open())
+        except BaseException:
+            self.close()
+            raise
+
+    def _call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(self.timeout + 5)
+
+    async def _open(self) -> ReplicatedStore:
+        try:
+            self.nc = await nats.connect(
+                servers=self.urls, connect_timeout=min(5.0, self.timeout), max_reconnect_attempts=3
+            )
+        except Exception as exc:
+            raise StoreError(f"cannot connect to NATS at {','.join(self.urls)}: {exc}") from None
+        replicas = default_replicas(self.nc)
+        self.log = TrustLog(
+            self.nc,
+            Path(self._dir.name) / "cache.db",
+            replicas=replicas,
+            origin=f"cli@{socket.gethostname()}",
+            submit_timeout=self.timeout,
+        )
+        await self.log.start(timeout=self.timeout)
+        self.workers_kv = await open_workers_bucket(
+            self.nc, replicas=replicas, timeout=self.timeout
+        )
+        return ReplicatedStore(self.log, self._loop)
+
+    async def _workers(self) -> list[dict[str, Any]]:
+        assert self.workers_kv is not None
+        found: list[dict[str, Any]] = []
+        watcher = await self.workers_kv.watch("w.>")
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    break  # the current value of every key has been seen
+                if entry.operation is None and entry.value:
+                    with contextlib.suppress(ValueError):
+                        found.append(json.loads(entry.value))
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()  # type: ignore[no-untyped-call]
+        return found
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Every live worker's heartbeat (what it applied)."""
+        result: list[dict[str, Any]] = self._call(self._workers())
+        return result
+
+    def status(self) -> dict[str, Any]:
+        """The cluster's propagation status, per set and binding, per node and worker."""
+        assert self.log is not None
+        assert self.log.cache is not None
+        cache = self.log.cache
+        generation = cache.generation()
+        workers = self.workers()
+        cluster = cluster_status(workers, generation)
+        done = all(int(w.get("generation", -1)) >= generation for w in workers)
+        state = "active" if done else "propagating"
+        return {
+            "state": state,
+            "generation": generation,
+            "note": f"cluster store at {','.join(self.urls)}: {len(workers)} live worker(s)",
+            "sets": [
+                {
+                    "name": s.name,
+                    "version": s.active_version,
+                    "state": state if s.active_version else "no active version",
+                    "disconnect_on_revoke": s.disconnect_on_revoke,
+                }
+                for s in cache.list_sets()
+            ],
+            "bindings": [
+                {"host": h, "set": n, "state": state} for h, n in cache.bindings().items()
+            ],
+            "cluster": cluster,
+        }
+
+    def close(self) -> None:
+        """Close the log, the connection and the loop."""
+
+        async def shut() -> None:
+            if self.log is not None:
+                await self.log.close()
+            if self.nc is not None and not self.nc.is_closed:
+                await self.nc.close()
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(shut(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+        self._dir.cleanup()

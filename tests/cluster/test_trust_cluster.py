@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -106,7 +107,8 @@ async def grid(server: NatsServer, tmp_path: Path) -> AsyncIterator[list[Worker]
         await w.start(server.url, tmp_path / "cache")
     yield workers
     for w in workers:
-        await w.stop()
+        # Bounded, so a stop that hangs fails here and names itself.
+        await asyncio.wait_for(w.stop(), 20)
 
 
 async def wait_for(predicate: Any, cond: asyncio.Condition, timeout: float = 20.0) -> None:
@@ -269,3 +271,46 @@ async def test_a_clean_stop_withdraws_the_worker_at_once(grid: list[Worker]) -> 
     await wait_for(lambda: "w.node-b.1" not in a0.svc._peers, a0.svc._cluster, timeout=1.5)
     raw = json.dumps(a0.svc.status()["cluster"])
     assert '"node-b"' in raw
+
+
+async def edgesim(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "edge.cli",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_the_cli_changes_the_cluster_store_and_shows_every_worker(
+    server: NatsServer, grid: list[Worker], tmp_path: Path
+) -> None:
+    pem_file = tmp_path / "ca.pem"
+    pem_file.write_bytes(ca_pem("CLI Root"))
+    code, out, err = await edgesim(
+        "trust", "upload", "cli-set", str(pem_file), "--cluster", server.url
+    )
+    assert code == 0, err
+    assert "cli-set" in out
+    for w in grid:
+        await wait_for(lambda w=w: w.recorder.sets.get("cli-set") == 1, w.svc._cluster)
+    code, out, err = await edgesim("trust", "status", "--json", "--cluster", server.url)
+    assert code == 0, err
+    status = json.loads(out)
+    assert [s["name"] for s in status["sets"]] == ["cli-set"]
+    workers = {(n["node"], w["worker"]) for n in status["cluster"]["nodes"] for w in n["workers"]}
+    assert workers == {(n, w) for n in ("node-a", "node-b") for w in ("0", "1")}
+    code, out, err = await edgesim("trust", "status", "--cluster", server.url)
+    assert code == 0, err
+    assert "node node-b worker 1: applied generation" in out
+    # A refusal through the cluster prints its findings and stores nothing.
+    bad = tmp_path / "bad.pem"
+    bad.write_bytes(b"not a certificate")
+    code, out, err = await edgesim("trust", "upload", "cli-bad", str(bad), "--cluster", server.url)
+    assert code != 0
+    assert "cli-bad" not in {s.name for s in await grid[0].svc.list_sets()}
