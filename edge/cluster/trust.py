@@ -812,7 +812,7 @@ class ClusterTrustClient:
     :class:`ReplicatedStore`: reads from the cache, changes through the log.
     """
 
-    def __init__(self, servers: str, *, timeout: float = 30.0) -> None:
+    def __init__(self, servers: str, *, timeout: float = 60.0) -> None:
         self.urls = [u.strip() for u in servers.split(",") if u.strip()]
         if not self.urls:
             raise TrustError(f"--cluster {servers!r}: no nats:// URL given")

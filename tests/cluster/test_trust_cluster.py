@@ -314,3 +314,21 @@ async def test_the_cli_changes_the_cluster_store_and_shows_every_worker(
     code, out, err = await edgesim("trust", "upload", "cli-bad", str(bad), "--cluster", server.url)
     assert code != 0
     assert "cli-bad" not in {s.name for s in await grid[0].svc.list_sets()}
+
+
+async def test_server_certificates_and_deployments_reach_every_node(grid: list[Worker]) -> None:
+    a0, _, _, b1 = grid
+    ca = CertificateAuthority.create_root("Server Root")
+    issued = ca.issue_server(["devices.example.com"])
+    await a0.svc.upload("fleet", ca.cert_pem)
+    info = await a0.svc.upload_server_cert("web", issued.fullchain_pem, issued.key_pem())
+    assert info.version == 1
+    deployed = await a0.svc.deploy("web", {"client_auth": "required"}, default=True)
+    assert deployed.version == 1
+    await a0.svc.wait_active(timeout=20)
+    snap = b1.svc.current()
+    assert snap.server_certs["web"].hostnames == ("devices.example.com",)
+    assert snap.default_cert == "web"
+    # b1's cache holds the key encrypted with its own key file, not the uploader's.
+    assert b1.svc.store.path != a0.svc.store.path
+    assert [c.name for c in await b1.svc.server_certs()] == ["web"]
