@@ -142,6 +142,9 @@ async def _measure(url: str, workers: int, rounds: int, tmp: Path) -> dict[str, 
                 p.wait(20)
             except subprocess.TimeoutExpired:
                 p.kill()
+                p.wait(10)
+            if p.stdout is not None:
+                p.stdout.close()
 
 
 def run(quick: bool = False) -> dict[str, Any]:

@@ -296,8 +296,10 @@ class TrustLog:
                     await self._apply(int(entry.key.rsplit(".", 1)[1]), entry.value)
             except asyncio.CancelledError:
                 if watcher is not None:
+                    # Bounded: unsubscribing waits on a connection that may be cut.
                     with contextlib.suppress(Exception):
-                        await watcher.stop()  # type: ignore[no-untyped-call]
+                        async with asyncio.timeout(2.0):
+                            await watcher.stop()  # type: ignore[no-untyped-call]
                 raise
             except _TRANSIENT as exc:
                 # The watch's consumer could not be (re)created: no quorum, or cut off.
@@ -640,8 +642,10 @@ class ClusterTrustService(TrustService):
                         self._cluster.notify_all()
             except asyncio.CancelledError:
                 if watcher is not None:
+                    # Bounded: unsubscribing waits on a connection that may be cut.
                     with contextlib.suppress(Exception):
-                        await watcher.stop()  # type: ignore[no-untyped-call]
+                        async with asyncio.timeout(2.0):
+                            await watcher.stop()  # type: ignore[no-untyped-call]
                 raise
             except _TRANSIENT as exc:
                 log.warning("worker watch failed, retrying: %s", exc)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -332,3 +334,82 @@ async def test_server_certificates_and_deployments_reach_every_node(grid: list[W
     # b1's cache holds the key encrypted with its own key file, not the uploader's.
     assert b1.svc.store.path != a0.svc.store.path
     assert [c.name for c in await b1.svc.server_certs()] == ["web"]
+
+
+async def test_a_worker_process_killed_with_kill_9_stops_holding_and_a_new_one_catches_up(
+    server: NatsServer, tmp_path: Path
+) -> None:
+    """Real worker processes (the bench's worker: a cluster trust service in a process)."""
+    a0 = await Worker("node-a", "0").start(server.url, tmp_path / "cache")
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(index: int) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench.cluster_trust",
+                "--worker",
+                server.url,
+                "node-p",
+                str(index),
+                str(tmp_path / "pcache"),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        procs.append(proc)
+        return proc
+
+    async def ready(proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 60)
+        assert line.strip() == b"ready"
+
+    def live() -> set[str]:
+        return {
+            f"{n['node']}/{w['worker']}"
+            for n in a0.svc.status()["cluster"]["nodes"]
+            for w in n["workers"]
+        }
+
+    try:
+        for i in (0, 1):
+            await ready(spawn(i))
+        await wait_for(lambda: {"node-p/0", "node-p/1"} <= live(), a0.svc._cluster)
+        await a0.svc.upload("proc", ca_pem("Proc Root"))
+        await a0.svc.wait_active(timeout=30)  # both processes acknowledged it
+        procs[1].send_signal(signal.SIGSTOP)  # hangs: alive to the kernel, silent to NATS
+        await a0.svc.upload("proc", ca_pem("Proc Root 2"))
+        target = a0.svc.store.generation()
+        procs[1].kill()  # kill -9 while it holds the change back
+        procs[1].wait(10)
+        # Its heartbeat key expires (15 s TTL in the bench worker); then it is active.
+        await a0.svc.wait_active(target, timeout=45)
+        assert "node-p/1" not in live()
+        # A replacement replays the log and acknowledges the current generation.
+        await ready(spawn(1))
+        await wait_for(lambda: "node-p/1" in live(), a0.svc._cluster)
+        await a0.svc.upload("proc", ca_pem("Proc Root 3"))
+        await a0.svc.wait_active(timeout=30)
+        workers = {
+            w["worker"]: w["applied_generation"]
+            for n in a0.svc.status()["cluster"]["nodes"]
+            if n["node"] == "node-p"
+            for w in n["workers"]
+        }
+        assert workers == {"0": a0.svc.store.generation(), "1": a0.svc.store.generation()}
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                assert proc.stdin is not None
+                proc.stdin.close()
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None:
+                    pipe.close()
+        await a0.stop()
