@@ -413,3 +413,15 @@ async def test_a_worker_process_killed_with_kill_9_stops_holding_and_a_new_one_c
                 if pipe is not None:
                     pipe.close()
         await a0.stop()
+
+
+def test_single_process_mode_never_imports_nats(tmp_path: Path) -> None:
+    # The trust CLI on a store file, and the edge's modules: no NATS client loaded.
+    code = (
+        "import sys, edge.server, edge.cli as c\n"
+        f"rc = c.main(['trust', 'status', '--store', {str(tmp_path / 's.db')!r}])\n"
+        "assert 'nats' not in sys.modules, sorted(m for m in sys.modules if 'nats' in m)\n"
+        "sys.exit(rc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr.decode()

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import ssl
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -85,8 +87,11 @@ async def close(writer: Any) -> None:
 class Node:
     """One edge node (one worker): a NATS connection and an EdgeServer using it."""
 
-    def __init__(self, name: str, tmp: Path, qs: QuickstartResult, *, ttl: float) -> None:
+    def __init__(
+        self, name: str, tmp: Path, qs: QuickstartResult, *, ttl: float, admin: bool = False
+    ) -> None:
         self.name, self.tmp, self.qs, self.ttl = name, tmp / name, qs, ttl
+        self.admin = admin
         self.nc: Any = None
         self.edge: EdgeServer | None = None
 
@@ -114,7 +119,9 @@ class Node:
         cfg = EdgeConfig(
             state_dir=self.tmp / "state",
             listeners=ListenersConfig(
-                mqtt=HostPort(host="127.0.0.1", port=0), https=None, admin=None
+                mqtt=HostPort(host="127.0.0.1", port=0),
+                https=None,
+                admin=HostPort(host="127.0.0.1", port=0) if self.admin else None,
             ),
             trust=TrustConfig(store=self.tmp / "unused.db", watch_interval=None),
             pki_dir=self.qs.out,
@@ -313,4 +320,60 @@ async def test_a_partitioned_edge_node_keeps_serving_and_catches_up_when_healed(
         await c.stop()
         await a.stop()
         await proxy.cut()
+        server.stop()
+
+
+async def edgesim(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "edge.cli",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_an_upload_through_one_nodes_admin_api_reaches_the_other_node(
+    tmp_path: Path, qs: QuickstartResult
+) -> None:
+    server = NatsServer(store_dir=tmp_path / "nats").start()
+    a = await Node("node-a", tmp_path, qs, ttl=15, admin=True).start([server.url], replicas=1)
+    b = await Node("node-b", tmp_path, qs, ttl=15, admin=True).start([server.url], replicas=1)
+    try:
+        assert a.edge is not None
+        assert b.edge is not None
+        pem_file = tmp_path / "fleet.pem"
+        pem_file.write_bytes(CertificateAuthority.create_root("Admin Root").cert_pem)
+        admin_a = f"http://127.0.0.1:{a.edge.ports['admin']}"
+        admin_b = f"http://127.0.0.1:{b.edge.ports['admin']}"
+        code, out, err = await edgesim(
+            "trust",
+            "upload",
+            "fleet",
+            str(pem_file),
+            "--admin",
+            admin_a,
+            "--token",
+            str(a.edge.admin_token),
+        )
+        assert code == 0, err
+        await b.trust.wait_active(timeout=30)
+        assert b.trust.current().sets["fleet"].version == 1
+        # Node b's admin API reports both nodes' workers with what they applied.
+        code, out, err = await edgesim(
+            "trust", "status", "--json", "--admin", admin_b, "--token", str(b.edge.admin_token)
+        )
+        assert code == 0, err
+        status = json.loads(out)
+        nodes = {n["node"]: n["workers"] for n in status["cluster"]["nodes"]}
+        assert set(nodes) == {"node-a", "node-b"}
+        generation = b.trust.current().generation
+        assert all(ws[0]["applied_generation"] == generation for ws in nodes.values())
+    finally:
+        await b.stop()
+        await a.stop()
         server.stop()
