@@ -78,7 +78,9 @@ __all__ = [
     "ReplicatedStore",
     "TrustLog",
     "cluster_status",
+    "cluster_trust_source",
     "default_replicas",
+    "dump_sets",
     "open_cluster_trust",
 ]
 
@@ -105,6 +107,7 @@ MUTATIONS = frozenset(
         "rollback_server_cert",
         "delete_server_cert",
         "seed_default",
+        "seed_store",
     }
 )
 
@@ -346,6 +349,8 @@ class TrustLog:
             if method == "seed_default":
                 value: Any = self.cache.upload("default", args[0])
                 self.cache.bind("default", "*")
+            elif method == "seed_store":
+                value = self._import_sets(args[0])
             else:
                 value = getattr(self.cache, method)(*args, **kwargs)
             return value, None
@@ -356,6 +361,47 @@ class TrustLog:
             return None, exc
         finally:
             self._tl.at = None
+
+    def _import_sets(self, sets: list[dict[str, Any]]) -> int:
+        """Replay a store file's sets (see :func:`dump_sets`); each step that fails is skipped.
+
+        Versions are uploaded at their original time, so one that has expired since
+        keeps its number; every cache skips exactly the same steps.
+        """
+        assert self.cache is not None
+        cache, done = self.cache, 0
+        now = getattr(self._tl, "at", None)
+
+        def step(what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+            nonlocal done
+            try:
+                call(*args, **kwargs)
+                done += 1
+            except TrustError as exc:
+                log.warning("importing the store into the cluster: %s skipped: %s", what, exc)
+
+        for entry in sets:
+            name = str(entry["name"])
+            for v in entry["versions"]:
+                self._tl.at = datetime.fromisoformat(str(v["at"]))
+                step(
+                    f"{name} version",
+                    cache.upload,
+                    name,
+                    v["pem"],
+                    activate=False,
+                    allow_sha1=bool(v["allow_sha1"]),
+                )
+            self._tl.at = now
+            if entry["active"] is not None:
+                step(f"{name} activation", cache.activate, name, int(entry["active"]))
+            for der in entry["crls"]:
+                step(f"{name} CRL", cache.add_crl, name, der)
+            for host in entry["hosts"]:
+                step(f"{name} binding {host}", cache.bind, name, host)
+            if entry["disconnect_on_revoke"]:
+                step(f"{name} options", cache.set_options, name, disconnect_on_revoke=True)
+        return done
 
     async def _wait_applied(self, seq: int, timeout: float) -> bool:
         try:
@@ -426,14 +472,18 @@ class TrustLog:
         finally:
             self._mine.pop(op_id, None)
 
-    async def seed(self, data: bytes) -> bool:
-        """Trust ``data`` as set ``default`` for every host if the log is empty (first wins)."""
+    async def seed(self, method: str, args: list[Any]) -> bool:
+        """Write change ``method(*args)`` as the log's first one, if it is empty (first wins).
+
+        ``seed_default`` (a CA bundle: set ``default`` bound to every host) or
+        ``seed_store`` (what :func:`dump_sets` read from a store file).
+        """
         assert self.kv is not None
         payload = json.dumps(
             {
                 "id": uuid.uuid4().hex,
-                "method": "seed_default",
-                "args": _encode([data]),
+                "method": method,
+                "args": _encode(args),
                 "at": datetime.now(UTC).isoformat(),
                 "origin": self.origin,
             }
@@ -454,6 +504,33 @@ class TrustLog:
                     raise StoreError(f"cannot seed the cluster trust store: {exc!r}") from None
                 await self._wait_applied(1, 0.5)
         return False
+
+
+def dump_sets(store: SqliteTrustStore) -> list[dict[str, Any]]:
+    """A store file's certificate sets, for the cluster log's first change (``seed_store``).
+
+    Every version (with its upload time), the active one, CRLs, bindings and options.
+    Server certificates are not carried over: upload and deploy them again.
+    """
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    out: list[dict[str, Any]] = []
+    for info in store.list_sets():
+        versions = []
+        for v in store.versions(info.name):
+            _, pem, allow_sha1 = store.version_pem(info.name, v.version)
+            versions.append({"pem": pem, "allow_sha1": allow_sha1, "at": v.created_at})
+        out.append(
+            {
+                "name": info.name,
+                "versions": versions,
+                "active": info.active_version,
+                "crls": [c.public_bytes(Encoding.DER) for c in store.crl_objects(info.name)],
+                "hosts": list(info.hosts),
+                "disconnect_on_revoke": info.disconnect_on_revoke,
+            }
+        )
+    return out
 
 
 class ReplicatedStore:
@@ -763,6 +840,7 @@ async def open_cluster_trust(
     replicas: int | None = None,
     heartbeat_ttl: float = 15.0,
     seed: bytes | None = None,
+    seed_store: str | Path | None = None,
     propagation_delay: float = 0.0,
     expiry_warn_days: float = 30.0,
     start_timeout: float = 30.0,
@@ -772,8 +850,10 @@ async def open_cluster_trust(
     Replays the cluster's change log into a fresh cache under ``cache_dir`` (a
     temporary folder by default) and returns a service that is not started yet: the
     caller registers its ``apply`` callable and calls ``start()``, as with
-    :class:`TrustService`. ``seed`` (a CA bundle) becomes set ``default`` bound to
-    every host when the cluster has no change at all yet. ``replicas`` is the R of
+    :class:`TrustService`. When the cluster has no change at all yet, the first
+    worker to start writes the first one: the sets of the store file ``seed_store``
+    if it has any (how an edge that ran alone keeps its sets when it scales out), else
+    ``seed`` (a CA bundle) as set ``default`` bound to every host. ``replicas`` is the R of
     both buckets when this call creates them (default: :func:`default_replicas`).
     """
     if replicas is None:
@@ -783,8 +863,12 @@ async def open_cluster_trust(
     trust_log = TrustLog(nc, folder / name, replicas=replicas, origin=f"{node_id}/{worker_id}")
     await trust_log.start(timeout=start_timeout)
     try:
-        if seed is not None and trust_log.applied == 0:
-            await trust_log.seed(seed)
+        if trust_log.applied == 0:
+            dumped = await asyncio.to_thread(_dump_file, seed_store) if seed_store else []
+            if dumped:
+                await trust_log.seed("seed_store", [dumped])
+            elif seed is not None:
+                await trust_log.seed("seed_default", [seed])
         workers_kv = await open_workers_bucket(
             nc, replicas=replicas, heartbeat_ttl=heartbeat_ttl, timeout=start_timeout
         )
@@ -801,6 +885,70 @@ async def open_cluster_trust(
         propagation_delay=propagation_delay,
         expiry_warn_days=expiry_warn_days,
     )
+
+
+def cluster_trust_source(
+    servers: list[str],
+    *,
+    node: str,
+    worker: str,
+    heartbeat_ttl: float = 15.0,
+    replicas: int | None = None,
+    cache_dir: str | Path | None = None,
+) -> Callable[[Any, Any], Awaitable[None]]:
+    """An :data:`edge.server.TrustSource` for an edge worker of a cluster.
+
+    At start, the worker opens its own NATS connection to ``servers``, replays the
+    cluster's store into a cache under ``<state dir>/cluster`` (or ``cache_dir``) and
+    installs a :class:`ClusterTrustService` as ``server.trust``. The first worker of
+    an empty cluster imports the node's store file (``--store``), or else the PKI's CA
+    chain as set ``default``. Handshakes then use this worker's copy only.
+    """
+
+    async def start(server: Any, pki: Any) -> None:
+        cfg = server.config
+        nc = await nats.connect(
+            servers=list(servers),
+            name=f"edgesim-trust-{node}-{worker}",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+        )
+        try:
+            service = await open_cluster_trust(
+                nc,
+                node_id=node,
+                worker_id=worker,
+                events=server.events,
+                cache_dir=cache_dir if cache_dir is not None else cfg.state_dir / "cluster",
+                replicas=replicas,
+                heartbeat_ttl=heartbeat_ttl,
+                seed=pki.ca_chain.read_bytes() if pki.ca_chain is not None else None,
+                seed_store=cfg.store_path,
+                propagation_delay=cfg.trust.propagation_delay,
+                expiry_warn_days=cfg.trust.cert_expiry_days,
+            )
+        except BaseException:
+            await nc.close()
+            raise
+        server.trust = service
+        server.store = service.store
+        # Cleanups run in reverse: the service (its heartbeat key withdrawn) before nc.
+        server.add_cleanup(nc.close)
+        service.register_worker(server.worker_name, server.apply_snapshot)
+        await service.start()
+        server.add_cleanup(service.close)
+
+    return start
+
+
+def _dump_file(path: str | Path) -> list[dict[str, Any]]:
+    if not Path(path).exists():
+        return []
+    store = SqliteTrustStore(path)
+    try:
+        return dump_sets(store)
+    finally:
+        store.close()
 
 
 def default_replicas(nc: NatsClient) -> int:

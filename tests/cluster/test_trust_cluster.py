@@ -425,3 +425,51 @@ def test_single_process_mode_never_imports_nats(tmp_path: Path) -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
     assert done.returncode == 0, done.stderr.decode()
+
+
+async def test_the_first_worker_imports_the_store_file_of_an_edge_that_ran_alone(
+    server: NatsServer, tmp_path: Path
+) -> None:
+    from datetime import UTC, datetime
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from certs.crl import build_crl
+    from edge.trust.sqlite import SqliteTrustStore
+
+    ca = CertificateAuthority.create_root("Imported Root")
+    store = SqliteTrustStore(tmp_path / "alone.db")
+    store.upload("fleet", ca.cert_pem)
+    store.upload("fleet", ca_pem("Imported Root 2"))
+    store.activate("fleet", 1)
+    store.add_crl(
+        "fleet",
+        build_crl(ca, [(7, datetime.now(UTC), None)], crl_number=1).public_bytes(Encoding.PEM),
+    )
+    store.bind("fleet", "*.example.com")
+    store.set_options("fleet", disconnect_on_revoke=True)
+    expected = store.snapshot()
+    store.close()
+
+    nc = await nats.connect(server.url)
+    try:
+        first = await open_cluster_trust(
+            nc,
+            node_id="n",
+            worker_id="0",
+            cache_dir=tmp_path / "c",
+            seed_store=tmp_path / "alone.db",
+            seed=ca_pem("Not Used"),
+        )
+        first.register_worker("edge", Recorder())
+        await first.start()
+        snap = first.current()
+        assert snap.sets["fleet"].version == 1
+        assert len(snap.sets["fleet"].crls) == 1
+        assert snap.sets["fleet"].disconnect_on_revoke is True
+        assert snap.bindings == expected.bindings == {"*.example.com": "fleet"}
+        assert [v.version for v in await first.versions("fleet")] == [1, 2]
+        assert "default" not in snap.sets  # the store's sets, not the PKI seed
+        await first.close()
+    finally:
+        await nc.close()
