@@ -935,7 +935,11 @@ def cluster_trust_source(
         # Cleanups run in reverse: the service (its heartbeat key withdrawn) before nc.
         server.add_cleanup(nc.close)
         service.register_worker(server.worker_name, server.apply_snapshot)
-        await service.start()
+        try:
+            await service.start()
+        except BaseException:
+            await service.close()
+            raise
         server.add_cleanup(service.close)
 
     return start
