@@ -59,6 +59,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import (
     BucketNotFoundError,
+    KeyNotFoundError,
     KeyWrongLastSequenceError,
 )
 from nats.js.errors import Error as JetStreamError
@@ -234,6 +235,8 @@ class TrustLog:
         self._cond = asyncio.Condition()
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._watcher: Any = None
+        self._probe_mark: int | None = None
 
     def _clock(self) -> datetime:
         # While a change is replayed, "now" is when it was made, so every cache agrees.
@@ -289,7 +292,7 @@ class TrustLog:
         while True:
             watcher = None
             try:
-                watcher = await self.kv.watch("op.>")
+                watcher = self._watcher = await self.kv.watch("op.>")
                 async for entry in watcher:
                     if entry is None:  # end of the initial values: the replay is done
                         self._ready.set()
@@ -297,6 +300,8 @@ class TrustLog:
                     if entry.operation is not None or entry.value is None:
                         continue  # deletes and purges: not part of the log
                     await self._apply(int(entry.key.rsplit(".", 1)[1]), entry.value)
+                # Stopped by probe(): watch again from the start; what we have is skipped.
+                log.warning("trust log watch restarted after change %d", self.applied)
             except asyncio.CancelledError:
                 if watcher is not None:
                     # Bounded: unsubscribing waits on a connection that may be cut.
@@ -308,6 +313,35 @@ class TrustLog:
                 # The watch's consumer could not be (re)created: no quorum, or cut off.
                 log.warning("trust log watch failed, retrying: %s", exc)
                 await asyncio.sleep(0.5)
+
+    async def probe(self) -> None:
+        """Restart the watch when a change it should have delivered is still missing.
+
+        nats-py's watch recreates its consumer after a failure, but can stop doing so
+        (seen here after NATS had no quorum for a while): the log must not stall
+        silently. Called every heartbeat; a change missing on two calls in a row
+        restarts the watch.
+        """
+        if self.kv is None or not self._ready.is_set():
+            return
+        try:
+            async with asyncio.timeout(2.0):
+                await self.kv.get(_op_key(self.applied + 1))
+        except KeyNotFoundError:
+            self._probe_mark = None
+            return
+        except _TRANSIENT:
+            return
+        if self._probe_mark != self.applied:
+            self._probe_mark = self.applied  # maybe on its way: look again next time
+            return
+        self._probe_mark = None
+        watcher = self._watcher
+        if watcher is not None:
+            log.warning("trust log watch stalled before change %d: restarting it", self.applied + 1)
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2.0):
+                    await watcher.stop()
 
     async def _apply(self, seq: int, raw: bytes) -> None:
         if seq <= self.applied:
@@ -621,11 +655,21 @@ class ClusterTrustService(TrustService):
         self.key = f"w.{_key_part(node_id)}.{_key_part(worker_id)}"
         #: Other workers' heartbeats: key -> (value, when seen, monotonic).
         self._peers: dict[str, tuple[dict[str, Any], float]] = {}
+        #: Peers whose key the servers expired: key -> when to drop them (monotonic).
+        self._expiring: dict[str, float] = {}
+        self._expiring_changed = asyncio.Event()
+        #: How long an expired worker still counts: one heartbeat period and a margin.
+        self.expiry_grace = heartbeat_ttl / 3 + 1.0
         self._cluster = asyncio.Condition()
         self._booting = True
         self._tasks: list[asyncio.Task[None]] = []
         #: Set to stop heartbeating without deleting the key (tests: a worker that hangs).
         self.heartbeats_paused = False
+        #: True once the heartbeat watch has delivered every current key.
+        self._peers_ready = False
+        self._workers_watcher: Any = None
+        #: When the watch last delivered this worker's own heartbeat (monotonic).
+        self._own_seen = time.monotonic()
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -688,64 +732,109 @@ class ClusterTrustService(TrustService):
             "at": datetime.now(UTC).isoformat(),
         }
 
-    async def _beat(self) -> None:
+    async def _beat(self) -> bool:
         if self.heartbeats_paused:
-            return
+            return True
         try:
             async with asyncio.timeout(max(1.0, self.heartbeat_ttl / 3)):
                 await self.workers_kv.put(self.key, json.dumps(self._heartbeat()).encode())
         except _TRANSIENT as exc:
             log.debug("heartbeat %s not written: %s", self.key, exc)
+            return False
+        return True
 
     async def _heartbeat_loop(self) -> None:
+        ok = True
         while True:
-            await asyncio.sleep(self.heartbeat_ttl / 3)
-            await self._beat()
+            # After a failed write (no quorum, cut off) retry soon: the servers may have
+            # expired our key meanwhile, and peers give it only a short grace.
+            await asyncio.sleep(self.heartbeat_ttl / 3 if ok else 0.5)
+            ok = await self._beat()
+            if ok and not self.heartbeats_paused:
+                await self.log.probe()
+                self._check_own_echo()
+
+    def _check_own_echo(self) -> None:
+        """Restart the heartbeat watch when it stopped delivering our own heartbeats."""
+        if time.monotonic() - self._own_seen <= 2 * self.heartbeat_ttl / 3 + 2.0:
+            return
+        self._own_seen = time.monotonic()
+        watcher = self._workers_watcher
+        if watcher is not None:
+            log.warning("worker heartbeat watch stalled: restarting it")
+            asyncio.get_running_loop().create_task(_stop_quietly(watcher))
 
     async def _watch_workers(self) -> None:
         while True:
             watcher = None
             try:
-                watcher = await self.workers_kv.watch("w.>")
+                watcher = self._workers_watcher = await self.workers_kv.watch("w.>")
+                # The current keys replace what we knew only once all have arrived, so
+                # a restarted watch never shows a moment with no peers.
+                fresh: dict[str, tuple[dict[str, Any], float]] | None = {}
                 async for entry in watcher:
-                    if entry is None or entry.key == self.key:
+                    if entry is None:
+                        if fresh is not None:
+                            self._peers = fresh
+                            self._expiring = {k: t for k, t in self._expiring.items() if k in fresh}
+                            fresh = None
+                            self._peers_ready = True
+                            async with self._cluster:
+                                self._cluster.notify_all()
+                        continue
+                    if entry.key == self.key:
+                        self._own_seen = time.monotonic()
+                        continue
+                    peers = fresh if fresh is not None else self._peers
+                    if entry.operation == "PURGE":
+                        # The servers expired the key (TTL). If NATS itself could not
+                        # store heartbeats for a while (an election, no quorum), every
+                        # worker's key expires at once: keep it for a grace period, in
+                        # which a live worker writes a new one.
+                        if entry.key in self._peers:
+                            self._expiring[entry.key] = time.monotonic() + self.expiry_grace
+                            self._expiring_changed.set()
                         continue
                     if entry.operation is not None or not entry.value:
-                        self._peers.pop(entry.key, None)  # stopped, or its heartbeat expired
+                        # Deleted: the worker stopped cleanly. It holds nothing back.
+                        peers.pop(entry.key, None)
+                        self._expiring.pop(entry.key, None)
                     else:
                         with contextlib.suppress(ValueError):
-                            self._peers[entry.key] = (json.loads(entry.value), time.monotonic())
-                    async with self._cluster:
-                        self._cluster.notify_all()
+                            peers[entry.key] = (json.loads(entry.value), time.monotonic())
+                            self._expiring.pop(entry.key, None)
+                    if fresh is None:
+                        async with self._cluster:
+                            self._cluster.notify_all()
+                log.warning("worker heartbeat watch restarted")
             except asyncio.CancelledError:
                 if watcher is not None:
-                    # Bounded: unsubscribing waits on a connection that may be cut.
-                    with contextlib.suppress(Exception):
-                        async with asyncio.timeout(2.0):
-                            await watcher.stop()  # type: ignore[no-untyped-call]
+                    await _stop_quietly(watcher)
                 raise
             except _TRANSIENT as exc:
                 log.warning("worker watch failed, retrying: %s", exc)
                 await asyncio.sleep(0.5)
 
     async def _expiry_timer(self) -> None:
-        """Wake waiters when a peer's heartbeat has not been seen for a TTL.
+        """Drop a worker whose expired key was not re-written within the grace period.
 
-        The bucket's TTL removes the key on the servers; this covers a watch that
-        cannot see the removal (our own connection is cut).
+        Liveness is the servers' judgement (the bucket's TTL), never a local clock: a
+        worker cut off from NATS cannot activate anything anyway, and waits.
         """
         while True:
+            self._expiring_changed.clear()
             now = time.monotonic()
-            seen = [t for _, t in self._peers.values()]
-            wait = min((t + self.heartbeat_ttl - now for t in seen), default=self.heartbeat_ttl)
-            await asyncio.sleep(max(0.05, wait))
-            now = time.monotonic()
-            stale = [k for k, (_, t) in self._peers.items() if now - t > self.heartbeat_ttl]
-            for key in stale:
-                del self._peers[key]
-            if stale:
+            gone = [k for k, t in self._expiring.items() if t <= now]
+            for key in gone:
+                del self._expiring[key]
+                self._peers.pop(key, None)
+            if gone:
                 async with self._cluster:
                     self._cluster.notify_all()
+            wait = min((t - now for t in self._expiring.values()), default=None)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._expiring_changed.wait()
 
     def live_workers(self) -> list[dict[str, Any]]:
         """Every live worker's heartbeat, this one included."""
@@ -753,6 +842,8 @@ class ClusterTrustService(TrustService):
 
     def cluster_applied(self, generation: int) -> bool:
         """True when every live worker of every node has applied ``generation``."""
+        if not self._peers_ready:
+            return False  # not yet heard which workers are alive
         return all(int(w.get("generation", -1)) >= generation for w in self.live_workers())
 
     async def _apply_all(self, snapshot: Any) -> bool:
@@ -782,6 +873,13 @@ class ClusterTrustService(TrustService):
         data["cluster"]["worker"] = self.worker_id
         data["cluster"]["heartbeat_ttl"] = self.heartbeat_ttl
         return data
+
+
+async def _stop_quietly(watcher: Any) -> None:
+    """Stop a KV watch; bounded, since unsubscribing waits on a connection that may be cut."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(2.0):
+            await watcher.stop()
 
 
 def cluster_status(workers: list[dict[str, Any]], generation: int) -> dict[str, Any]:
@@ -821,7 +919,9 @@ async def open_workers_bucket(
             history=1,
             replicas=replicas,
             ttl=heartbeat_ttl,
-            storage=StorageType.MEMORY,
+            # File, not memory: a memory stream restarted on a node of the cluster
+            # comes back empty, and was seen to stall the bucket after quorum loss.
+            storage=StorageType.FILE,
             # The server places a marker when a key ages out, so watchers see it go.
             limit_marker_ttl=max(1.0, heartbeat_ttl),
             description="edgesim workers: heartbeats and applied trust generations",
@@ -844,6 +944,7 @@ async def open_cluster_trust(
     propagation_delay: float = 0.0,
     expiry_warn_days: float = 30.0,
     start_timeout: float = 30.0,
+    submit_timeout: float = 60.0,
 ) -> ClusterTrustService:
     """What an edge worker runs in place of its :class:`TrustService` in cluster mode.
 
@@ -860,7 +961,13 @@ async def open_cluster_trust(
         replicas = default_replicas(nc)
     folder = Path(cache_dir) if cache_dir is not None else Path(tempfile.mkdtemp(prefix="edgesim-"))
     name = f"trust-cache-{_key_part(node_id)}-{_key_part(worker_id)}.db"
-    trust_log = TrustLog(nc, folder / name, replicas=replicas, origin=f"{node_id}/{worker_id}")
+    trust_log = TrustLog(
+        nc,
+        folder / name,
+        replicas=replicas,
+        origin=f"{node_id}/{worker_id}",
+        submit_timeout=submit_timeout,
+    )
     await trust_log.start(timeout=start_timeout)
     try:
         if trust_log.applied == 0:
@@ -895,6 +1002,7 @@ def cluster_trust_source(
     heartbeat_ttl: float = 15.0,
     replicas: int | None = None,
     cache_dir: str | Path | None = None,
+    submit_timeout: float = 60.0,
 ) -> Callable[[Any, Any], Awaitable[None]]:
     """An :data:`edge.server.TrustSource` for an edge worker of a cluster.
 
@@ -926,6 +1034,7 @@ def cluster_trust_source(
                 seed_store=cfg.store_path,
                 propagation_delay=cfg.trust.propagation_delay,
                 expiry_warn_days=cfg.trust.cert_expiry_days,
+                submit_timeout=submit_timeout,
             )
         except BaseException:
             await nc.close()

@@ -693,6 +693,59 @@ class MqttBroker:
             conn.wake()
         return len(chosen)
 
+    def label_worker(self, worker: str) -> None:
+        """Name this worker in every MQTT 5 CONNACK (user property ``edgesim-worker``).
+
+        With several workers a device (or a test) can tell which one it reached; the
+        property is encoded once here, so connects cost nothing more.
+        """
+        name = _str("edgesim-worker")
+        value = _str(worker)
+        self.connack5_properties = self.connack5_properties + b"\x26" + name + value
+
+    def release(self, identity: str, client_id: str, reason: str) -> list[tuple[str, int]] | None:
+        """Let go of the session ``(identity, client_id)``: another worker has taken it.
+
+        Its live connection is closed (MQTT 5: DISCONNECT 0x8E Session taken over,
+        and the will is published, as for a takeover on one worker) and the session
+        is dropped here. Returns its subscriptions (filter, granted QoS) for the new
+        owner to adopt, or None when this worker held no such session.
+        """
+        key = (identity, client_id)
+        session = self.sessions.get(key)
+        self.pending_wills.pop(key, None)
+        if session is None:
+            return None
+        conn = session.connection
+        if conn is not None:
+            conn.close(reason, 0x8E)
+            conn.wake()
+        session = self.sessions.pop(key, None)
+        if session is None:
+            return []
+        subscriptions = list(self.core.router.subscriptions(session.subscriber_id).items())
+        self.core.unsubscribe_all(session)
+        self.core.metrics.messages_dropped += len(session.queue) + len(session.inflight)
+        return [] if session.clean else subscriptions
+
+    def adopt(self, identity: str, client_id: str, subscriptions: list[tuple[str, int]]) -> int:
+        """Add the subscriptions another worker's session of this client id held; return how many.
+
+        Only a live, non-clean session here adopts them (a clean one starts empty, as
+        it would on one worker); they were authorised where they were made.
+        """
+        session = self.sessions.get((identity, client_id))
+        if session is None or session.clean:
+            return 0
+        router = self.core.router
+        current = router.subscriptions(session.subscriber_id)
+        added = 0
+        for topic_filter, qos in subscriptions:
+            if topic_filter not in current:
+                self.core.subscribe(session, topic_filter, qos, None, send_retained=False)
+                added += 1
+        return added
+
     def connection(self, session_info: SessionInfo) -> MqttConnection:
         """Create the state machine for a newly accepted connection."""
         return MqttConnection(self, session_info, self.clock())
@@ -1159,6 +1212,10 @@ class MqttConnection:
         session.expiry = expiry
         session.connection = self
         self.session = session
+        bus = self.core.bus
+        if bus is not None:
+            # Other workers end their session of this client id (cluster takeover).
+            bus.claim(self.origin, client_id)
         if v5:
             props = p.properties
             rm = None if props is None else props.receive_maximum
