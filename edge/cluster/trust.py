@@ -875,6 +875,10 @@ class ClusterTrustService(TrustService):
         return data
 
 
+async def _quiet(exc: Exception) -> None:
+    log.debug("nats: %s", exc)
+
+
 async def _stop_quietly(watcher: Any) -> None:
     """Stop a KV watch; bounded, since unsubscribing waits on a connection that may be cut."""
     with contextlib.suppress(Exception):
@@ -1101,7 +1105,10 @@ class ClusterTrustClient:
     async def _open(self) -> ReplicatedStore:
         try:
             self.nc = await nats.connect(
-                servers=self.urls, connect_timeout=min(5.0, self.timeout), max_reconnect_attempts=3
+                servers=self.urls,
+                connect_timeout=min(5.0, self.timeout),
+                max_reconnect_attempts=3,
+                error_cb=_quiet,  # the failure is reported once, below, not as a traceback
             )
         except Exception as exc:
             raise StoreError(f"cannot connect to NATS at {','.join(self.urls)}: {exc}") from None

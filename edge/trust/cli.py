@@ -363,7 +363,11 @@ def _cluster_backend(servers: str) -> Iterator[_Backend]:
 
 @contextmanager
 def _backend(args: argparse.Namespace) -> Iterator[_Backend]:
-    cluster = getattr(args, "cluster", None) or os.environ.get(CLUSTER_ENV)
+    cluster = (
+        getattr(args, "cluster", None)
+        or getattr(args, "group_cluster", None)
+        or os.environ.get(CLUSTER_ENV)
+    )
     url = args.admin or os.environ.get("EDGESIM_ADMIN_URL")
     if cluster and not url:
         with _cluster_backend(cluster) as backend:
@@ -751,6 +755,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "their versions, hostname bindings, CRLs and propagation.",
     )
     trust.set_defaults(group_parser=trust)
+    # Also before the verb (`edgesim trust --cluster URLS upload ...`); its own dest,
+    # since the verb's parser would reset a shared one to None.
+    trust.add_argument("--cluster", dest="group_cluster", metavar="URLS", help=argparse.SUPPRESS)
     verbs = trust.add_subparsers(dest="verb", metavar="VERB")
 
     def verb(name: str, func: Callable[[argparse.Namespace], int], text: str) -> Any:
