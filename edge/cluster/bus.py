@@ -223,6 +223,7 @@ class NatsBus:
         self._sender: asyncio.Task[None] | None = None
         self._unlisten: Callable[[], None] | None = None
         self._relaying = False
+        self._unsettled = False
         #: Publishes not sent because the NATS connection was down.
         self.dropped = 0
         #: Messages received from other workers and routed here.
@@ -328,6 +329,7 @@ class NatsBus:
         count = self._interest.get(topic_filter, 0)
         self._interest[topic_filter] = count + 1
         if count == 0:
+            self._unsettled = True
             self._queue(("sub", topic_filter, None))
 
     def unwatch(self, topic_filter: str) -> None:
@@ -339,6 +341,19 @@ class NatsBus:
                 self._queue(("unsub", topic_filter, None))
         else:
             self._interest[topic_filter] = count - 1
+
+    def settle(self, done: Callable[[], None]) -> bool:
+        """If subscriptions were queued since the last settle, call ``done`` once NATS has them.
+
+        "Has them" means the server answered a PING sent after the SUBs (a flush):
+        it has registered them. Across a cluster of nats-servers the interest still
+        travels the routes after that (milliseconds); see the README.
+        """
+        if not self._unsettled:
+            return False
+        self._unsettled = False
+        self._queue(("settle", done, None))
+        return True
 
     def claim(self, identity: str, client_id: str) -> None:
         """Tell every worker that this one now holds ``client_id`` of ``identity``."""
@@ -370,6 +385,9 @@ class NatsBus:
                         await self.nc.publish(subject, data)
                     elif op == "sub":
                         await self._subscribe(subject)
+                    elif op == "settle":
+                        await self._flush()
+                        subject()
                     elif op == "unsub":
                         for sub in self._subs.pop(subject, []):
                             await sub.unsubscribe()
@@ -380,6 +398,12 @@ class NatsBus:
                         self.dropped += 1
                     else:
                         log.warning("bus %s %s failed: %s", op, subject, exc)
+
+    async def _flush(self) -> None:
+        for nc in (self.nc, self.nc_shared):
+            if nc is not None and nc.is_connected:
+                with contextlib.suppress(Exception):
+                    await nc.flush(timeout=2)
 
     async def _subscribe(self, topic_filter: str) -> None:
         assert self.nc is not None
@@ -458,7 +482,14 @@ class NatsBus:
             log.warning("bus: bad session hand-over: %s", exc)
             return
         if self.broker is not None:
-            self.broker.adopt(identity, client_id, [(f, int(q)) for f, q in subscriptions])
+            count = self.broker.adopt(identity, client_id, [(f, int(q)) for f, q in subscriptions])
+            self.events.emit(
+                "mqtt.session_adopted",
+                "info",
+                identity=identity,
+                client_id=client_id,
+                subscriptions=count,
+            )
 
     async def _sync_retained(self, timeout: float) -> None:
         assert self.nc is not None
