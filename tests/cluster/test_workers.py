@@ -254,3 +254,62 @@ async def test_kill_9_of_a_worker(node: EdgeNode, pki: Path) -> None:
         assert [s.name for s in store.list_sets()] == before
     finally:
         store.close()
+
+
+async def test_the_cross_worker_delivery_guarantee(node: EdgeNode, pki: Path) -> None:
+    """What the README promises for QoS 1/2 across workers, exactly.
+
+    - bus up: every message reaches the subscriber on the other worker once, in order;
+    - bus down: the publisher still gets its PUBACK and subscribers on its own worker
+      still get the message; subscribers on other workers never do (not later
+      either: nothing is buffered);
+    - bus back: delivery across workers resumes by itself.
+    """
+    pair = await connect_on_each_worker(
+        node.ports["mqtt"], pki, DEVICES[:30], [node.label(0), node.label(1)]
+    )
+    p0, s1 = pair[node.label(0)], pair[node.label(1)]
+    try:
+        assert await p0.subscribe("g/#", 1) == [1]
+        assert await s1.subscribe("g/#", 1) == [1]
+        sent = [f"g/{i:03d}" for i in range(50)]
+        for topic in sent:
+            await p0.publish(topic, b"", qos=1)
+        assert [(await _next(s1.messages))[0] for _ in sent] == sent  # once each, in order
+        assert [(await _next(p0.messages))[0] for _ in sent] == sent
+        async with AdminEvents(node) as events:
+            nats_pid = node.refresh()["nats_pid"]
+            os.kill(nats_pid, signal.SIGKILL)
+            await events.wait(
+                lambda e: (
+                    e["kind"] == "cluster.bus"
+                    and e.get("state") == "disconnected"
+                    and e.get("worker") == node.label(0)
+                )
+            )
+            during = [f"g/during-{i}" for i in range(5)]
+            for topic in during:
+                await p0.publish(topic, b"", qos=1)  # acknowledged: PUBACK arrives
+            assert [(await _next(p0.messages))[0] for _ in during] == during  # local delivery
+            for label in (node.label(0), node.label(1)):
+                await events.wait(
+                    lambda e, label=label: (
+                        e["kind"] == "cluster.bus"
+                        and e.get("state") == "connected"
+                        and e.get("worker") == label
+                    ),
+                    timeout=60,
+                )
+        async with asyncio.timeout(30):
+            while True:
+                await p0.publish("g/after", b"", qos=1)
+                try:
+                    topic, _, _, _ = await asyncio.wait_for(s1.messages.get(), 1)
+                except TimeoutError:
+                    continue
+                assert not topic.startswith("g/during"), "a message sent while the bus was down"
+                if topic == "g/after":
+                    break
+    finally:
+        for client in pair.values():
+            await client.close()

@@ -178,6 +178,7 @@ class AdminEvents:
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._response: aiohttp.ClientResponse | None = None
 
     async def __aenter__(self) -> AdminEvents:
         self._session = aiohttp.ClientSession(
@@ -185,6 +186,7 @@ class AdminEvents:
         )
         response = await self._session.get(f"{self.node.admin_url}/v1/events/stream")
         assert response.status == 200, await response.text()
+        self._response = response
         self._task = asyncio.create_task(self._pump(response))
         return self
 
@@ -193,6 +195,8 @@ class AdminEvents:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
+        if self._response is not None:
+            self._response.close()
         if self._session is not None:
             await self._session.close()
 
