@@ -244,6 +244,8 @@ class Supervisor:
             "--node-id",
             self.node,
         ]
+        if self.nats is not None:
+            argv.append("--local-bus")
         return argv
 
     def _ready_path(self, worker: _Worker) -> Path:
