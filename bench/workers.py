@@ -104,9 +104,7 @@ class Edge:
 
     def cpu(self) -> dict[str, float]:
         """CPU seconds so far, per process kind."""
-        return {
-            kind: sum(process_cpu_seconds(p) for p in pids) for kind, pids in self.pids.items()
-        }
+        return {kind: sum(process_cpu_seconds(p) for p in pids) for kind, pids in self.pids.items()}
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
