@@ -25,6 +25,7 @@ MODULES = (
     "device",
     "fleet",
     "plugin",
+    "workers",
     "cluster_trust",
 )
 

@@ -102,6 +102,8 @@ def register(subparsers: Any) -> None:
     )
     # Set by the supervisor for the processes it starts: run as worker I.
     serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    # Set with it when the supervisor started the nats-server itself (one machine).
+    serve.add_argument("--local-bus", action="store_true", help=argparse.SUPPRESS)
     serve.add_argument("-v", "--verbose", action="store_true", help="log every event")
     serve.add_argument(
         "--log-format",
@@ -245,7 +247,10 @@ def _serve(args: argparse.Namespace) -> int:
         except ImportError as exc:
             raise CliError(f"workers need the edgesim[cluster] extra: {exc}") from None
         server_options = worker_server_options(
-            urls, node=args.node_id or socket.gethostname(), index=worker_index
+            urls,
+            node=args.node_id or socket.gethostname(),
+            index=worker_index,
+            local=args.local_bus,
         )
     loop = new_event_loop(cfg.use_uvloop)
     try:

@@ -187,7 +187,8 @@ class NatsBus:
     ``worker`` names this worker (``node/index``; it appears in events and CONNACKs);
     ``broker`` is the MQTT broker whose sessions claims end (None: no MQTT here);
     ``admin`` says whether this worker serves the admin API, and so collects the
-    other workers' events.
+    other workers' events; ``forward_events`` whether its own go on the bus (the
+    only admin of a one-machine cluster keeps its own: no one else reads them).
     """
 
     def __init__(
@@ -199,6 +200,7 @@ class NatsBus:
         events: EventLog,
         broker: Any = None,
         admin: bool = False,
+        forward_events: bool = True,
         on_state: Callable[[str], None] | None = None,
     ) -> None:
         self.core = core
@@ -207,6 +209,7 @@ class NatsBus:
         self.events = events
         self.broker = broker
         self.admin = admin
+        self.forward_events = forward_events
         self._on_state = on_state
         # The key in every message from this worker: unique per process start, so a
         # restarted worker's sequence numbers never look like copies of old ones.
@@ -223,6 +226,9 @@ class NatsBus:
         self._sender: asyncio.Task[None] | None = None
         self._unlisten: Callable[[], None] | None = None
         self._relaying = False
+        self._unsettled = False
+        self._claims_out: list[tuple[str, str]] = []
+        self._events_out: list[Event] = []
         #: Publishes not sent because the NATS connection was down.
         self.dropped = 0
         #: Messages received from other workers and routed here.
@@ -272,7 +278,8 @@ class NatsBus:
         await nc.subscribe(RETAINED_SYNC, cb=self._on_retained_sync)
         if self.admin:
             await nc.subscribe(EVENTS, cb=self._on_event)
-        self._unlisten = self.events.add_listener(self._forward_event)
+        if self.forward_events:
+            self._unlisten = self.events.add_listener(self._forward_event)
         await nc.flush()
         self._sender = asyncio.get_running_loop().create_task(self._send_loop())
 
@@ -328,6 +335,7 @@ class NatsBus:
         count = self._interest.get(topic_filter, 0)
         self._interest[topic_filter] = count + 1
         if count == 0:
+            self._unsettled = True
             self._queue(("sub", topic_filter, None))
 
     def unwatch(self, topic_filter: str) -> None:
@@ -340,12 +348,27 @@ class NatsBus:
         else:
             self._interest[topic_filter] = count - 1
 
+    def settle(self, done: Callable[[], None]) -> bool:
+        """If subscriptions were queued since the last settle, call ``done`` once NATS has them.
+
+        "Has them" means the server answered a PING sent after the SUBs (a flush):
+        it has registered them. Across a cluster of nats-servers the interest still
+        travels the routes after that (milliseconds); see the README.
+        """
+        if not self._unsettled:
+            return False
+        self._unsettled = False
+        self._queue(("settle", done, None))
+        return True
+
     def claim(self, identity: str, client_id: str) -> None:
         """Tell every worker that this one now holds ``client_id`` of ``identity``."""
         if self.nc is None or not self.nc.is_connected:
             return
-        body = json.dumps([self.key, identity, client_id]).encode()
-        self._queue(("pub", CLAIM, body))
+        # Claims queued in one loop iteration go out as one NATS message.
+        if not self._claims_out:
+            self._queue(("claims", None, None))
+        self._claims_out.append((identity, client_id))
 
     # -- sending ---------------------------------------------------------------------
 
@@ -370,6 +393,19 @@ class NatsBus:
                         await self.nc.publish(subject, data)
                     elif op == "sub":
                         await self._subscribe(subject)
+                    elif op == "claims":
+                        claims, self._claims_out = self._claims_out, []
+                        body = json.dumps([self.key, claims]).encode()
+                        assert self.nc is not None
+                        await self.nc.publish(CLAIM, body)
+                    elif op == "events":
+                        batch, self._events_out = self._events_out, []
+                        body = json.dumps(batch, default=str).encode()
+                        assert self.nc is not None
+                        await self.nc.publish(EVENTS, body)
+                    elif op == "settle":
+                        await self._flush()
+                        subject()
                     elif op == "unsub":
                         for sub in self._subs.pop(subject, []):
                             await sub.unsubscribe()
@@ -380,6 +416,12 @@ class NatsBus:
                         self.dropped += 1
                     else:
                         log.warning("bus %s %s failed: %s", op, subject, exc)
+
+    async def _flush(self) -> None:
+        for nc in (self.nc, self.nc_shared):
+            if nc is not None and nc.is_connected:
+                with contextlib.suppress(Exception):
+                    await nc.flush(timeout=2)
 
     async def _subscribe(self, topic_filter: str) -> None:
         assert self.nc is not None
@@ -438,18 +480,23 @@ class NatsBus:
 
     async def _on_claim(self, msg: Msg) -> None:
         try:
-            claimer, identity, client_id = json.loads(msg.data)
+            claimer, claims = json.loads(msg.data)
         except (ValueError, TypeError) as exc:
             log.warning("bus: bad claim: %s", exc)
             return
-        if claimer == self.key or self.broker is None:
+        broker = self.broker
+        if claimer == self.key or broker is None:
             return
-        subscriptions = self.broker.release(
-            identity, client_id, f"session taken over on another edge worker ({claimer})"
-        )
-        if subscriptions:
-            body = json.dumps([identity, client_id, subscriptions]).encode()
-            self._queue(("pub", ADOPT + claimer, body))
+        sessions = broker.sessions
+        for identity, client_id in claims:
+            if (identity, client_id) not in sessions:
+                continue  # the usual case: this worker never had that client id
+            subscriptions = broker.release(
+                identity, client_id, f"session taken over on another edge worker ({claimer})"
+            )
+            if subscriptions:
+                body = json.dumps([identity, client_id, subscriptions]).encode()
+                self._queue(("pub", ADOPT + claimer, body))
 
     async def _on_adopt(self, msg: Msg) -> None:
         try:
@@ -458,7 +505,14 @@ class NatsBus:
             log.warning("bus: bad session hand-over: %s", exc)
             return
         if self.broker is not None:
-            self.broker.adopt(identity, client_id, [(f, int(q)) for f, q in subscriptions])
+            count = self.broker.adopt(identity, client_id, [(f, int(q)) for f, q in subscriptions])
+            self.events.emit(
+                "mqtt.session_adopted",
+                "info",
+                identity=identity,
+                client_id=client_id,
+                subscriptions=count,
+            )
 
     async def _sync_retained(self, timeout: float) -> None:
         assert self.nc is not None
@@ -494,22 +548,26 @@ class NatsBus:
         nc = self.nc
         if nc is None or not nc.is_connected:
             return
-        event = dict(event)
-        event.pop("id", None)
+        # The dict is shared with the other listeners: copy it, without the local id.
+        event = {k: v for k, v in event.items() if k != "id"}
         event.setdefault("worker", self.worker)
-        self._queue(("pub", EVENTS, json.dumps(event, default=str).encode()))
+        # Events queued in one loop iteration go out as one NATS message.
+        if not self._events_out:
+            self._queue(("events", None, None))
+        self._events_out.append(event)
 
     async def _on_event(self, msg: Msg) -> None:
         try:
-            event = json.loads(msg.data)
-            kind = event.pop("kind")
-            outcome = event.pop("outcome")
-        except (ValueError, KeyError, AttributeError) as exc:
+            batch = json.loads(msg.data)
+            if isinstance(batch, dict):
+                batch = [batch]  # one event (the supervisor sends them one by one)
+            self._relaying = True
+            for event in batch:
+                kind = event.pop("kind")
+                outcome = event.pop("outcome")
+                self.events.emit(kind, outcome, **event)
+        except (ValueError, KeyError, AttributeError, TypeError) as exc:
             log.warning("bus: bad event: %s", exc)
-            return
-        self._relaying = True
-        try:
-            self.events.emit(kind, outcome, **event)
         finally:
             self._relaying = False
 

@@ -125,6 +125,7 @@ class Supervisor:
         self.stopping = False
         self.tmp = Path(tempfile.mkdtemp(prefix="edgesim-workers-"))
         self.nc: Any = None
+        self._nats_task: asyncio.Task[None] | None = None
 
     # -- start -----------------------------------------------------------------------
 
@@ -148,6 +149,7 @@ class Supervisor:
             except NatsServerError as exc:
                 raise CliError(str(exc)) from None
             self.servers = [self.nats.url]
+            self._nats_task = asyncio.get_running_loop().create_task(self._watch_nats())
         for kind in DEVICE_KINDS:
             where = getattr(self.cfg.listeners, kind)
             if where is None:
@@ -170,6 +172,29 @@ class Supervisor:
         for worker in self.workers:
             worker.task = asyncio.get_running_loop().create_task(self._watch(worker))
         self._write_ready()
+
+    async def _watch_nats(self) -> None:
+        # The nats-server this supervisor started is restarted on its port when it
+        # dies; until then the workers serve their own devices (see the README).
+        server = self.nats
+        while not self.stopping:
+            proc = server.proc
+            if proc is None:
+                return
+            code = await asyncio.to_thread(proc.wait)
+            if self.stopping:
+                return
+            await asyncio.to_thread(server.stop)  # reaps it and closes its log pipe
+            say(f"edgesim edge: nats-server exited with status {code}; restarting it")
+            while not self.stopping:
+                try:
+                    await asyncio.to_thread(server.start)
+                    break
+                except Exception as exc:
+                    say(f"edgesim edge: nats-server did not restart: {exc}")
+                    await asyncio.sleep(RESTART_MAX)  # back-off before the next try
+            self._write_ready()
+            await self._event("bus.restarted", "info", pid=server.proc.pid if server.proc else None)
 
     async def _connect_bus(self) -> None:
         # The supervisor's own events (a worker died, restarted) go on the bus, where
@@ -219,6 +244,8 @@ class Supervisor:
             "--node-id",
             self.node,
         ]
+        if self.nats is not None:
+            argv.append("--local-bus")
         return argv
 
     def _ready_path(self, worker: _Worker) -> Path:
@@ -291,6 +318,7 @@ class Supervisor:
             "pid": os.getpid(),
             "node": self.node,
             "nats": self.servers,
+            "nats_pid": None if self.nats is None or self.nats.proc is None else self.nats.proc.pid,
             "workers": [
                 {"index": w.index, "pid": None if w.proc is None else w.proc.pid}
                 for w in self.workers
@@ -325,6 +353,8 @@ class Supervisor:
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.nc.close(), 5)
+        if self._nats_task is not None:
+            self._nats_task.cancel()
         if self.nats is not None:
             await asyncio.to_thread(self.nats.stop)
         for sock in self.reserved:

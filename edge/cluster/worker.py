@@ -35,21 +35,27 @@ def worker_server_options(
     node: str,
     index: int,
     trust_source: TrustSource | None = None,
+    local: bool = False,
 ) -> dict[str, Any]:
-    """The :class:`EdgeServer` keyword arguments that make an edge worker ``index`` of ``node``."""
+    """The :class:`EdgeServer` keyword arguments that make an edge worker ``index`` of ``node``.
+
+    ``local``: the bus is this machine's own (no other node reads events).
+    """
     label = worker_label(node, index)
 
     async def start_bus(server: EdgeServer) -> Any:
         from edge.cluster.bus import NatsBus
 
         assert server.core is not None
+        admin = server.config.listeners.admin is not None
         bus = NatsBus(
             server.core,
             servers,
             worker=label,
             events=server.events,
             broker=server.broker,
-            admin=server.config.listeners.admin is not None,
+            admin=admin,
+            forward_events=not (admin and local),
         )
         try:
             await bus.start()

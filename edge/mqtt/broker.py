@@ -773,6 +773,7 @@ class MqttConnection:
         "close_reason",
         "connected",
         "core",
+        "corked",
         "info",
         "keepalive",
         "last_received",
@@ -813,6 +814,9 @@ class MqttConnection:
         self.wakeup: Callable[[], None] | None = None
         self._graceful = False
         self._shut = False
+        #: Output held back until the cluster bus has this connection's new
+        #: subscriptions in place (see :meth:`_settle`); never set in one process.
+        self.corked = False
         #: MQTT 5 state: the level of this connection's CONNECT, the client's
         #: Request Problem Information and Maximum Packet Size, its topic aliases.
         self.v5 = False
@@ -881,7 +885,7 @@ class MqttConnection:
     def data_to_send(self) -> bytes:
         """Take every byte waiting to go to the client."""
         out = self._out
-        if not out:
+        if not out or self.corked:
             return b""
         # One chunk (the usual case) goes out without a copy.
         data = out[0] if len(out) == 1 else b"".join(out)
@@ -1605,12 +1609,30 @@ class MqttConnection:
             else:
                 reasons.append("-")
         why = "; ".join(r for r in reasons if r and r != "-")
+        if self.core.bus is not None:
+            self._settle()
         props_bytes = self._reason_props(why) or b"\x00"
         body = p.packet_id.to_bytes(2, "big") + props_bytes + bytes(codes)
         self.write(encode_varint_prefix(0x90, len(body)) + body)
         for (topic_filter, _), code, note in zip(p.topics, codes, reasons, strict=True):
             if code < 0x80 and note != "-":
                 self.core.deliver_retained(session, topic_filter, code)
+
+    def _settle(self) -> None:
+        """Hold the SUBACK (and all output after it) until other workers can reach us.
+
+        With a cluster bus, a new filter becomes a NATS subscription asynchronously;
+        a SUBACK sent before it is in place would let a device publish, on another
+        worker, a message its subscriber here never gets.
+        """
+        bus = self.core.bus
+        if bus is not None and not self.corked and bus.settle(self._uncork):
+            self.corked = True
+
+    def _uncork(self) -> None:
+        if self.corked:
+            self.corked = False
+            self.wake()
 
     def wake(self) -> None:
         """Tell the I/O layer to look at this connection (output or close pending)."""
@@ -1734,6 +1756,8 @@ class MqttConnection:
                 session, topic_filter, qos, self.info, client_id=self.client_id, send_retained=False
             )
             codes.append(SUBACK_FAILURE if granted is None else granted)
+        if self.core.bus is not None:
+            self._settle()
         body = p.packet_id.to_bytes(2, "big") + bytes(codes)
         self.write(encode_varint_prefix(0x90, len(body)) + body)
         # Retained messages follow the SUBACK (MQTT 3.1.1 section 3.8.4).
@@ -1765,6 +1789,7 @@ class MqttConnection:
         if self._shut:
             return
         self._shut = True
+        self.corked = False
         broker = self.broker
         broker.connections.discard(self)
         broker.core.metrics.connections_closed += 1
