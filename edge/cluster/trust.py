@@ -16,7 +16,9 @@
     One key per live edge worker, ``w.<node>.<worker>``, re-put every
     ``heartbeat_ttl / 3`` seconds and at once after each apply, holding the generation
     the worker has applied. The bucket's TTL (``max_age``) drops a worker that stopped
-    heartbeating; limit markers tell watchers it happened.
+    heartbeating; limit markers tell watchers it happened, and after a grace period of
+    one heartbeat (in which a live worker rewrites an expired key) it no longer counts.
+    A clean stop deletes the key at once.
 
 **What each worker holds.** A private SQLite cache (:class:`~edge.trust.sqlite.SqliteTrustStore`
 in a scratch folder), rebuilt at start by replaying every ``op.*`` in order and kept
