@@ -27,6 +27,8 @@ MODULES = (
     "device",
     "fleet",
     "plugin",
+    "workers",
+    "cluster_trust",
 )
 
 

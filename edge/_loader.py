@@ -31,6 +31,7 @@ __all__ = ["MODULES", "PURE_ENV", "activate", "build_dir", "is_compiled", "statu
 
 #: The modules every connect runs through, compiled as one mypyc group.
 MODULES: tuple[str, ...] = (
+    "edge.core.bus",
     "edge.core.deadlines",
     "edge.core.events",
     "edge.core.handlers",

@@ -32,7 +32,7 @@ import logging
 import os
 import ssl
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,7 @@ from edge.tls.keylog import KeyLogTap
 from edge.trust.model import TrustSnapshot
 from edge.trust.revoke import plan_revocations
 
-__all__ = ["EdgeServer", "EdgeServerError", "ServerThread"]
+__all__ = ["BusFactory", "EdgeServer", "EdgeServerError", "Pki", "ServerThread", "TrustSource"]
 
 log = logging.getLogger("edgesim.server")
 
@@ -65,17 +65,32 @@ class EdgeServerError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class _Pki:
+class Pki:
+    """The server certificate, key and CA chain (the PKI's, if any) this edge runs with."""
+
     cert: Path
     key: Path
     ca_chain: Path | None
+
+
+#: Loads the trust store and starts the service that applies certificate sets to this
+#: edge (``server.trust``, ``server.store``), before any listener binds: a worker takes
+#: connections only once every active set is loaded. The default reads the SQLite store
+#: (:meth:`EdgeServer.start_sqlite_trust`); a cluster plugs its own source in here.
+TrustSource = Callable[["EdgeServer", "Pki"], Awaitable[None]]
+#: Builds and starts the bus to the other workers once the core and broker exist
+#: (:mod:`edge.core.bus`); it returns the bus, whose ``close()`` runs at shutdown.
+BusFactory = Callable[["EdgeServer"], Awaitable[Any]]
 
 
 class EdgeServer:
     """Owns the edge's listeners, trust service, core and broker.
 
     ``factories`` replaces or adds application protocols by name (``"mqtt"``,
-    ``"http"``): ``factory(session) -> asyncio.Protocol``.
+    ``"http"``): ``factory(session) -> asyncio.Protocol``. ``reuse_port`` binds the
+    device listeners with ``SO_REUSEPORT`` (workers sharing a port); ``trust_source``
+    and ``bus`` are the cluster's plug-in points (:data:`TrustSource`,
+    :data:`BusFactory`); ``worker`` names this worker in MQTT 5 CONNACKs.
     """
 
     def __init__(
@@ -85,8 +100,18 @@ class EdgeServer:
         factories: Mapping[str, AppProtocolFactory] | None = None,
         events: EventLog | None = None,
         handlers: HandlerRegistry | None = None,
+        reuse_port: bool = False,
+        trust_source: TrustSource | None = None,
+        bus: BusFactory | None = None,
+        worker: str | None = None,
     ) -> None:
         self.config = config or EdgeConfig()
+        self.reuse_port = reuse_port
+        self.worker = worker
+        self._trust_source = trust_source
+        self._bus_factory = bus
+        #: The bus to the other workers, once started (None in one process).
+        self.bus: Any = None
         # Formatting every event for a log nobody reads costs CPU on every connect.
         self.events = (
             events
@@ -158,11 +183,26 @@ class EdgeServer:
                     keylog_file=keylog_file,
                 )
             )
-            await self._start_trust(pki)
+            if self._trust_source is not None:
+                await self._trust_source(self, pki)
+            else:
+                await self.start_sqlite_trust(pki)
         except (TlsError, CertsError, TrustError, OSError) as exc:
             raise EdgeServerError(str(exc)) from None
         self.core = EdgeCore(self.events, self._policy(), handlers=self.handlers)
         factories = await self._start_apps()
+        if self.worker is not None and self.broker is not None:
+            self.broker.label_worker(self.worker)
+        if self._bus_factory is not None:
+            # Before any listener: the bus must know every subscription, and a
+            # starting worker loads the retained messages before its first device.
+            self.core.router.shared_by_bus = True
+            try:
+                self.bus = await self._bus_factory(self)
+            except Exception as exc:
+                raise EdgeServerError(f"cannot join the cluster bus: {exc}") from None
+            self.core.bus = self.bus
+            self._cleanups.append(self.bus.close)
         options = cfg.tls
         listeners: list[tuple[ListenerKind, HostPort]] = []
         for kind in ("mqtt", "https", "multi"):
@@ -190,7 +230,11 @@ class EdgeServer:
             )
             try:
                 server = await loop.create_server(
-                    endpoint.protocol_factory, where.host, where.port, backlog=4096
+                    endpoint.protocol_factory,
+                    where.host,
+                    where.port,
+                    backlog=4096,
+                    reuse_port=self.reuse_port or None,
                 )
             except OSError as exc:
                 raise EdgeServerError(
@@ -234,12 +278,35 @@ class EdgeServer:
 
     # -- pieces --------------------------------------------------------------
 
-    def _prepare_pki(self) -> _Pki:
+    def prepare(self) -> Pki:
+        """Create the embedded PKI and seed an empty store, without starting anything.
+
+        A supervisor calls this once before its workers start, so that they do not
+        race to create the same files.
+        """
+        from edge.trust.sqlite import SqliteTrustStore
+
+        pki = self._prepare_pki()
+        store = SqliteTrustStore(self.config.store_path)
+        try:
+            self._seed(store, pki)
+        finally:
+            store.close()
+        return pki
+
+    def _seed(self, store: Any, pki: Pki) -> None:
+        if pki.ca_chain is not None and not store.list_sets():
+            # A fresh store: trust the PKI the edge runs with, for every hostname.
+            store.upload("default", pki.ca_chain.read_bytes())
+            store.bind("default", "*")
+            log.info("trust store %s seeded with set `default` from %s", store.path, pki.ca_chain)
+
+    def _prepare_pki(self) -> Pki:
         cfg = self.config
         if cfg.tls.cert is not None or cfg.tls.key is not None:
             if cfg.tls.cert is None or cfg.tls.key is None:
                 raise EdgeServerError("[tls] needs both cert and key (or neither)")
-            return _Pki(cfg.tls.cert, cfg.tls.key, None)
+            return Pki(cfg.tls.cert, cfg.tls.key, None)
         folder = cfg.pki_dir
         if folder is None:
             folder = cfg.state_dir / "pki"
@@ -254,9 +321,18 @@ class EdgeServer:
                     f"{folder}: no {name} (is it a folder made by `edgesim pki quickstart`?)"
                 )
         chain = folder / "ca-chain.pem"
-        return _Pki(folder / "server.pem", folder / "server.key", chain if chain.exists() else None)
+        return Pki(folder / "server.pem", folder / "server.key", chain if chain.exists() else None)
 
-    async def _start_trust(self, pki: _Pki) -> None:
+    def add_cleanup(self, cleanup: Callable[[], Any]) -> None:
+        """Run ``cleanup`` (a function or coroutine function) at :meth:`close`, in reverse order."""
+        self._cleanups.append(cleanup)
+
+    async def start_sqlite_trust(self, pki: Pki) -> None:
+        """The default :data:`TrustSource`: the SQLite store, polled for changes.
+
+        Several processes may share one store file: each one's trust service polls
+        it (``[trust] watch_interval``) and applies what changed.
+        """
         from edge.trust.propagation import TrustService
         from edge.trust.sqlite import SqliteTrustStore
 
@@ -264,12 +340,7 @@ class EdgeServer:
         store = await asyncio.to_thread(SqliteTrustStore, cfg.store_path)
         self.store = store
         self._cleanups.append(store.close)
-        if pki.ca_chain is not None and not await asyncio.to_thread(store.list_sets):
-            # A fresh store: trust the PKI the edge runs with, for every hostname.
-            data = pki.ca_chain.read_bytes()
-            await asyncio.to_thread(store.upload, "default", data)
-            await asyncio.to_thread(store.bind, "default", "*")
-            log.info("trust store %s seeded with set `default` from %s", store.path, pki.ca_chain)
+        await asyncio.to_thread(self._seed, store, pki)
         trust = TrustService(
             store,
             events=self.events,
@@ -278,9 +349,21 @@ class EdgeServer:
             expiry_warn_days=cfg.trust.cert_expiry_days,
         )
         self.trust = trust
-        trust.register_worker(f"edge-{os.getpid()}-{id(self):x}", self._apply_snapshot)
+        trust.register_worker(self.worker_name, self._apply_snapshot)
         await trust.start()
         self._cleanups.append(trust.close)
+
+    @property
+    def worker_name(self) -> str:
+        """This edge's name as a trust worker (the cluster worker's, or a per-process one)."""
+        return self.worker or f"edge-{os.getpid()}-{id(self):x}"
+
+    def apply_snapshot(self, snapshot: TrustSnapshot) -> None:
+        """Install a trust snapshot for new handshakes and end revoked sessions.
+
+        What a :data:`TrustSource` calls when its certificate sets change.
+        """
+        self._apply_snapshot(snapshot)
 
     def _apply_snapshot(self, snapshot: TrustSnapshot) -> None:
         previous = self._snapshot
@@ -395,6 +478,11 @@ class EdgeServer:
         from edge.mqtt.sqlite_store import MqttStoreError, SqliteMqttStore
 
         path = self.config.mqtt_state_path
+        if self.worker is not None:
+            # Workers sharing one state file would each restore every session: each
+            # worker keeps its own, and its replacement (same label) recovers it.
+            label = "".join(c if c.isalnum() or c in "-_" else "-" for c in self.worker)
+            path = path.with_name(f"{path.name}.{label}")
         try:
             store = await asyncio.to_thread(
                 SqliteMqttStore,

@@ -7,6 +7,13 @@ sets everything (see :mod:`edge.config`); the flags override it. Ports may be 0:
 the edge reports the ports it bound on stderr, in ``--json`` output and in the
 ``--ready-file`` (JSON, written atomically once every listener is up).
 
+Scaling out: ``--workers N`` (or ``auto``: one per core) runs a supervisor and N
+worker processes sharing the device ports (SO_REUSEPORT); without ``--cluster`` the
+supervisor starts a nats-server on loopback for the bus between them. ``--cluster
+nats://HOST:PORT[,...]`` joins this node's workers to edge nodes on other machines
+through that NATS cluster (give each node its own ``--node-id``). The admin API runs
+in worker 0 and shows every worker's events. Needs the ``edgesim[cluster]`` extra.
+
 Exit status: 0 after a graceful stop, 1 when the edge cannot start (a port in
 use, a bad certificate...), 2 for a usage or configuration error.
 """
@@ -17,7 +24,9 @@ import argparse
 import asyncio
 import gc
 import importlib
+import os
 import signal
+import socket
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -79,6 +88,28 @@ def register(subparsers: Any) -> None:
         help="durable MQTT sessions, in-flight and queued messages and retained messages "
         "(default on, in <trust store>.mqtt; PATH: that SQLite file; off: kept in memory only)",
     )
+    serve.add_argument(
+        "--workers",
+        metavar="N|auto",
+        type=_workers,
+        help="run N worker processes sharing the device ports (auto: one per core); "
+        "without --cluster a local nats-server carries messages between them",
+    )
+    serve.add_argument(
+        "--cluster",
+        metavar="nats://HOST:PORT[,...]",
+        help="join edge nodes through this NATS cluster (cross-node delivery, session "
+        "takeover, events); implies one worker unless --workers says more",
+    )
+    serve.add_argument(
+        "--node-id",
+        metavar="ID",
+        help="this node's name in the cluster (default: the host name); each node needs its own",
+    )
+    # Set by the supervisor for the processes it starts: run as worker I.
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    # Set with it when the supervisor started the nats-server itself (one machine).
+    serve.add_argument("--local-bus", action="store_true", help=argparse.SUPPRESS)
     serve.add_argument("-v", "--verbose", action="store_true", help="log every event")
     serve.add_argument(
         "--log-format",
@@ -172,29 +203,121 @@ def _replace(obj: Any, name: str, value: Any) -> Any:
     return replace(obj, **{name: value})
 
 
+def _workers(text: str) -> int:
+    if text == "auto":
+        return max(1, os.cpu_count() or 1)
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or 'auto'") from None
+    if not 1 <= count <= 256:
+        raise argparse.ArgumentTypeError(f"{count} is out of range 1-256")
+    return count
+
+
+def _cluster_urls(text: str | None) -> list[str]:
+    if text is None:
+        return []
+    urls = [u.strip() for u in text.split(",") if u.strip()]
+    for url in urls:
+        if not url.startswith(("nats://", "tls://")) or ":" not in url.split("//", 1)[1]:
+            raise CliError(f"--cluster {url!r}: expected nats://HOST:PORT", EXIT_USAGE)
+    if not urls:
+        raise CliError("--cluster: no URL given", EXIT_USAGE)
+    return urls
+
+
+def _worker_args(args: argparse.Namespace) -> list[str]:
+    """The ``edge serve`` arguments a supervisor passes on to each worker."""
+    out: list[str] = []
+    for flag in ("config", "store", "pki", "state_dir", "policy", "profile", "persistence"):
+        value = getattr(args, flag, None)
+        if value is not None:
+            out += [f"--{flag.replace('_', '-')}", str(value)]
+    for spec in args.handlers:
+        out += ["--handlers", spec]
+    if args.no_uvloop:
+        out.append("--no-uvloop")
+    if args.verbose:
+        out.append("--verbose")
+    out += ["--log-format", args.log_format]
+    return out
+
+
 def _serve(args: argparse.Namespace) -> int:
     cfg = build_config(args)
     handlers = load_handlers(args.handlers)
     configure_logging(args.log_format, verbose=args.verbose)
+    urls = _cluster_urls(args.cluster)
+    worker_index = args.worker_index
+    if worker_index is None and (args.workers is not None or urls):
+        return _supervise(args, cfg, urls)
+    server_options: dict[str, Any] = {}
+    if worker_index is not None:
+        if not urls:
+            raise CliError("--worker-index needs --cluster", EXIT_USAGE)
+        try:
+            from edge.cluster.worker import worker_server_options
+        except ImportError as exc:
+            raise CliError(f"workers need the edgesim[cluster] extra: {exc}") from None
+        server_options = worker_server_options(
+            urls,
+            node=args.node_id or socket.gethostname(),
+            index=worker_index,
+            local=args.local_bus,
+        )
     loop = new_event_loop(cfg.use_uvloop)
     try:
         return loop.run_until_complete(
-            _run(cfg, handlers, as_json=args.json, json_logs=args.log_format == "json")
+            _run(
+                cfg,
+                handlers,
+                as_json=args.json,
+                json_logs=args.log_format == "json",
+                server_options=server_options,
+            )
         )
     finally:
         loop.close()
 
 
+def _supervise(args: argparse.Namespace, cfg: EdgeConfig, urls: list[str]) -> int:
+    try:
+        from edge.cluster.supervisor import SupervisorOptions, run_supervisor
+    except ImportError as exc:
+        raise CliError(
+            f"--workers and --cluster need the edgesim[cluster] extra (nats-py): {exc}"
+        ) from None
+    options = SupervisorOptions(
+        workers=args.workers or 1,
+        cluster=urls,
+        node_id=args.node_id or "",
+        worker_args=_worker_args(args),
+        as_json=args.json,
+    )
+    loop = new_event_loop(cfg.use_uvloop)
+    try:
+        return loop.run_until_complete(run_supervisor(cfg, options))
+    finally:
+        loop.close()
+
+
 async def _run(
-    cfg: EdgeConfig, handlers: HandlerRegistry, *, as_json: bool, json_logs: bool = False
+    cfg: EdgeConfig,
+    handlers: HandlerRegistry,
+    *,
+    as_json: bool,
+    json_logs: bool = False,
+    server_options: dict[str, Any] | None = None,
 ) -> int:
+    options = server_options or {}
     if json_logs:
         # Each event is logged whole by a listener, not as the log's text line.
         events = EventLog(log_events=False)
         log_events_as_json(events)
-        server = EdgeServer(cfg, handlers=handlers, events=events)
+        server = EdgeServer(cfg, handlers=handlers, events=events, **options)
     else:
-        server = EdgeServer(cfg, handlers=handlers)
+        server = EdgeServer(cfg, handlers=handlers, **options)
     try:
         await server.start()
     except EdgeServerError as exc:

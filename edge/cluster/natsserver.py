@@ -123,6 +123,9 @@ class NatsServer:
     #: fsync every JetStream write (``sync_interval: always``), so an acknowledged
     #: write survives kill -9 of the server.
     sync_always: bool = True
+    #: Keep the other members' client URLs out of what clients are told: a client
+    #: then stays on the servers it was given (an edge node on its local server).
+    no_advertise: bool = False
     log_path: Path | None = None
     binary: str | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
@@ -157,6 +160,7 @@ class NatsServer:
                 f'  name: "{self.cluster_name}"',
                 f'  listen: "{self.host}:{self.cluster_port}"',
                 f"  routes: [{routes}]",
+                *(["  no_advertise: true"] if self.no_advertise else []),
                 "}",
             ]
         return "\n".join(lines) + "\n"

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from edge.core.bus import Bus
 from edge.core.events import EventLog
 from edge.core.handlers import HandlerRegistry
 from edge.core.metrics import Metrics
@@ -49,7 +50,7 @@ class PublishResult(NamedTuple):
 class EdgeCore:
     """Router + policy + handlers + events + metrics, shared by all adapters."""
 
-    __slots__ = ("_denials", "events", "handlers", "metrics", "policy", "router")
+    __slots__ = ("_denials", "bus", "events", "handlers", "metrics", "policy", "router")
 
     def __init__(
         self,
@@ -64,6 +65,8 @@ class EdgeCore:
         self.handlers = handlers if handlers is not None else HandlerRegistry()
         self.metrics = metrics if metrics is not None else Metrics()
         self.router = Router()
+        #: The bus to the other workers (:mod:`edge.core.bus`); None in one process.
+        self.bus: Bus | None = None
         # Denials seen per (connection, action, topic): repeats are summarized.
         self._denials: dict[tuple[int, str, str], int] = {}
 
@@ -119,6 +122,9 @@ class EdgeCore:
                 return PublishResult(False, reason, 0)
         delivered = self.router.publish(message)
         metrics.messages_out += delivered
+        bus = self.bus
+        if bus is not None:
+            bus.forward(message)
         if len(self.handlers):
             self.handlers.dispatch(self, message, session)
         return PublishResult(True, "", delivered)
@@ -153,7 +159,8 @@ class EdgeCore:
                 self._denied(session, "subscribe", topic_filter, reason)
                 return None
         granted = min(qos, 2)
-        self.router.subscribe(subscriber, topic_filter, granted)
+        if self.router.subscribe(subscriber, topic_filter, granted) and self.bus is not None:
+            self.bus.watch(topic_filter)
         if send_retained:
             self.router.deliver_retained(subscriber, topic_filter, granted)
         return granted
@@ -164,11 +171,21 @@ class EdgeCore:
 
     def unsubscribe(self, subscriber: Subscriber, topic_filter: str) -> bool:
         """Remove one subscription; True if it existed."""
-        return self.router.unsubscribe(subscriber, topic_filter)
+        removed = self.router.unsubscribe(subscriber, topic_filter)
+        if removed and self.bus is not None:
+            self.bus.unwatch(topic_filter)
+        return removed
 
     def unsubscribe_all(self, subscriber: Subscriber) -> int:
         """Remove every subscription of ``subscriber``."""
-        return self.router.unsubscribe_all(subscriber)
+        bus = self.bus
+        if bus is None:
+            return self.router.unsubscribe_all(subscriber)
+        filters = self.router.subscriptions(subscriber.subscriber_id)
+        count = self.router.unsubscribe_all(subscriber)
+        for topic_filter in filters:
+            bus.unwatch(topic_filter)
+        return count
 
     def purge_expired(self, now: float) -> int:
         """Drop retained messages whose Message Expiry passed at ``now``; return how many.

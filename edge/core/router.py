@@ -186,6 +186,7 @@ class Router:
         "_subscriptions",
         "_tree",
         "on_retain",
+        "shared_by_bus",
     )
 
     def __init__(self) -> None:
@@ -203,6 +204,10 @@ class Router:
         self._fanout_cache: dict[str, list[tuple[Subscriber, int]]] = {}
         # "$share/group/filter" -> its group (also in the tree, under "filter").
         self._shared: dict[str, SharedGroup] = {}
+        #: Set by a bus between workers: shared groups then stay out of the fan-out,
+        #: and the bus hands each message to one group member in the whole cluster
+        #: (:meth:`deliver_shared`), not one per worker.
+        self.shared_by_bus = False
 
     # --- subscriptions -----------------------------------------------------------------
 
@@ -214,7 +219,8 @@ class Router:
             group = self._shared.get(topic_filter)
             if group is None:
                 group = self._shared[topic_filter] = SharedGroup(topic_filter)
-                self._tree.add(shared[1], topic_filter, (group, 2))
+                if not self.shared_by_bus:
+                    self._tree.add(shared[1], topic_filter, (group, 2))
             new = sid not in group.members
             group.members[sid] = (subscriber, qos)
         else:
@@ -232,7 +238,8 @@ class Router:
             del self._shared[topic_filter]
             shared = split_shared(topic_filter)
             assert shared is not None
-            self._tree.remove(shared[1], topic_filter)
+            if not self.shared_by_bus:
+                self._tree.remove(shared[1], topic_filter)
         return removed
 
     def unsubscribe(self, subscriber: Subscriber, topic_filter: str) -> bool:
@@ -313,6 +320,25 @@ class Router:
                 continue
             delivered += 1
         return delivered
+
+    def deliver_shared(self, topic_filter: str, message: Message) -> int:
+        """Give ``message`` to one member of the shared group ``topic_filter`` (1 if one took it).
+
+        The bus calls this when the cluster chose this worker for the group's copy;
+        the topic is checked here, since the bus's interest is coarser than MQTT's.
+        """
+        group = self._shared.get(topic_filter)
+        shared = split_shared(topic_filter)
+        if group is None or shared is None or not group.members:
+            return 0
+        if not matches(shared[1], message.topic):
+            return 0
+        try:
+            group.deliver(message, message.qos, False)
+        except Exception:
+            log.exception("shared group %s failed to take a message", topic_filter)
+            return 0
+        return 1
 
     # --- retained ----------------------------------------------------------------------
 

@@ -964,6 +964,64 @@ class MqttBroker:
             conn.wake()
         return len(chosen)
 
+    def label_worker(self, worker: str) -> None:
+        """Name this worker in every MQTT 5 CONNACK (user property ``edgesim-worker``).
+
+        With several workers a device (or a test) can tell which one it reached; the
+        property is encoded once here, so connects cost nothing more.
+        """
+        name = _str("edgesim-worker")
+        value = _str(worker)
+        self.connack5_properties = self.connack5_properties + b"\x26" + name + value
+
+    def release(self, identity: str, client_id: str, reason: str) -> list[tuple[str, int]] | None:
+        """Let go of the session ``(identity, client_id)``: another worker has taken it.
+
+        Its live connection is closed (MQTT 5: DISCONNECT 0x8E Session taken over,
+        and the will is published, as for a takeover on one worker) and the session
+        is dropped here. Returns its subscriptions (filter, granted QoS) for the new
+        owner to adopt, or None when this worker held no such session.
+        """
+        key = (identity, client_id)
+        session = self.sessions.get(key)
+        self.pending_wills.pop(key, None)
+        if session is None:
+            return None
+        conn = session.connection
+        if conn is not None:
+            conn.close(reason, 0x8E)
+            conn.wake()
+        session = self.sessions.pop(key, None)
+        if session is None:
+            return []
+        # The new owner stores the session in its own state file; this one forgets it.
+        self.drop_stored(session)
+        subscriptions = list(self.core.router.subscriptions(session.subscriber_id).items())
+        self.core.unsubscribe_all(session)
+        self.core.metrics.messages_dropped += len(session.queue) + len(session.inflight)
+        return [] if session.clean else subscriptions
+
+    def adopt(self, identity: str, client_id: str, subscriptions: list[tuple[str, int]]) -> int:
+        """Add the subscriptions another worker's session of this client id held; return how many.
+
+        Only a live, non-clean session here adopts them (a clean one starts empty, as
+        it would on one worker); they were authorised where they were made.
+        """
+        session = self.sessions.get((identity, client_id))
+        if session is None or session.clean:
+            return 0
+        router = self.core.router
+        current = router.subscriptions(session.subscriber_id)
+        added = 0
+        for topic_filter, qos in subscriptions:
+            if topic_filter not in current:
+                self.core.subscribe(session, topic_filter, qos, None, send_retained=False)
+                if session.durable and self.store is not None:
+                    key = session.key
+                    self.store.record(("sub", key[0], key[1], topic_filter, qos, -1, 0))
+                added += 1
+        return added
+
     def connection(self, session_info: SessionInfo) -> MqttConnection:
         """Create the state machine for a newly accepted connection."""
         return MqttConnection(self, session_info, self.clock())
@@ -993,6 +1051,7 @@ class MqttConnection:
         "close_sent",
         "connected",
         "core",
+        "corked",
         "info",
         "keepalive",
         "last_received",
@@ -1037,6 +1096,9 @@ class MqttConnection:
         self.wakeup: Callable[[], None] | None = None
         self._graceful = False
         self._shut = False
+        #: Output held back until the cluster bus has this connection's new
+        #: subscriptions in place (see :meth:`_settle`); never set in one process.
+        self.corked = False
         #: MQTT 5 state: the level of this connection's CONNECT, the client's
         #: Request Problem Information and Maximum Packet Size, its topic aliases.
         self.v5 = False
@@ -1114,7 +1176,7 @@ class MqttConnection:
     def data_to_send(self) -> bytes:
         """Take every byte waiting to go to the client."""
         out = self._out
-        if not out:
+        if not out or self.corked:
             return b""
         # One chunk (the usual case) goes out without a copy.
         data = out[0] if len(out) == 1 else b"".join(out)
@@ -1479,6 +1541,10 @@ class MqttConnection:
         self.session = session
         if not clean and broker.store is not None:
             broker._store_session(session)
+        bus = self.core.bus
+        if bus is not None:
+            # Other workers end their session of this client id (cluster takeover).
+            bus.claim(self.origin, client_id)
         if v5:
             props = p.properties
             rm = None if props is None else props.receive_maximum
@@ -1875,6 +1941,8 @@ class MqttConnection:
             else:
                 reasons.append("-")
         why = "; ".join(r for r in reasons if r and r != "-")
+        if self.core.bus is not None:
+            self._settle()
         props_bytes = self._reason_props(why) or b"\x00"
         body = p.packet_id.to_bytes(2, "big") + props_bytes + bytes(codes)
         self.write(encode_varint_prefix(0x90, len(body)) + body)
@@ -1882,6 +1950,22 @@ class MqttConnection:
         for (topic_filter, _), code, note in zip(p.topics, codes, reasons, strict=True):
             if code < 0x80 and note != "-":
                 self.core.deliver_retained(session, topic_filter, code)
+
+    def _settle(self) -> None:
+        """Hold the SUBACK (and all output after it) until other workers can reach us.
+
+        With a cluster bus, a new filter becomes a NATS subscription asynchronously;
+        a SUBACK sent before it is in place would let a device publish, on another
+        worker, a message its subscriber here never gets.
+        """
+        bus = self.core.bus
+        if bus is not None and not self.corked and bus.settle(self._uncork):
+            self.corked = True
+
+    def _uncork(self) -> None:
+        if self.corked:
+            self.corked = False
+            self.wake()
 
     def wake(self) -> None:
         """Tell the I/O layer to look at this connection (output or close pending)."""
@@ -2034,6 +2118,8 @@ class MqttConnection:
             codes.append(SUBACK_FAILURE if granted is None else granted)
             if granted is not None and session.durable:
                 self._store_sub(topic_filter, granted, -1, 0)
+        if self.core.bus is not None:
+            self._settle()
         body = p.packet_id.to_bytes(2, "big") + bytes(codes)
         self.write(encode_varint_prefix(0x90, len(body)) + body)
         # Retained messages follow the SUBACK (MQTT 3.1.1 section 3.8.4).
@@ -2078,6 +2164,7 @@ class MqttConnection:
         if self._shut:
             return
         self._shut = True
+        self.corked = False
         broker = self.broker
         broker.connections.discard(self)
         broker.core.metrics.connections_closed += 1

@@ -3,8 +3,9 @@
 Every verb works against a running edge through its admin API (``--admin URL``
 with ``--token`` or ``EDGESIM_ADMIN_TOKEN``; for ``https`` also
 ``--admin-cacert`` and an optional ``--admin-cert``/``--admin-key``), or directly on a store file
-(``--store PATH``, default ``./.edgesim/trust.db``, where ``edgesim edge serve`` keeps it) when no edge runs. Both
-paths print the same output; ``--json`` prints one JSON document instead.
+(``--store PATH``, default ``./.edgesim/trust.db``, where ``edgesim edge serve`` keeps it) when no edge runs,
+or on a cluster's store in NATS JetStream KV (``--cluster nats://HOST:PORT[,...]``), which every
+edge node joined with ``edgesim edge serve --cluster`` follows. All paths print the same output; ``--json`` prints one JSON document instead.
 
 Exit status: 0 done (``check``: the device would be accepted), 1 refused or
 failed (``check``: the device would be refused), 2 usage error. A refused upload
@@ -322,9 +323,56 @@ def _problem(status: int, raw: bytes, url: str) -> CliError:
     return CliError(detail, EXIT_USAGE if status == 400 else EXIT_CHECK_FAILED)
 
 
+#: Where the cluster's NATS servers are when ``--cluster`` is not given.
+CLUSTER_ENV = "EDGESIM_CLUSTER"
+
+
+class _ClusterLocal(_Local):
+    """The verbs on the cluster's store in NATS JetStream KV (``--cluster nats://...``)."""
+
+    def __init__(self, client: Any) -> None:
+        super().__init__(client.store)
+        self.client = client
+
+    def status(self) -> Any:
+        return self.client.status()
+
+
+@contextmanager
+def _cluster_backend(servers: str) -> Iterator[_Backend]:
+    # Imported here: only cluster mode may import nats (the edgesim[cluster] extra).
+    try:
+        from edge.cluster.trust import ClusterTrustClient
+    except ImportError as exc:
+        raise CliError(
+            f"--cluster needs the NATS client: pip install 'edgesim[cluster]' ({exc})"
+        ) from None
+    try:
+        client = ClusterTrustClient(servers)
+    except TrustError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        yield _ClusterLocal(client)
+    except RefusedError as exc:
+        raise Refused(exc.message, [f.to_dict() for f in exc.findings]) from None
+    except TrustError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        client.close()
+
+
 @contextmanager
 def _backend(args: argparse.Namespace) -> Iterator[_Backend]:
+    cluster = (
+        getattr(args, "cluster", None)
+        or getattr(args, "group_cluster", None)
+        or os.environ.get(CLUSTER_ENV)
+    )
     url = args.admin or os.environ.get("EDGESIM_ADMIN_URL")
+    if cluster and not url:
+        with _cluster_backend(cluster) as backend:
+            yield backend
+        return
     if url:
         token = args.token or os.environ.get(TOKEN_ENV) or _token_beside(args.store)
         yield _Remote(url, token, context=_client_context(args))
@@ -470,7 +518,15 @@ def _human_status(data: Any) -> str:
     lines = [f"state: {data['state']} (generation {data['generation']})"]
     if data.get("note"):
         lines.append(data["note"])
-    for w in data.get("workers", []):
+    cluster = data.get("cluster")
+    for node in cluster["nodes"] if cluster else []:
+        for w in node["workers"]:
+            lines.append(
+                f"node {node['node']} worker {w['worker']}: applied generation "
+                f"{w['applied_generation']} ({w['state']})"
+                + (f", error: {w['error']}" if w.get("error") else "")
+            )
+    for w in [] if cluster else data.get("workers", []):
         lines.append(
             f"worker {w['name']}: applied generation {w['applied_generation']}"
             + (f", error: {w['error']}" if w.get("error") else "")
@@ -676,6 +732,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="URL",
         help="a running edge's admin API, e.g. http://127.0.0.1:8081 (or EDGESIM_ADMIN_URL)",
     )
+    where.add_argument(
+        "--cluster",
+        metavar="URLS",
+        help="the cluster's store in NATS: nats://HOST:PORT[,...] (or EDGESIM_CLUSTER); "
+        "changes reach every edge node that joined with edge serve --cluster",
+    )
     where.add_argument("--token", help=f"the admin API token (or {TOKEN_ENV})")
     where.add_argument(
         "--admin-cacert", metavar="FILE", help="PEM: the CA of an https admin URL's certificate"
@@ -693,6 +755,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "their versions, hostname bindings, CRLs and propagation.",
     )
     trust.set_defaults(group_parser=trust)
+    # Also before the verb (`edgesim trust --cluster URLS upload ...`); its own dest,
+    # since the verb's parser would reset a shared one to None.
+    trust.add_argument("--cluster", dest="group_cluster", metavar="URLS", help=argparse.SUPPRESS)
     verbs = trust.add_subparsers(dest="verb", metavar="VERB")
 
     def verb(name: str, func: Callable[[argparse.Namespace], int], text: str) -> Any:
