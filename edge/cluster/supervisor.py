@@ -266,18 +266,23 @@ class Supervisor:
         assert proc is not None
         path = self._ready_path(worker)
         deadline = time.monotonic() + self.options.ready_timeout
-        while not path.exists():
-            if proc.returncode is not None:
-                raise CliError(
-                    f"worker {worker.index} exited with status {proc.returncode} before it was"
-                    " ready (its messages are above)"
-                )
-            if time.monotonic() > deadline:
-                raise CliError(
-                    f"worker {worker.index} was not ready within {self.options.ready_timeout:g} s"
-                )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(proc.wait()), 0.02)
+        exited = asyncio.ensure_future(proc.wait())
+        try:
+            while not path.exists():
+                if exited.done():
+                    raise CliError(
+                        f"worker {worker.index} exited with status {proc.returncode} before it"
+                        " was ready (its messages are above)"
+                    )
+                if time.monotonic() > deadline:
+                    raise CliError(
+                        f"worker {worker.index} was not ready within"
+                        f" {self.options.ready_timeout:g} s"
+                    )
+                await asyncio.wait({exited}, timeout=0.02)
+        finally:
+            if not exited.done():
+                exited.cancel()
 
     async def _watch(self, worker: _Worker) -> None:
         while not self.stopping:
