@@ -15,7 +15,7 @@ UV_DIR := .uv
 UV := $(UV_DIR)/bin/uv
 LATEST := .venv-latest
 
-.PHONY: tls-audit-venv demo test test-latest lint typecheck unit bench clean venv compile lock wheel fuzz
+.PHONY: oracle-venv tls-audit-venv demo test test-latest lint typecheck unit bench clean venv compile lock wheel fuzz
 
 $(UV): uv.lock
 	$(PY) -m venv $(UV_DIR)
@@ -40,6 +40,23 @@ $(SSLYZE_STAMP): pyproject.toml uv.lock $(UV)
 
 tls-audit-venv: $(SSLYZE_STAMP)
 
+# mqtt-codec (the differential oracle for MQTT 3.1.1 decoding, tests/fuzz) in a venv of
+# its own, from hash-pinned requirements: its only release is a 2019 sdist that needs
+# setuptools<58 to build, which uv.lock cannot hold beside this project's own build
+# (tests/fuzz/oracle-requirements.txt says why). The test runs it as a subprocess.
+ORACLE_VENV := .venv-oracle
+ORACLE_STAMP := $(ORACLE_VENV)/.installed
+$(ORACLE_STAMP): tests/fuzz/oracle-requirements.txt tests/fuzz/oracle-codec-requirements.txt
+	rm -rf $(ORACLE_VENV)
+	$(PY) -m venv $(ORACLE_VENV)
+	$(ORACLE_VENV)/bin/pip install -q --disable-pip-version-check --require-hashes --no-deps \
+		-r tests/fuzz/oracle-requirements.txt
+	$(ORACLE_VENV)/bin/pip install -q --disable-pip-version-check --require-hashes --no-deps \
+		--no-build-isolation -r tests/fuzz/oracle-codec-requirements.txt
+	touch $(ORACLE_STAMP)
+
+oracle-venv: $(ORACLE_STAMP)
+
 # Refresh uv.lock after changing pyproject.toml (commit both together).
 lock: $(UV)
 	$(UV) lock
@@ -60,7 +77,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # The whole suite on the compiled modules, then the tests of those modules on their sources.
-unit: compile $(SSLYZE_STAMP)
+unit: compile $(SSLYZE_STAMP) $(ORACLE_STAMP)
 	$(BIN)/pytest -q
 	EDGESIM_PURE_PYTHON=1 $(BIN)/pytest -q tests/tls tests/mqtt tests/core
 
@@ -69,7 +86,7 @@ test: lint typecheck unit
 # The same checks on the newest release of every dependency that the ranges allow,
 # resolved afresh each time (the lock plays no part). The compiled build is shared
 # with `make test` (it depends on the sources and the Python, not on the packages).
-test-latest: $(UV) compile $(SSLYZE_STAMP)
+test-latest: $(UV) compile $(SSLYZE_STAMP) $(ORACLE_STAMP)
 	rm -rf $(LATEST)
 	$(UV) venv -q --python $(PY) $(LATEST)
 	$(UV) pip install -q --python $(LATEST)/bin/python --refresh --resolution highest -e '.[dev]'
@@ -93,7 +110,7 @@ bench: compile
 # libFuzzer prints each target's executions ("Done N runs"); a crash stops the run and
 # leaves its input in .fuzz/.
 FUZZ_SECONDS ?= 60
-fuzz: $(STAMP)
+fuzz: $(STAMP) $(ORACLE_STAMP)
 	HYPOTHESIS_PROFILE=long $(BIN)/pytest -q -p no:cacheprovider tests/fuzz -k "not atheris"
 	mkdir -p .fuzz
 	@for target in $$(ls tests/fuzz/corpus); do \
@@ -107,4 +124,4 @@ fuzz: $(STAMP)
 	done
 
 clean:
-	rm -rf $(VENV) $(LATEST) $(SSLYZE_VENV) $(UV_DIR) .edgesim .build build dist *.egg-info .fuzz .hypothesis
+	rm -rf $(VENV) $(LATEST) $(SSLYZE_VENV) $(ORACLE_VENV) $(UV_DIR) .edgesim .build build dist *.egg-info .fuzz .hypothesis
