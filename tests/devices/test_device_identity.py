@@ -208,6 +208,23 @@ def test_the_leaf_is_set_without_decoding_its_key_and_sent_byte_for_byte(pki: Pa
     loader.close()
 
 
+@pytest.mark.skipif(ssl.OPENSSL_VERSION_INFO[:2] != (3, 0), reason="OpenSSL 3.0's layout only")
+def test_on_openssl_3_0_the_leaf_key_is_decoded_the_legacy_way(pki: Path) -> None:
+    cert, _key_pem, chain = _material(pki, 0)
+    loader = Loader()
+    der = ssl.PEM_cert_to_DER_cert(cert.decode())
+    x509 = loader._leaf_legacy(der)
+    assert x509
+    lib = loader._lib
+    assert lib.legacy_flag is True  # the layout checks passed and the key is a legacy one
+    assert lib.pkey_get0(lib.x509_get0_pubkey(x509))
+    assert lib.encoded(lib.i2d_x509, x509) == der
+    lib.x509_free(x509)
+    # A pair that does not match is still refused when loading.
+    _other, other_key, _ = _material(pki, 1)
+    assert loader.load(cert, other_key, chain) is None
+
+
 def test_a_one_connection_identity_refuses_a_second(pki: Path) -> None:
     shared, loader = _shared(pki), Loader()
     identity = loader.load(*_material(pki, 2), reusable=False)
