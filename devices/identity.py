@@ -491,7 +491,8 @@ class Loader:
             return 0
         x509 = lib.x509_new() or 0
         pub = lib.x509_pubkey_of(x509) if x509 else 0
-        if not pub or not _legacy_flag_layout(lib, pub):
+        # The layout is the library's: checked until one parse has proved it.
+        if not pub or not (lib.legacy_flag or _legacy_flag_layout(lib, pub)):
             if x509:
                 lib.x509_free(x509)
             lib.legacy_flag = False
