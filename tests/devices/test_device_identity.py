@@ -183,6 +183,48 @@ def test_material_it_cannot_use_is_left_to_a_context_of_its_own(pki: Path) -> No
     )
 
 
+def test_the_leaf_is_set_without_decoding_its_key_and_sent_byte_for_byte(pki: Path) -> None:
+    """The fast leaf (its key's OID altered, the device's key as its public key) is
+    used, and what reaches the server is exactly the certificate file's DER."""
+    cert, key_pem, chain = _material(pki, 1)
+    loader = Loader()
+    der = ssl.PEM_cert_to_DER_cert(cert.decode())
+    key = loader._key(key_pem)
+    x509 = loader._leaf_for_key(der, key)
+    assert x509, "the fast path declined a matching pair"
+    loader._lib.x509_free(x509)
+    _other, other_key_pem, _ = _material(pki, 2)
+    other = loader._key(other_key_pem)
+    assert loader._leaf_for_key(der, other) == 0  # another device's key: refused
+    loader._lib.pkey_free(key)
+    loader._lib.pkey_free(other)
+    identity = loader.load(cert, key_pem, chain)
+    assert identity is not None
+    client = TlsClient(_shared(pki), "localhost", identity=identity)
+    server = _server_pair(pki, ssl.TLSVersion.TLSv1_3)
+    _converse(client, server)
+    assert client.handshake_done
+    assert server.getpeercert(binary_form=True) == der
+    loader.close()
+
+
+@pytest.mark.skipif(ssl.OPENSSL_VERSION_INFO[:2] != (3, 0), reason="OpenSSL 3.0's layout only")
+def test_on_openssl_3_0_the_leaf_key_is_decoded_the_legacy_way(pki: Path) -> None:
+    cert, _key_pem, chain = _material(pki, 0)
+    loader = Loader()
+    der = ssl.PEM_cert_to_DER_cert(cert.decode())
+    x509 = loader._leaf_legacy(der)
+    assert x509
+    lib = loader._lib
+    assert lib.legacy_flag is True  # the layout checks passed and the key is a legacy one
+    assert lib.pkey_get0(lib.x509_get0_pubkey(x509))
+    assert lib.encoded(lib.i2d_x509, x509) == der
+    lib.x509_free(x509)
+    # A pair that does not match is still refused when loading.
+    _other, other_key, _ = _material(pki, 1)
+    assert loader.load(cert, other_key, chain) is None
+
+
 def test_a_one_connection_identity_refuses_a_second(pki: Path) -> None:
     shared, loader = _shared(pki), Loader()
     identity = loader.load(*_material(pki, 2), reusable=False)
