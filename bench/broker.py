@@ -147,7 +147,10 @@ def start_edge(pki: Path, work: Path) -> Server:
     name = "edge"
     cmd = [sys.executable, "-m", "edge.cli", "edge", "serve", "--pki", str(pki)]
     cmd += ["--mqtt", "127.0.0.1:0", "--https", "off", "--multi", "off", "--admin", "off"]
-    cmd += ["--policy", "open", "--state-dir", str(work / f"{name}-state")]
+    # A state directory per process: the memory rounds start a fresh edge while the
+    # main one runs, and two edges may not share one MQTT state file.
+    state = tempfile.mkdtemp(prefix=f"{name}-state-", dir=work)
+    cmd += ["--policy", "open", "--state-dir", state]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
     line = _wait_line(proc, b"listening", "the edge")
     port = int(line.split(b"mqtt=127.0.0.1:")[1].split()[0])
