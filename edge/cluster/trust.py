@@ -281,9 +281,7 @@ class TrustLog:
     async def close(self) -> None:
         """Stop following the log and close the cache."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await _cancel_and_wait([self._task])
             self._task = None
         if self.cache is not None:
             self.cache.close()
@@ -690,11 +688,7 @@ class ClusterTrustService(TrustService):
 
     async def close(self) -> None:
         """Stop heartbeating, withdraw this worker's key, stop following the log."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await _cancel_and_wait(self._tasks)
         self._tasks = []
         if not self.log.nc.is_closed:
             # A clean stop must not hold propagation back for a whole TTL.
@@ -879,6 +873,27 @@ class ClusterTrustService(TrustService):
 
 async def _quiet(exc: Exception) -> None:
     log.debug("nats: %s", exc)
+
+
+async def _cancel_and_wait(tasks: list[asyncio.Task[None]], limit: float = 10.0) -> None:
+    """Cancel ``tasks`` and wait until they have ended, cancelling again while they run.
+
+    One cancel is not always enough on Python 3.11: ``asyncio.wait_for`` (which
+    nats-py's requests use) swallows a cancellation that arrives as its inner future
+    completes, and the task's loop goes on. A close that awaited such a task once
+    hung for good; this one repeats the cancel, and gives up (logged) after ``limit``.
+    """
+    pending = {t for t in tasks if not t.done()}
+    deadline = time.monotonic() + limit
+    while pending and time.monotonic() < deadline:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.25)
+    for task in pending:
+        log.warning("task %s did not end within %.0f s of being cancelled", task.get_name(), limit)
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.warning("task %s ended with %r", task.get_name(), task.exception())
 
 
 async def _stop_quietly(watcher: Any) -> None:

@@ -188,8 +188,10 @@ async def test_bindings_crls_options_and_rollback_travel_too(grid: list[Worker])
     await a0.svc.bind("bound", "sensors.example.com")
     await a0.svc.set_options("bound", disconnect_on_revoke=True)
     await a0.svc.rollback("bound")
-    await a0.svc.wait_active(timeout=20)
-    snap = b1.svc.current()
+    active = await a0.svc.wait_active(timeout=20)
+    # Each worker declares a generation active once it has seen every acknowledgement:
+    # b1 may see the last one a moment after a0 does.
+    snap = await b1.svc.wait_active(active.generation, timeout=20)
     assert snap.sets["bound"].version == 1
     assert snap.sets["bound"].disconnect_on_revoke is True
     assert snap.bindings["sensors.example.com"] == "bound"
@@ -269,7 +271,7 @@ async def test_a_worker_that_joins_later_replays_everything_and_counts(
 
 async def test_a_clean_stop_withdraws_the_worker_at_once(grid: list[Worker]) -> None:
     a0, _, _, b1 = grid
-    await b1.stop()
+    await asyncio.wait_for(b1.stop(), 20)  # bounded: a stop that hangs names itself
     await wait_for(lambda: "w.node-b.1" not in a0.svc._peers, a0.svc._cluster, timeout=1.5)
     raw = json.dumps(a0.svc.status()["cluster"])
     assert '"node-b"' in raw
@@ -327,8 +329,9 @@ async def test_server_certificates_and_deployments_reach_every_node(grid: list[W
     assert info.version == 1
     deployed = await a0.svc.deploy("web", {"client_auth": "required"}, default=True)
     assert deployed.version == 1
-    await a0.svc.wait_active(timeout=20)
-    snap = b1.svc.current()
+    active = await a0.svc.wait_active(timeout=20)
+    # b1 declares it active once it has seen every acknowledgement, maybe after a0.
+    snap = await b1.svc.wait_active(active.generation, timeout=20)
     assert snap.server_certs["web"].hostnames == ("devices.example.com",)
     assert snap.default_cert == "web"
     # b1's cache holds the key encrypted with its own key file, not the uploader's.
