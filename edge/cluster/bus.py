@@ -85,6 +85,21 @@ _BAD = re.compile(r"[\x00-\x20\x7f]")
 _SEEN = 65_536
 #: Mapped subjects kept per worker (a topic's subject is computed once).
 _SUBJECTS = 50_000
+#: How long a worker gathers its events before they go to the admin worker as one
+#: NATS message. Sent per loop iteration they cost a publish, a wake-up of nats-server
+#: and of the admin worker for every few events: at one connect in flight that was a
+#: third of a worker's CPU per connect (``python -m bench --only workers``). A console
+#: or ``/v1/events`` reader sees another worker's events up to this much later.
+EVENT_WINDOW = 0.1
+#: A batch this large goes out at once, whatever the window.
+EVENT_BATCH = 512
+#: Session claims go out at most once per this many seconds: the first at once, the
+#: ones that follow within the window together at its end. One NATS message per
+#: connect woke nats-server and every other worker once per connect; at one connect
+#: in flight that was about a sixth of the CPU per connect of two workers
+#: (``python -m bench --only workers``). The price: under load, a client id that
+#: reconnects on another worker ends its old connection up to this much later.
+CLAIM_WINDOW = 0.02
 
 
 def topic_subject(topic: str) -> str | None:
@@ -228,7 +243,10 @@ class NatsBus:
         self._relaying = False
         self._unsettled = False
         self._claims_out: list[tuple[str, str]] = []
+        self._claims_timer: asyncio.TimerHandle | None = None
+        self._claims_last = float("-inf")
         self._events_out: list[Event] = []
+        self._events_timer: asyncio.TimerHandle | None = None
         #: Publishes not sent because the NATS connection was down.
         self.dropped = 0
         #: Messages received from other workers and routed here.
@@ -289,6 +307,8 @@ class NatsBus:
             self._unlisten()
             self._unlisten = None
         if self._sender is not None:
+            self._send_events()  # what the windows still held
+            self._send_claims()
             self._outbox.append(("stop", None, None))
             self._wake.set()
             with contextlib.suppress(Exception):
@@ -365,10 +385,23 @@ class NatsBus:
         """Tell every worker that this one now holds ``client_id`` of ``identity``."""
         if self.nc is None or not self.nc.is_connected:
             return
-        # Claims queued in one loop iteration go out as one NATS message.
-        if not self._claims_out:
-            self._queue(("claims", None, None))
         self._claims_out.append((identity, client_id))
+        if self._claims_timer is not None:
+            return  # a send is already due: this claim goes with it
+        loop = asyncio.get_running_loop()
+        due = self._claims_last + CLAIM_WINDOW
+        if loop.time() >= due:
+            self._send_claims()  # none sent lately: this one goes at once
+        else:
+            self._claims_timer = loop.call_at(due, self._send_claims)
+
+    def _send_claims(self) -> None:
+        if self._claims_timer is not None:
+            self._claims_timer.cancel()
+            self._claims_timer = None
+        if self._claims_out:
+            self._claims_last = asyncio.get_running_loop().time()
+            self._queue(("claims", None, None))
 
     # -- sending ---------------------------------------------------------------------
 
@@ -395,11 +428,15 @@ class NatsBus:
                         await self._subscribe(subject)
                     elif op == "claims":
                         claims, self._claims_out = self._claims_out, []
+                        if not claims:
+                            continue
                         body = json.dumps([self.key, claims]).encode()
                         assert self.nc is not None
                         await self.nc.publish(CLAIM, body)
                     elif op == "events":
                         batch, self._events_out = self._events_out, []
+                        if not batch:
+                            continue
                         body = json.dumps(batch, default=str).encode()
                         assert self.nc is not None
                         await self.nc.publish(EVENTS, body)
@@ -551,10 +588,21 @@ class NatsBus:
         # The dict is shared with the other listeners: copy it, without the local id.
         event = {k: v for k, v in event.items() if k != "id"}
         event.setdefault("worker", self.worker)
-        # Events queued in one loop iteration go out as one NATS message.
-        if not self._events_out:
+        # Events gathered over EVENT_WINDOW go out as one NATS message.
+        out = self._events_out
+        out.append(event)
+        if len(out) >= EVENT_BATCH:
+            self._send_events()
+        elif self._events_timer is None:
+            loop = asyncio.get_running_loop()
+            self._events_timer = loop.call_later(EVENT_WINDOW, self._send_events)
+
+    def _send_events(self) -> None:
+        if self._events_timer is not None:
+            self._events_timer.cancel()
+            self._events_timer = None
+        if self._events_out:
             self._queue(("events", None, None))
-        self._events_out.append(event)
 
     async def _on_event(self, msg: Msg) -> None:
         try:
