@@ -109,7 +109,10 @@ CASES = {
         {"device_cert": "bad-device.pem"},
         "server: certificate signature failure",
     ),
-    "wrong name": ({"hostname": "elsewhere.example"}, "device: Hostname mismatch, certificate is not valid for 'elsewhere.example'."),
+    "wrong name": (
+        {"hostname": "elsewhere.example"},
+        "device: Hostname mismatch, certificate is not valid for 'elsewhere.example'.",
+    ),
     "unknown CA": ({"root": "other-root.pem"}, "device: unable to get local issuer certificate"),
 }
 
