@@ -136,33 +136,65 @@ def _urls(ports: dict[str, int]) -> dict[str, str]:
 
 
 def _versus_edge(pki: Path, ports: dict[str, int], pid: int, n: int, rounds: int) -> dict[str, Any]:
-    """Fleet CPU per connect against the edge's, per protocol, rounds interleaved."""
-    per: dict[str, list[tuple[float, float]]] = {p: [] for p in _urls(ports)}
+    """Fleet CPU per connect against the edge's, per protocol and key methods, interleaved.
+
+    ``legacy`` is what ``edgesim fleet run`` uses by default (``devices.legacykeys``);
+    ``provider`` is OpenSSL's default, measured in the same rounds for comparison.
+    """
+    modes = ("legacy", "provider")
+    per: dict[tuple[str, str], list[tuple[float, float]]] = {
+        (p, m): [] for p in _urls(ports) for m in modes
+    }
+    status: dict[str, str] = {}
     for r in range(rounds):
         for proto, url in _urls(ports).items():
-            # Each round its own devices: every connect is a device's first (full
-            # handshake, its own certificate and key parsed), as a fleet of distinct
-            # devices is.
-            job = _job(pki, 0, n, ramp=5000.0, hold=None, loop="uvloop", url=url, skip=r * n)
-            cpu0, edge0 = time.process_time(), cpu_seconds(pid)
-            report = _run(job)
-            cpu, edge = time.process_time() - cpu0, cpu_seconds(pid) - edge0
-            ok = report.count("connected")
-            if ok:
-                per[proto].append((cpu / ok * 1000, edge / ok * 1000))
-    out: dict[str, Any] = {}
-    for proto, pairs in per.items():
-        if not pairs:
-            out[proto] = {"connected": 0}
-            continue
-        fleet = statistics.median(p[0] for p in pairs)
-        edge = statistics.median(p[1] for p in pairs)
-        out[proto] = {
-            "fleet_cpu_ms_per_connect": round(fleet, 3),
-            "edge_cpu_ms_per_connect": round(edge, 3),
-            "ratio": round(fleet / edge, 2) if edge else None,
-            "ratios": [round(a / b, 2) for a, b in pairs if b],
-        }
+            order = modes if r % 2 == 0 else modes[::-1]
+            for k, mode in enumerate(order):
+                # Each round its own devices: every connect is a device's first (full
+                # handshake, its own certificate and key parsed), as a fleet of distinct
+                # devices is.
+                skip = (2 * r + k) * n
+                job = _job(
+                    pki,
+                    0,
+                    n,
+                    ramp=5000.0,
+                    hold=None,
+                    loop="uvloop",
+                    url=url,
+                    skip=skip,
+                    tls_keys=mode,
+                )
+                cpu0, edge0 = time.process_time(), cpu_seconds(pid)
+                report = _run(job)
+                cpu, edge = time.process_time() - cpu0, cpu_seconds(pid) - edge0
+                status[mode] = report.tls_keys
+                ok = report.count("connected")
+                if ok:
+                    per[(proto, mode)].append((cpu / ok * 1000, edge / ok * 1000))
+    out: dict[str, Any] = {"tls_keys": status}
+    for proto in _urls(ports):
+        row: dict[str, Any] = {}
+        for mode in modes:
+            pairs = per[(proto, mode)]
+            if not pairs:
+                row[mode] = {"connected": 0}
+                continue
+            fleet = statistics.median(p[0] for p in pairs)
+            edge = statistics.median(p[1] for p in pairs)
+            row[mode] = {
+                "fleet_cpu_ms_per_connect": round(fleet, 3),
+                "edge_cpu_ms_per_connect": round(edge, 3),
+                "ratio": round(fleet / edge, 2) if edge else None,
+                "ratios": [round(a / b, 2) for a, b in pairs if b],
+            }
+        # The figures of the fleet's default (legacy) first, as before this comparison.
+        out[proto] = {**row["legacy"], "provider": row["provider"]}
+        a, b = row["legacy"], row["provider"]
+        if "fleet_cpu_ms_per_connect" in a and "fleet_cpu_ms_per_connect" in b:
+            out[proto]["fleet_legacy_over_provider"] = round(
+                a["fleet_cpu_ms_per_connect"] / b["fleet_cpu_ms_per_connect"], 2
+            )
     return out
 
 
@@ -195,6 +227,7 @@ def _job(
     timeout: float = 120.0,
     url: str | None = None,
     skip: int = 0,
+    tls_keys: str = "legacy",
 ) -> FleetJob:
     entries = load_manifest(pki / "devices" / "manifest.jsonl")
     # ``skip``: start further down the manifest, so that a later round has fresh devices.
@@ -211,7 +244,8 @@ def _job(
     return FleetJob(
         devices=tuple(devices),
         fleet_size=n,
-        settings=RunnerSettings(ca=pki / "root-ca.pem", device_timeout=timeout),
+        # The fleet CLI's default key methods (devices.legacykeys), unless asked.
+        settings=RunnerSettings(ca=pki / "root-ca.pem", device_timeout=timeout, tls_keys=tls_keys),
         hold=hold,
         loop=loop,
     )
@@ -313,7 +347,7 @@ def run(quick: bool = False) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="edgesim-bench-fleet-") as tmp:
         work = Path(tmp)
         t0 = time.monotonic()
-        quickstart(work / "pki", devices=max(held_n, rate_n, vs_n * vs_rounds, ramp_n))
+        quickstart(work / "pki", devices=max(held_n, rate_n, 2 * vs_n * vs_rounds, ramp_n))
         issue_s = time.monotonic() - t0
         with _edge(work / "pki", work) as (ports, pid):
             versus = _versus_edge(work / "pki", ports, pid, vs_n, vs_rounds)
@@ -349,11 +383,17 @@ def run(quick: bool = False) -> dict[str, object]:
         f"{rate['broker_cpu_ms_per_connect']} ms CPU per connect, "
         f"{rate['connects_per_s']} connects/s wall"
     )
+    print(f"fleet key methods: {versus['tls_keys']}")
     for proto, v in versus.items():
+        if proto == "tls_keys":
+            continue
+        p = v.get("provider", {})
         print(
             f"fleet vs edge ({proto}, compiled edge, median of {vs_rounds} rounds): fleet "
             f"{v.get('fleet_cpu_ms_per_connect')} ms, edge {v.get('edge_cpu_ms_per_connect')} ms "
-            f"CPU per connect, ratio {v.get('ratio')} (target <= 1.0)"
+            f"CPU per connect, ratio {v.get('ratio')} (target <= 1.0); with provider keys "
+            f"fleet {p.get('fleet_cpu_ms_per_connect')} ms, ratio {p.get('ratio')}; "
+            f"legacy / provider fleet CPU {v.get('fleet_legacy_over_provider')}"
         )
     print(
         f"fleet: peak RSS over the whole held run {held['peak_rss_mib_whole_run']} MiB, "

@@ -57,6 +57,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from devices import legacykeys
 from devices.device import (
     ALPN,
     Action,
@@ -496,6 +497,10 @@ class RunnerSettings:
     #: The MQTT version of the devices on MQTT URLs: "3.1.1", "5", or "mix" (devices
     #: of odd index speak 5, the others 3.1.1).
     mqtt_version: str = "3.1.1"
+    #: How the fleet process's OpenSSL handles EC and RSA keys: "legacy" (its built-in
+    #: methods, :mod:`devices.legacykeys`, where that helps: OpenSSL 3.0) or "provider"
+    #: (OpenSSL's default). The edge is never changed.
+    tls_keys: str = "provider"
 
 
 #: A runner factory: ``factory(settings) -> DeviceRunner``, named "module:attr" for workers.
@@ -591,6 +596,7 @@ async def run_job_async(
         ticker = loop.create_task(ticking())
     try:
         report = await fleet.run(last_offset=job.last_offset)
+        report.tls_keys = str(getattr(runner, "tls_keys", ""))
     finally:
         if ticker is not None:
             ticker.cancel()
@@ -734,6 +740,7 @@ _STAMP = struct.Struct("!d")
 _MQTT5 = MqttOptions(version=5)
 
 _MQTT_VERSIONS = ("3.1.1", "5", "mix")
+_TLS_KEYS = ("legacy", "provider")
 
 _TLS_VERSIONS: Mapping[str | None, ssl.TLSVersion | None] = {
     None: None,
@@ -801,7 +808,15 @@ class DeviceModuleRunner:
             raise FleetError(f"--tls-max {settings.tls_max!r}: expected 1.2 or 1.3")
         if settings.mqtt_version not in _MQTT_VERSIONS:
             raise FleetError(f"--mqtt-version {settings.mqtt_version!r}: expected 3.1.1, 5 or mix")
+        if settings.tls_keys not in _TLS_KEYS:
+            raise FleetError(f"--tls-keys {settings.tls_keys!r}: expected legacy or provider")
         self.settings = settings
+        #: What the fleet's OpenSSL uses for EC/RSA keys, in words (the report's generator).
+        if settings.tls_keys == "legacy":
+            self.tls_keys = legacykeys.install()
+        else:
+            legacykeys.uninstall()  # an earlier job in this process may have installed them
+            self.tls_keys = "provider (asked for)"
         self._tls_max = _TLS_VERSIONS[settings.tls_max]
         #: Chain PEM by path, read once (most devices share one intermediate).
         self._chains: dict[Path, bytes] = {}

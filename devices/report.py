@@ -315,6 +315,8 @@ class FleetReport:
     fleet_cpu_s: float = 0.0
     #: The worst event-loop lag any fleet process saw, in seconds.
     loop_lag_max_s: float = 0.0
+    #: How the fleet's OpenSSL handled EC/RSA keys (``devices.legacykeys``), in words.
+    tls_keys: str = ""
 
     # -- building -------------------------------------------------------
 
@@ -457,6 +459,8 @@ class FleetReport:
         merge_series(self.series, other.series)
         self.fleet_cpu_s += other.fleet_cpu_s
         self.loop_lag_max_s = max(self.loop_lag_max_s, other.loop_lag_max_s)
+        if other.tls_keys and other.tls_keys not in self.tls_keys.split("; "):
+            self.tls_keys = "; ".join(filter(None, [self.tls_keys, other.tls_keys]))
 
     # -- serialisation ---------------------------------------------------
 
@@ -523,6 +527,7 @@ class FleetReport:
             ),
             "loop_lag_max_ms": round(self.loop_lag_max_s * 1000, 2),
             "behind": BOTTLENECK in self.notes,
+            "tls_keys": self.tls_keys,
         }
 
     @classmethod
@@ -576,6 +581,7 @@ class FleetReport:
         generator = r.get("generator", dict, {})
         report.fleet_cpu_s = float(generator.get("cpu_s", 0.0))
         report.loop_lag_max_s = float(generator.get("loop_lag_max_ms", 0.0)) / 1000
+        report.tls_keys = str(generator.get("tls_keys", ""))
         try:
             report.series = series_from_json(r.get("series", list, []))
         except (KeyError, TypeError, ValueError) as exc:
@@ -705,6 +711,7 @@ def summary_table(doc: Mapping[str, Any]) -> str:
             f"fleet CPU {gen['cpu_s']:.2f} s"
             + (f" ({per:.2f} ms per connect)" if per is not None else "")
             + f"  worst loop lag {gen['loop_lag_max_ms']:.1f} ms"
+            + (f"  keys: {gen['tls_keys']}" if gen.get("tls_keys") else "")
         )
     lines += [f"note: {n}" for n in doc["notes"]]
     return "\n".join(lines)

@@ -63,6 +63,7 @@ OPTIONS: Mapping[str, tuple[tuple[type, ...], bool]] = {
     "shard": ((str,), False),
     "loop": ((str,), False),
     "tls_max": ((str,), False),
+    "tls_keys": ((str,), False),
     "topic": ((str,), False),
     "mqtt_version": ((str, int), False),
     "timeout": ((int, float), False),

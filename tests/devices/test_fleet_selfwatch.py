@@ -99,17 +99,24 @@ def test_report_carries_the_generator_and_round_trips() -> None:
     report.series = {0: Sample(0, connects=4, messages=2, errors=1, cpu_s=0.5)}
     report.outcomes = {"connected": {"connected": 4}}
     report.note(BOTTLENECK)
+    report.tls_keys = "legacy EC/RSA methods (3.0.22)"
     doc = report.to_json()
     assert doc["generator"] == {
         "cpu_s": 2.0,
         "cpu_ms_per_connect": 500.0,
         "loop_lag_max_ms": 12.0,
         "behind": True,
+        "tls_keys": "legacy EC/RSA methods (3.0.22)",
     }
     other = FleetReport.from_json(json.loads(json.dumps(doc)))
     other.shards = ["2/2"]
     report.merge(other)
     assert report.fleet_cpu_s == pytest.approx(4.0)
+    assert report.tls_keys == "legacy EC/RSA methods (3.0.22)"  # the same once
+    third = FleetReport(shards=["3/3"])
+    third.tls_keys = "provider (asked for)"
+    report.merge(third)
+    assert report.tls_keys == "legacy EC/RSA methods (3.0.22); provider (asked for)"
     assert report.series[0].connects == 8
     html = render_html(report.to_json())
     for title in ("Connects per second", "Messages sent per second", "Errors per second"):
