@@ -339,6 +339,22 @@ class _ClusterLocal(_Local):
 
 
 @contextmanager
+def _store_errors() -> Iterator[None]:
+    """Turn a store error raised while a verb runs into the CLI's error, without a traceback.
+
+    A refusal keeps its findings (:class:`Refused` prints one per line); any other
+    :class:`~edge.trust.errors.TrustError` becomes a :class:`~certs.cliutil.CliError`
+    with the store's message.
+    """
+    try:
+        yield
+    except RefusedError as exc:
+        raise Refused(exc.message, [f.to_dict() for f in exc.findings]) from None
+    except TrustError as exc:
+        raise CliError(str(exc)) from None
+
+
+@contextmanager
 def _cluster_backend(servers: str) -> Iterator[_Backend]:
     # Imported here: only cluster mode may import nats (the edgesim[cluster] extra).
     try:
@@ -352,11 +368,8 @@ def _cluster_backend(servers: str) -> Iterator[_Backend]:
     except TrustError as exc:
         raise CliError(str(exc)) from None
     try:
-        yield _ClusterLocal(client)
-    except RefusedError as exc:
-        raise Refused(exc.message, [f.to_dict() for f in exc.findings]) from None
-    except TrustError as exc:
-        raise CliError(str(exc)) from None
+        with _store_errors():
+            yield _ClusterLocal(client)
     finally:
         client.close()
 
@@ -383,11 +396,8 @@ def _backend(args: argparse.Namespace) -> Iterator[_Backend]:
     except TrustError as exc:
         raise CliError(str(exc)) from None
     try:
-        yield _Local(store)
-    except RefusedError as exc:
-        raise Refused(exc.message, [f.to_dict() for f in exc.findings]) from None
-    except TrustError as exc:
-        raise CliError(str(exc)) from None
+        with _store_errors():
+            yield _Local(store)
     finally:
         store.close()
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,15 +24,6 @@ from edge.core.hub import EdgeCore  # noqa: E402
 from edge.core.policy import Policy  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[NatsServer]:
-    srv = NatsServer(store_dir=tmp_path / "nats").start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 class Watcher:

@@ -17,22 +17,12 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from edgenodes import AdminEvents, EdgeNode, Mqtt, connect_on_each_worker, device_context
+from edgenodes import DEVICES, AdminEvents, EdgeNode, Mqtt, connect_on_each_worker, device_context
 from websockets.asyncio.client import connect as ws_connect
 
-from certs.quickstart import quickstart
 from edge.cluster.natsserver import NatsServer, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
-
-DEVICES = [f"dev-{i:05d}" for i in range(40)]
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("pki") / "pki"
-    quickstart(out, devices=len(DEVICES))
-    return out
 
 
 @pytest.fixture

@@ -12,13 +12,15 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 nats = pytest.importorskip("nats")
+
+from edgenodes import edgesim  # noqa: E402
 
 from certs.authority import CertificateAuthority  # noqa: E402
 from edge.cluster.natsserver import NatsServer  # noqa: E402
@@ -92,13 +94,6 @@ class Worker:
             await self.service.close()
         if self.nc is not None and not self.nc.is_closed:
             await self.nc.close()
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[NatsServer]:
-    srv = NatsServer(store_dir=tmp_path / "nats").start()
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture
@@ -275,20 +270,6 @@ async def test_a_clean_stop_withdraws_the_worker_at_once(grid: list[Worker]) -> 
     await wait_for(lambda: "w.node-b.1" not in a0.svc._peers, a0.svc._cluster, timeout=1.5)
     raw = json.dumps(a0.svc.status()["cluster"])
     assert '"node-b"' in raw
-
-
-async def edgesim(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "edge.cli",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def test_the_cli_changes_the_cluster_store_and_shows_every_worker(

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import ssl
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,10 @@ import pytest
 
 nats = pytest.importorskip("nats")
 
+from edgenodes import edgesim  # noqa: E402
+
 from certs.authority import CertificateAuthority  # noqa: E402
-from certs.quickstart import QuickstartResult, quickstart  # noqa: E402
+from certs.quickstart import QuickstartResult  # noqa: E402
 from edge.cluster.natsserver import NatsServer, start_cluster  # noqa: E402
 from edge.cluster.trust import TRUST_BUCKET, cluster_trust_source  # noqa: E402
 from edge.config import EdgeConfig, HostPort, ListenersConfig, TrustConfig  # noqa: E402
@@ -48,11 +49,6 @@ class Echo(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
         self.transport.write(CONNACK if data.startswith(b"\x10") else b"echo:" + data)
-
-
-@pytest.fixture(scope="module")
-def qs(tmp_path_factory: pytest.TempPathFactory) -> QuickstartResult:
-    return quickstart(tmp_path_factory.mktemp("qs") / "pki", devices=1)
 
 
 def device_context(qs: QuickstartResult) -> ssl.SSLContext:
@@ -337,20 +333,6 @@ async def test_a_partitioned_edge_node_keeps_serving_and_catches_up_when_healed(
         await a.stop()
         await proxy.cut()
         server.stop()
-
-
-async def edgesim(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "edge.cli",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def test_an_upload_through_one_nodes_admin_api_reaches_the_other_node(

@@ -9,6 +9,7 @@
   asyncio futures; an MQTT 5 CONNACK names the worker (``edgesim-worker``).
 - :func:`connect_on_each_worker` connects devices until every named worker holds one:
   which worker SO_REUSEPORT picks is the kernel's choice.
+- :func:`edgesim` runs one ``edgesim`` command (``edgesim trust --cluster ...``) to its end.
 """
 
 from __future__ import annotations
@@ -27,6 +28,22 @@ from typing import Any
 import aiohttp
 
 EDGESIM = [sys.executable, "-m", "edge.cli"]
+
+#: The devices of the cluster tests' ``pki`` fixture (``tests/cluster/conftest.py``).
+DEVICES = [f"dev-{i:05d}" for i in range(40)]
+
+
+async def edgesim(*args: str, timeout: float = 60) -> tuple[int, str, str]:
+    """Run ``edgesim ARGS`` to its end: exit status, stdout and stderr (as text).
+
+    Bounded: a run that takes more than ``timeout`` seconds fails the test here.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        *EDGESIM, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
 
 
 def device_context(pki: Path, device: str) -> ssl.SSLContext:
