@@ -136,12 +136,14 @@ def _urls(ports: dict[str, int]) -> dict[str, str]:
 
 
 def _versus_edge(pki: Path, ports: dict[str, int], pid: int, n: int, rounds: int) -> dict[str, Any]:
-    """Fleet CPU per connect against the edge's, per protocol and key methods, interleaved.
+    """Fleet CPU per connect against the edge's, per protocol, two fleet setups interleaved.
 
-    ``legacy`` is what ``edgesim fleet run`` uses by default (``devices.legacykeys``);
-    ``provider`` is OpenSSL's default, measured in the same rounds for comparison.
+    ``default`` is what ``edgesim fleet run`` does by default: ``--tls-keys legacy``
+    (``devices.legacykeys``) and ``--verify-cache on`` (``devices.verifycache``).
+    ``plain`` is ``--tls-keys provider --verify-cache off``: OpenSSL's default methods,
+    every device verifying the whole chain. Both in the same rounds, for comparison.
     """
-    modes = ("legacy", "provider")
+    modes = ("default", "plain")
     per: dict[tuple[str, str], list[tuple[float, float]]] = {
         (p, m): [] for p in _urls(ports) for m in modes
     }
@@ -163,7 +165,8 @@ def _versus_edge(pki: Path, ports: dict[str, int], pid: int, n: int, rounds: int
                     loop="uvloop",
                     url=url,
                     skip=skip,
-                    tls_keys=mode,
+                    tls_keys="legacy" if mode == "default" else "provider",
+                    verify_cache=mode == "default",
                 )
                 cpu0, edge0 = time.process_time(), cpu_seconds(pid)
                 report = _run(job)
@@ -188,11 +191,11 @@ def _versus_edge(pki: Path, ports: dict[str, int], pid: int, n: int, rounds: int
                 "ratio": round(fleet / edge, 2) if edge else None,
                 "ratios": [round(a / b, 2) for a, b in pairs if b],
             }
-        # The figures of the fleet's default (legacy) first, as before this comparison.
-        out[proto] = {**row["legacy"], "provider": row["provider"]}
-        a, b = row["legacy"], row["provider"]
+        # The figures of the fleet's defaults first, as before this comparison.
+        out[proto] = {**row["default"], "plain": row["plain"]}
+        a, b = row["default"], row["plain"]
         if "fleet_cpu_ms_per_connect" in a and "fleet_cpu_ms_per_connect" in b:
-            out[proto]["fleet_legacy_over_provider"] = round(
+            out[proto]["fleet_default_over_plain"] = round(
                 a["fleet_cpu_ms_per_connect"] / b["fleet_cpu_ms_per_connect"], 2
             )
     return out
@@ -228,6 +231,7 @@ def _job(
     url: str | None = None,
     skip: int = 0,
     tls_keys: str = "legacy",
+    verify_cache: bool = True,
 ) -> FleetJob:
     entries = load_manifest(pki / "devices" / "manifest.jsonl")
     # ``skip``: start further down the manifest, so that a later round has fresh devices.
@@ -244,8 +248,13 @@ def _job(
     return FleetJob(
         devices=tuple(devices),
         fleet_size=n,
-        # The fleet CLI's default key methods (devices.legacykeys), unless asked.
-        settings=RunnerSettings(ca=pki / "root-ca.pem", device_timeout=timeout, tls_keys=tls_keys),
+        # The fleet CLI's defaults (devices.legacykeys, devices.verifycache), unless asked.
+        settings=RunnerSettings(
+            ca=pki / "root-ca.pem",
+            device_timeout=timeout,
+            tls_keys=tls_keys,
+            verify_cache=verify_cache,
+        ),
         hold=hold,
         loop=loop,
     )
@@ -383,17 +392,17 @@ def run(quick: bool = False) -> dict[str, object]:
         f"{rate['broker_cpu_ms_per_connect']} ms CPU per connect, "
         f"{rate['connects_per_s']} connects/s wall"
     )
-    print(f"fleet key methods: {versus['tls_keys']}")
+    print(f"fleet key methods: {versus['tls_keys']}; plain: --tls-keys provider --verify-cache off")
     for proto, v in versus.items():
         if proto == "tls_keys":
             continue
-        p = v.get("provider", {})
+        p = v.get("plain", {})
         print(
             f"fleet vs edge ({proto}, compiled edge, median of {vs_rounds} rounds): fleet "
             f"{v.get('fleet_cpu_ms_per_connect')} ms, edge {v.get('edge_cpu_ms_per_connect')} ms "
-            f"CPU per connect, ratio {v.get('ratio')} (target <= 1.0); with provider keys "
+            f"CPU per connect, ratio {v.get('ratio')} (target <= 1.0); plain: "
             f"fleet {p.get('fleet_cpu_ms_per_connect')} ms, ratio {p.get('ratio')}; "
-            f"legacy / provider fleet CPU {v.get('fleet_legacy_over_provider')}"
+            f"default / plain fleet CPU {v.get('fleet_default_over_plain')}"
         )
     print(
         f"fleet: peak RSS over the whole held run {held['peak_rss_mib_whole_run']} MiB, "

@@ -87,6 +87,7 @@ from devices.tlsclient import (
     ServerCertificateRejected,
     make_device_context,
 )
+from devices.verifycache import VerifyCache
 
 #: Protocols a device can speak, and the URL schemes that select them.
 SCHEMES: Mapping[str, str] = {"mqtts": "mqtt", "https": "https", "wss": "wss"}
@@ -501,6 +502,9 @@ class RunnerSettings:
     #: methods, :mod:`devices.legacykeys`, where that helps: OpenSSL 3.0) or "provider"
     #: (OpenSSL's default). The edge is never changed.
     tls_keys: str = "provider"
+    #: Whether devices sharing a context verify the edge's chain once per distinct
+    #: chain and host name (:mod:`devices.verifycache`) instead of once per device.
+    verify_cache: bool = False
 
 
 #: A runner factory: ``factory(settings) -> DeviceRunner``, named "module:attr" for workers.
@@ -597,6 +601,9 @@ async def run_job_async(
     try:
         report = await fleet.run(last_offset=job.last_offset)
         report.tls_keys = str(getattr(runner, "tls_keys", ""))
+        cache = getattr(runner, "verify_cache", None)
+        if cache is not None:
+            report.chains_verified, report.chains_reused = cache.misses, cache.hits
     finally:
         if ticker is not None:
             ticker.cancel()
@@ -812,6 +819,8 @@ class DeviceModuleRunner:
             raise FleetError(f"--tls-keys {settings.tls_keys!r}: expected legacy or provider")
         self.settings = settings
         #: What the fleet's OpenSSL uses for EC/RSA keys, in words (the report's generator).
+        #: The shared contexts' chain verifications (None: every chain verified in full).
+        self.verify_cache = VerifyCache() if settings.verify_cache else None
         if settings.tls_keys == "legacy":
             self.tls_keys = legacykeys.install()
         else:
@@ -871,6 +880,8 @@ class DeviceModuleRunner:
                 check_hostname=not target.insecure,
                 max_version=self._tls_max,
             )
+            if self.verify_cache is not None:
+                self.verify_cache.attach(found)
         return found
 
     def _context(

@@ -82,6 +82,7 @@ DEFAULTS: dict[str, Any] = {
     "topic": "devices/{id}/fleet",
     "mqtt_version": "3.1.1",
     "tls_keys": "legacy",
+    "verify_cache": "on",
 }
 
 
@@ -123,6 +124,16 @@ def add_fleet_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) 
             "uses its built-in methods where that is faster (OpenSSL 3.0: about a third "
             "less CPU per handshake, every check still made); provider keeps OpenSSL's "
             "default. The edge is never changed. The report says which was used"
+        ),
+    )
+    tgt.add_argument(
+        "--verify-cache",
+        choices=("on", "off"),
+        help=(
+            "on (the default): devices sharing a context verify the edge's chain in full "
+            "once per distinct chain and host name and reuse that result (the edge's "
+            "CertificateVerify is still checked on every connect; a changed chain is "
+            "verified in full); off: every device verifies the whole chain"
         ),
     )
     tgt.add_argument(
@@ -218,6 +229,15 @@ def add_fleet_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 _RATE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(?:/\s*(s|m|min))?\s*$")
 _TIME = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|min|h)?\s*$")
+
+
+def _on_off(value: object, option: str) -> bool:
+    """``on``/``off`` (or a scenario file's true/false) as a bool; a usage error otherwise."""
+    if isinstance(value, bool):
+        return value
+    if value in ("on", "off"):
+        return value == "on"
+    raise CliError(f"{option} {value!r}: expected on or off", EXIT_USAGE)
 
 
 def parse_rate(text: str | float, option: str) -> float:
@@ -436,6 +456,7 @@ def _run(args: argparse.Namespace) -> int:
             probe_message=bool(opts["probe_message"]),
             tls_max=opts.get("tls_max"),
             tls_keys=str(opts["tls_keys"]),
+            verify_cache=_on_off(opts["verify_cache"], "--verify-cache"),
             topic=str(opts["topic"]),
             mqtt_version=mqtt_version,
         ),

@@ -317,6 +317,10 @@ class FleetReport:
     loop_lag_max_s: float = 0.0
     #: How the fleet's OpenSSL handled EC/RSA keys (``devices.legacykeys``), in words.
     tls_keys: str = ""
+    #: Edge chains verified in full by the fleet, and verifications reused for the
+    #: same chain and host name (``devices.verifycache``; both 0 when it was off).
+    chains_verified: int = 0
+    chains_reused: int = 0
 
     # -- building -------------------------------------------------------
 
@@ -459,6 +463,8 @@ class FleetReport:
         merge_series(self.series, other.series)
         self.fleet_cpu_s += other.fleet_cpu_s
         self.loop_lag_max_s = max(self.loop_lag_max_s, other.loop_lag_max_s)
+        self.chains_verified += other.chains_verified
+        self.chains_reused += other.chains_reused
         if other.tls_keys and other.tls_keys not in self.tls_keys.split("; "):
             self.tls_keys = "; ".join(filter(None, [self.tls_keys, other.tls_keys]))
 
@@ -528,6 +534,8 @@ class FleetReport:
             "loop_lag_max_ms": round(self.loop_lag_max_s * 1000, 2),
             "behind": BOTTLENECK in self.notes,
             "tls_keys": self.tls_keys,
+            "chains_verified": self.chains_verified,
+            "chains_reused": self.chains_reused,
         }
 
     @classmethod
@@ -582,6 +590,8 @@ class FleetReport:
         report.fleet_cpu_s = float(generator.get("cpu_s", 0.0))
         report.loop_lag_max_s = float(generator.get("loop_lag_max_ms", 0.0)) / 1000
         report.tls_keys = str(generator.get("tls_keys", ""))
+        report.chains_verified = int(generator.get("chains_verified", 0))
+        report.chains_reused = int(generator.get("chains_reused", 0))
         try:
             report.series = series_from_json(r.get("series", list, []))
         except (KeyError, TypeError, ValueError) as exc:
@@ -712,6 +722,11 @@ def summary_table(doc: Mapping[str, Any]) -> str:
             + (f" ({per:.2f} ms per connect)" if per is not None else "")
             + f"  worst loop lag {gen['loop_lag_max_ms']:.1f} ms"
             + (f"  keys: {gen['tls_keys']}" if gen.get("tls_keys") else "")
+            + (
+                f"  edge chain verified {gen['chains_verified']}x, reused {gen['chains_reused']}x"
+                if gen.get("chains_reused")
+                else ""
+            )
         )
     lines += [f"note: {n}" for n in doc["notes"]]
     return "\n".join(lines)

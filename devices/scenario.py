@@ -64,6 +64,7 @@ OPTIONS: Mapping[str, tuple[tuple[type, ...], bool]] = {
     "loop": ((str,), False),
     "tls_max": ((str,), False),
     "tls_keys": ((str,), False),
+    "verify_cache": ((str, bool), False),
     "topic": ((str,), False),
     "mqtt_version": ((str, int), False),
     "timeout": ((int, float), False),

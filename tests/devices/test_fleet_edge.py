@@ -132,6 +132,14 @@ def test_mixed_protocols_held_and_publishing(
     # refused, and every healthy device still verified the edge, on them.
     expected_keys = "legacy" if ssl.OPENSSL_VERSION_INFO[:2] == (3, 0) else "provider"
     assert doc["generator"]["tls_keys"].startswith(expected_keys), doc["generator"]
+    # devices.verifycache (on by default): devices on a shared context verified the
+    # edge's chain in full once per scheme, then reused it; a context each, never.
+    gen = doc["generator"]
+    if contexts == "shared":
+        assert 1 <= gen["chains_verified"] <= 4, gen
+        assert gen["chains_verified"] + gen["chains_reused"] >= DEVICES - 4, gen
+    else:
+        assert (gen["chains_verified"], gen["chains_reused"]) == (0, 0), gen
     healthy = DEVICES - 4
     assert doc["fidelity"]["none"]["got"] == {"connected": healthy}
     assert doc["fidelity"]["wrong-ca"]["got"] == {"unknown_ca": 2}

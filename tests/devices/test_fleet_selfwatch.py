@@ -107,6 +107,8 @@ def test_report_carries_the_generator_and_round_trips() -> None:
         "loop_lag_max_ms": 12.0,
         "behind": True,
         "tls_keys": "legacy EC/RSA methods (3.0.22)",
+        "chains_verified": 0,
+        "chains_reused": 0,
     }
     other = FleetReport.from_json(json.loads(json.dumps(doc)))
     other.shards = ["2/2"]
