@@ -349,7 +349,7 @@ def run(quick: bool = False) -> dict[str, object]:
     # Each held device is one socket here and one in the broker, plus some slack.
     held_n = min(held_n, nofile - 200)
     rate_n = 300 if quick else 2_000
-    vs_n, vs_rounds = (100, 3) if quick else (300, 5)
+    vs_n, vs_rounds = (100, 3) if quick else (300, 9)
     ramps = (50.0, 100.0, 150.0, 200.0, 300.0, 400.0)
     ramp_s = 2.0 if quick else 4.0
     ramp_n = int(sum(ramps) * ramp_s)
