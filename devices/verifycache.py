@@ -10,14 +10,15 @@ results by chain and host name).
 What is kept. :meth:`VerifyCache.attach` installs, through ``ctypes``, a
 certificate verification callback on the context's ``SSL_CTX``
 (``SSL_CTX_set_cert_verify_callback``). For each handshake it takes the exact bytes
-of every certificate the edge sent (leaf first) and the host name being verified.
+of every certificate the edge sent (leaf first) and the host name or IP address
+being verified.
 When that chain was verified in full by OpenSSL (``X509_verify_cert``) on this
 context before, and none of its certificates is outside its validity period now,
 the handshake goes on without verifying it again. Anything else goes through
 ``X509_verify_cert`` as before, and only a success is remembered. So:
 
 - a chain never seen, a changed leaf, another intermediate, a missing one, or
-  another host name is verified in full (a refusal keeps its usual reason);
+  another host name or address is verified in full (a refusal keeps its usual reason);
 - the edge's CertificateVerify signature is always checked by OpenSSL, so every
   device still proves that the edge holds the key of the certificate it sent;
 - the edge's side of the handshake is unchanged: it verifies every device.
@@ -55,6 +56,8 @@ def _functions() -> Any:
         "X509_STORE_CTX_get0_untrusted": (_P, [_P]),
         "X509_STORE_CTX_get0_param": (_P, [_P]),
         "X509_VERIFY_PARAM_get0_host": (ctypes.c_char_p, [_P, ctypes.c_int]),
+        "X509_VERIFY_PARAM_get1_ip_asc": (_P, [_P]),
+        "CRYPTO_free": (None, [_P, ctypes.c_char_p, ctypes.c_int]),
         "OPENSSL_sk_num": (ctypes.c_int, [_P]),
         "OPENSSL_sk_value": (_P, [_P, ctypes.c_int]),
         "i2d_X509": (ctypes.c_int, [_P, ctypes.POINTER(ctypes.c_char_p)]),
@@ -145,8 +148,16 @@ class VerifyCache:
             return None
         digest = hashlib.sha256()
         param = lib.X509_STORE_CTX_get0_param(store_ctx)
-        host = lib.X509_VERIFY_PARAM_get0_host(param, 0) if param else None
+        if not param:
+            return None
+        # What the name check compares against: a host name, or an IP address (Python
+        # checks an IP literal given as server_hostname as an address, not a name).
+        host = lib.X509_VERIFY_PARAM_get0_host(param, 0)
         digest.update(b"host:" + (host or b"") + b"\0")
+        ip = lib.X509_VERIFY_PARAM_get1_ip_asc(param)
+        if ip:
+            digest.update(b"ip:" + ctypes.string_at(ip) + b"\0")
+            lib.CRYPTO_free(ip, None, 0)
         for cert in certs:
             size = lib.i2d_X509(cert, None)
             if size <= 0:
