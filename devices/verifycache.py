@@ -79,7 +79,7 @@ class VerifyCache:
         self._lock = threading.Lock()
         self._lib: Any = None
         self._callback: Any = None
-        #: sha256(host, every certificate's DER) of chains verified on a context,
+        #: sha256(host name, IP address, every certificate's DER) of chains verified on a context,
         #: keyed by the context's SSL_CTX address.
         self._verified: dict[int, dict[bytes, None]] = {}
         self._contexts: list[ssl.SSLContext] = []
