@@ -7,14 +7,12 @@ chain, a broken signature on either side, a wrong name and an unknown CA.
 
 from __future__ import annotations
 
-import base64
 import ctypes
 import ssl
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
+from memtls import broken_signature, handshake
 
 from certs.quickstart import quickstart
 from devices import legacykeys
@@ -28,21 +26,11 @@ OPENSSL_30 = ssl.OPENSSL_VERSION_INFO[:2] == (3, 0)
 def pki(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     key_type = str(request.param)
     out = quickstart(tmp_path_factory.mktemp(key_type), devices=1, key_type=key_type).out
-    _broken_signature(out / "server.pem", out / "bad-server.pem")
-    _broken_signature(out / "devices" / "dev-00000.pem", out / "bad-device.pem")
+    broken_signature(out / "server.pem", out / "bad-server.pem")
+    broken_signature(out / "devices" / "dev-00000.pem", out / "bad-device.pem")
     other = quickstart(tmp_path_factory.mktemp(f"{key_type}-other"), devices=0).out
     (out / "other-root.pem").write_bytes((other / "root-ca.pem").read_bytes())
     return out
-
-
-def _broken_signature(source: Path, target: Path) -> None:
-    """``source``'s first certificate with one bit of its signature flipped, then the rest."""
-    certs = x509.load_pem_x509_certificates(source.read_bytes())
-    der = bytearray(certs[0].public_bytes(Encoding.DER))
-    der[-3] ^= 0x01  # inside the signature value, the last field of the certificate
-    pem = b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(bytes(der))
-    pem += b"-----END CERTIFICATE-----\n"
-    target.write_bytes(pem + b"".join(c.public_bytes(Encoding.PEM) for c in certs[1:]))
 
 
 def _handshake(
@@ -61,42 +49,7 @@ def _handshake(
     device = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     device.load_verify_locations(pki / root)
     device.load_cert_chain(pki / device_cert, pki / "devices" / "dev-00000.key")
-    d_in, d_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
-    d = device.wrap_bio(d_in, d_out, server_hostname=hostname)
-    s = server.wrap_bio(s_in, s_out, server_side=True)
-    d_done = s_done = False
-    for _ in range(20):
-        if not d_done:
-            try:
-                d.do_handshake()
-                d_done = True
-            except ssl.SSLWantReadError:
-                pass
-            except ssl.SSLError as exc:
-                return f"device: {getattr(exc, 'verify_message', None) or exc.reason}"
-        s_in.write(d_out.read())
-        if not s_done:
-            try:
-                s.do_handshake()
-                s_done = True
-            except ssl.SSLWantReadError:
-                pass
-            except ssl.SSLError as exc:
-                return f"server: {getattr(exc, 'verify_message', None) or exc.reason}"
-        d_in.write(s_out.read())
-        if d_done and s_done:
-            # TLS 1.3: the server judges the device's certificate after the device is
-            # done; a read on the device side then gets the server's alert.
-            try:
-                d.write(b"ping")
-                s_in.write(d_out.read())
-                assert s.read(4) == b"ping"
-            except ssl.SSLError as exc:
-                return f"server: {getattr(exc, 'verify_message', None) or exc.reason}"
-            assert d.getpeercert()
-            assert s.getpeercert()
-            return "ok"
-    raise AssertionError("the handshake did not finish")
+    return handshake(device, server, hostname)
 
 
 CASES = {

@@ -8,13 +8,13 @@ intermediate, another host name) is verified in full and refused as without it.
 
 from __future__ import annotations
 
-import base64
 import ssl
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from memtls import broken_signature, handshake
 
 from certs.quickstart import quickstart
 from devices.verifycache import VerifyCache
@@ -25,12 +25,8 @@ pytestmark = pytest.mark.timeout(120)
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = quickstart(tmp_path_factory.mktemp("pki"), devices=1).out
+    broken_signature(out / "server.pem", out / "bad-server.pem")
     certs = x509.load_pem_x509_certificates((out / "server.pem").read_bytes())
-    der = bytearray(certs[0].public_bytes(Encoding.DER))
-    der[-3] ^= 0x01  # a bit of the leaf's signature
-    bad = b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(bytes(der))
-    bad += b"-----END CERTIFICATE-----\n"
-    (out / "bad-server.pem").write_bytes(bad + certs[1].public_bytes(Encoding.PEM))
     (out / "leaf-only.pem").write_bytes(certs[0].public_bytes(Encoding.PEM))
     return out
 
@@ -53,45 +49,12 @@ def _device(pki: Path) -> ssl.SSLContext:
     return device
 
 
-def _handshake(device: ssl.SSLContext, server: ssl.SSLContext, hostname: str = "localhost") -> str:
-    """One handshake in memory: "ok", or the side and reason that refused it."""
-    d_in, d_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
-    d = device.wrap_bio(d_in, d_out, server_hostname=hostname)
-    s = server.wrap_bio(s_in, s_out, server_side=True)
-    d_done = s_done = False
-    for _ in range(20):
-        if not d_done:
-            try:
-                d.do_handshake()
-                d_done = True
-            except ssl.SSLWantReadError:
-                pass
-            except ssl.SSLError as exc:
-                return f"device: {getattr(exc, 'verify_message', None) or exc.reason}"
-        s_in.write(d_out.read())
-        if not s_done:
-            try:
-                s.do_handshake()
-                s_done = True
-            except ssl.SSLWantReadError:
-                pass
-            except ssl.SSLError as exc:
-                return f"server: {getattr(exc, 'verify_message', None) or exc.reason}"
-        d_in.write(s_out.read())
-        if d_done and s_done:
-            peer = d.getpeercert()
-            assert peer is not None
-            assert peer["subject"]
-            return "ok"
-    raise AssertionError("the handshake did not finish")
-
-
 def test_a_good_chain_is_verified_once_then_reused(pki: Path) -> None:
     device, server = _device(pki), _server(pki, "server.pem")
     cache = VerifyCache()
     assert cache.attach(device)
     for _ in range(5):
-        assert _handshake(device, server) == "ok"
+        assert handshake(device, server) == "ok"
     assert (cache.misses, cache.hits) == (1, 4)
 
 
@@ -122,15 +85,15 @@ def test_what_differs_from_a_verified_chain_is_verified_in_full(
     good = _server(pki, "server.pem")
     # The good chain verified for the same kind of name as the case then asks for.
     verified_as = "127.0.0.1" if hostname[0].isdigit() else "localhost"
-    assert _handshake(device, good, verified_as) == "ok"
-    assert _handshake(device, good, verified_as) == "ok"
+    assert handshake(device, good, verified_as) == "ok"
+    assert handshake(device, good, verified_as) == "ok"
     assert cache.hits == 1
     other = _server(pki, cert)
     for _ in range(2):  # a refusal is never remembered
-        assert _handshake(device, other, hostname) == refusal
+        assert handshake(device, other, hostname) == refusal
     assert cache.hits == 1
     assert cache.misses == 3
-    assert _handshake(device, good, verified_as) == "ok"  # still reused
+    assert handshake(device, good, verified_as) == "ok"  # still reused
     assert cache.hits == 2
 
 
@@ -140,8 +103,8 @@ def test_without_the_cache_every_handshake_is_verified(pki: Path) -> None:
     assert cache.attach(attached)
     server = _server(pki, "server.pem")
     for _ in range(3):
-        assert _handshake(plain, server) == "ok"
+        assert handshake(plain, server) == "ok"
     # The cache is per context: another context's handshakes never touch it.
     assert (cache.misses, cache.hits) == (0, 0)
     bad = _server(pki, "bad-server.pem")
-    assert _handshake(plain, bad) == "device: certificate signature failure"
+    assert handshake(plain, bad) == "device: certificate signature failure"
