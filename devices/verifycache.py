@@ -113,12 +113,14 @@ class VerifyCache:
     def _verify(self, store_ctx: int, ctx_ptr: int) -> int:
         # Called by OpenSSL inside the handshake (ctypes takes the GIL).
         lib = self._lib
+        certs: list[int] = []
         try:
-            key = self._key(store_ctx)
+            certs = self._certs(store_ctx)
+            key = self._key(store_ctx, certs)
         except Exception:  # an unreadable chain: OpenSSL judges it as always
             key = None
         seen = self._verified.get(int(ctx_ptr or 0))
-        if key is not None and seen is not None and key in seen and self._in_time(store_ctx):
+        if key is not None and seen is not None and key in seen and self._in_time(certs):
             self.hits += 1
             return 1
         self.misses += 1
@@ -141,9 +143,8 @@ class VerifyCache:
                     certs.append(int(cert))
         return certs
 
-    def _key(self, store_ctx: int) -> bytes | None:
+    def _key(self, store_ctx: int, certs: list[int]) -> bytes | None:
         lib = self._lib
-        certs = self._certs(store_ctx)
         if not certs:
             return None
         digest = hashlib.sha256()
@@ -169,10 +170,10 @@ class VerifyCache:
             digest.update(size.to_bytes(4, "big") + buf.raw)
         return digest.digest()
 
-    def _in_time(self, store_ctx: int) -> bool:
+    def _in_time(self, certs: list[int]) -> bool:
         # X509_cmp_current_time: -1 when the time is before now, 1 after, 0 on error.
         lib = self._lib
-        for cert in self._certs(store_ctx):
+        for cert in certs:
             if lib.X509_cmp_current_time(lib.X509_get0_notBefore(cert)) != -1:
                 return False
             if lib.X509_cmp_current_time(lib.X509_get0_notAfter(cert)) != 1:
