@@ -29,6 +29,11 @@ from edge.core.metrics import HANDSHAKE_MS_BUCKETS, Histogram
 from edge.core.session import PeerCertificate
 
 Event = dict[str, Any]
+#: A listener called with an event as emitted: ``(kind, outcome, time, fields)``, where
+#: ``time`` is nanoseconds since the epoch (or the text the emitter gave) and
+#: ``fields`` the emitter's keyword arguments, not to be changed (the listener
+#: may keep it). No dict is built for it, no time formatted.
+RawListener = Callable[[str, str, "int | str", dict[str, Any]], None]
 
 log = logging.getLogger("edgesim.events")
 
@@ -100,6 +105,7 @@ class EventLog:
         self._next_id = 1
         self._shapes: dict[tuple[str, ...], _Shape] = {}
         self._listeners: list[Callable[[Event], None]] = []
+        self._raw_listeners: list[RawListener] = []
         self._waiters: set[asyncio.Future[None]] = set()
         self._log_events = log_events
         #: Events counted by (kind, outcome, alert, set), for the Prometheus exporter,
@@ -159,6 +165,12 @@ class EventLog:
                 " ".join(f"{k}={v!r}" for k, v in fields.items() if k in _LOGGED_KEYS),
             )
         # Usually no one listens or waits: no copies, no loops then.
+        if self._raw_listeners:
+            for raw in tuple(self._raw_listeners):
+                try:
+                    raw(kind, outcome, when, fields)
+                except Exception:  # a broken listener must not stop the edge
+                    log.exception("event listener failed")
         if self._listeners:
             event = _materialize(record)
             for listener in tuple(self._listeners):
@@ -176,6 +188,16 @@ class EventLog:
         """Call ``listener(event)`` for every new event; returns a function that removes it."""
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
+
+    def add_raw_listener(self, listener: RawListener) -> Callable[[], None]:
+        """Call ``listener`` with every new event as emitted (see :data:`RawListener`).
+
+        For listeners that pass events on rather than read them (the cluster bus):
+        a dict per event, with its time formatted, cost a worker more than the
+        event itself. Returns a function that removes the listener.
+        """
+        self._raw_listeners.append(listener)
+        return lambda: self._raw_listeners.remove(listener)
 
     @property
     def capacity(self) -> int:

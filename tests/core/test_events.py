@@ -90,3 +90,28 @@ async def test_wait_for_and_listeners_see_dicts() -> None:
     event = await log.wait_for(lambda e: e["kind"] == "tls.refused", timeout=5)
     assert event["certificate"] == CERT.as_dict()
     assert heard == [event]
+
+
+@pytest.mark.timeout(10)
+def test_raw_listeners_get_events_as_emitted_and_can_leave() -> None:
+    log = EventLog(log_events=False)
+    heard: list[tuple[str, str, int | str, dict[str, object]]] = []
+
+    def broken(kind: str, outcome: str, when: int | str, fields: dict[str, object]) -> None:
+        raise RuntimeError("a broken listener")
+
+    log.add_raw_listener(broken)
+    remove = log.add_raw_listener(lambda *event: heard.append(event))
+    log.emit("tls.refused", "refused", certificate=CERT, reason="r")
+    log.emit("probe", "info", time="2026-01-01T00:00:00.000Z")
+    (kind, outcome, when, fields), (_, _, given, _) = heard
+    assert (kind, outcome) == ("tls.refused", "refused")
+    # The fields as given: the certificate object, no id, no formatted time.
+    assert fields == {"certificate": CERT, "reason": "r"}
+    assert isinstance(when, int)
+    assert log.query()[0]["certificate"] == CERT.as_dict()  # readers still get a dict
+    assert given == "2026-01-01T00:00:00.000Z"
+    remove()
+    log.emit("probe", "info")
+    assert len(heard) == 2
+    assert log.last_id == 3, "the broken listener stopped an emit"
