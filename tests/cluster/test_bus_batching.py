@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -29,12 +30,13 @@ pytestmark = pytest.mark.timeout(60)
 class Watcher:
     """A plain NATS client that keeps every message on one subject."""
 
-    def __init__(self) -> None:
+    def __init__(self, decode: Callable[[bytes], Any] = json.loads) -> None:
         self.messages: list[Any] = []
         self.arrived = asyncio.Event()
+        self.decode = decode
 
     async def on_msg(self, msg: Any) -> None:
-        self.messages.append(json.loads(msg.data))
+        self.messages.append(self.decode(msg.data))
         self.arrived.set()
 
     async def wait_for(self, count: int, timeout: float = 10) -> None:
@@ -98,7 +100,15 @@ async def test_events_of_a_window_go_as_one_message_and_a_full_batch_at_once(
 ) -> None:
     monkeypatch.setattr(busmod, "EVENT_WINDOW", 2.0)
     monkeypatch.setattr(busmod, "EVENT_BATCH", 5)
-    watcher = Watcher()
+
+    def decode(data: bytes) -> list[dict[str, Any]]:
+        # Each event as the admin worker will emit it: kind, outcome and fields.
+        return [
+            {"kind": kind, "outcome": outcome, **fields}
+            for kind, outcome, fields in busmod._decode_events(data)
+        ]
+
+    watcher = Watcher(decode)
     nc = await nats.connect(server.url)
     await nc.subscribe(EVENTS, cb=watcher.on_msg)
     await nc.flush()

@@ -7,8 +7,17 @@ import sys
 
 import pytest
 
-from edge.cluster.bus import _decode, _encode, filter_subjects, topic_subject
+from edge.cluster.bus import (
+    _decode,
+    _decode_events,
+    _encode,
+    _encode_events,
+    filter_subjects,
+    topic_subject,
+)
+from edge.core.events import EventLog
 from edge.core.router import Message, Metadata
+from edge.core.session import PeerCertificate
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -74,6 +83,41 @@ def test_a_message_crosses_the_wire_whole() -> None:
     assert back.meta.user_properties == [("k", "v"), ("k", "w")]
     assert back.meta.correlation_data == b"\x00\x01"
     assert back.meta.content_type == "text/plain"
+
+
+def test_events_cross_the_wire_as_the_admin_worker_emits_them() -> None:
+    # The emitting worker's raw listener sees each event as emitted; the admin worker
+    # emits what the message decodes to: same kind, outcome, fields, time, plus worker.
+    cert = PeerCertificate(
+        subject="CN=dev-1",
+        issuer="CN=ca",
+        serial="0a",
+        sha256="ab" * 32,
+        not_before="2026-01-01T00:00:00Z",
+        not_after="2027-01-01T00:00:00Z",
+    )
+    here = EventLog(log_events=False)
+    heard: list[tuple[str, str, int | str, dict[str, object]]] = []
+    here.add_raw_listener(
+        lambda kind, outcome, when, fields: heard.append((kind, outcome, when, fields))
+    )
+    here.emit("tls.accepted", "accepted", identity="s/dev-1", certificate=cert, handshake_ms=1.5)
+    here.emit("mqtt.connected", "accepted", identity="s/dev-1", client_id="c\u00e9", keepalive=0)
+    here.emit("tls.accepted", "accepted", identity="s/dev-2", certificate=None, handshake_ms=2.0)
+    here.emit("cluster.bus", "error", state="disconnected", worker="n/7")
+    there = EventLog(log_events=False)
+    for kind, outcome, fields in _decode_events(_encode_events("n/1", heard)):
+        there.emit(kind, outcome, **fields)
+    sent, got = list(here), list(there)
+    assert len(got) == 4
+    for a, b in zip(sent, got, strict=True):
+        assert b.pop("worker") == a.pop("worker", "n/1")
+        assert a == b, "an event changed on its way to the admin worker"
+    assert got[0]["certificate"]["subject"] == "CN=dev-1"
+    # The supervisor sends a single event as a dict.
+    assert _decode_events(b'{"kind":"worker.restarted","outcome":"info","pid":7}') == [
+        ("worker.restarted", "info", {"pid": 7})
+    ]
 
 
 def test_the_single_process_edge_never_imports_nats() -> None:
