@@ -97,12 +97,15 @@ EVENT_WINDOW = 0.1
 #: A batch this large goes out at once, whatever the window.
 EVENT_BATCH = 512
 #: Session claims go out at most once per this many seconds: the first at once, the
-#: ones that follow within the window together at its end. One NATS message per
-#: connect woke nats-server and every other worker once per connect; at one connect
-#: in flight that was about a sixth of the CPU per connect of two workers
-#: (``python -m bench --only workers``). The price: under load, a client id that
-#: reconnects on another worker ends its old connection up to this much later.
-CLAIM_WINDOW = 0.02
+#: ones that follow within the window together at its end. Every claim message wakes
+#: nats-server and every other worker. Against 20 ms, 100 ms cut the claim messages
+#: fivefold under load and nats-server's CPU per connect of two workers from 0.11 to
+#: 0.04 ms; in two of three side-by-side runs two workers went from 1.16-1.22x to
+#: 1.06-1.08x one worker per connect, in the third the total did not move (ad hoc A/B
+#: runs of ``bench.workers``' connect phase). The price: under load, a client id that
+#: reconnects on another worker ends its old connection up to this much later. On an
+#: edge that has sent no claim for a window, the claim goes at once.
+CLAIM_WINDOW = 0.1
 
 
 def topic_subject(topic: str) -> str | None:
