@@ -12,7 +12,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-__all__ = ["cpu_seconds", "free_port", "rss_bytes", "stop_process"]
+__all__ = ["context_switches", "cpu_seconds", "free_port", "rss_bytes", "stop_process"]
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -22,6 +22,25 @@ def cpu_seconds(pid: int | str) -> float:
     # The command name in field 2 may hold spaces; everything after its ")" splits cleanly.
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def context_switches(pid: int | str) -> int:
+    """Context switches so far, voluntary and not, summed over the threads of ``pid``.
+
+    A voluntary one is a thread going to sleep (an event loop with nothing to do,
+    a Go thread parking); the others are preemptions, when more threads want to run
+    than there are cores. 0 for a process that has gone.
+    """
+    total = 0
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            text = (task / "status").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        for line in text.splitlines():
+            if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                total += int(line.split()[1])
+    return total
 
 
 def rss_bytes(pid: int | str = "self") -> int:

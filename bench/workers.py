@@ -3,6 +3,10 @@
 ``python -m bench --only workers [--quick]`` starts, side by side in one run:
 
 - ``single``: the plain single-process edge (no bus, the reference);
+- ``pair``: two plain single-process edges on two ports, the fleet taking turns
+  between them: two processes with no bus, no supervisor, nothing shared. What they
+  cost over ``single`` is the price of splitting the load over two processes on
+  this machine; what ``w2`` costs over ``pair`` is the price of the bus;
 - ``w1``: ``--workers 1`` (a supervisor, one worker, the local nats-server);
 - ``w2``: ``--workers 2``.
 
@@ -14,9 +18,9 @@ order (the neighbours' load drifts; medians are quoted):
     a fleet in *another process* (asyncio, mTLS, MQTT 3.1.1 CONNECT/DISCONNECT,
     8 in flight) makes N connects. Reported: server CPU per connect (all of the
     edge's processes: workers + nats-server + supervisor, from /proc), split by
-    process kind; the fleet's own CPU per connect; connects per second (wall). On
-    a 2-core machine the fleet competes with the workers for the cores: the split
-    says where the time went.
+    process kind; the server's context switches per connect; the fleet's own CPU
+    per connect; connects per second (wall). On a 2-core machine the fleet competes
+    with the workers for the cores: the split says where the time went.
 ``route``
     on the 2-worker edge, one publisher and one subscriber on the *same* worker,
     then on *different* workers (MQTT 5 CONNACKs name the worker), QoS 0, 64-byte
@@ -54,7 +58,7 @@ from bench.broker import (
     publish_packet,
     subscribe_packet,
 )
-from bench.procstat import free_port
+from bench.procstat import context_switches, free_port
 
 __all__ = ["run"]
 
@@ -94,6 +98,8 @@ class Edge:
                 continue
         info = json.loads(self.ready.read_text())
         self.port = int(info["ports"]["mqtt"])
+        #: The MQTT ports the fleet takes turns between.
+        self.ports = [self.port]
         self.pids: dict[str, list[int]] = {"edge": [self.proc.pid]}
         if workers is not None:
             self.pids = {
@@ -106,6 +112,10 @@ class Edge:
         """CPU seconds so far, per process kind."""
         return {kind: sum(process_cpu_seconds(p) for p in pids) for kind, pids in self.pids.items()}
 
+    def switches(self) -> int:
+        """Context switches so far, over all of the edge's processes and threads."""
+        return sum(context_switches(p) for pids in self.pids.values() for p in pids)
+
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         try:
@@ -113,6 +123,26 @@ class Edge:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+class EdgePair:
+    """Two single-process edges measured as one (the ``pair`` reference)."""
+
+    def __init__(self, name: str, pki: Path, work: Path) -> None:
+        self.edges = [Edge(f"{name}-{i}", None, pki, work) for i in (1, 2)]
+        self.ports = [edge.port for edge in self.edges]
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds so far of both processes."""
+        return {"edge": sum(edge.cpu()["edge"] for edge in self.edges)}
+
+    def switches(self) -> int:
+        """Context switches so far of both processes."""
+        return sum(edge.switches() for edge in self.edges)
+
+    def stop(self) -> None:
+        for edge in self.edges:
+            edge.stop()
 
 
 def _context(pki: Path, device: str = "dev-00000") -> ssl.SSLContext:
@@ -127,8 +157,8 @@ def _context(pki: Path, device: str = "dev-00000") -> ssl.SSLContext:
 # -- the fleet, in its own process ---------------------------------------------------------
 
 
-def _fleet(pki: str, port: int, count: int, conn: Connection) -> None:
-    """Make ``count`` connects; send (wall seconds, own CPU seconds) back."""
+def _fleet(pki: str, ports: list[int], count: int, conn: Connection) -> None:
+    """Make ``count`` connects, taking turns between ``ports``; send (wall s, CPU s) back."""
     ctx = _context(Path(pki))
     tag = f"f{os.getpid()}-{time.monotonic_ns()}"
 
@@ -138,6 +168,7 @@ def _fleet(pki: str, port: int, count: int, conn: Connection) -> None:
 
         async def one(i: int) -> None:
             async with sem:
+                port = ports[i % len(ports)]
                 _, proto = await loop.create_connection(
                     MqttCounter, "127.0.0.1", port, ssl=ctx, server_hostname="localhost"
                 )
@@ -158,20 +189,23 @@ def _fleet(pki: str, port: int, count: int, conn: Connection) -> None:
     conn.send((wall, time.process_time() - cpu0))
 
 
-def phase_connect(edge: Edge, pki: Path, count: int) -> dict[str, float]:
+def phase_connect(edge: Edge | EdgePair, pki: Path, count: int) -> dict[str, float]:
     """Connect figures for one edge (see the module text)."""
     mp = multiprocessing.get_context("spawn")
     here, there = mp.Pipe()
-    fleet = mp.Process(target=_fleet, args=(str(pki), edge.port, count, there))
+    fleet = mp.Process(target=_fleet, args=(str(pki), edge.ports, count, there))
     fleet.start()
     before = edge.cpu()
+    switches = edge.switches()
     here.send("go")
     wall, fleet_cpu = here.recv()
     fleet.join(30)
     after = edge.cpu()
+    switches = edge.switches() - switches
     spent = {kind: after[kind] - before[kind] for kind in after}
     out = {f"cpu_ms_{kind}": 1000 * v / count for kind, v in spent.items()}
     out["server_cpu_ms"] = 1000 * sum(spent.values()) / count
+    out["switches"] = switches / count
     out["fleet_cpu_ms"] = 1000 * fleet_cpu / count
     out["connects_per_s"] = count / wall
     return out
@@ -267,15 +301,16 @@ def run(quick: bool = False) -> dict[str, object]:
 
     # Many short rounds rather than a few long ones: the neighbours' load drifts
     # within seconds here, and a pair of rounds measured back to back sees the same.
-    rounds = 3 if quick else 11
+    rounds = 3 if quick else 15
     connects = 150 if quick else 300
     messages = 3000 if quick else 10000
     figures: dict[str, Any] = {"build": status(), "rounds": rounds, "connects": connects}
     with tempfile.TemporaryDirectory(prefix="edgesim-bench-workers-") as tmp:
         work = Path(tmp)
         pki = quickstart(work / "pki", devices=1).out
-        edges = {
+        edges: dict[str, Edge | EdgePair] = {
             "single": Edge("single", None, pki, work),
+            "pair": EdgePair("pair", pki, work),
             "w1": Edge("w1", 1, pki, work),
             "w2": Edge("w2", 2, pki, work),
         }
@@ -288,8 +323,10 @@ def run(quick: bool = False) -> dict[str, object]:
                 for name in order:
                     samples[name].append(phase_connect(edges[name], pki, connects))
                 kinds = [True, False] if r % 2 == 0 else [False, True]
+                w2 = edges["w2"]
+                assert isinstance(w2, Edge)
                 for same in kinds:
-                    per = asyncio.run(phase_route(edges["w2"], pki, messages, same))
+                    per = asyncio.run(phase_route(w2, pki, messages, same))
                     route["same_worker" if same else "across_workers"].append(per)
             for name, runs in samples.items():
                 figures[name] = {
@@ -304,8 +341,22 @@ def run(quick: bool = False) -> dict[str, object]:
             ]
             figures["w2_over_w1_per_round"] = [round(p, 3) for p in pairs]
             figures["w2_over_w1_per_round_median"] = round(statistics.median(pairs), 3)
-            figures["w1_over_single_cpu_per_connect"] = round(
-                one / figures["single"]["server_cpu_ms"], 3
+            single = figures["single"]["server_cpu_ms"]
+            figures["w1_over_single_cpu_per_connect"] = round(one / single, 3)
+            # Two processes and nothing else, against one: the machine's share of w2/w1.
+            figures["pair_over_single_cpu_per_connect"] = round(
+                figures["pair"]["server_cpu_ms"] / single, 3
+            )
+            figures["pair_over_single_per_round_median"] = round(
+                statistics.median(
+                    b["server_cpu_ms"] / a["server_cpu_ms"]
+                    for a, b in zip(samples["single"], samples["pair"], strict=True)
+                ),
+                3,
+            )
+            # The bus's share: two workers against two bus-less processes.
+            figures["w2_over_pair_cpu_per_connect"] = round(
+                figures["w2"]["server_cpu_ms"] / figures["pair"]["server_cpu_ms"], 3
             )
             same_ms = statistics.median(route["same_worker"])
             across_ms = statistics.median(route["across_workers"])
@@ -322,8 +373,11 @@ def run(quick: bool = False) -> dict[str, object]:
 
 def _print(f: dict[str, Any]) -> None:
     print(f"  build: {f['build']}")
-    print(f"  {'':8} {'server ms/connect':>18} {'split':>40} {'fleet ms':>9} {'connects/s':>11}")
-    for name in ("single", "w1", "w2"):
+    print(
+        f"  {'':8} {'server ms/connect':>18} {'split':>40} {'switches':>9} {'fleet ms':>9}"
+        f" {'connects/s':>11}"
+    )
+    for name in ("single", "pair", "w1", "w2"):
         row = f[name]
         split = " ".join(
             f"{k.removeprefix('cpu_ms_')}={v:.2f}"
@@ -331,8 +385,8 @@ def _print(f: dict[str, Any]) -> None:
             if k.startswith("cpu_ms_")
         )
         print(
-            f"  {name:8} {row['server_cpu_ms']:18.3f} {split:>40} {row['fleet_cpu_ms']:9.2f}"
-            f" {row['connects_per_s']:11.1f}"
+            f"  {name:8} {row['server_cpu_ms']:18.3f} {split:>40} {row['switches']:9.2f}"
+            f" {row['fleet_cpu_ms']:9.2f} {row['connects_per_s']:11.1f}"
         )
     print(
         f"  2 workers / 1 worker, server CPU per connect: {f['w2_over_w1_cpu_per_connect']}"
@@ -340,6 +394,11 @@ def _print(f: dict[str, Any]) -> None:
         f" rounds: {' '.join(str(p) for p in sorted(f['w2_over_w1_per_round']))})"
     )
     print(f"  1 worker / single process: {f['w1_over_single_cpu_per_connect']}")
+    print(
+        f"  two bus-less processes / one (pair / single): {f['pair_over_single_cpu_per_connect']}"
+        f" (median of the rounds' own ratios {f['pair_over_single_per_round_median']});"
+        f" 2 workers / pair: {f['w2_over_pair_cpu_per_connect']}"
+    )
     print(
         f"  routed QoS 0 message on the 2-worker edge: same worker "
         f"{f['route_cpu_us_same_worker']} us, across workers {f['route_cpu_us_across_workers']}"
