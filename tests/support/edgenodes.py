@@ -36,12 +36,18 @@ DEVICES = [f"dev-{i:05d}" for i in range(40)]
 async def edgesim(*args: str, timeout: float = 60) -> tuple[int, str, str]:
     """Run ``edgesim ARGS`` to its end: exit status, stdout and stderr (as text).
 
-    Bounded: a run that takes more than ``timeout`` seconds fails the test here.
+    Bounded: a run that takes more than ``timeout`` seconds is killed (it must not
+    outlive the test, holding ports and files) and fails the test here.
     """
     proc = await asyncio.create_subprocess_exec(
         *EDGESIM, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise AssertionError(f"edgesim {' '.join(args)} ran past {timeout} s") from None
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
 
