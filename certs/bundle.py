@@ -114,6 +114,10 @@ def _der_kind(data: bytes) -> str:
     for kind, loader in loaders:
         try:
             loader(data)  # type: ignore[operator]
+        except x509.InvalidVersion:
+            # Shaped like one (a version field is there to be wrong): a damaged
+            # certificate, so that loading it says what is wrong with it.
+            return kind
         except ValueError:
             continue
         return kind
@@ -183,7 +187,7 @@ def load_pem_certificates(data: bytes, *, source: str) -> list[x509.Certificate]
             )
         try:
             certs.append(x509.load_pem_x509_certificate(block))
-        except ValueError as exc:
+        except (ValueError, x509.InvalidVersion) as exc:
             raise BundleError(
                 f"{source}: PEM block {index} is not a valid certificate: {exc}"
             ) from exc
@@ -208,9 +212,11 @@ def load_any_certificates(
             return [x509.load_der_x509_certificate(data)]
         if kind == "der-pkcs12":
             return _pkcs12_certificates(data, source=source, passphrase=passphrase)
-    except (ValueError, UnsupportedAlgorithm) as exc:
+    except (ValueError, x509.InvalidVersion, UnsupportedAlgorithm) as exc:
         # UnsupportedAlgorithm: a damaged PKCS#7 whose content type is no longer
         # signedData (found by tests/fuzz); it is as unreadable as a ValueError.
+        # InvalidVersion, no ValueError either: a certificate whose version field
+        # is not v1-v3 (found by tests/fuzz, in a PKCS#7 bundle).
         raise BundleError(f"{source}: cannot parse {describe_format(kind)}: {exc}") from exc
     raise _not_certificates(kind, source, "certificates (PEM, DER, PKCS#7 or PKCS#12)")
 

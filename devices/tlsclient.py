@@ -985,7 +985,7 @@ def certificate_summary(der: bytes) -> dict[str, Any]:
     """A short description of a certificate for traces: subject, issuer, validity, SANs."""
     try:
         cert = x509.load_der_x509_certificate(der)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):  # InvalidVersion is no ValueError
         return {"error": "not a parseable certificate"}
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

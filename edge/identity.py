@@ -72,7 +72,7 @@ def derive_identity(der: bytes, *, namespace: str, rule: IdentityRule) -> Device
     """Return the identity of the device holding the certificate ``der``."""
     try:
         cert = x509.load_der_x509_certificate(der)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise IdentityError(f"the client certificate cannot be parsed: {exc}") from None
     return _identity(cert, der, namespace, rule)
 
@@ -83,7 +83,7 @@ def inspect_certificate(
     """Parse ``der`` once; return the device identity and the facts events report."""
     try:
         cert = x509.load_der_x509_certificate(der)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise IdentityError(f"the client certificate cannot be parsed: {exc}") from None
     return _identity(cert, der, namespace, rule), _facts(cert, der)
 
@@ -129,7 +129,9 @@ def describe_certificate(der: bytes) -> PeerCertificate | None:
     """Return the event-facing facts of a DER certificate, or ``None`` if it does not parse."""
     try:
         return _facts(x509.load_der_x509_certificate(der), der)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
+        # InvalidVersion is no ValueError: a refused device's certificate with a
+        # version field other than v1-v3 must still be reported, as unparseable.
         return None
 
 

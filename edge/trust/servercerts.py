@@ -348,8 +348,14 @@ def validate_server_cert(
         certs = load_pem_certificates(cert_data, source=cert_source)
     except CertsError as exc:
         kind = detect_format(cert_data)
+        headline = (
+            # PEM certificates, one of which does not parse: say which, and why.
+            f"upload refused: {exc}"
+            if kind == "pem-certificate"
+            else f"upload refused: {cert_source} is {describe_format(kind)}, not PEM certificates"
+        )
         raise RefusedError(
-            f"upload refused: {cert_source} is {describe_format(kind)}, not PEM certificates",
+            headline,
             [Finding(severity="error", code=f"format-{kind}", message=str(exc))],
         ) from exc
     if not certs:

@@ -73,8 +73,14 @@ def validate_upload(
         certs = load_pem_certificates(data, source=source)
     except CertsError as exc:
         kind = detect_format(data)
+        headline = (
+            # PEM certificates, one of which does not parse: say which, and why.
+            f"upload refused: {exc}"
+            if kind == "pem-certificate"
+            else f"upload refused: the file is {describe_format(kind)}, not PEM certificates"
+        )
         raise RefusedError(
-            f"upload refused: the file is {describe_format(kind)}, not PEM certificates",
+            headline,
             [Finding(severity="error", code=f"format-{kind}", message=str(exc))],
         ) from exc
     if not certs:

@@ -252,6 +252,28 @@ async def test_der_upload_is_refused_with_conversion_hint(admin: Admin) -> None:
     assert "edgesim pki convert" in body["findings"][0]["message"]
 
 
+async def test_a_certificate_cryptography_cannot_read_is_refused_not_an_error(
+    admin: Admin,
+) -> None:
+    # A version field of 126: cryptography raises InvalidVersion, no ValueError,
+    # which once made this upload a 500 instead of a refusal naming the block.
+    import base64
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    der = root().cert.public_bytes(Encoding.DER)
+    v3 = b"\xa0\x03\x02\x01\x02"
+    assert der.count(v3) == 1
+    bad = base64.encodebytes(der.replace(v3, b"\xa0\x03\x02\x01\x7e"))
+    data = b"-----BEGIN CERTIFICATE-----\n" + bad + b"-----END CERTIFICATE-----\n"
+    body = await call(admin, "POST", "/v1/sets?name=fleet", expect=422, data=root().cert_pem + data)
+    assert body["type"] == "urn:edgesim:problem:refused"
+    message = body["findings"][0]["message"]
+    assert "PEM block 2 is not a valid certificate: 126 is not a valid X509 version" in message
+    assert (await call(admin, "GET", "/v1/sets", expect=200))["sets"] == []
+    await call(admin, "POST", "/v1/sets?name=fleet", expect=201, data=root().cert_pem)
+
+
 async def test_set_limit_is_a_limit_problem(admin: Admin) -> None:
     for i in range(3):
         await call(admin, "POST", f"/v1/sets?name=s{i}", expect=201, data=root(f"R{i}").cert_pem)

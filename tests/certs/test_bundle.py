@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import subprocess
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -137,6 +138,40 @@ def test_corrupt_pem_block() -> None:
     bad = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
     with pytest.raises(BundleError, match="PEM block 1 is not a valid certificate"):
         load_pem_certificates(bad, source="bad.pem")
+
+
+def _version_126(der: bytes) -> bytes:
+    v3 = b"\xa0\x03\x02\x01\x02"  # the TBSCertificate's [0] EXPLICIT INTEGER 2
+    assert der.count(v3) == 1
+    return der.replace(v3, b"\xa0\x03\x02\x01\x7e")
+
+
+@pytest.mark.parametrize("encoding", ["der", "pem", "der-pkcs7"])
+def test_a_certificate_version_cryptography_refuses_is_a_bundle_error(
+    samples: dict[str, bytes], encoding: str
+) -> None:
+    # cryptography's InvalidVersion is no ValueError; it once escaped as itself
+    # (found by tests/fuzz, in a PKCS#7 bundle).
+    bad = _version_126(samples["der-certificate"])
+    if encoding == "pem":
+        body = base64.encodebytes(bad)  # lines of 76 characters: OpenSSL reads them too
+        data = b"-----BEGIN CERTIFICATE-----\n" + body + b"-----END CERTIFICATE-----\n"
+        where = "bad: PEM block 1 is not a valid certificate"
+    elif encoding == "der-pkcs7":
+        data = samples["der-pkcs7"]
+        good = samples["der-certificate"]
+        assert data.count(good) == 1
+        data = data.replace(good, bad)
+        where = "bad: cannot parse a DER PKCS#7 bundle"
+    else:
+        data = bad
+        where = "bad: cannot parse a DER (binary) certificate"
+    assert detect_format(data) == {"der": "der-certificate", "pem": "pem-certificate"}.get(
+        encoding, "der-pkcs7"
+    )
+    with pytest.raises(BundleError, match="126 is not a valid X509 version") as caught:
+        load_any_certificates(data, source="bad")
+    assert str(caught.value).startswith(where)
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ client prints.
 from __future__ import annotations
 
 import asyncio
+import base64
 import gc
 import shutil
 import ssl
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from certs.authority import CertificateAuthority
@@ -337,3 +339,39 @@ def test_amqtt_client_over_tls(setup: Setup) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ResourceWarning)
             gc.collect()
+
+
+def _with_version(device: Device, version: int, folder: Path) -> Device:
+    """A copy of ``device`` whose leaf claims X.509 ``version`` (OpenSSL still sends it)."""
+    leaf = x509.load_pem_x509_certificate(device.cert.read_bytes())
+    der = leaf.public_bytes(serialization.Encoding.DER)
+    v3 = b"\xa0\x03\x02\x01\x02"  # [0] EXPLICIT INTEGER 2: the TBSCertificate's version
+    assert der.count(v3) == 1
+    bad = der.replace(v3, b"\xa0\x03\x02\x01" + bytes([version]))
+    cert = folder / "dev-badversion.pem"
+    body = base64.encodebytes(bad).decode().replace("\n", "")
+    lines = [body[i : i + 64] for i in range(0, len(body), 64)]
+    cert.write_text(
+        "-----BEGIN CERTIFICATE-----\n" + "\n".join(lines) + "\n-----END CERTIFICATE-----\n"
+    )
+    return Device(cert, device.key)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("tls", ["-tls1_2", "-tls1_3"])
+def test_a_certificate_cryptography_cannot_read_is_refused_and_reported(
+    setup: Setup, tls: str, tmp_path: Path
+) -> None:
+    # A version field of 126: OpenSSL sends and parses it, cryptography raises
+    # InvalidVersion (no ValueError), which once escaped the refusal's report.
+    bad = _with_version(setup.stranger, 126, tmp_path)
+    since = setup.last_id
+    out = _s_client(setup, bad, tls)
+    assert "alert unknown ca" in out, out
+    event = setup.refused_after(since)
+    assert event["alert"] == "unknown_ca"
+    assert event["set"] == "default"
+    assert "not trusted by set `default`" in event["reason"]
+    # The edge carries on: a good device connects after it.
+    pub = _mosquitto(setup, "mosquitto_pub", setup.good, "-t", "after/bad", "-m", "x")
+    assert pub.returncode == 0, pub.stderr

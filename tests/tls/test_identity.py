@@ -104,6 +104,19 @@ def test_garbage_is_an_identity_error() -> None:
     assert describe_certificate(b"not a certificate") is None
 
 
+def test_a_version_cryptography_refuses_is_an_identity_error(full: bytes) -> None:
+    # cryptography raises InvalidVersion, which is no ValueError, for a version
+    # field other than v1-v3; OpenSSL parses and sends such a certificate.
+    v3 = b"\xa0\x03\x02\x01\x02"
+    assert full.count(v3) == 1
+    bad = full.replace(v3, b"\xa0\x03\x02\x01\x7e")
+    with pytest.raises(IdentityError, match="cannot be parsed: 126 is not a valid X509 version"):
+        derive_identity(bad, namespace="s", rule=IdentityRule.CN)
+    with pytest.raises(IdentityError, match="cannot be parsed"):
+        inspect_certificate(bad, namespace="s", rule=IdentityRule.CN)
+    assert describe_certificate(bad) is None
+
+
 def test_inspect_gives_identity_and_facts(full: bytes) -> None:
     identity, facts = inspect_certificate(full, namespace="n", rule=IdentityRule.CN)
     assert identity.name == "sensor-7"

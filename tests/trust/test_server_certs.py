@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import stat
 from datetime import timedelta
 from pathlib import Path
@@ -99,6 +100,26 @@ def test_a_wrong_key_is_refused_with_the_finding_and_nothing_is_stored(
     assert "web.key is not the private key of certificate 1 (CN=devices.example.com)" in (
         finding.message
     )
+    assert store.server_certs() == []
+
+
+def test_a_certificate_cryptography_cannot_read_is_refused_naming_the_block(
+    store: SqliteTrustStore,
+) -> None:
+    # Version 126: cryptography raises InvalidVersion, which is no ValueError.
+    issued = server("devices.example.com")
+    der = issued.cert.public_bytes(serialization.Encoding.DER)
+    v3 = b"\xa0\x03\x02\x01\x02"
+    assert der.count(v3) == 1
+    body = base64.encodebytes(der.replace(v3, b"\xa0\x03\x02\x01\x7e"))
+    bad = b"-----BEGIN CERTIFICATE-----\n" + body + b"-----END CERTIFICATE-----\n"
+    with pytest.raises(RefusedError) as refused:
+        store.upload_server_cert("web", bad, issued.key_pem(), cert_source="web.pem")
+    assert refused.value.message == (
+        "upload refused: web.pem: PEM block 1 is not a valid certificate: "
+        "126 is not a valid X509 version"
+    )
+    assert refused.value.findings[0].code == "format-pem-certificate"
     assert store.server_certs() == []
 
 

@@ -100,6 +100,7 @@ def test_broken_pem_block_is_refused(store: SqliteTrustStore) -> None:
     data = b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n"
     exc = refuse(store, data)
     assert "PEM block 1 is not a valid certificate" in exc.findings[0].message
+    assert exc.message.startswith("upload refused: FILE: PEM block 1 is not a valid certificate")
 
 
 # -- certificates the set must not hold -------------------------------------
