@@ -10,6 +10,8 @@ from typing import Any
 import aiohttp
 import pytest
 from adminkit import TOKEN, Admin
+from badcerts import pem as badcert_pem
+from badcerts import with_version
 from trustpki import NOW, chain, crl_pem, pem, root
 
 from edge.core.events import EventLog
@@ -257,15 +259,9 @@ async def test_a_certificate_cryptography_cannot_read_is_refused_not_an_error(
 ) -> None:
     # A version field of 126: cryptography raises InvalidVersion, no ValueError,
     # which once made this upload a 500 instead of a refusal naming the block.
-    import base64
-
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    der = root().cert.public_bytes(Encoding.DER)
-    v3 = b"\xa0\x03\x02\x01\x02"
-    assert der.count(v3) == 1
-    bad = base64.encodebytes(der.replace(v3, b"\xa0\x03\x02\x01\x7e"))
-    data = b"-----BEGIN CERTIFICATE-----\n" + bad + b"-----END CERTIFICATE-----\n"
+    data = badcert_pem(with_version(root().cert.public_bytes(Encoding.DER), 126))
     body = await call(admin, "POST", "/v1/sets?name=fleet", expect=422, data=root().cert_pem + data)
     assert body["type"] == "urn:edgesim:problem:refused"
     message = body["findings"][0]["message"]

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 import subprocess
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from badcerts import pem, with_version
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
@@ -140,22 +140,15 @@ def test_corrupt_pem_block() -> None:
         load_pem_certificates(bad, source="bad.pem")
 
 
-def _version_126(der: bytes) -> bytes:
-    v3 = b"\xa0\x03\x02\x01\x02"  # the TBSCertificate's [0] EXPLICIT INTEGER 2
-    assert der.count(v3) == 1
-    return der.replace(v3, b"\xa0\x03\x02\x01\x7e")
-
-
 @pytest.mark.parametrize("encoding", ["der", "pem", "der-pkcs7"])
 def test_a_certificate_version_cryptography_refuses_is_a_bundle_error(
     samples: dict[str, bytes], encoding: str
 ) -> None:
     # cryptography's InvalidVersion is no ValueError; it once escaped as itself
     # (found by tests/fuzz, in a PKCS#7 bundle).
-    bad = _version_126(samples["der-certificate"])
+    bad = with_version(samples["der-certificate"], 126)
     if encoding == "pem":
-        body = base64.encodebytes(bad)  # lines of 76 characters: OpenSSL reads them too
-        data = b"-----BEGIN CERTIFICATE-----\n" + body + b"-----END CERTIFICATE-----\n"
+        data = pem(bad)
         where = "bad: PEM block 1 is not a valid certificate"
     elif encoding == "der-pkcs7":
         data = samples["der-pkcs7"]

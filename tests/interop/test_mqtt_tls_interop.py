@@ -10,7 +10,6 @@ client prints.
 from __future__ import annotations
 
 import asyncio
-import base64
 import gc
 import shutil
 import ssl
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from badcerts import pem as badcert_pem
+from badcerts import with_version
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -344,15 +345,9 @@ def test_amqtt_client_over_tls(setup: Setup) -> None:
 def _with_version(device: Device, version: int, folder: Path) -> Device:
     """A copy of ``device`` whose leaf claims X.509 ``version`` (OpenSSL still sends it)."""
     leaf = x509.load_pem_x509_certificate(device.cert.read_bytes())
-    der = leaf.public_bytes(serialization.Encoding.DER)
-    v3 = b"\xa0\x03\x02\x01\x02"  # [0] EXPLICIT INTEGER 2: the TBSCertificate's version
-    assert der.count(v3) == 1
-    bad = der.replace(v3, b"\xa0\x03\x02\x01" + bytes([version]))
     cert = folder / "dev-badversion.pem"
-    body = base64.encodebytes(bad).decode().replace("\n", "")
-    lines = [body[i : i + 64] for i in range(0, len(body), 64)]
-    cert.write_text(
-        "-----BEGIN CERTIFICATE-----\n" + "\n".join(lines) + "\n-----END CERTIFICATE-----\n"
+    cert.write_bytes(
+        badcert_pem(with_version(leaf.public_bytes(serialization.Encoding.DER), version))
     )
     return Device(cert, device.key)
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 import stat
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from badcerts import pem as badcert_pem
+from badcerts import with_version
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from trustpki import NOW, pem, root
@@ -109,10 +110,7 @@ def test_a_certificate_cryptography_cannot_read_is_refused_naming_the_block(
     # Version 126: cryptography raises InvalidVersion, which is no ValueError.
     issued = server("devices.example.com")
     der = issued.cert.public_bytes(serialization.Encoding.DER)
-    v3 = b"\xa0\x03\x02\x01\x02"
-    assert der.count(v3) == 1
-    body = base64.encodebytes(der.replace(v3, b"\xa0\x03\x02\x01\x7e"))
-    bad = b"-----BEGIN CERTIFICATE-----\n" + body + b"-----END CERTIFICATE-----\n"
+    bad = badcert_pem(with_version(der, 126))
     with pytest.raises(RefusedError) as refused:
         store.upload_server_cert("web", bad, issued.key_pem(), cert_source="web.pem")
     assert refused.value.message == (
