@@ -16,13 +16,13 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509.oid import ExtensionOID
 
 from certs.bundle import describe_format, detect_format, load_any_certificates, pem_blocks
 from certs.compat import certificate_public_key
 from certs.crl import crl_number, load_crls, revoked_entries
 from certs.errors import KeyLoadError
 from certs.keys import key_description, load_private_key
+from certs.lint import extension_value, extensions_problem
 from certs.names import display_name
 
 __all__ = [
@@ -164,14 +164,16 @@ def _extensions(exts: x509.Extensions) -> list[dict[str, Any]]:
 
 
 def describe_certificate(cert: x509.Certificate) -> dict[str, Any]:
-    """Subject, issuer, serial, validity, key, signature, fingerprint and extensions."""
-    try:
-        bc = cert.extensions.get_extension_for_oid(ExtensionOID.BASIC_CONSTRAINTS).value
-        is_ca = bool(bc.ca)  # type: ignore[attr-defined]
-    except x509.ExtensionNotFound:
-        is_ca = False
+    """Subject, issuer, serial, validity, key, signature, fingerprint and extensions.
+
+    Extensions that cannot be parsed (twice the same one, a malformed value) are
+    reported under ``extensions_error``, with an empty ``extensions`` list.
+    """
+    problem = extensions_problem(cert)
+    bc = extension_value(cert, x509.BasicConstraints)
+    is_ca = bc is not None and bc.ca
     sig = cert.signature_algorithm_oid
-    return {
+    found: dict[str, Any] = {
         "kind": "certificate",
         "subject": display_name(cert.subject),
         "issuer": display_name(cert.issuer),
@@ -184,8 +186,11 @@ def describe_certificate(cert: x509.Certificate) -> dict[str, Any]:
         "self_signed": cert.subject == cert.issuer,
         "ca": is_ca,
         "version": cert.version.name,
-        "extensions": _extensions(cert.extensions),
+        "extensions": [] if problem is not None else _extensions(cert.extensions),
     }
+    if problem is not None:
+        found["extensions_error"] = problem
+    return found
 
 
 def describe_crl(crl: x509.CertificateRevocationList) -> dict[str, Any]:

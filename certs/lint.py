@@ -328,7 +328,8 @@ class _Linter:
                     index,
                     f"{self.label(index)} has extensions that cannot be parsed ({problem}); "
                     "every TLS stack refuses it",
-                    "re-issue it; each extension may appear only once (RFC 5280 4.2)",
+                    "re-issue it with each extension once and every value well-formed "
+                    "(RFC 5280 4.2)",
                 )
             self.check_validity(index)
             self.check_hash(index)

@@ -993,6 +993,9 @@ def certificate_summary(der: bytes) -> dict[str, Any]:
         names += [str(v) for v in san.get_values_for_type(x509.IPAddress)]
     except x509.ExtensionNotFound:
         names = []
+    except (ValueError, x509.DuplicateExtension) as exc:
+        # cryptography is stricter than OpenSSL here (e.g. an IP address SAN of 5 bytes).
+        names = [f"(extensions cannot be parsed: {exc})"]
     return {
         "subject": cert.subject.rfc4514_string(),
         "issuer": cert.issuer.rfc4514_string(),

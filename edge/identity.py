@@ -60,11 +60,21 @@ def parse_rule(text: str) -> IdentityRule:
     raise ValueError(f"unknown identity rule {text!r} (choose one of: {choices})")
 
 
-def _san_values(cert: x509.Certificate, kind: type[x509.GeneralName]) -> list[str]:
+def _san_values(
+    cert: x509.Certificate, kind: type[x509.GeneralName], rule: IdentityRule
+) -> list[str]:
     try:
         ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
         return []
+    except (ValueError, x509.DuplicateExtension) as exc:
+        # cryptography parses extensions when first asked, and more strictly than
+        # OpenSSL, which verified this certificate: e.g. an IP address SAN of 5
+        # bytes. The device is refused, naming why, not dropped without a word.
+        raise IdentityError(
+            f"identity rule `{rule.value}`: certificate `{cert.subject.rfc4514_string()}` "
+            f"(serial {cert.serial_number:x}) has extensions that cannot be parsed: {exc}"
+        ) from None
     return [str(v) for v in ext.value.get_values_for_type(kind)]  # type: ignore[arg-type]
 
 
@@ -96,11 +106,11 @@ def _identity(
         attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         name = str(attrs[0].value) if attrs else None
     elif rule is IdentityRule.SAN_DNS:
-        name = next(iter(_san_values(cert, x509.DNSName)), None)
+        name = next(iter(_san_values(cert, x509.DNSName, rule)), None)
     elif rule is IdentityRule.SAN_URI:
-        name = next(iter(_san_values(cert, x509.UniformResourceIdentifier)), None)
+        name = next(iter(_san_values(cert, x509.UniformResourceIdentifier, rule)), None)
     elif rule is IdentityRule.SAN_EMAIL:
-        name = next(iter(_san_values(cert, x509.RFC822Name)), None)
+        name = next(iter(_san_values(cert, x509.RFC822Name, rule)), None)
     elif rule is IdentityRule.SHA256:
         name = sha256_hex(der)
     else:

@@ -6,11 +6,15 @@ import json
 import stat
 import subprocess
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from badcerts import with_bad_ip_san
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
+from certs.authority import CertificateAuthority
 from certs.bundle import read_certificates
 from certs.keys import read_private_key
 from edge.cli import main
@@ -220,6 +224,23 @@ def test_convert_and_inspect(tmp_path: Path, pki: Path, run: Run) -> None:
     code, _, err = run("pki", "convert", pki / "server.key", "--to", "pem")
     assert code == 1
     assert "must not hold a private key" in err
+
+
+def test_inspect_reports_extensions_that_cannot_be_parsed(tmp_path: Path, run: Run) -> None:
+    ca = CertificateAuthority.create_root("Inspect Root")
+    now = datetime.now(UTC)
+    cert, _ = with_bad_ip_san(ca, "odd", start=now, end=now + timedelta(days=1))
+    path = tmp_path / "odd.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    code, out, err = run("pki", "inspect", path, "--json")
+    assert code == 0, err
+    (item,) = json.loads(out)
+    assert item["subject"] == "CN=odd"
+    assert item["extensions"] == []
+    assert "does not appear to be an IPv4 or IPv6 address" in item["extensions_error"]
+    code, out, _ = run("pki", "lint", path)
+    assert code == 1
+    assert "[bad-extensions] certificate 1 (CN=odd) has extensions that cannot be parsed" in out
 
 
 def test_revoke_and_crl(tmp_path: Path, pki: Path, run: Run) -> None:

@@ -7,13 +7,15 @@ No sockets: the bytes the client produces are fed to an in-memory server
 from __future__ import annotations
 
 import ssl
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from badcerts import with_bad_ip_san, with_version
 from cryptography.hazmat.primitives.serialization import Encoding
 from testmodules import load_device_support
 
+from certs.authority import CertificateAuthority
 from devices.tlsclient import (
     ApplicationData,
     CertificateRequest,
@@ -27,6 +29,7 @@ from devices.tlsclient import (
     TlsClient,
     TlsEvent,
     alert_name_from_reason,
+    certificate_summary,
     make_device_context,
     parse_certificate_request_12,
     parse_client_hello,
@@ -380,3 +383,19 @@ def test_sslkeylogfile_is_honoured(
     converse(client, server)
     lines = (tmp_path / "wireshark.keys").read_text().splitlines()
     assert any(line.startswith("CLIENT_HANDSHAKE_TRAFFIC_SECRET ") for line in lines)
+
+
+def test_the_trace_summary_of_a_certificate_cryptography_cannot_read() -> None:
+    # Both gaps between OpenSSL and cryptography: a version field of 126 (the
+    # loader raises InvalidVersion) and an IP address SAN of 5 bytes (reading
+    # the extensions raises ValueError). A trace says so and carries on.
+    ca = CertificateAuthority.create_root("Trace Root")
+    now = datetime.now(UTC)
+    cert, _ = with_bad_ip_san(ca, "odd", start=now, end=now + timedelta(days=1))
+    der = cert.public_bytes(Encoding.DER)
+    summary = certificate_summary(der)
+    assert summary["subject"] == "CN=odd"
+    (san,) = summary["san"]
+    assert san.startswith("(extensions cannot be parsed: ")
+    unreadable = certificate_summary(with_version(ca.cert.public_bytes(Encoding.DER), 126))
+    assert unreadable == {"error": "not a parseable certificate"}

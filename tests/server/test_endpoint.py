@@ -12,9 +12,12 @@ import contextlib
 import socket
 import ssl
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from badcerts import with_bad_ip_san
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from edge.core.events import Event, EventLog
 from edge.core.session import SessionInfo
@@ -523,6 +526,31 @@ async def test_identity_rule_san_dns(pki: Any) -> None:
             await asyncio.wait_for(reader.readexactly(1), 5)
         assert "identity rule `san-dns`" in event["reason"]
         assert event["certificate"]["subject"] == "CN=dev-no-dns"
+        await close(writer)
+        # A SAN that OpenSSL verifies and cryptography cannot parse (an IP address
+        # of 5 bytes) is a refusal naming it, not a connection dropped unreported.
+        cert, key = with_bad_ip_san(
+            pki.inter,
+            "dev-odd-san",
+            start=pki.now - timedelta(days=1),
+            end=pki.now + timedelta(days=1),
+        )
+        odd = pki.device("dev-odd-san")  # files to overwrite with the odd certificate
+        odd.cert.write_bytes(cert.public_bytes(Encoding.PEM) + pki.inter.cert_pem)
+        odd.key.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+        since = edge.events.last_id
+        reader, writer = await open_tls(edge, pki.client_context(odd))
+        event = await edge.refused(since)
+        with pytest.raises((ssl.SSLError, ConnectionError, asyncio.IncompleteReadError)):
+            await asyncio.wait_for(reader.readexactly(1), 5)
+        assert event["reason"].startswith("identity rule `san-dns`: certificate `CN=dev-odd-san`")
+        assert "has extensions that cannot be parsed" in event["reason"]
+        assert event["certificate"]["subject"] == "CN=dev-odd-san"
+        await close(writer)
+        # And the edge carries on.
+        reader, writer = await open_tls(edge, pki.client_context(named))
+        writer.write(CONNECT)
+        assert await asyncio.wait_for(reader.readexactly(4), 5) == CONNACK
         await close(writer)
         await edge.endpoint.wait_idle(5)
 

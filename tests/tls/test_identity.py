@@ -6,7 +6,7 @@ import hashlib
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from badcerts import with_version
+from badcerts import with_bad_ip_san, with_version
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
@@ -114,6 +114,25 @@ def test_a_version_cryptography_refuses_is_an_identity_error(full: bytes) -> Non
     with pytest.raises(IdentityError, match="cannot be parsed"):
         inspect_certificate(bad, namespace="s", rule=IdentityRule.CN)
     assert describe_certificate(bad) is None
+
+
+def test_extensions_cryptography_cannot_parse_are_an_identity_error_for_san_rules(
+    ca: CertificateAuthority,
+) -> None:
+    cert, _ = with_bad_ip_san(
+        ca, "sensor-9", start=T0 - timedelta(days=1), end=T0 + timedelta(days=1)
+    )
+    der = cert.public_bytes(serialization.Encoding.DER)
+    for rule in (IdentityRule.SAN_DNS, IdentityRule.SAN_URI, IdentityRule.SAN_EMAIL):
+        with pytest.raises(IdentityError) as caught:
+            inspect_certificate(der, namespace="s", rule=rule)
+        message = str(caught.value)
+        assert message.startswith(f"identity rule `{rule.value}`: certificate `CN=sensor-9`")
+        assert "has extensions that cannot be parsed" in message
+    # The rules that read no extension still name the device; the facts parse too.
+    identity, facts = inspect_certificate(der, namespace="s", rule=IdentityRule.CN)
+    assert identity.name == "sensor-9"
+    assert describe_certificate(der) == facts
 
 
 def test_inspect_gives_identity_and_facts(full: bytes) -> None:
