@@ -46,7 +46,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from certs.bundle import describe_format, detect_format, load_pem_certificates
 from certs.errors import CertsError
 from certs.keys import load_private_key
-from certs.lint import lint_chain
+from certs.lint import extension_value, lint_chain
 from edge.trust.errors import RefusedError, StoreError
 from edge.trust.model import CLIENT_AUTH_CHOICES, Finding, ServerSettings, normalize_host
 
@@ -377,10 +377,8 @@ def validate_server_cert(
     ]
     leaf = certs[0]
     subject = leaf.subject.rfc4514_string()
-    try:
-        eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        eku = None
+    # None also when the extensions cannot be parsed: lint's bad-extensions names that.
+    eku = extension_value(leaf, x509.ExtendedKeyUsage)
     if eku is not None and ExtendedKeyUsageOID.SERVER_AUTH not in list(eku):
         findings.append(
             Finding(

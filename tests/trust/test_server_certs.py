@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from badcerts import pem as badcert_pem
-from badcerts import with_version
+from badcerts import with_bad_ip_san, with_version
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from trustpki import NOW, pem, root
@@ -118,6 +118,29 @@ def test_a_certificate_cryptography_cannot_read_is_refused_naming_the_block(
         "126 is not a valid X509 version"
     )
     assert refused.value.findings[0].code == "format-pem-certificate"
+    assert store.server_certs() == []
+
+
+def test_extensions_cryptography_cannot_parse_are_refused_not_an_error(
+    store: SqliteTrustStore,
+) -> None:
+    # An IP address SAN of 5 bytes: cryptography raises ValueError reading it.
+    cert, key = with_bad_ip_san(
+        CA, "devices.example.com", start=NOW - timedelta(days=1), end=NOW + timedelta(days=30)
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    with pytest.raises(RefusedError) as refused:
+        store.upload_server_cert("web", cert_pem, key_pem, cert_source="web.pem")
+    (finding,) = [f for f in refused.value.findings if f.code == "bad-extensions"]
+    assert finding.position == 1
+    assert "web.pem: certificate 1 (CN=devices.example.com) has extensions that cannot" in (
+        finding.message
+    )
     assert store.server_certs() == []
 
 
