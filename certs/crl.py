@@ -20,7 +20,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
 from certs.authority import CertificateAuthority
-from certs.bundle import describe_format, detect_format, pem_blocks
+from certs.bundle import describe_format, detect_format, pem_blocks, read_names
 from certs.compat import certificate_public_key
 from certs.errors import CrlError
 
@@ -118,11 +118,11 @@ def load_crls(data: bytes, source: str) -> list[x509.CertificateRevocationList]:
     blocks = [block for label, block in pem_blocks(data) if label == "X509 CRL"]
     try:
         if blocks:
-            return [x509.load_pem_x509_crl(block) for block in blocks]
+            return [read_names(x509.load_pem_x509_crl(block)) for block in blocks]
         kind = detect_format(data)
         if kind == "der-crl":
-            return [x509.load_der_x509_crl(data)]
-    except ValueError as exc:
+            return [read_names(x509.load_der_x509_crl(data))]
+    except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion is no ValueError
         raise CrlError(f"{source}: malformed CRL: {exc}") from exc
     raise CrlError(f"{source}: expected a CRL, but the file is {describe_format(kind)}")
 

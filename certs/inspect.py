@@ -10,19 +10,20 @@ only an unreadable or undecryptable input raises (the
 from __future__ import annotations
 
 import binascii
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 
 from certs.bundle import describe_format, detect_format, load_any_certificates, pem_blocks
 from certs.compat import certificate_public_key
 from certs.crl import crl_number, load_crls, revoked_entries
-from certs.errors import KeyLoadError
+from certs.errors import BundleError, KeyLoadError
 from certs.keys import key_description, load_private_key
-from certs.lint import extension_value, extensions_problem
+from certs.lint import extension_value
 from certs.names import display_name
 
 __all__ = [
@@ -163,13 +164,37 @@ def _extensions(exts: x509.Extensions) -> list[dict[str, Any]]:
     ]
 
 
+_UNREADABLE = (x509.DuplicateExtension, ValueError)
+
+
+def _readable_extensions(
+    get: Callable[[], x509.Extensions], found: dict[str, Any]
+) -> list[dict[str, Any]]:
+    # cryptography parses extensions when first asked, more strictly than OpenSSL
+    # (twice the same one, an IP address of 5 bytes): say so under
+    # ``extensions_error`` and describe everything else.
+    try:
+        return _extensions(get())
+    except _UNREADABLE as exc:
+        found["extensions_error"] = str(exc)
+        return []
+
+
+def _public_key(get: Callable[[], object]) -> str:
+    # A key cryptography cannot load (a point off its curve, an unknown algorithm)
+    # is described as such; the rest of the certificate or request still is.
+    try:
+        return key_description(get())
+    except (UnsupportedAlgorithm, ValueError) as exc:
+        return f"unusable ({exc})"
+
+
 def describe_certificate(cert: x509.Certificate) -> dict[str, Any]:
     """Subject, issuer, serial, validity, key, signature, fingerprint and extensions.
 
     Extensions that cannot be parsed (twice the same one, a malformed value) are
     reported under ``extensions_error``, with an empty ``extensions`` list.
     """
-    problem = extensions_problem(cert)
     bc = extension_value(cert, x509.BasicConstraints)
     is_ca = bc is not None and bc.ca
     sig = cert.signature_algorithm_oid
@@ -180,35 +205,44 @@ def describe_certificate(cert: x509.Certificate) -> dict[str, Any]:
         "serial": f"{cert.serial_number:x}",
         "not_before": _time(cert.not_valid_before_utc),
         "not_after": _time(cert.not_valid_after_utc),
-        "key": key_description(certificate_public_key(cert)),
+        "key": _public_key(lambda: certificate_public_key(cert)),
         "signature_algorithm": _oid_name(sig),
         "sha256_fingerprint": _hex(cert.fingerprint(hashes.SHA256())).upper(),
         "self_signed": cert.subject == cert.issuer,
         "ca": is_ca,
         "version": cert.version.name,
-        "extensions": [] if problem is not None else _extensions(cert.extensions),
     }
-    if problem is not None:
-        found["extensions_error"] = problem
+    found["extensions"] = _readable_extensions(lambda: cert.extensions, found)
     return found
 
 
 def describe_crl(crl: x509.CertificateRevocationList) -> dict[str, Any]:
-    """Issuer, update times, number, entries and extensions of a CRL."""
+    """Issuer, update times, number, entries and extensions of a CRL.
+
+    Extensions that cannot be parsed are reported under ``extensions_error``
+    (the CRL's own, or an entry's, naming its serial).
+    """
     sig = crl.signature_algorithm_oid
-    return {
+    found: dict[str, Any] = {
         "kind": "crl",
         "issuer": display_name(crl.issuer),
         "last_update": _time(crl.last_update_utc),
         "next_update": _time(crl.next_update_utc) if crl.next_update_utc else None,
-        "crl_number": crl_number(crl),
         "signature_algorithm": _oid_name(sig),
-        "revoked": [
-            {"serial": f"{serial:x}", "date": _time(when), "reason": reason}
-            for serial, when, reason in revoked_entries(crl)
-        ],
-        "extensions": _extensions(crl.extensions),
     }
+    found["extensions"] = _readable_extensions(lambda: crl.extensions, found)
+    found["crl_number"] = None if "extensions_error" in found else crl_number(crl)
+    try:
+        entries = revoked_entries(crl)
+    except _UNREADABLE as exc:
+        # An entry whose extensions do not parse: list them without reasons.
+        found.setdefault("extensions_error", f"a revoked entry: {exc}")
+        entries = [(item.serial_number, item.revocation_date_utc, None) for item in crl]
+    found["revoked"] = [
+        {"serial": f"{serial:x}", "date": _time(when), "reason": reason}
+        for serial, when, reason in entries
+    ]
+    return found
 
 
 def _describe_key(block: bytes, source: str, passphrase: bytes | None) -> dict[str, Any]:
@@ -231,13 +265,18 @@ def _describe_key(block: bytes, source: str, passphrase: bytes | None) -> dict[s
 
 
 def _describe_csr(csr: x509.CertificateSigningRequest) -> dict[str, Any]:
-    return {
+    try:
+        valid = csr.is_signature_valid
+    except (UnsupportedAlgorithm, ValueError):
+        valid = False  # its key cannot be loaded ("key" says why), so nothing verifies
+    found: dict[str, Any] = {
         "kind": "csr",
         "subject": display_name(csr.subject),
-        "key": key_description(csr.public_key()),
-        "signature_valid": csr.is_signature_valid,
-        "extensions": _extensions(csr.extensions),
+        "key": _public_key(csr.public_key),
+        "signature_valid": valid,
     }
+    found["extensions"] = _readable_extensions(lambda: csr.extensions, found)
+    return found
 
 
 def inspect_data(
@@ -267,12 +306,19 @@ def _describe_one(
         return [describe_crl(c) for c in load_crls(data, source)]
     if kind in ("pem-private-key", "pem-encrypted-private-key", "der-private-key"):
         return [_describe_key(data, source, passphrase)]
-    if kind in ("pem-csr", "der-csr"):
-        load = x509.load_pem_x509_csr if kind == "pem-csr" else x509.load_der_x509_csr
-        return [_describe_csr(load(data))]
-    if kind == "pem-public-key":
-        key = serialization.load_pem_public_key(data)
-        return [{"kind": "public-key", "key": key_description(key)}]
+    try:
+        if kind in ("pem-csr", "der-csr"):
+            load = x509.load_pem_x509_csr if kind == "pem-csr" else x509.load_der_x509_csr
+            csr = load(data)
+            _ = csr.subject  # parsed when first asked: fail here, saying so
+            return [_describe_csr(csr)]
+        if kind == "pem-public-key":
+            key = serialization.load_pem_public_key(data)
+            return [{"kind": "public-key", "key": key_description(key)}]
+    except (ValueError, TypeError, x509.InvalidVersion, UnsupportedAlgorithm) as exc:
+        # TypeError: cryptography's name parser on an attribute of the wrong type;
+        # InvalidVersion (no ValueError): a version field other than v1.
+        raise BundleError(f"{source}: cannot parse {describe_format(kind)}: {exc}") from exc
     return [
         {"kind": "unknown", "format": kind, "description": describe_format(kind), "label": label}
     ]

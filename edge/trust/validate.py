@@ -17,7 +17,7 @@ from typing import Any
 
 from cryptography import x509
 
-from certs.bundle import describe_format, detect_format, load_pem_certificates
+from certs.bundle import describe_format, detect_format, load_pem_certificates, read_names
 from certs.errors import CertsError
 from certs.lint import lint_chain
 from edge.trust.errors import LimitError, RefusedError
@@ -126,10 +126,10 @@ def parse_crl(data: bytes) -> x509.CertificateRevocationList:
     kind = detect_format(data)
     try:
         if kind == "pem-crl":
-            return x509.load_pem_x509_crl(data)
+            return read_names(x509.load_pem_x509_crl(data))
         if kind == "der-crl":
-            return x509.load_der_x509_crl(data)
-    except ValueError as exc:
+            return read_names(x509.load_der_x509_crl(data))
+    except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion is no ValueError
         raise RefusedError(
             "CRL refused: it cannot be parsed",
             [Finding(severity="error", code="crl-malformed", message=f"cannot parse CRL: {exc}")],

@@ -243,6 +243,34 @@ def test_inspect_reports_extensions_that_cannot_be_parsed(tmp_path: Path, run: R
     assert "[bad-extensions] certificate 1 (CN=odd) has extensions that cannot be parsed" in out
 
 
+# Files the atheris target `inspect` found crashing `pki inspect` (with a traceback).
+DAMAGED = Path(__file__).parents[1] / "fuzz" / "corpus" / "inspect"
+
+
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        ("cert-key-invalid", "key: unusable (Invalid key)"),
+        ("csr-key-invalid", "signature valid: False"),
+        ("cert-subject-unparseable", "cannot parse a DER (binary) certificate: error parsing"),
+        ("cert-name-bitstring-oid", "a name cannot be read: oid must be X500_UNIQUE_IDENTIFIER"),
+        ("crl-issuer-unparseable", "malformed CRL: error parsing asn1 value"),
+        ("crl-version-61", "malformed CRL: 61 is not a valid CRL version"),
+        ("csr-name-bitstring-oid", "cannot parse a DER certificate signing request (CSR): oid"),
+        ("csr-version-43", "(CSR): 43 is not a valid CSR version"),
+    ],
+)
+def test_inspect_describes_or_refuses_damaged_files(run: Run, name: str, says: str) -> None:
+    code, out, err = run("pki", "inspect", DAMAGED / name)
+    if "unusable" in says or "signature valid" in says:
+        assert code == 0, err
+        assert says in out
+    else:
+        assert code == 1
+        assert err.startswith(f"edgesim: error: {DAMAGED / name}: ")
+        assert says in err
+
+
 def test_revoke_and_crl(tmp_path: Path, pki: Path, run: Run) -> None:
     ca = ["--ca-cert", pki / "intermediate-ca.pem", "--ca-key", pki / "intermediate-ca.key"]
     crl = tmp_path / "ca.crl"

@@ -25,7 +25,8 @@ import cryptography.x509  # noqa: F401
 
 with atheris.instrument_imports(include=["certs", "edge"]):
     from certs.bundle import detect_format, load_any_certificates
-    from certs.errors import BundleError, ConfigError, PassphraseError
+    from certs.errors import BundleError, CertsError, ConfigError, PassphraseError
+    from certs.inspect import inspect_data, render
     from certs.opensslconf import parse_config
     from edge.mqtt.codec import Parser
     from edge.mqtt.errors import MqttError
@@ -82,6 +83,12 @@ def bundle(data: bytes) -> None:
         load_any_certificates(data, source="fuzz")
 
 
+def inspect(data: bytes) -> None:
+    """``edgesim pki inspect`` describes any file (certificate, CRL, CSR, key) or raises CertsError."""
+    with contextlib.suppress(CertsError):
+        render(inspect_data(data, source="fuzz"))
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "mqtt311-server": _mqtt(4, True),
     "mqtt311-client": _mqtt(4, False),
@@ -91,6 +98,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "wsjson": wsjson,
     "opensslconf": opensslconf,
     "bundle": bundle,
+    "inspect": inspect,
 }
 
 

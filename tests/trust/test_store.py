@@ -187,6 +187,33 @@ def test_crl_signed_by_the_set_is_attached(store: SqliteTrustStore, encoding: st
     assert [c.revoked_count for c in store.crls("fleet")] == [3]
 
 
+# Damaged CRLs the atheris target `inspect` found (tests/fuzz/corpus/inspect).
+DAMAGED = Path(__file__).parents[1] / "fuzz" / "corpus" / "inspect"
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("crl-version-61", "61 is not a valid CRL version"),
+        ("crl-issuer-unparseable", "error parsing asn1 value"),
+    ],
+)
+def test_a_crl_cryptography_cannot_read_is_refused_not_an_error(
+    store: SqliteTrustStore, name: str, why: str
+) -> None:
+    # Before, the version escaped as InvalidVersion (no ValueError) and the issuer,
+    # parsed when first asked, as a ValueError after loading: both a 500 upstream.
+    store.upload("fleet", root("Fuzz Root").cert_pem)
+    generation = store.generation()
+    with pytest.raises(RefusedError) as info:
+        store.add_crl("fleet", (DAMAGED / name).read_bytes())
+    (finding,) = info.value.findings
+    assert finding.code == "crl-malformed"
+    assert why in finding.message
+    assert store.crls("fleet") == []
+    assert store.generation() == generation
+
+
 def test_crl_from_a_foreign_ca_is_refused(store: SqliteTrustStore) -> None:
     store.upload("fleet", root("Mine").cert_pem)
     with pytest.raises(RefusedError) as info:

@@ -6,6 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from badcerts import pem as badcert_pem
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
@@ -101,6 +102,18 @@ def test_broken_pem_block_is_refused(store: SqliteTrustStore) -> None:
     exc = refuse(store, data)
     assert "PEM block 1 is not a valid certificate" in exc.findings[0].message
     assert exc.message.startswith("upload refused: FILE: PEM block 1 is not a valid certificate")
+
+
+@pytest.mark.parametrize("name", ["cert-subject-unparseable", "cert-name-bitstring-oid"])
+def test_a_certificate_whose_names_do_not_parse_is_refused(
+    store: SqliteTrustStore, name: str
+) -> None:
+    # Found by the atheris target `inspect`: cryptography parses names when first
+    # asked, so these loaded and then raised in the linter (a 500 upstream).
+    der = (Path(__file__).parents[1] / "fuzz" / "corpus" / "inspect" / name).read_bytes()
+    exc = refuse(store, badcert_pem(der))
+    assert exc.message.startswith("upload refused: FILE: PEM block 1 is not a valid certificate")
+    assert codes(exc) == ["format-pem-certificate"]
 
 
 # -- certificates the set must not hold -------------------------------------
