@@ -219,8 +219,8 @@ def describe_certificate(cert: x509.Certificate) -> dict[str, Any]:
 def describe_crl(crl: x509.CertificateRevocationList) -> dict[str, Any]:
     """Issuer, update times, number, entries and extensions of a CRL.
 
-    Extensions that cannot be parsed are reported under ``extensions_error``
-    (the CRL's own, or an entry's, naming its serial).
+    Extensions that cannot be parsed, the CRL's own or a revoked entry's, are
+    reported under ``extensions_error``.
     """
     sig = crl.signature_algorithm_oid
     found: dict[str, Any] = {

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from badcerts import with_bad_ip_san
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import CRLEntryExtensionOID
 
 from certs.authority import CertificateAuthority
 from certs.bundle import read_certificates
@@ -241,6 +242,36 @@ def test_inspect_reports_extensions_that_cannot_be_parsed(tmp_path: Path, run: R
     code, out, _ = run("pki", "lint", path)
     assert code == 1
     assert "[bad-extensions] certificate 1 (CN=odd) has extensions that cannot be parsed" in out
+
+
+def test_inspect_lists_a_crl_entry_whose_reason_cannot_be_read(tmp_path: Path, run: Run) -> None:
+    ca = CertificateAuthority.create_root("Inspect Root")
+    now = datetime.now(UTC)
+    odd_reason = x509.UnrecognizedExtension(CRLEntryExtensionOID.CRL_REASON, b"\x0a\x01\x63")
+    entry = (
+        x509.RevokedCertificateBuilder()
+        .serial_number(0x42)
+        .revocation_date(now)
+        .add_extension(odd_reason, critical=False)
+        .build()
+    )
+    crl = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.cert.subject)
+        .last_update(now)
+        .next_update(now + timedelta(days=1))
+        .add_revoked_certificate(entry)
+        .add_extension(x509.CRLNumber(5), critical=False)
+        .sign(ca.key, hashes.SHA256())
+    )
+    path = tmp_path / "odd.crl"
+    path.write_bytes(crl.public_bytes(serialization.Encoding.DER))
+    code, out, err = run("pki", "inspect", path, "--json")
+    assert code == 0, err
+    (item,) = json.loads(out)
+    assert item["crl_number"] == 5
+    assert item["extensions_error"] == "a revoked entry: Unsupported reason code: 99"
+    assert [(r["serial"], r["reason"]) for r in item["revoked"]] == [("42", None)]
 
 
 # Files the atheris target `inspect` found crashing `pki inspect` (with a traceback).
