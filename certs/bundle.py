@@ -14,13 +14,13 @@ import re
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 
+from certs.compat import load_certificate, read_names
 from certs.errors import BundleError, PassphraseError
 
 __all__ = [
@@ -34,7 +34,6 @@ __all__ = [
     "pem_blocks",
     "pem_bundle",
     "read_certificates",
-    "read_names",
 ]
 
 #: Every value :func:`detect_format` returns, with a human description.
@@ -188,37 +187,12 @@ def load_pem_certificates(data: bytes, *, source: str) -> list[x509.Certificate]
                 kind, source, "only CERTIFICATE blocks", f" (PEM block {index}, {label})"
             )
         try:
-            certs.append(read_names(x509.load_pem_x509_certificate(block)))
-        except (ValueError, x509.InvalidVersion) as exc:
+            certs.append(load_certificate(block, pem=True))
+        except ValueError as exc:
             raise BundleError(
                 f"{source}: PEM block {index} is not a valid certificate: {exc}"
             ) from exc
     return certs
-
-
-_Named = TypeVar("_Named", x509.Certificate, x509.CertificateRevocationList)
-
-
-def read_names(loaded: _Named) -> _Named:
-    """Return ``loaded`` (a certificate or CRL) once its names are known to parse.
-
-    cryptography parses the subject and issuer (and a CRL's entries) when first
-    asked, so damage there would raise later, wherever the object is used.
-    Loaders call this to make it a loading error: ``ValueError``, as
-    cryptography's own.
-    """
-    try:
-        _ = loaded.issuer
-        if isinstance(loaded, x509.Certificate):
-            _ = loaded.subject
-        else:
-            for entry in loaded:
-                _ = (entry.serial_number, entry.revocation_date_utc)
-    except TypeError as exc:
-        # e.g. "oid must be X500_UNIQUE_IDENTIFIER for BitString type": a name
-        # attribute of a type its OID cannot have; as unreadable as the rest.
-        raise ValueError(f"a name cannot be read: {exc}") from exc
-    return loaded
 
 
 def load_any_certificates(
@@ -237,7 +211,7 @@ def load_any_certificates(
             loaded = _load_pkcs7(data, pem=kind == "pem-pkcs7")
             return order_chain([read_names(c) for c in loaded])
         if kind == "der-certificate":
-            return [read_names(x509.load_der_x509_certificate(data))]
+            return [load_certificate(data, pem=False)]
         if kind == "der-pkcs12":
             found = _pkcs12_certificates(data, source=source, passphrase=passphrase)
             return [read_names(c) for c in found]

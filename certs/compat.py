@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, TypeGuard
+from typing import TYPE_CHECKING, TypeGuard, TypeVar
 
 from cryptography import x509
 from cryptography.utils import CryptographyDeprecationWarning
@@ -31,6 +31,8 @@ __all__ = [
     "dsa_deprecation_silenced",
     "has_dsa_key",
     "is_dsa_key",
+    "load_certificate",
+    "read_names",
 ]
 
 
@@ -74,3 +76,42 @@ def _dsa_public_key_class() -> type | None:
 
 
 _DSA_PUBLIC_KEY = _dsa_public_key_class()
+
+
+_Named = TypeVar("_Named", x509.Certificate, x509.CertificateRevocationList)
+
+
+def read_names(loaded: _Named) -> _Named:
+    """Return ``loaded`` (a certificate or CRL) once its names are known to parse.
+
+    cryptography parses the subject and issuer (and a CRL's entries) when first
+    asked, so damage there would raise later, wherever the object is used.
+    Loaders call this to make it a loading error: ``ValueError``, as
+    cryptography's own.
+    """
+    try:
+        _ = loaded.issuer
+        if isinstance(loaded, x509.Certificate):
+            _ = loaded.subject
+        else:
+            for entry in loaded:
+                _ = (entry.serial_number, entry.revocation_date_utc)
+    except TypeError as exc:
+        # e.g. "oid must be X500_UNIQUE_IDENTIFIER for BitString type": a name
+        # attribute of a type its OID cannot have; as unreadable as the rest.
+        raise ValueError(f"a name cannot be read: {exc}") from exc
+    return loaded
+
+
+def load_certificate(data: bytes, *, pem: bool) -> x509.Certificate:
+    """Load one certificate (PEM or DER); whatever makes it unreadable is a ``ValueError``.
+
+    cryptography raises ``x509.InvalidVersion``, no ``ValueError``, for a version
+    field other than v1-v3 (OpenSSL reads and sends such a certificate), and
+    parses names only when first asked (:func:`read_names`).
+    """
+    try:
+        loaded = (x509.load_pem_x509_certificate if pem else x509.load_der_x509_certificate)(data)
+    except x509.InvalidVersion as exc:
+        raise ValueError(str(exc)) from exc
+    return read_names(loaded)

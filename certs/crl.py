@@ -20,8 +20,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
 from certs.authority import CertificateAuthority
-from certs.bundle import describe_format, detect_format, pem_blocks, read_names
-from certs.compat import certificate_public_key
+from certs.bundle import describe_format, detect_format, pem_blocks
+from certs.compat import certificate_public_key, read_names
 from certs.errors import CrlError
 
 __all__ = [

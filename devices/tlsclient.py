@@ -70,6 +70,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
+from certs.compat import load_certificate
 from devices.identity import Identity, connection_pointer, release_buffers, release_identity
 from edge.tls.wire import (
     ALERT_NAMES,
@@ -984,8 +985,8 @@ def _load_cert_chain(
 def certificate_summary(der: bytes) -> dict[str, Any]:
     """A short description of a certificate for traces: subject, issuer, validity, SANs."""
     try:
-        cert = x509.load_der_x509_certificate(der)
-    except (ValueError, x509.InvalidVersion):  # InvalidVersion is no ValueError
+        cert = load_certificate(der, pem=False)
+    except ValueError:
         return {"error": "not a parseable certificate"}
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

@@ -26,6 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
+from certs.compat import load_certificate
 from edge.core.session import DeviceIdentity, PeerCertificate
 from edge.tls.errors import IdentityError
 
@@ -81,8 +82,8 @@ def _san_values(
 def derive_identity(der: bytes, *, namespace: str, rule: IdentityRule) -> DeviceIdentity:
     """Return the identity of the device holding the certificate ``der``."""
     try:
-        cert = x509.load_der_x509_certificate(der)
-    except (ValueError, x509.InvalidVersion) as exc:
+        cert = load_certificate(der, pem=False)
+    except ValueError as exc:
         raise IdentityError(f"the client certificate cannot be parsed: {exc}") from None
     return _identity(cert, der, namespace, rule)
 
@@ -92,8 +93,8 @@ def inspect_certificate(
 ) -> tuple[DeviceIdentity, PeerCertificate]:
     """Parse ``der`` once; return the device identity and the facts events report."""
     try:
-        cert = x509.load_der_x509_certificate(der)
-    except (ValueError, x509.InvalidVersion) as exc:
+        cert = load_certificate(der, pem=False)
+    except ValueError as exc:
         raise IdentityError(f"the client certificate cannot be parsed: {exc}") from None
     return _identity(cert, der, namespace, rule), _facts(cert, der)
 
@@ -138,10 +139,10 @@ def sha256_hex(data: bytes) -> str:
 def describe_certificate(der: bytes) -> PeerCertificate | None:
     """Return the event-facing facts of a DER certificate, or ``None`` if it does not parse."""
     try:
-        return _facts(x509.load_der_x509_certificate(der), der)
-    except (ValueError, x509.InvalidVersion):
-        # InvalidVersion is no ValueError: a refused device's certificate with a
-        # version field other than v1-v3 must still be reported, as unparseable.
+        return _facts(load_certificate(der, pem=False), der)
+    except ValueError:
+        # A refused device's certificate that cryptography cannot read (a version
+        # other than v1-v3, a damaged name): the refusal is still reported.
         return None
 
 

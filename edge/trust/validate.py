@@ -17,7 +17,8 @@ from typing import Any
 
 from cryptography import x509
 
-from certs.bundle import describe_format, detect_format, load_pem_certificates, read_names
+from certs.bundle import describe_format, detect_format, load_pem_certificates
+from certs.compat import read_names
 from certs.errors import CertsError
 from certs.lint import lint_chain
 from edge.trust.errors import LimitError, RefusedError
