@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from badcerts import with_bad_ip_san, with_version
@@ -133,6 +134,18 @@ def test_extensions_cryptography_cannot_parse_are_an_identity_error_for_san_rule
     identity, facts = inspect_certificate(der, namespace="s", rule=IdentityRule.CN)
     assert identity.name == "sensor-9"
     assert describe_certificate(der) == facts
+
+
+def test_a_name_cryptography_cannot_read_is_an_identity_error() -> None:
+    # A BitString attribute under another OID: OpenSSL accepts any string type
+    # there, cryptography raises TypeError when the subject is first read (found
+    # by the atheris target `inspect`; the DER is from its corpus).
+    der = (
+        Path(__file__).parents[1] / "fuzz" / "corpus" / "inspect" / "cert-name-bitstring-oid"
+    ).read_bytes()
+    with pytest.raises(IdentityError, match="cannot be parsed: a name cannot be read"):
+        inspect_certificate(der, namespace="s", rule=IdentityRule.CN)
+    assert describe_certificate(der) is None
 
 
 def test_inspect_gives_identity_and_facts(full: bytes) -> None:
